@@ -1,0 +1,59 @@
+"""The `squeeze` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from squeeze.params import ParamsError, apply_profile, load_params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the retrain_and_compress flow on the workspace (ephemeral Prefect API unless
+    PREFECT_API_URL points at a server)."""
+    root = Path(args.workspace)
+    params = apply_profile(root, args.profile) if args.profile else load_params(root)
+    # the ephemeral API server's telemetry logs "database is locked" noise on SQLite
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.compress import retrain_and_compress  # Prefect is slow to import
+
+    result = retrain_and_compress(params=params, workspace=str(root))
+    print(f"ran: {', '.join(result['ran']) or 'nothing'}; "
+          f"skipped (unchanged): {', '.join(result['skipped']) or 'nothing'}")  # fmt: skip
+    print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Merge profiles/NAME.yaml into params.yaml."""
+    apply_profile(Path(args.workspace), args.name)
+    print(f"params.yaml now uses profile {args.name!r} (git checkout params.yaml to undo)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="squeeze", description=__doc__)
+    p.add_argument("-w", "--workspace", default=".", help="the DVC repo to work in (default: .)")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow")
+    run.add_argument("--profile", help="apply profiles/PROFILE.yaml to params.yaml first")
+    run.set_defaults(func=cmd_run)
+    prof = sub.add_parser("profile", help="apply profiles/NAME.yaml to params.yaml")
+    prof.add_argument("name")
+    prof.set_defaults(func=cmd_profile)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParamsError as err:
+        print(f"squeeze: invalid parameters\n{err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

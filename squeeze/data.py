@@ -1,0 +1,198 @@
+"""Fashion-MNIST: fetch the raw IDX files from a source, parse them strictly, split and subset.
+
+Every parse error names the file and the problem, because a bad download or a truncated copy
+must stop the pipeline before anything trains on it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# split -> (images file, labels file), the names upstream uses (each may also end in .gz)
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only one Fashion-MNIST uses
+
+
+class DataError(ValueError):
+    """A raw data file is missing, corrupt, truncated or inconsistent."""
+
+
+class FetchError(DataError):
+    """The source could not be read (network, S3): worth retrying, unlike bad data."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def raw_names() -> list[str]:
+    return [name for pair in IDX_FILES.values() for name in pair]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (gzip or raw) into an ndarray, checking header and length."""
+    blob = path.read_bytes()
+    if blob[:2] == b"\x1f\x8b":
+        try:
+            blob = gzip.decompress(blob)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{path}: corrupt or truncated gzip stream ({err})") from None
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number {blob[:4].hex()})")
+    if blob[2] != IDX_UBYTE:
+        raise DataError(f"{path}: IDX type code {blob[2]:#04x}, expected unsigned bytes (0x08)")
+    ndim = blob[3]
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(blob)} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, offset=4))
+    expected = int(np.prod(dims))
+    if len(blob) - header != expected:
+        raise DataError(
+            f"{path}: header says shape {dims} = {expected} bytes of data, "
+            f"file holds {len(blob) - header}; the file is truncated or padded, fetch it again"
+        )
+    return np.frombuffer(blob, np.uint8, offset=header).reshape(dims)
+
+
+def find_raw(folder: Path, name: str) -> Path:
+    """The file for an IDX name in folder, compressed or not."""
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.exists():
+            return candidate
+    raise DataError(f"{folder}: missing {name}.gz (or {name}), one of the four Fashion-MNIST files")
+
+
+def read_split(folder: Path, split: str) -> Split:
+    """Read the images and labels of one split from a folder of IDX files."""
+    images_name, labels_name = IDX_FILES[split]
+    images_path, labels_path = find_raw(folder, images_name), find_raw(folder, labels_name)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected (N, rows, cols) images, got shape {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected (N,) labels, got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+            "labels: the files do not belong together"
+        )
+    return Split(images, labels.astype(np.int64))
+
+
+def fetch_raw(source: str, mirror: str, endpoint_url: str | None, dest: Path) -> str:
+    """Copy the four raw files from source into dest; return the resolved source.
+
+    source is 'auto' (SYSTEM_DIR when it holds the files, else the mirror), a local folder,
+    s3://bucket/prefix or an http(s):// base URL.
+    """
+    if source == "auto":
+        source = str(SYSTEM_DIR) if SYSTEM_DIR.is_dir() else mirror
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.iterdir():
+        old.unlink()
+    if source.startswith(("http://", "https://")):
+        for name in raw_names():
+            download(f"{source.rstrip('/')}/{name}.gz", dest / f"{name}.gz")
+    elif source.startswith("s3://"):
+        from squeeze.storage import open_store  # boto3 is only needed for S3 sources
+
+        store = open_store(source, endpoint_url)
+        keys = set(store.list())
+        for name in raw_names():
+            key = next((k for k in (f"{name}.gz", name) if k in keys), None)
+            if key is None:
+                raise DataError(f"{source}: missing {name}.gz (or {name})")
+            (dest / key).write_bytes(store.get(key))
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise DataError(f"ingest.source: {source} is not a folder, s3:// prefix or URL")
+        for name in raw_names():
+            path = find_raw(folder, name)
+            shutil.copyfile(path, dest / path.name)
+    return source
+
+
+def download(url: str, dest: Path, timeout_s: float = 60) -> None:
+    """Download url to dest through a temporary file, so a broken transfer leaves nothing."""
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, tmp.open("wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"cannot download {url}: {err}; check ingest.mirror") from err
+    tmp.replace(dest)
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of every raw file plus one over all of them (sorted by name)."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    overall = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in files.items()).encode()).hexdigest()
+    return {"sha256": overall, "files": files}
+
+
+def stratified_indices(
+    labels: np.ndarray, per_class: int | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of up to per_class random samples of every class (all when None), in order."""
+    if per_class is None:
+        return np.arange(len(labels))
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def split_train_val(
+    train: Split, val_fraction: float, rng: np.random.Generator
+) -> tuple[Split, Split]:
+    """Hold out val_fraction of every class for validation (stratified, deterministic)."""
+    val_idx = []
+    for c in np.unique(train.labels):
+        members = rng.permutation(np.flatnonzero(train.labels == c))
+        val_idx.append(members[: round(len(members) * val_fraction)])
+    is_val = np.zeros(len(train), bool)
+    is_val[np.concatenate(val_idx)] = True
+    return subset(train, np.flatnonzero(~is_val)), subset(train, np.flatnonzero(is_val))
+
+
+def subset(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx])
+
+
+def save_split(split: Split, path: Path) -> None:
+    """safetensors: deterministic bytes (unchanged data → unchanged DVC hash) and no pickle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": np.ascontiguousarray(split.images), "labels": split.labels}, path)
+
+
+def load_split(path: Path) -> Split:
+    tensors = load_file(path)
+    return Split(tensors["images"], tensors["labels"])
+
+
+def image_hashes(images: np.ndarray) -> list[str]:
+    """One digest per image, to count exact duplicates."""
+    return [hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest() for img in images]

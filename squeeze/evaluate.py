@@ -1,0 +1,167 @@
+"""Export models to ONNX and measure the exports in onnxruntime, the deployment runtime.
+
+Every reported number comes from the exported file reloaded in onnxruntime: size from its bytes,
+parameters and MACs from its graph, accuracy and latency from running it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from squeeze.data import CLASSES, Split
+from squeeze.params import EvaluateParams
+
+INPUT, OUTPUT = "pixels", "logits"
+OPSET = 17
+# op type -> input positions that hold weights or biases (directly, or through DequantizeLinear)
+WEIGHT_INPUTS = {
+    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "ConvInteger": (1,),
+    "MatMulInteger": (0, 1), "QLinearConv": (3, 8), "QLinearMatMul": (0, 3),
+}  # fmt: skip
+CONV_OPS = {"Conv", "ConvInteger", "QLinearConv"}
+
+
+def export_onnx(model: nn.Module, path: Path) -> None:
+    """Export a (B, 28, 28) uint8 -> (B, 10) logits model with a dynamic batch axis."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.onnx")
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros(1, 28, 28, dtype=torch.uint8),),
+        str(tmp),
+        input_names=[INPUT],
+        output_names=[OUTPUT],
+        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,  # the TorchScript exporter folds BatchNorm into Conv
+    )
+    onnx.checker.check_model(str(tmp))
+    tmp.replace(path)
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session with a fixed thread count, so latencies are comparable."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def weight_tensors(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The initializers that are weights or biases of a layer (quantized ones included)."""
+    inits = {t.name: t for t in graph.initializer}
+    dequant = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    found = {}
+    for node in graph.node:
+        for pos in WEIGHT_INPUTS.get(node.op_type, ()):
+            if pos < len(node.input):
+                name = dequant.get(node.input[pos], node.input[pos])
+                if name in inits:
+                    found[name] = numpy_helper.to_array(inits[name])
+    return found
+
+
+def graph_stats(path: Path) -> dict[str, int]:
+    """Parameters, non-zero parameters and MACs per image, read from the ONNX graph."""
+    model = onnx.load(str(path))
+    weights = weight_tensors(model.graph)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = 1  # batch 1 so that shape inference gives concrete output sizes
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.value_info, *graph.output)
+    }
+    dequant = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    macs = 0
+    for node in graph.node:
+        if node.op_type not in WEIGHT_INPUTS:
+            continue
+        pos = WEIGHT_INPUTS[node.op_type][0]
+        weight = weights.get(dequant.get(node.input[pos], node.input[pos]))
+        out = shapes.get(node.output[0])
+        if weight is None or not out:
+            continue
+        # conv: every output element needs C_in/groups · kh · kw MACs; matmul: K per output
+        per_output = int(np.prod(weight.shape[1:])) if node.op_type in CONV_OPS else weight.shape[0]
+        macs += int(np.prod(out)) * per_output
+    return {
+        "params": int(sum(w.size for w in weights.values())),
+        "nonzero_params": int(sum(np.count_nonzero(w) for w in weights.values())),
+        "macs": macs,
+    }
+
+
+def latency_ms(sess: ort.InferenceSession, sample: np.ndarray, warmup: int, runs: int) -> dict:
+    """Median and p95 batch-1 latency in ms; the first `warmup` runs are discarded."""
+    feed = {INPUT: sample[None]}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        sess.run(None, feed)
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return {
+        "latency_ms_p50": round(float(np.percentile(times, 50)), 4),
+        "latency_ms_p95": round(float(np.percentile(times, 95)), 4),
+    }
+
+
+def predict_onnx(sess: ort.InferenceSession, images: np.ndarray, batch: int) -> tuple:
+    """(logits for all images, images per second) over the whole array in batches."""
+    start = time.perf_counter()
+    logits = np.concatenate(
+        [sess.run(None, {INPUT: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    )
+    return logits, len(images) / (time.perf_counter() - start)
+
+
+def accuracies(pred: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Overall accuracy and accuracy per class name."""
+    correct = pred == labels
+    per_class = {
+        name: round(float(correct[labels == c].mean()), 5) for c, name in enumerate(CLASSES)
+    }
+    return round(float(correct.mean()), 5), per_class
+
+
+def measure(
+    path: Path,
+    test: Split,
+    cfg: EvaluateParams,
+    reference: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Everything evaluate reports about one ONNX file, measured on the test split.
+
+    reference: the source model's predicted classes; the share the export agrees with is
+    reported as `agreement` (a broken export shows here even when accuracy looks plausible).
+    """
+    blob = path.read_bytes()
+    sess = session(path, cfg.threads)
+    logits, throughput = predict_onnx(sess, test.images, cfg.throughput_batch)
+    pred = logits.argmax(1)
+    accuracy, per_class = accuracies(pred, test.labels)
+    agree = pred == reference
+    return {
+        "accuracy": accuracy,
+        "per_class_accuracy": per_class,
+        "size_bytes": len(blob),
+        "gzip_bytes": len(gzip.compress(blob, 9, mtime=0)),
+        **graph_stats(path),
+        **latency_ms(sess, test.images[0], cfg.warmup, cfg.runs),
+        "throughput": round(throughput, 1),
+        "agreement": None if reference is None else round(float(agree.mean()), 5),
+    }

@@ -1,0 +1,84 @@
+"""Model architectures and self-describing checkpoints (safetensors weights + JSON record)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from squeeze.workspace import read_json, write_json
+
+# Fashion-MNIST pixel statistics over the 60k training images, on the 0..1 scale. They live in
+# the network so that the exported ONNX graph takes raw uint8 pixels (the input contract).
+PIXEL_MEAN = 0.2860
+PIXEL_STD = 0.3530
+NUM_CLASSES = 10
+
+
+class ConvNet(nn.Module):
+    """A VGG-style CNN: stages of 3×3 conv-BN-ReLU blocks, 2×2 max-pool between stages,
+    global average pooling and one linear classifier.
+
+    Input is raw pixels, (B, 28, 28) uint8 or float in 0..255; output is (B, 10) logits.
+    """
+
+    def __init__(
+        self, channels: list[int], convs_per_stage: int, dropout: float, batchnorm: bool
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, out_ch in enumerate(channels):
+            if i > 0:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(convs_per_stage):
+                layers.append(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=not batchnorm))
+                if batchnorm:
+                    layers.append(nn.BatchNorm2d(out_ch))
+                layers.append(nn.ReLU(inplace=True))
+                in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(in_ch, NUM_CLASSES)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # (B, 28, 28) raw 0..255 -> (B, 1, 28, 28) standardised floats
+        x = (pixels.float().unsqueeze(1) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+        x = self.pool(self.features(x)).flatten(1)  # (B, C, h, w) -> (B, C)
+        return self.classifier(self.dropout(x))
+
+
+ARCHITECTURES = {"convnet": ConvNet}
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Build a model from its architecture record: {"name": ..., **constructor kwargs}."""
+    kwargs = dict(arch)
+    return ARCHITECTURES[kwargs.pop("name")](**kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model: nn.Module, folder: Path, record: dict[str, Any]) -> None:
+    """Write `model.safetensors` and `model.json` (architecture, params, metrics) to folder.
+
+    The record must hold "arch" so that load_checkpoint can rebuild the model without guessing.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors")
+    write_json(folder / "model.json", record)
+
+
+def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by save_checkpoint; returns (model in eval mode, record)."""
+    record = read_json(folder / "model.json")
+    model = build_model(record["arch"])
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval(), record

@@ -1,0 +1,156 @@
+"""The training loop shared by every stage that trains: seeded, resumable, with curves."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from squeeze.data import Split
+from squeeze.params import TrainParams
+
+# (logits, pixels, labels) -> scalar loss; distillation passes one that also queries a teacher.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+SHIFT = 2  # augmentation: random translations of up to ±2 pixels
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random ±SHIFT translation (zero fill) and horizontal flip of a (B, 28, 28) batch."""
+    b, h, w = pixels.shape
+    padded = F.pad(pixels, (SHIFT, SHIFT, SHIFT, SHIFT))
+    dy, dx = torch.randint(0, 2 * SHIFT + 1, (2, b), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, h, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, w)
+    out = padded[torch.arange(b)[:, None, None], rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None], out.flip(-1), out)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Logits of a model over (N, 28, 28) pixels, in eval mode, batched."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = [images[i : i + batch].to(device) for i in range(0, len(images), batch)]
+    return torch.cat([model(x).cpu() for x in chunks])
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def cross_entropy(label_smoothing: float) -> LossFn:
+    return lambda logits, _pixels, labels: F.cross_entropy(
+        logits, labels, label_smoothing=label_smoothing
+    )
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: TrainParams,
+    state_path: Path | None = None,
+    loss_fn: LossFn | None = None,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train model with SGD + one-cycle LR; return one curve row per epoch.
+
+    With state_path, the full training state is saved after every epoch and a matching state
+    found there is resumed, so an interrupted run continues where it stopped and ends with the
+    same weights as an uninterrupted one. stop_after ends the call after that many epochs (used
+    to test resumption). The state file is the caller's to delete once the result is saved.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
+    steps = (len(labels) + cfg.batch_size - 1) // cfg.batch_size
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(labels), generator=gen)
+        total_loss, correct = 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = augment(images[idx], gen) if cfg.augment else images[idx]
+            x, y = x.to(device), labels[idx].to(device)
+            logits = model(x)
+            loss = loss_fn(logits, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val_logits = predict(model, val_images)
+        history.append({
+            "epoch": epoch,
+            "train_loss": round(total_loss / len(labels), 5),
+            "train_accuracy": round(correct / len(labels), 5),
+            "val_loss": round(F.cross_entropy(val_logits, val_labels).item(), 5),
+            "val_accuracy": round(accuracy(val_logits, val_labels), 5),
+            "seconds": round(time.perf_counter() - start, 2),
+        })  # fmt: skip
+        tqdm.write(", ".join(f"{k}={v}" for k, v in history[-1].items()))
+        if state_path is not None:
+            save_state(state_path, model, opt, sched, gen, history)
+        if stop_after is not None and epoch >= stop_after:
+            break
+    model.cpu().eval()
+    return history
+
+
+def save_state(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    history: list[dict[str, Any]],
+) -> None:
+    """Atomically write everything needed to resume (loadable with weights_only=True)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+        },
+        tmp,
+    )
+    tmp.replace(path)

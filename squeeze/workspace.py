@@ -1,0 +1,56 @@
+"""Where every stage reads and writes, relative to a workspace root (the DVC repo)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    def split(self, name: str) -> Path:
+        return self.root / "data" / "splits" / f"{name}.safetensors"
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.root / "data" / "fingerprint.json"
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def export(self, name: str) -> Path:
+        """The deployable ONNX file of a model, as evaluate measured it."""
+        return self.root / "exports" / f"{name}.onnx"
+
+    def metrics(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}.json"
+
+    def plot(self, name: str) -> Path:
+        return self.root / "plots" / name
+
+    def report(self, name: str) -> Path:
+        return self.root / "reports" / name
+
+    def state(self, name: str) -> Path:
+        """Scratch space outside DVC's outs (resume states), which `dvc repro` never deletes."""
+        return self.root / ".squeeze" / name
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically with sorted keys, so equal data gives equal bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
