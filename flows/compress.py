@@ -52,7 +52,7 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         {"ran": [...], "skipped": [...]} stage names.
     """
     logger = get_run_logger()
-    root = Path(workspace)
+    root = Path(workspace).resolve()  # absolute: DVC calls switch the cwd briefly
     with workspace_lock(root):
         if params is None:
             params = load_params(root)

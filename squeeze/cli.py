@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from squeeze.ops import add_ops_commands
 from squeeze.params import ParamsError, apply_profile, load_params
 
 
@@ -43,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="apply profiles/NAME.yaml to params.yaml")
     prof.add_argument("name")
     prof.set_defaults(func=cmd_profile)
+    add_ops_commands(sub)
     return p
 
 

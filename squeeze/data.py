@@ -51,27 +51,31 @@ def raw_names() -> list[str]:
     return [name for pair in IDX_FILES.values() for name in pair]
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (gzip or raw) into an ndarray, checking header and length."""
+def read_idx(path: Path, shown: str | None = None) -> np.ndarray:
+    """Parse one IDX file (gzip or raw) into an ndarray, checking header and length.
+
+    shown: how errors name the file (the source it was fetched from), default its path.
+    """
     blob = path.read_bytes()
+    where = shown or str(path)
     if blob[:2] == b"\x1f\x8b":
         try:
             blob = gzip.decompress(blob)
         except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{path}: corrupt or truncated gzip stream ({err})") from None
+            raise DataError(f"{where}: corrupt or truncated gzip stream ({err})") from None
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {blob[:4].hex()})")
+        raise DataError(f"{where}: not an IDX file (bad magic number {blob[:4].hex()})")
     if blob[2] != IDX_UBYTE:
-        raise DataError(f"{path}: IDX type code {blob[2]:#04x}, expected unsigned bytes (0x08)")
+        raise DataError(f"{where}: IDX type code {blob[2]:#04x}, expected unsigned bytes (0x08)")
     ndim = blob[3]
     header = 4 + 4 * ndim
     if len(blob) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(blob)} bytes)")
+        raise DataError(f"{where}: truncated IDX header ({len(blob)} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(blob, ">u4", ndim, offset=4))
     expected = int(np.prod(dims))
     if len(blob) - header != expected:
         raise DataError(
-            f"{path}: header says shape {dims} = {expected} bytes of data, "
+            f"{where}: header says shape {dims} = {expected} bytes of data, "
             f"file holds {len(blob) - header}; the file is truncated or padded, fetch it again"
         )
     return np.frombuffer(blob, np.uint8, offset=header).reshape(dims)
@@ -85,11 +89,15 @@ def find_raw(folder: Path, name: str) -> Path:
     raise DataError(f"{folder}: missing {name}.gz (or {name}), one of the four Fashion-MNIST files")
 
 
-def read_split(folder: Path, split: str) -> Split:
-    """Read the images and labels of one split from a folder of IDX files."""
-    images_name, labels_name = IDX_FILES[split]
-    images_path, labels_path = find_raw(folder, images_name), find_raw(folder, labels_name)
-    images, labels = read_idx(images_path), read_idx(labels_path)
+def read_split(folder: Path, split: str, shown: str | None = None) -> Split:
+    """Read the images and labels of one split from a folder of IDX files.
+
+    shown: how errors name the folder (the source the files were fetched from).
+    """
+    paths = [find_raw(folder, name) for name in IDX_FILES[split]]
+    # strings, not Paths: a Path would collapse the // of s3:// and http:// sources
+    images_path, labels_path = (f"{(shown or str(folder)).rstrip('/')}/{p.name}" for p in paths)
+    images, labels = read_idx(paths[0], images_path), read_idx(paths[1], labels_path)
     if images.ndim != 3:
         raise DataError(f"{images_path}: expected (N, rows, cols) images, got shape {images.shape}")
     if labels.ndim != 1:

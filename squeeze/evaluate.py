@@ -72,6 +72,14 @@ def weight_tensors(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return found
 
 
+def reduced_size(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> int:
+    """MACs per output element: the length of the dot product that computes it."""
+    if node.op_type in CONV_OPS:  # weight (C_out, C_in/groups, kh, kw)
+        return int(np.prod(weight_shape[1:]))
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return weight_shape[1] if trans_b else weight_shape[0]  # Gemm/MatMul weight (K, N) or (N, K)
+
+
 def graph_stats(path: Path) -> dict[str, int]:
     """Parameters, non-zero parameters and MACs per image, read from the ONNX graph."""
     model = onnx.load(str(path))
@@ -95,8 +103,7 @@ def graph_stats(path: Path) -> dict[str, int]:
         if weight is None or not out:
             continue
         # conv: every output element needs C_in/groups · kh · kw MACs; matmul: K per output
-        per_output = int(np.prod(weight.shape[1:])) if node.op_type in CONV_OPS else weight.shape[0]
-        macs += int(np.prod(out)) * per_output
+        macs += int(np.prod(out)) * reduced_size(node, weight.shape)
     return {
         "params": int(sum(w.size for w in weights.values())),
         "nonzero_params": int(sum(np.count_nonzero(w) for w in weights.values())),

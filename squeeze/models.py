@@ -23,23 +23,30 @@ class ConvNet(nn.Module):
     global average pooling and one linear classifier.
 
     Input is raw pixels, (B, 28, 28) uint8 or float in 0..255; output is (B, 10) logits.
+    A stage's entry in `channels` is either one width (repeated convs_per_stage times) or the
+    explicit list of its convs' widths, which is what a structurally pruned network needs.
     """
 
     def __init__(
-        self, channels: list[int], convs_per_stage: int, dropout: float, batchnorm: bool
+        self,
+        channels: list[int | list[int]],
+        convs_per_stage: int,
+        dropout: float,
+        batchnorm: bool,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_ch = 1
-        for i, out_ch in enumerate(channels):
+        for i, widths in enumerate(stage_widths(channels, convs_per_stage)):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
-            for _ in range(convs_per_stage):
+            for out_ch in widths:
                 layers.append(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=not batchnorm))
                 if batchnorm:
                     layers.append(nn.BatchNorm2d(out_ch))
                 layers.append(nn.ReLU(inplace=True))
                 in_ch = out_ch
+        self.convs_per_stage = convs_per_stage
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -50,6 +57,40 @@ class ConvNet(nn.Module):
         x = (pixels.float().unsqueeze(1) / 255.0 - PIXEL_MEAN) / PIXEL_STD
         x = self.pool(self.features(x)).flatten(1)  # (B, C, h, w) -> (B, C)
         return self.classifier(self.dropout(x))
+
+
+def stage_widths(channels: list[int | list[int]], convs_per_stage: int) -> list[list[int]]:
+    """Per-stage lists of conv widths: an int stage repeats, a list stage is taken as is."""
+    stages = []
+    for i, entry in enumerate(channels):
+        widths = [entry] * convs_per_stage if isinstance(entry, int) else list(entry)
+        if not widths or any(w < 1 for w in widths):
+            raise ValueError(f"channels[{i}]: widths must be positive, got {entry!r}")
+        stages.append(widths)
+    return stages
+
+
+def arch_of(model: ConvNet) -> dict[str, Any]:
+    """The architecture record of a ConvNet as it is now, read from its layers.
+
+    After structured pruning the widths no longer match the params that built the network, so
+    the checkpoint records the real ones (explicit per-conv lists, one per stage), and
+    load_checkpoint rebuilds the pruned network without running the pruner again.
+    """
+    stages: list[list[int]] = [[]]
+    for layer in model.features:
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append([])
+        elif isinstance(layer, nn.Conv2d):
+            stages[-1].append(layer.out_channels)
+    uniform = all(len(set(w)) == 1 and len(w) == model.convs_per_stage for w in stages)
+    return {
+        "name": "convnet",
+        "channels": [w[0] for w in stages] if uniform else stages,
+        "convs_per_stage": model.convs_per_stage,
+        "dropout": model.dropout.p,
+        "batchnorm": any(isinstance(m, nn.BatchNorm2d) for m in model.features),
+    }
 
 
 ARCHITECTURES = {"convnet": ConvNet}

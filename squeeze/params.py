@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
@@ -64,8 +64,9 @@ class ArchParams(Section):
     batchnorm: bool = Field(description="BatchNorm after every conv.")
 
 
-class TrainParams(Section):
-    arch: ArchParams
+class FitParams(Section):
+    """How a model is trained (by train_teacher, distill, prune fine-tuning and merge)."""
+
     epochs: int = Field(ge=1, le=500, description="Training epochs.")
     batch_size: int = Field(ge=1, le=4096, description="Mini-batch size.")
     lr: float = Field(gt=0, le=10, description="Peak learning rate of the one-cycle schedule.")
@@ -78,6 +79,11 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(description="'auto' uses CUDA when present.")
 
 
+class TrainTeacherParams(Section):
+    arch: ArchParams
+    fit: FitParams
+
+
 class EvaluateParams(Section):
     threads: int = Field(ge=1, le=256, description="onnxruntime intra-op threads for latency.")
     warmup: int = Field(ge=0, description="Batch-1 runs discarded before timing.")
@@ -85,19 +91,152 @@ class EvaluateParams(Section):
     throughput_batch: int = Field(ge=1, le=4096, description="Batch size of the throughput test.")
 
 
+class DistillParams(Section):
+    """A student trained on the upstream model's soft targets (Hinton et al. 2015)."""
+
+    upstream: str = Field(description="The model distilled from (teacher or another candidate).")
+    student: ArchParams
+    temperature: float = Field(gt=0, le=100, description="Softmax temperature T of the targets.")
+    alpha: float = Field(ge=0, le=1, description="Weight of the soft (T²-scaled) loss.")
+    feature_weight: float = Field(
+        ge=0, description="Weight of intermediate-feature (pooled embedding) matching; 0 = off."
+    )
+    fit: FitParams
+
+
+class PruneParams(Section):
+    """Unstructured (global magnitude, AGP schedule) or structured (channel) pruning."""
+
+    upstream: str = Field(description="The model pruned.")
+    kind: Literal["unstructured", "structured"] = Field(description="What is removed.")
+    sparsity: float = Field(
+        gt=0, lt=1, description="Unstructured: share of weights zeroed; structured: of channels."
+    )
+    steps: int = Field(ge=1, le=100, description="Pruning steps of the gradual (AGP) schedule.")
+    importance: Literal["l1", "l2", "taylor"] = Field(description="Structured: channel criterion.")
+    distill_alpha: float = Field(
+        ge=0, le=1, description="Fine-tune with this weight on distillation from the teacher."
+    )
+    temperature: float = Field(gt=0, le=100, description="Temperature of that distillation.")
+    fit: FitParams
+
+
+class QuantizeParams(Section):
+    """int8 post-training quantization of the upstream's ONNX export (onnxruntime)."""
+
+    upstream: str = Field(description="The model quantized.")
+    mode: Literal["static", "dynamic"] = Field(description="static: calibrated QDQ; dynamic.")
+    per_channel: bool = Field(description="Per-channel weight scales.")
+    calibration_samples: int = Field(ge=1, le=60000, description="Training images to calibrate.")
+
+
+class MergeParams(Section):
+    """Model merging: logit ensemble, weight soups, or an ensemble distilled into one student."""
+
+    kind: Literal["ensemble", "soup_uniform", "soup_greedy", "distill_ensemble"]
+    upstreams: list[str] = Field(
+        min_length=1,
+        description="ensemble/distill_ensemble: the members; soups: the one shared starting point.",
+    )
+    ingredients: int = Field(ge=2, le=16, description="Soups: fine-tuned copies (seeds differ).")
+    student: ArchParams | None = Field(description="distill_ensemble: the student architecture.")
+    temperature: float = Field(gt=0, le=100, description="distill_ensemble: temperature.")
+    fit: FitParams
+
+
+class GateParams(Section):
+    """Thresholds every candidate must pass before it may be promoted."""
+
+    min_accuracy: float = Field(ge=0, le=1, description="Minimum test accuracy.")
+    max_accuracy_drop: float = Field(ge=0, le=1, description="Maximum drop vs the teacher.")
+    max_class_drop: float = Field(ge=0, le=1, description="Maximum per-class drop vs teacher.")
+    max_size_bytes: int = Field(ge=1, description="Maximum deployable file size.")
+    max_latency_ms: float = Field(gt=0, description="Maximum batch-1 median latency.")
+    min_agreement: float = Field(ge=0, le=1, description="Minimum export/source agreement.")
+    policy: Literal["smallest", "fastest", "most_accurate"] = Field(
+        description="Which passing candidate is the challenger."
+    )
+    allow_tie: bool = Field(description="Promote a challenger that ties the champion.")
+    tie_tolerance: float = Field(ge=0, le=1, description="Accuracy difference counted as a tie.")
+
+
+class PromoteParams(Section):
+    registry: str = Field(description="Registry root: a local folder or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(description="S3 endpoint (MinIO, moto); null for AWS.")
+    family: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model family name.")
+
+
+COMPRESSION_STAGES = ("distill", "prune", "quantize", "merge")
+
+
 class Params(Section):
     """All squeeze parameters; the Prefect UI renders this as the run form."""
 
     ingest: IngestParams
-    train_teacher: TrainParams
+    train_teacher: TrainTeacherParams
+    distill: dict[str, DistillParams]
+    prune: dict[str, PruneParams]
+    quantize: dict[str, QuantizeParams]
+    merge: dict[str, MergeParams]
     evaluate: EvaluateParams
+    gate: GateParams
+    promote: PromoteParams
+
+    def upstreams(self) -> dict[str, list[str]]:
+        """Every candidate model name -> the models it is built from."""
+        graph: dict[str, list[str]] = {}
+        for stage in COMPRESSION_STAGES:
+            for name, cfg in getattr(self, stage).items():
+                graph[name] = list(cfg.upstreams) if stage == "merge" else [cfg.upstream]
+        return graph
+
+    def stage_of(self, name: str) -> str:
+        """The stage that builds a model ('train_teacher' for the teacher)."""
+        return next((s for s in COMPRESSION_STAGES if name in getattr(self, s)), "train_teacher")
+
+    def model_names(self) -> list[str]:
+        """The teacher, then every candidate after all of its upstreams (topological order)."""
+        graph, done = self.upstreams(), ["teacher"]
+        while len(done) < len(graph) + 1:
+            done += [n for n, ups in graph.items() if n not in done and set(ups) <= set(done)]
+        return done
+
+    @model_validator(mode="after")
+    def check_graph(self) -> Params:
+        """Names are unique across stages, upstreams exist, and there is no cycle."""
+        seen: dict[str, str] = {}
+        for stage in COMPRESSION_STAGES:
+            for name in getattr(self, stage):
+                if name == "teacher" or name in seen:
+                    other = seen.get(name, "train_teacher")
+                    raise ValueError(f"{stage}.{name}: name already used by {other}")
+                seen[name] = stage
+        graph = self.upstreams()
+        for name, ups in graph.items():
+            for up in ups:
+                if up != "teacher" and up not in graph:
+                    raise ValueError(f"{seen[name]}.{name}.upstream: unknown model {up!r}")
+        remaining = dict(graph)
+        built = {"teacher"}
+        while remaining:
+            ready = [n for n, ups in remaining.items() if set(ups) <= built]
+            if not ready:
+                cycle = ", ".join(f"{seen[n]}.{n}" for n in sorted(remaining))
+                raise ValueError(f"the candidate graph has a cycle among: {cycle}")
+            built.update(ready)
+            for n in ready:
+                del remaining[n]
+        return self
 
 
 def format_errors(err: ValidationError, origin: str) -> str:
     """One line per problem: `origin: dotted.key: reason (got value)`."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if not e["loc"]:  # a whole-file check (the candidate graph) names its keys itself
+            lines.append(f"{origin}: {e['msg'].removeprefix('Value error, ')}")
+            continue
+        key = ".".join(str(p) for p in e["loc"])
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         lines.append(f"{origin}: {key}: {e['msg']}{got}")
     return "\n".join(lines)

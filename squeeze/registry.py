@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from squeeze.storage import NotFound, Store, StoreError
+from squeeze.storage import NotFound, Store, StoreError, open_store
 
-__all__ = ["CURRENT", "Registry", "RegistryError"]
+__all__ = ["CURRENT", "Registry", "RegistryError", "open_registry"]
 
 # Names the registry writes itself; a published file may not take them.
 _RESERVED = {"claim.json", "card.json", "metrics.json", "checksums.json"}
@@ -104,6 +104,10 @@ class Registry:
 
     def _where(self, key: str) -> str:
         return f"{self.store.url.rstrip('/')}/{key}"
+
+    def url(self, version: int, name: str = "model.onnx") -> str:
+        """Where a file of a version lives (s3://... or a local path), for links and messages."""
+        return self._where(self._key(version, _check_name(name, "file name")))
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -380,3 +384,16 @@ class Registry:
             "previous": previous,
             "history": history,
         }
+
+
+def open_registry(
+    url: str, family: str, endpoint_url: str | None = None, base: Path | None = None
+) -> Registry:
+    """The registry of ``family`` at ``url`` (params.promote: registry, family, endpoint_url).
+
+    A relative local path is taken relative to ``base`` (the workspace), not to the current
+    directory, so `squeeze -w DIR status` and the pipeline find the same registry.
+    """
+    if base is not None and "://" not in url and not Path(url).expanduser().is_absolute():
+        url = str(Path(base) / url)
+    return Registry(open_store(url, endpoint_url), family)

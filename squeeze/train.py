@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from squeeze.data import Split
-from squeeze.params import TrainParams
+from squeeze.params import FitParams
 
 # (logits, pixels, labels) -> scalar loss; distillation passes one that also queries a teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,7 +61,7 @@ def fit(
     model: nn.Module,
     train: Split,
     val: Split,
-    cfg: TrainParams,
+    cfg: FitParams,
     state_path: Path | None = None,
     loss_fn: LossFn | None = None,
     stop_after: int | None = None,

@@ -36,7 +36,7 @@ def run(root: Path, params: Params) -> None:
     ws, cfg = Workspace(root), params.ingest
     incoming = ws.state("incoming")
     source = fetch_raw(cfg.source, cfg.mirror, cfg.endpoint_url, incoming)
-    raw = {name: read_split(incoming, name) for name in IDX_FILES}
+    raw = {name: read_split(incoming, name, source) for name in IDX_FILES}
     docs = ws.report("ingest")
     shutil.rmtree(docs, ignore_errors=True)
     results = [validate(df, name, specs, docs) for name, df, specs in data_suite.suites(raw, cfg)]

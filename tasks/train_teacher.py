@@ -18,14 +18,14 @@ from prefect import task
 
 from squeeze.data import load_split
 from squeeze.models import build_model, count_params, save_checkpoint
-from squeeze.params import Params, TrainParams, load_params
+from squeeze.params import Params, TrainTeacherParams, load_params
 from squeeze.train import fit
 from squeeze.workspace import Workspace, read_json
 
 NAME = "teacher"
 
 
-def state_key(cfg: TrainParams, data_sha256: str) -> str:
+def state_key(cfg: TrainTeacherParams, data_sha256: str) -> str:
     """Resume only a state made by the same params on the same data."""
     blob = json.dumps({"cfg": cfg.model_dump(mode="json"), "data": data_sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -40,13 +40,13 @@ def write_curves(path: Path, history: list[dict]) -> None:
 
 
 def run(root: Path, params: Params, stop_after: int | None = None) -> None:
-    ws, cfg = Workspace(root), params.train_teacher
+    ws, arch_cfg, cfg = Workspace(root), params.train_teacher.arch, params.train_teacher.fit
     torch.set_num_threads(cfg.threads)  # deliberate: the default may oversubscribe shared CPUs
     torch.manual_seed(cfg.seed)
     data_sha = read_json(ws.fingerprint)["sha256"]
-    arch = cfg.arch.model_dump(mode="json")
+    arch = arch_cfg.model_dump(mode="json")
     model = build_model(arch)
-    state = ws.state(f"train_teacher-{state_key(cfg, data_sha)}.pt")
+    state = ws.state(f"train_teacher-{state_key(params.train_teacher, data_sha)}.pt")
     start = time.perf_counter()
     history = fit(model, load_split(ws.split("train")), load_split(ws.split("val")), cfg,
                   state_path=state, stop_after=stop_after)  # fmt: skip
@@ -55,7 +55,7 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
     record = {
         "name": NAME,
         "arch": arch,
-        "params": cfg.model_dump(mode="json"),
+        "params": params.train_teacher.model_dump(mode="json"),
         "data_sha256": data_sha,
         "parameters": count_params(model),
         "val_accuracy": history[-1]["val_accuracy"],

@@ -202,3 +202,19 @@ def test_concurrent_default_promotions_serialize(registry: Registry) -> None:
     moves = [h["version"] for h in pointer["history"]]
     assert sorted(moves) == sorted(won) and pointer["version"] == moves[-1]
     assert pointer["previous"] == moves[-2::-1]
+
+
+def test_open_registry_resolves_local_paths_against_the_workspace(tmp_path: Path) -> None:
+    from squeeze.registry import open_registry
+    from squeeze.storage import S3Store
+
+    local = open_registry("registry", "fam", base=tmp_path / "ws")
+    assert local.store.url == str((tmp_path / "ws" / "registry").resolve())
+    assert local.url(3) == f"{local.store.url}/fam/versions/3/model.onnx"
+    assert open_registry(str(tmp_path / "abs"), "fam", base=tmp_path / "ws").store.url == str(
+        (tmp_path / "abs").resolve()
+    )
+    remote = open_registry("s3://bucket/pre", "fam", "http://127.0.0.1:9", base=tmp_path)
+    assert isinstance(remote.store, S3Store) and remote.url(1, "card.json") == (
+        "s3://bucket/pre/fam/versions/1/card.json"
+    )

@@ -1,0 +1,364 @@
+"""Quality gates over the candidates table, challenger selection, and champion vs challenger.
+
+The gates are a Great Expectations suite over one row per model (metrics/candidates.json, the
+teacher included). Drops are measured against the teacher, so two columns are derived per row
+first: ``accuracy_drop`` (teacher accuracy - accuracy) and ``worst_class_drop`` (the largest
+per-class drop). Each gate is a column-map expectation; GX reports the values that broke it,
+and because a verdict depends on nothing but the value, mapping those values back to rows
+gives the exact per-candidate verdict.
+
+``agreement`` (export vs its torch source) is null for a model with no torch source (an int8
+ONNX quantization, a logit ensemble). GX's column-map expectations skip nulls, and that is
+the policy: such a model passes the agreement gate, because there is nothing to agree with;
+its export is still held to the accuracy and per-class drop gates, measured on the export
+itself. Every other gated value must be present (a not-null expectation fails it otherwise).
+
+The teacher is a row like any other: it is the reference (its drops are 0) and it may be
+promoted when it fits the size and latency limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from squeeze.params import GateParams
+
+TEACHER = "teacher"
+SUITE = "gate"
+# The metrics a champion/challenger comparison and the reports show.
+COMPARED = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50", "latency_ms_p95")
+# What a model without a torch source shows for the agreement gate.
+NO_SOURCE = "no torch source to compare the export with: passes (accuracy gates still apply)"
+
+
+class GateError(ValueError):
+    """The candidates table cannot be gated (no teacher, no candidates); says what to run."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold: a column of the candidates table and its bound (inclusive)."""
+
+    name: str
+    column: str
+    bound: Literal["min", "max"]
+    threshold: float
+    nullable: bool = False  # a null value passes (only agreement: no source to compare with)
+
+
+def gates(cfg: GateParams) -> list[Gate]:
+    """The gates in report order, thresholds from params.gate."""
+    return [
+        Gate("accuracy", "accuracy", "min", cfg.min_accuracy),
+        Gate("accuracy_drop", "accuracy_drop", "max", cfg.max_accuracy_drop),
+        Gate("class_drop", "worst_class_drop", "max", cfg.max_class_drop),
+        Gate("size", "size_bytes", "max", cfg.max_size_bytes),
+        Gate("latency", "latency_ms_p50", "max", cfg.max_latency_ms),
+        Gate("agreement", "agreement", "min", cfg.min_agreement, nullable=True),
+    ]
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    """reference - value, rounded like the accuracies so that 0.92 - 0.89 == 0.03 exactly
+    (a float-noise 0.0300000001 would fail a 0.03 threshold)."""
+    if reference is None or value is None:
+        return None
+    return round(reference - value, 5)
+
+
+def candidate_row(name: str, record: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+    """One row of the candidates table: the gated metrics plus the derived drop columns."""
+    per_class = record.get("per_class_accuracy") or {}
+    drops = {
+        cls: _drop(acc, per_class.get(cls)) for cls, acc in teacher["per_class_accuracy"].items()
+    }
+    known = {cls: d for cls, d in drops.items() if d is not None}
+    # a class missing from the record counts as unmeasured: the whole column value is null
+    worst = max(known, key=known.__getitem__) if known and len(known) == len(drops) else None
+    return {
+        "name": name,
+        "accuracy": record.get("accuracy"),
+        "accuracy_drop": _drop(teacher.get("accuracy"), record.get("accuracy")),
+        "worst_class_drop": known[worst] if worst else None,
+        "worst_class": worst,
+        "size_bytes": record.get("size_bytes"),
+        "latency_ms_p50": record.get("latency_ms_p50"),
+        "agreement": record.get("agreement"),
+    }
+
+
+def candidates_table(candidates: dict[str, dict[str, Any]], teacher: str = TEACHER) -> Any:
+    """The candidates table as a DataFrame, one row per model (sorted by name).
+
+    Raises:
+        GateError: there is no teacher record to measure drops against.
+    """
+    import pandas as pd
+
+    if teacher not in candidates:
+        raise GateError(
+            f"the candidates table has no {teacher!r} record, the reference of every drop gate; "
+            "run the evaluate stage (dvc repro evaluate)"
+        )
+    rows = [
+        candidate_row(name, candidates[name], candidates[teacher]) for name in sorted(candidates)
+    ]
+    return pd.DataFrame(rows)
+
+
+def expectation_specs(cfg: GateParams, rows: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(gate name, GX expectation, kwargs) per expectation of the suite, in report order.
+
+    SUMMARY results list up to ``partial_unexpected_count`` offending values; asking for as many
+    as there are rows makes the list complete, so every failing row can be named.
+    """
+    fmt = {"result_format": "SUMMARY", "partial_unexpected_count": max(rows, 1)}
+    specs = []
+    for gate in gates(cfg):
+        if not gate.nullable:
+            specs.append(
+                (gate.name, "expect_column_values_to_not_be_null", {"column": gate.column})
+            )
+        bound = {f"{gate.bound}_value": gate.threshold}
+        specs.append(
+            (gate.name, "expect_column_values_to_be_between", {"column": gate.column, **bound})
+        )
+    return [(g, e, {**kw, "result_format": fmt}) for g, e, kw in specs]
+
+
+def failing_rows(table: Any, column: str, result: Any) -> set[str]:
+    """Names of the rows an expectation result says are unexpected.
+
+    Column-map results list the offending values; a row fails exactly when its value is one of
+    them (a verdict depends only on the value), and a listed None means the null rows. When GX
+    could not evaluate the expectation at all, no row can be said to pass it.
+    """
+    observed = result.observed
+    if not isinstance(observed, dict) or "partial_unexpected_list" not in observed:
+        return set() if result.success else set(table["name"])
+    listed = observed["partial_unexpected_list"]
+    values = [v for v in listed if v is not None]
+    mask = table[column].isin(values)
+    if len(values) < len(listed):
+        mask |= table[column].isna()
+    names = set(table.loc[mask, "name"])
+    if len(names) != observed.get("unexpected_count", len(names)):
+        raise GateError(f"GX listed {observed} for {column!r} but {sorted(names)} match it")
+    return names
+
+
+def _json_value(value: Any) -> Any:
+    """A table cell as JSON: NaN/NA become null, numpy scalars plain Python numbers."""
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def verdicts(table: Any, cfg: GateParams, failed: dict[str, set[str]]) -> dict[str, dict]:
+    """Per candidate: passed, the failed gate names, and per gate the observed value + bound."""
+    out = {}
+    for row in table.to_dict("records"):
+        name, per_gate = row["name"], {}
+        for gate in gates(cfg):
+            observed = _json_value(row[gate.column])
+            entry: dict[str, Any] = {
+                "passed": name not in failed[gate.name],
+                "observed": observed,
+                gate.bound: gate.threshold,
+                "column": gate.column,
+            }
+            if gate.name == "class_drop" and observed is not None:
+                entry["class"] = row["worst_class"]
+            if observed is None:
+                entry["note"] = NO_SOURCE if gate.nullable else "not measured: fails"
+            per_gate[gate.name] = entry
+        failures = [g for g, e in per_gate.items() if not e["passed"]]
+        out[name] = {"passed": not failures, "failed": failures, "gates": per_gate}
+    return out
+
+
+def check(
+    candidates: dict[str, dict[str, Any]],
+    cfg: GateParams,
+    docs_dir: Path | None = None,
+    teacher: str = TEACHER,
+) -> dict[str, Any]:
+    """Run the gate suite over the candidates and select the challenger by params.gate.policy.
+
+    Args:
+        candidates: metrics/candidates.json, {name: record}; must hold the teacher.
+        cfg: params.gate.
+        docs_dir: where GX writes its data docs (HTML); none when None.
+        teacher: the reference model's name.
+    Returns:
+        The gate report (metrics/gate.json): per candidate and per expectation results, the
+        passing candidates in policy order, the challenger (or None) and the reasons.
+    """
+    from squeeze.expectations import validate
+
+    table = candidates_table(candidates, teacher)
+    specs = expectation_specs(cfg, len(table))
+    result = validate(table, SUITE, [(e, kw) for _, e, kw in specs], docs_dir)
+    failed: dict[str, set[str]] = {g.name: set() for g in gates(cfg)}
+    expectations = []
+    for (gate_name, _, kwargs), res in zip(specs, result.results, strict=True):
+        names = failing_rows(table, kwargs["column"], res)
+        failed[gate_name] |= names
+        expectations.append({
+            "gate": gate_name,
+            "expectation": res.expectation,
+            "column": res.column,
+            "kwargs": {k: v for k, v in res.kwargs.items() if k != "result_format"},
+            "success": res.success,
+            "observed": res.observed,
+            "failing": sorted(names),
+        })  # fmt: skip
+    per_candidate = verdicts(table, cfg, failed)
+    ranking = rank({n: candidates[n] for n, v in per_candidate.items() if v["passed"]}, cfg)
+    challenger, reasons = select(ranking, per_candidate, candidates, cfg)
+    return {
+        "suite": SUITE,
+        "success": result.success,
+        "teacher": teacher,
+        "policy": cfg.policy,
+        "thresholds": cfg.model_dump(mode="json"),
+        "candidates": per_candidate,
+        "expectations": expectations,
+        "passed": sorted(ranking),
+        "ranking": ranking,
+        "challenger": challenger,
+        "outcome": "challenger_selected" if challenger else "nothing_passed",
+        "reasons": reasons,
+    }
+
+
+def policy_key(record: dict[str, Any], policy: str) -> tuple:
+    """Sort key of a passing candidate under a policy: best first, ties broken by accuracy
+    (or size) and finally the name, so the choice is deterministic."""
+    name, acc, size = record["name"], record["accuracy"], record["size_bytes"]
+    if policy == "smallest":
+        return (size, -acc, name)
+    if policy == "fastest":
+        return (record["latency_ms_p50"], -acc, size, name)
+    return (-acc, size, name)  # most_accurate (all passing ones are within max_size_bytes)
+
+
+def rank(passing: dict[str, dict[str, Any]], cfg: GateParams) -> list[str]:
+    """Names of the passing candidates, best first under params.gate.policy."""
+    records = [{**rec, "name": name} for name, rec in passing.items()]
+    return [r["name"] for r in sorted(records, key=lambda r: policy_key(r, cfg.policy))]
+
+
+POLICY_METRIC = {"smallest": "size_bytes", "fastest": "latency_ms_p50", "most_accurate": "accuracy"}
+
+
+def select(
+    ranking: list[str],
+    per_candidate: dict[str, dict],
+    candidates: dict[str, dict[str, Any]],
+    cfg: GateParams,
+) -> tuple[str | None, list[str]]:
+    """The challenger (first of the ranking) and why; or None and why each candidate failed."""
+    if not ranking:
+        reasons = [f"no candidate passed every gate ({len(per_candidate)} checked)"]
+        for name, verdict in per_candidate.items():
+            broken = [_describe(verdict["gates"][g]) + f" ({g})" for g in verdict["failed"]]
+            reasons.append(f"{name}: " + "; ".join(broken))
+        return None, reasons
+    best = ranking[0]
+    metric = POLICY_METRIC[cfg.policy]
+    reasons = [
+        f"{len(ranking)} of {len(per_candidate)} candidates passed every gate",
+        f"challenger {best}: policy {cfg.policy!r} ranks it first "
+        f"({metric} {candidates[best][metric]}, accuracy {candidates[best]['accuracy']})",
+    ]
+    return best, reasons
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    """'0.81 < min 0.85' for a failed gate entry of a verdict."""
+    if entry["observed"] is None:
+        return "not measured"
+    if "min" in entry:
+        return f"{entry['observed']} < min {entry['min']}"
+    return f"{entry['observed']} > max {entry['max']}"
+
+
+def _compare(a: float, b: float, lower_is_better: bool, tolerance: float = 0.0) -> int:
+    """+1 when a is better than b by more than tolerance, -1 when worse, 0 for a tie."""
+    diff = (b - a) if lower_is_better else (a - b)
+    if abs(diff) <= tolerance:
+        return 0
+    return 1 if diff > 0 else -1
+
+
+def policy_order(policy: str) -> list[tuple[str, bool]]:
+    """The (metric, lower_is_better) keys a policy compares, most important first."""
+    if policy == "smallest":
+        return [("size_bytes", True), ("accuracy", False)]
+    if policy == "fastest":
+        return [("latency_ms_p50", True), ("accuracy", False)]
+    return [("accuracy", False), ("size_bytes", True)]
+
+
+def decide(
+    challenger: dict[str, Any],
+    champion: dict[str, Any] | None,
+    cfg: GateParams,
+    champion_failed: list[str] | None = None,
+    identical: bool = False,
+) -> dict[str, Any]:
+    """Whether a challenger that passed every gate replaces the production champion.
+
+    Both records must be measured in the same process on the same test split. The challenger
+    wins when nothing is in production, when the champion fails today's gates, or when it beats
+    the champion lexicographically under the policy (smallest: size, then accuracy; fastest:
+    latency p50, then accuracy; most_accurate: accuracy, then size), accuracies within
+    tie_tolerance counting as equal. It never wins with accuracy below the champion's by more
+    than tie_tolerance. A full tie is promoted only with allow_tie.
+
+    Returns:
+        {"promote": bool, "outcome": "promoted" | "champion_kept" | "already_in_production",
+        "reasons": [...]}.
+    """
+
+    def verdict(promote: bool, *reasons: str) -> dict[str, Any]:
+        outcome = "promoted" if promote else "champion_kept"
+        return {"promote": promote, "outcome": outcome, "reasons": list(reasons)}
+
+    if identical:
+        return {
+            "promote": False,
+            "outcome": "already_in_production",
+            "reasons": ["the challenger's model.onnx is byte-identical to production's"],
+        }
+    if champion is None:
+        return verdict(True, "nothing is in production yet")
+    if champion_failed:
+        return verdict(True, f"the champion fails today's gates: {', '.join(champion_failed)}")
+    ch_acc, cp_acc = challenger["accuracy"], champion["accuracy"]
+    tol = cfg.tie_tolerance
+    if _compare(ch_acc, cp_acc, lower_is_better=False, tolerance=tol) < 0:
+        return verdict(
+            False,
+            f"challenger accuracy {ch_acc} is below the champion's {cp_acc} by more than "
+            f"tie_tolerance {tol}",
+        )
+    for metric, lower in policy_order(cfg.policy):
+        tolerance = tol if metric == "accuracy" else 0.0
+        outcome = _compare(challenger[metric], champion[metric], lower, tolerance)
+        if outcome:
+            word = ("better" if outcome > 0 else "worse") + f" {metric}"
+            why = (
+                f"policy {cfg.policy!r}: challenger has {word} "
+                f"({challenger[metric]} vs champion {champion[metric]})"
+            )
+            accuracy = f"accuracy {ch_acc} vs champion {cp_acc} (tie_tolerance {tol})"
+            return verdict(outcome > 0, why, accuracy)
+    compared = " and ".join(metric for metric, _ in policy_order(cfg.policy))
+    tie = f"policy {cfg.policy!r}: challenger ties the champion on {compared} (tolerance {tol})"
+    return verdict(cfg.allow_tie, f"{tie}; allow_tie is {str(cfg.allow_tie).lower()}")

@@ -1,0 +1,228 @@
+"""Stage `promote`: champion vs challenger on the same test split, then publish and promote.
+
+Reads params `promote.*`, `gate.*` and `evaluate.*`, metrics/gate.json, metrics/candidates.json,
+exports/<challenger>.onnx, data/splits/test.safetensors and the registry; writes
+metrics/promote.json. The production model is downloaded (checksums verified) and measured in
+this process next to the challenger's export, so the comparison is like for like. A promotion
+uploads model.onnx + card.json + metrics.json, verifies every checksum, and only then moves the
+production pointer by compare-and-swap against the champion that was measured here: if someone
+else promoted meanwhile, nothing moves and the stage fails, to be re-run on the new champion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from squeeze.card import build_card, summary_markdown
+from squeeze.data import load_split
+from squeeze.evaluate import measure
+from squeeze.gate import COMPARED, check, decide
+from squeeze.params import Params, load_params
+from squeeze.registry import Registry, open_registry
+from squeeze.storage import NotFound, StoreError
+from squeeze.workspace import Workspace, read_json, write_json
+from tasks.artifacts import link_for, publish, say
+
+
+def registry_of(root: Path, params: Params) -> Registry:
+    """The registry named by params.promote (a relative local path is inside the workspace)."""
+    cfg = params.promote
+    return open_registry(cfg.registry, cfg.family, cfg.endpoint_url, base=root)
+
+
+def compact(record: dict[str, Any]) -> dict[str, Any]:
+    """The compared metrics of a measurement."""
+    return {key: record.get(key) for key in COMPARED}
+
+
+def measure_champion(
+    registry: Registry, pointer: dict[str, Any], ws: Workspace, params: Params, test: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Download production (verified) and measure it as evaluate measures a candidate; gate it
+    against today's thresholds with the teacher of this run as the reference.
+
+    Returns:
+        (the champion's summary for promote.json, its full measurement).
+    """
+    version = pointer["version"]
+    with tempfile.TemporaryDirectory(prefix="squeeze-champion-") as tmp:
+        folder = registry.download(version, Path(tmp) / "champion")
+        measured = measure(folder / "model.onnx", test, params.evaluate)
+        card = read_json(folder / "card.json")
+    gate_report = read_json(ws.metrics("gate"))
+    teacher = gate_report["teacher"]
+    reference = read_json(ws.metrics("candidates"))[teacher]
+    label = f"production-v{version}"
+    verdict = check({teacher: reference, label: measured}, params.gate, teacher=teacher)
+    summary = {
+        "version": version,
+        "name": card.get("model", {}).get("name"),
+        "measured": compact(measured),
+        "failed_gates": verdict["candidates"][label]["failed"],
+    }
+    return summary, measured
+
+
+def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) -> dict[str, Any]:
+    """Re-measure champion and challenger, decide, and publish + promote when the challenger
+    wins. Returns the promote.json document."""
+    ws, name = Workspace(root), gate_report["challenger"]
+    registry = registry_of(root, params)
+    candidates = read_json(ws.metrics("candidates"))
+    blob = ws.export(name).read_bytes()
+    sha = hashlib.sha256(blob).hexdigest()
+    test = load_split(ws.split("test"))
+    challenger_now = measure(ws.export(name), test, params.evaluate)
+    pointer = registry.production()
+    champion, champion_now = None, None
+    if pointer:
+        champion, champion_now = measure_champion(registry, pointer, ws, params, test)
+    decision = decide(
+        challenger_now,
+        champion_now,
+        params.gate,
+        champion_failed=champion["failed_gates"] if champion else None,
+        identical=bool(pointer) and pointer["sha256"].get("model.onnx") == sha,
+    )
+    version = None
+    if decision["promote"]:
+        summary = {k: decision[k] for k in ("outcome", "reasons")}
+        summary["champion_version"] = champion["version"] if champion else None
+        card = build_card(
+            root, name, candidates[name], gate_report["candidates"][name], params, summary
+        )
+        version = registry.publish({"model.onnx": blob}, card, candidates[name])
+        registry.promote(version, expected=champion["version"] if champion else None)
+    production = registry.production()
+    now = production["version"] if production else None
+    return {
+        "outcome": decision["outcome"],
+        "promoted": decision["promote"],
+        "reasons": gate_report["reasons"] + decision["reasons"],
+        "policy": params.gate.policy,
+        "challenger": {"name": name, "sha256": sha, "measured": compact(challenger_now)},
+        "champion": champion,
+        "registry": {
+            "url": registry.store.url,
+            "family": registry.family,
+            "published": version,
+            "production": now,
+            "model": registry.url(now) if now else None,
+        },
+    }
+
+
+def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> dict[str, Any]:
+    """promote.json when no candidate passed: the registry is not touched."""
+    registry = registry_of(root, params)  # opening touches nothing: the registry stays as is
+    return {
+        "outcome": "nothing_passed",
+        "promoted": False,
+        "reasons": gate_report["reasons"],
+        "policy": params.gate.policy,
+        "challenger": None,
+        "champion": None,
+        "registry": {"url": registry.store.url, "family": registry.family, "published": None,
+                     "production": None, "model": None},
+    }  # fmt: skip
+
+
+def run(root: Path, params: Params) -> None:
+    """Decide and (maybe) promote; write metrics/promote.json; log and publish artifacts."""
+    ws = Workspace(root)
+    gate_report = read_json(ws.metrics("gate"))
+    if gate_report["challenger"] is None:
+        result = nothing_passed(root, params, gate_report)
+    else:
+        result = promote_challenger(root, params, gate_report)
+    write_json(ws.metrics("promote"), result)
+    say(headline(result))
+    for reason in result["reasons"]:
+        say(f"  - {reason}")
+    publish_artifacts(root, params, result)
+
+
+def headline(result: dict[str, Any]) -> str:
+    """One line: what happened and where production is now."""
+    reg = result["registry"]
+    where = f"{reg['family']} at {reg['url']}"
+    if result["outcome"] == "promoted":
+        return f"promoted {result['challenger']['name']} as version {reg['published']} of {where}"
+    if result["outcome"] == "nothing_passed":
+        return f"nothing promoted: no candidate passed the gates; {where} is unchanged"
+    name = result["challenger"]["name"]
+    return f"kept production version {reg['production']} of {where}; challenger {name} not promoted"
+
+
+def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Champion vs challenger, one row per compared metric (for the table artifact)."""
+    champ = (result["champion"] or {}).get("measured", {})
+    chall = result["challenger"]["measured"] if result["challenger"] else {}
+    return [
+        {"metric": key, "champion": champ.get(key), "challenger": chall.get(key)}
+        for key in COMPARED
+    ]
+
+
+def publish_artifacts(root: Path, params: Params, result: dict[str, Any]) -> None:
+    """Comparison table, decision + card summary, and a link to production (inside a run)."""
+    reg = result["registry"]
+    text = f"## Promote: {result['outcome']}\n\n{headline(result)}\n\n" + "\n".join(
+        f"- {r}" for r in result["reasons"]
+    )
+    if reg["production"]:
+        try:
+            card = registry_of(root, params).card(reg["production"])
+            text += "\n\n" + summary_markdown(card)
+        except (StoreError, NotFound) as err:
+            text += f"\n\n(card unavailable: {err})"
+    publish(
+        "table",
+        table=comparison_rows(result),
+        key="promote-comparison",
+        description="Champion (production) vs challenger, measured in the same process",
+    )
+    publish("markdown", markdown=text, key="promote-decision")
+    if reg["model"]:
+        publish(
+            "link",
+            link=link_for(reg["model"]),
+            link_text=f"{reg['family']} version {reg['production']} (production)",
+            key="registry-production",
+        )
+
+
+def retry_on_store_error(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient store failures (unreachable S3, throttling): a StoreError anywhere
+    in the exception's cause chain, except a missing object. A refused gate, a corrupt version
+    or a lost compare-and-swap is a decision or a fault that retrying would not change."""
+    err = state.result(raise_on_failure=False)
+    while isinstance(err, BaseException):
+        if isinstance(err, StoreError) and not isinstance(err, NotFound):
+            return True
+        err = err.__cause__
+    return False
+
+
+promote = task(
+    run,
+    name="promote",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=retry_on_store_error,
+    timeout_seconds=1800,
+)
+
+
+def main() -> None:
+    run(Path("."), load_params())
+
+
+if __name__ == "__main__":
+    main()

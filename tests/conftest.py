@@ -1,0 +1,88 @@
+"""Shared fixtures: real Fashion-MNIST data and throw-away git+DVC copies of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from squeeze.data import SYSTEM_DIR, Split, read_split, stratified_indices, subset
+
+PROJECT = Path(__file__).resolve().parents[1]
+# what a workspace needs to run the pipeline (no data, no outputs)
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles", "squeeze", "tasks", "flows", ".dvcignore",
+                 ".gitignore")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    """The system copy of Fashion-MNIST (Debian package dataset-fashion-mnist)."""
+    if not (SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"{SYSTEM_DIR} is empty: apt-get install dataset-fashion-mnist (.ci/run does)")
+    return SYSTEM_DIR
+
+
+@pytest.fixture(scope="session")
+def fmnist(fmnist_dir: Path) -> dict[str, Split]:
+    """Small stratified real subsets: 300/class train, 50/class val, 100/class test."""
+    rng = np.random.default_rng(0)
+    train = read_split(fmnist_dir, "train")
+    test = read_split(fmnist_dir, "test")
+    idx = stratified_indices(train.labels, 350, rng)
+    pool = subset(train, idx)
+    is_val = np.zeros(len(pool), bool)
+    is_val[stratified_indices(pool.labels, 50, rng)] = True
+    return {
+        "train": subset(pool, np.flatnonzero(~is_val)),
+        "val": subset(pool, np.flatnonzero(is_val)),
+        "test": subset(test, stratified_indices(test.labels, 100, rng)),
+    }
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's bin/ first on PATH (dvc, python, squeeze)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A fresh git + DVC repo holding the project's pipeline, on the smoke profile."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in PROJECT_FILES:
+        src = PROJECT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "ci@squeeze.test"], root)
+    run(["git", "config", "user.name", "squeeze ci"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["squeeze", "profile", "smoke"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "pipeline"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API server (temporary database) for the whole session; ~25 s to start."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

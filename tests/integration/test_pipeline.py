@@ -1,0 +1,85 @@
+"""The pipeline end to end on the smoke profile, in a fresh git+DVC repo: `dvc repro` and the
+Prefect flow (on a real Prefect API) run the same stages and agree on what is up to date."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.compress import retrain_and_compress
+from squeeze.params import load_params
+from squeeze.workspace import Workspace, read_json
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def ran_stages(repro_output: str) -> list[str]:
+    return [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
+
+
+def set_param(root: Path, section: str, key: str, value: object) -> None:
+    path = root / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    data[section][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(workspace: Path, prefect_api) -> None:
+    first = run(["dvc", "repro"], workspace).stdout
+    stages = ran_stages(first)
+    assert stages[0] == "ingest" and "train_teacher" in stages and stages[-1] == "evaluate"
+    candidates = read_json(Workspace(workspace).metrics("candidates"))
+    assert candidates["teacher"]["accuracy"] > 0.5  # smoke teacher: clearly above chance (0.1)
+
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
+    result = retrain_and_compress(workspace=str(workspace))
+    assert result["ran"] == [] and set(result["skipped"]) == set(stages)
+
+    # a change to an evaluate param re-runs evaluate only, in both entry points
+    set_param(workspace, "evaluate", "runs", 45)
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["evaluate"]
+    set_param(workspace, "evaluate", "runs", 50)
+    assert retrain_and_compress(workspace=str(workspace))["ran"] == ["evaluate"]
+    assert "up to date" in run(["dvc", "status"], workspace).stdout
+
+
+def test_flow_first_leaves_dvc_clean_and_matches_dvc_outputs(
+    workspace: Path, tmp_path: Path, prefect_api
+) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(workspace, twin)
+    result = retrain_and_compress(params=load_params(workspace), workspace=str(workspace))
+    assert result["skipped"] == [] and "evaluate" in result["ran"]
+    assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
+
+    run(["dvc", "repro"], twin)  # the same pipeline by the other entry point
+    for out in ("data/splits/train.safetensors", "data/fingerprint.json",
+                "models/teacher/model.safetensors"):  # fmt: skip
+        assert digest(workspace / out) == digest(twin / out), out
+    flow_acc = read_json(Workspace(workspace).metrics("candidates"))["teacher"]["accuracy"]
+    dvc_acc = read_json(Workspace(twin).metrics("candidates"))["teacher"]["accuracy"]
+    assert flow_acc == dvc_acc
+
+
+def test_corrupt_source_stops_ingest_and_keeps_nothing(workspace: Path, fmnist_dir: Path) -> None:
+    source = workspace.parent / "source"
+    shutil.copytree(fmnist_dir, source)
+    labels = source / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-10]))
+    set_param(workspace, "ingest", "source", str(source))
+    proc = run(["dvc", "repro"], workspace, check=False)
+    assert proc.returncode != 0
+    assert f"{labels}: header says shape (10000,)" in proc.stderr + proc.stdout
+    assert not (workspace / "data" / "splits").exists()
+    assert not (workspace / "models").exists()

@@ -1,0 +1,108 @@
+"""The model card: input contract, lineage (git, dvc.lock, data, upstream chain), params."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from squeeze.card import build_card, git_revision, summary_markdown, upstream_chain
+from squeeze.data import CLASSES
+from squeeze.params import Params, load_params, read_yaml, validate
+from squeeze.workspace import write_json
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def chain_params() -> Params:
+    """The project's params with the candidate graph teacher -> kd -> kd_ch50 -> kd_ch50_int8
+    (entries copied from the project's own, so the test follows schema changes)."""
+    data = read_yaml(PROJECT / "params.yaml")
+    first = {s: next(iter(data[s].values())) for s in ("distill", "prune", "quantize")}
+    data["distill"] = {"kd": first["distill"] | {"upstream": "teacher"}}
+    data["prune"] = {"kd_ch50": first["prune"] | {"upstream": "kd"}}
+    data["quantize"] = {"kd_ch50_int8": first["quantize"] | {"upstream": "kd_ch50"}}
+    data["merge"] = {}
+    return validate(data, "test params")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A workspace with model records for teacher and kd only (kd_ch50 and kd_ch50_int8 are
+    known from params alone), a data fingerprint and a dvc.lock; not a git repo."""
+    root = tmp_path / "ws"
+    teacher = {"name": "teacher", "method": "train", "upstream": [], "arch": {"name": "convnet"}}
+    write_json(root / "models" / "teacher" / "model.json", teacher)
+    kd = {"name": "kd", "method": "distill", "upstream": ["teacher"]}
+    write_json(root / "models" / "kd" / "model.json", kd)
+    write_json(root / "data" / "fingerprint.json", {"sha256": "f" * 64, "files": {}})
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    return root
+
+
+def metrics() -> dict[str, Any]:
+    return {"accuracy": 0.9, "size_bytes": 1234, "gzip_bytes": 1000, "latency_ms_p50": 0.1}
+
+
+def test_card_holds_contract_metrics_gates_and_lineage(workspace: Path) -> None:
+    params = chain_params()
+    verdict = {"passed": True, "failed": [], "gates": {"accuracy": {"passed": True}}}
+    card = build_card(workspace, "kd_ch50_int8", metrics(), verdict, params, {"outcome": "x"})
+    contract = card["input"]
+    assert (contract["name"], contract["dtype"], contract["shape"]) == (
+        "pixels",
+        "uint8",
+        ["N", 28, 28],
+    )
+    assert "raw 0..255" in contract["scaling"] and "inside the graph" in contract["preprocessing"]
+    assert card["output"]["name"] == "logits" and card["output"]["shape"] == ["N", 10]
+    assert card["classes"] == list(CLASSES)
+    assert card["metrics"] == metrics() and card["decision"] == {"outcome": "x"}
+    assert card["gate"]["passed"] and card["gate"]["policy"] == params.gate.policy
+    lineage = card["lineage"]
+    assert lineage["git_revision"] == "unknown"  # tmp_path is outside any git repo
+    expected_lock = hashlib.sha256((workspace / "dvc.lock").read_bytes()).hexdigest()
+    assert lineage["dvc_lock_sha256"] == expected_lock
+    assert lineage["data_fingerprint"] == "f" * 64
+    chain = [(n["name"], n["method"], n["upstream"]) for n in lineage["upstream_chain"]]
+    assert chain == [
+        ("kd_ch50_int8", "quantize", ["kd_ch50"]),  # from params: no model.json
+        ("kd_ch50", "prune", ["kd"]),
+        ("kd", "distill", ["teacher"]),  # from models/kd/model.json
+        ("teacher", "train", []),
+    ]
+    assert set(card["params"]["models"]) == {"kd_ch50_int8", "kd_ch50", "kd", "teacher"}
+    assert card["params"]["models"]["kd"]["stage"] == "distill"
+    assert card["params"]["ingest"] == params.ingest.model_dump(mode="json")
+    md = summary_markdown(card)
+    assert "kd_ch50_int8 (quantize) <- kd_ch50 (prune) <- kd (distill) <- teacher (train)" in md
+
+
+def test_merged_upstreams_appear_once(workspace: Path) -> None:
+    write_json(workspace / "models" / "ens" / "model.json",
+               {"method": "merge", "upstream": ["kd", "teacher"]})  # fmt: skip
+    names = [n["name"] for n in upstream_chain(workspace, "ens", chain_params())]
+    assert names == ["ens", "kd", "teacher"]
+
+
+def test_git_revision_inside_a_repo(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    assert git_revision(tmp_path) == "unknown"  # no commit yet
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    assert git_revision(tmp_path) == git("rev-parse", "HEAD")
+
+
+def test_project_params_build_a_card(tmp_path: Path) -> None:
+    """Every model the project's params.yaml declares gets a complete chain down to teacher."""
+    params = load_params(PROJECT)
+    for name in params.model_names():
+        chain = upstream_chain(tmp_path, name, params)
+        assert chain[-1]["name"] == "teacher" and chain[0]["name"] == name

@@ -1,0 +1,221 @@
+"""The gate suite on hand-made candidates tables, challenger selection, champion vs challenger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from squeeze.data import CLASSES
+from squeeze.gate import GateError, check, decide
+from squeeze.params import GateParams
+
+CFG = GateParams(
+    min_accuracy=0.85,
+    max_accuracy_drop=0.03,
+    max_class_drop=0.10,
+    max_size_bytes=1_000_000,
+    max_latency_ms=5.0,
+    min_agreement=0.98,
+    policy="smallest",
+    allow_tie=False,
+    tie_tolerance=0.002,
+)
+
+
+def record(
+    accuracy: float = 0.90,
+    size: int = 200_000,
+    p50: float = 0.5,
+    agreement: float | None = 0.99,
+    per_class: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """A candidates.json record; every class at the overall accuracy unless overridden."""
+    return {
+        "accuracy": accuracy,
+        "per_class_accuracy": {c: accuracy for c in CLASSES} | (per_class or {}),
+        "size_bytes": size,
+        "gzip_bytes": size // 2,
+        "latency_ms_p50": p50,
+        "latency_ms_p95": p50 * 1.5,
+        "agreement": agreement,
+    }
+
+
+def table(**candidates: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A candidates table with a passing teacher at 0.91."""
+    return {"teacher": record(accuracy=0.91, size=900_000, p50=2.0), **candidates}
+
+
+# One candidate per gate that breaks that gate and no other (teacher at 0.91).
+BREAKS_ONE = {
+    "accuracy": (record(accuracy=0.89), {"min_accuracy": 0.895}),
+    "accuracy_drop": (record(accuracy=0.87), {}),
+    "class_drop": (record(per_class={"Shirt": 0.80}), {}),
+    "size": (record(size=1_000_001), {}),
+    "latency": (record(p50=5.01), {}),
+    "agreement": (record(agreement=0.97), {}),
+}
+
+
+@pytest.mark.parametrize("gate", list(BREAKS_ONE))
+def test_each_threshold_fails_on_its_own(gate: str) -> None:
+    candidate, overrides = BREAKS_ONE[gate]
+    report = check(table(bad=candidate), CFG.model_copy(update=overrides))
+    verdict = report["candidates"]["bad"]
+    assert verdict["failed"] == [gate] and not verdict["passed"]
+    assert report["candidates"]["teacher"]["passed"]
+    assert report["challenger"] == "teacher" and report["passed"] == ["teacher"]
+    failing = [e for e in report["expectations"] if not e["success"]]
+    assert [(e["gate"], e["failing"]) for e in failing] == [(gate, ["bad"])]
+
+
+def test_observed_values_and_bounds_are_reported() -> None:
+    report = check(table(c=record(accuracy=0.89, per_class={"Shirt": 0.83})), CFG)
+    gates = report["candidates"]["c"]["gates"]
+    assert gates["accuracy"] == {
+        "passed": True,
+        "observed": 0.89,
+        "min": 0.85,
+        "column": "accuracy",
+    }
+    assert gates["accuracy_drop"]["observed"] == 0.02
+    assert gates["class_drop"] == {
+        "passed": True, "observed": 0.08, "max": 0.10, "column": "worst_class_drop",
+        "class": "Shirt",
+    }  # fmt: skip
+    assert gates["size"]["observed"] == 200_000 and gates["latency"]["max"] == 5.0
+
+
+def test_thresholds_are_inclusive_without_float_noise() -> None:
+    # 0.91 - 0.88 is 0.030000000000000027 in floats; the gate must see 0.03 and pass it.
+    exact = record(accuracy=0.88, size=1_000_000, p50=5.0, agreement=0.98)
+    report = check(table(edge=exact), CFG.model_copy(update={"min_accuracy": 0.88}))
+    assert report["candidates"]["edge"]["passed"], report["candidates"]["edge"]
+
+
+def test_missing_agreement_passes_missing_accuracy_fails() -> None:
+    no_source = record(agreement=None)
+    unmeasured = record() | {"accuracy": None}
+    report = check(table(int8=no_source, broken=unmeasured), CFG)
+    int8 = report["candidates"]["int8"]
+    assert int8["passed"] and int8["gates"]["agreement"]["observed"] is None
+    assert "no torch source" in int8["gates"]["agreement"]["note"]
+    broken = report["candidates"]["broken"]
+    assert broken["failed"] == ["accuracy", "accuracy_drop"]
+    assert broken["gates"]["accuracy"]["note"] == "not measured: fails"
+
+
+@pytest.mark.parametrize(
+    ("policy", "winner"), [("smallest", "small"), ("fastest", "fast"), ("most_accurate", "sharp")]
+)
+def test_policy_picks_the_challenger_among_passing_ones(policy: str, winner: str) -> None:
+    candidates = table(
+        small=record(accuracy=0.89, size=50_000, p50=1.0),
+        fast=record(accuracy=0.895, size=300_000, p50=0.2),
+        sharp=record(accuracy=0.905, size=800_000, p50=1.5),
+        tiny_but_bad=record(accuracy=0.70, size=10_000, p50=0.1),
+    )
+    # the teacher (900 kB) is over this size limit, so it does not compete
+    report = check(candidates, CFG.model_copy(update={"policy": policy, "max_size_bytes": 850_000}))
+    assert report["challenger"] == winner and report["outcome"] == "challenger_selected"
+    assert "tiny_but_bad" not in report["ranking"] and report["ranking"][0] == winner
+    assert policy in report["reasons"][1]
+
+
+def test_nothing_passed_names_every_failure(tmp_path: Path) -> None:
+    strict = CFG.model_copy(update={"min_accuracy": 0.99})
+    report = check(table(a=record(), b=record(size=2_000_000)), strict, docs_dir=tmp_path)
+    assert report["challenger"] is None and report["outcome"] == "nothing_passed"
+    assert report["passed"] == [] and not report["success"]
+    assert any(
+        r.startswith("b: ") and "(size)" in r and "(accuracy)" in r for r in report["reasons"]
+    )
+    assert (tmp_path / "index.html").exists()  # the GX data docs
+
+
+def test_no_teacher_is_a_clear_error() -> None:
+    with pytest.raises(GateError, match="no 'teacher' record.*evaluate"):
+        check({"a": record()}, CFG)
+
+
+# -- champion vs challenger (pure decisions) ---------------------------------------------------
+
+CHAMPION = {"accuracy": 0.90, "size_bytes": 100_000, "latency_ms_p50": 1.0}
+
+
+def challenger(**changes: float) -> dict[str, float]:
+    return CHAMPION | changes
+
+
+@pytest.mark.parametrize(
+    ("policy", "changes", "outcome"),
+    [
+        ("smallest", {"size_bytes": 90_000}, "promoted"),  # smaller, same accuracy
+        ("smallest", {"size_bytes": 90_000, "accuracy": 0.899}, "promoted"),  # within tolerance
+        ("smallest", {"size_bytes": 50_000, "accuracy": 0.89}, "champion_kept"),  # less accurate
+        ("smallest", {"size_bytes": 110_000, "accuracy": 0.95}, "champion_kept"),  # bigger
+        ("smallest", {"accuracy": 0.91}, "promoted"),  # same size, clearly more accurate
+        ("fastest", {"latency_ms_p50": 0.5}, "promoted"),
+        ("fastest", {"latency_ms_p50": 1.5, "size_bytes": 10}, "champion_kept"),
+        ("most_accurate", {"accuracy": 0.91, "size_bytes": 500_000}, "promoted"),
+        ("most_accurate", {"accuracy": 0.901, "size_bytes": 90_000}, "promoted"),  # tie, smaller
+        ("most_accurate", {"accuracy": 0.901, "size_bytes": 110_000}, "champion_kept"),
+    ],
+)
+def test_champion_vs_challenger(policy: str, changes: dict[str, float], outcome: str) -> None:
+    cfg = CFG.model_copy(update={"policy": policy})
+    decision = decide(challenger(**changes), CHAMPION, cfg)
+    assert decision["outcome"] == outcome, decision
+    assert decision["promote"] == (outcome == "promoted") and decision["reasons"]
+
+
+@pytest.mark.parametrize("allow_tie", [False, True])
+def test_a_tie_is_promoted_only_with_allow_tie(allow_tie: bool) -> None:
+    cfg = CFG.model_copy(update={"allow_tie": allow_tie})
+    decision = decide(challenger(accuracy=0.9015), CHAMPION, cfg)
+    assert decision["promote"] is allow_tie
+    assert "ties the champion" in decision["reasons"][0]
+    assert f"allow_tie is {str(allow_tie).lower()}" in decision["reasons"][0]
+
+
+def test_no_champion_failing_champion_and_identical_model() -> None:
+    worse = challenger(accuracy=0.80)
+    assert decide(worse, None, CFG)["outcome"] == "promoted"
+    failing = decide(worse, CHAMPION, CFG, champion_failed=["accuracy"])
+    assert failing["promote"] and "fails today's gates: accuracy" in failing["reasons"][0]
+    same = decide(CHAMPION, CHAMPION, CFG, identical=True)
+    assert same == {
+        "promote": False,
+        "outcome": "already_in_production",
+        "reasons": ["the challenger's model.onnx is byte-identical to production's"],
+    }
+
+
+# -- the stage outside Prefect (as `dvc repro` runs it) ----------------------------------------
+
+
+def test_stage_runs_outside_a_flow_without_artifacts(tmp_path: Path) -> None:
+    """Outside a run Prefect would start a temporary API server (~10 s) and warn for every
+    artifact; the stage must skip them and still write the report and the data docs."""
+    import time
+    import warnings
+
+    from squeeze.params import load_params
+    from squeeze.workspace import read_json, write_json
+    from tasks import gate as stage
+    from tasks.artifacts import in_run, publish
+
+    project = Path(__file__).resolve().parents[2]
+    write_json(tmp_path / "metrics" / "candidates.json", table(kd=record(agreement=None)))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # Prefect's "outside of a run" warning
+        stage.run(tmp_path, load_params(project))
+        assert not in_run() and publish("markdown", markdown="x", key="k") is None
+    assert time.perf_counter() - start < 5
+    report = read_json(tmp_path / "metrics" / "gate.json")
+    assert report["docs"] == "reports/gate/index.html" and report["challenger"]
+    assert (tmp_path / "reports" / "gate" / "index.html").exists()
+    assert set(report["candidates"]) == {"kd", "teacher"}

@@ -1,0 +1,125 @@
+"""params.yaml validation: every bad value fails before any work, naming the dotted key."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from squeeze.params import ParamsError, apply_profile, load_params, read_yaml, validate
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def raw() -> dict:
+    return read_yaml(PROJECT / "params.yaml")
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(ParamsError) as err:
+        validate(data, "params.yaml")
+    return str(err.value)
+
+
+def test_project_params_are_valid() -> None:
+    params = load_params(PROJECT)
+    assert params.model_names()[0] == "teacher"
+
+
+def test_unknown_key_is_named(raw: dict) -> None:
+    raw["train_teacher"]["fit"]["epohcs"] = 3
+    assert "params.yaml: train_teacher.fit.epohcs: Extra inputs are not permitted" in error_of(raw)
+
+
+def test_wrong_type_is_named(raw: dict) -> None:
+    raw["evaluate"]["runs"] = "many"
+    assert "evaluate.runs: Input should be a valid integer" in error_of(raw)
+
+
+def test_out_of_range_is_named_with_value(raw: dict) -> None:
+    raw["ingest"]["val_fraction"] = 0.9
+    assert "ingest.val_fraction: Input should be less than 0.5 (got 0.9)" in error_of(raw)
+
+
+def test_missing_key_is_named(raw: dict) -> None:
+    del raw["gate"]["min_accuracy"]
+    assert "gate.min_accuracy: Field required" in error_of(raw)
+
+
+def test_every_problem_is_reported_at_once(raw: dict) -> None:
+    raw["train_teacher"]["fit"]["lr"] = -1
+    raw["evaluate"]["threads"] = 0
+    message = error_of(raw)
+    assert "train_teacher.fit.lr" in message and "evaluate.threads" in message
+
+
+def candidate(raw: dict, stage: str) -> tuple[str, dict]:
+    name = next(iter(raw[stage]))
+    return name, raw[stage][name]
+
+
+def test_sparsity_of_one_is_rejected(raw: dict) -> None:
+    name, cfg = candidate(raw, "prune")
+    cfg["sparsity"] = 1.0
+    assert f"prune.{name}.sparsity: Input should be less than 1" in error_of(raw)
+
+
+def test_non_positive_temperature_is_rejected(raw: dict) -> None:
+    name, cfg = candidate(raw, "distill")
+    cfg["temperature"] = 0
+    assert f"distill.{name}.temperature: Input should be greater than 0" in error_of(raw)
+
+
+def test_unknown_upstream_is_rejected(raw: dict) -> None:
+    name, cfg = candidate(raw, "quantize")
+    cfg["upstream"] = "nonexistent"
+    assert f"quantize.{name}.upstream: unknown model 'nonexistent'" in error_of(raw)
+
+
+def test_cycle_is_rejected(raw: dict) -> None:
+    raw["distill"]["a"] = copy.deepcopy(candidate(raw, "distill")[1]) | {"upstream": "b"}
+    raw["prune"]["b"] = copy.deepcopy(candidate(raw, "prune")[1]) | {"upstream": "a"}
+    assert "the candidate graph has a cycle among: distill.a, prune.b" in error_of(raw)
+
+
+def test_duplicate_model_name_is_rejected(raw: dict) -> None:
+    name, cfg = candidate(raw, "distill")
+    raw["prune"][name] = copy.deepcopy(candidate(raw, "prune")[1])
+    assert f"prune.{name}: name already used by distill" in error_of(raw)
+
+
+def test_models_come_after_their_upstreams() -> None:
+    params = load_params(PROJECT)
+    order = params.model_names()
+    for name, ups in params.upstreams().items():
+        assert all(order.index(up) < order.index(name) for up in ups)
+
+
+def test_smoke_profile_overlays_params(tmp_path: Path) -> None:
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
+    params = apply_profile(tmp_path, "smoke")
+    assert params.ingest.train_per_class is not None
+    assert load_params(tmp_path) == params  # written back, still valid
+
+
+def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
+    with pytest.raises(ParamsError, match="no such profile .*known: smoke"):
+        apply_profile(tmp_path, "tiny")
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("ingest: [unclosed\n")
+    with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
+        load_params(tmp_path)
+
+
+def test_params_round_trip_through_yaml(raw: dict) -> None:
+    params = validate(raw, "params.yaml")
+    assert validate(yaml.safe_load(yaml.safe_dump(params.model_dump(mode="json"))), "x") == params
