@@ -1,26 +1,38 @@
 """The Prefect flow `retrain_and_compress`: every stage of dvc.yaml, through the same tasks/ code.
 
 A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
-run leaves `dvc status` clean and a `dvc repro` leaves the flow nothing to do.
+run leaves `dvc status` clean and a `dvc repro` leaves the flow nothing to do. Candidates are
+submitted to the task runner as soon as their upstreams are built, so independent ones run
+concurrently.
 """
 
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger, task
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.dvcstate import is_stale, record
-from squeeze.params import Params, load_params, write_params
-from squeeze.workspace import Workspace, read_json
+from squeeze.params import FlowParams, Params, load_params, write_params
+from squeeze.workspace import Workspace
+from tasks.distill import distill
 from tasks.evaluate import evaluate
+from tasks.gate import gate
 from tasks.ingest import ingest
+from tasks.merge import merge
+from tasks.promote import promote
+from tasks.prune import prune
+from tasks.quantize import quantize
 from tasks.train_teacher import train_teacher
 
-STAGES = {"ingest": ingest, "train_teacher": train_teacher, "evaluate": evaluate}
+STAGES: dict[str, Callable] = {
+    "ingest": ingest, "train_teacher": train_teacher, "distill": distill, "prune": prune,
+    "quantize": quantize, "merge": merge, "evaluate": evaluate, "gate": gate, "promote": promote,
+}  # fmt: skip
 
 
 class WorkspaceBusy(RuntimeError):
@@ -36,20 +48,32 @@ def workspace_lock(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WorkspaceBusy(f"{root.resolve()} is in use by another squeeze run") from None
+            raise WorkspaceBusy(f"{root} is in use by another squeeze run") from None
         yield
+
+
+@task(name="stage", task_run_name="{dvc_stage}")
+def build(dvc_stage: str, root: Path, params: Params) -> bool:
+    """Run one DVC stage (`distill@kd_small` style for candidates) if stale; True if it ran."""
+    if not is_stale(root, dvc_stage):
+        get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
+        return False
+    stage, _, candidate = dvc_stage.partition("@")
+    STAGES[stage](root, params, *([candidate] if candidate else []))
+    record(root, dvc_stage)
+    return True
 
 
 @flow(name="retrain_and_compress")
 def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> dict:
-    """Ingest → train_teacher → evaluate on the workspace's DVC repo, skipping what is current.
+    """Ingest → train_teacher → candidates → evaluate → gate → promote, skipping what is current.
 
     Args:
         params: the run's parameters; None uses the workspace's params.yaml. Given params are
             written to params.yaml first, so that DVC sees what the run used.
         workspace: the DVC repo to run in.
     Returns:
-        {"ran": [...], "skipped": [...]} stage names.
+        {"ran": [...], "skipped": [...]}: DVC stage names.
     """
     logger = get_run_logger()
     root = Path(workspace).resolve()  # absolute: DVC calls switch the cwd briefly
@@ -58,21 +82,37 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             params = load_params(root)
         elif write_params(root, params):
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
-        ran, skipped = [], []
-        for name, stage in STAGES.items():
-            if not is_stale(root, name):
-                skipped.append(name)
-                logger.info("skip %s: code, params and data unchanged since it last ran", name)
-                continue
-            stage(root, params)
-            record(root, name)
-            ran.append(name)
+        done = {name: build(name, root, params) for name in ("ingest", "train_teacher")}
+        stage_of = {name: f"{params.stage_of(name)}@{name}" for name in params.upstreams()}
+        futures = {}
+        for name in params.model_names()[1:]:  # topological: upstreams are submitted first
+            ups = [futures[up] for up in params.upstreams()[name] if up in futures]
+            futures[name] = build.submit(stage_of[name], root, params, wait_for=ups)
+        done |= {stage_of[name]: future.result() for name, future in futures.items()}
+        for name in ("evaluate", "gate", "promote"):
+            done[name] = build(name, root, params)
+    ran = [name for name, did in done.items() if did]
+    skipped = [name for name, did in done.items() if not did]
     logger.info("ran %s; skipped %s", ran or "nothing", skipped or "nothing")
-    candidates = read_json(Workspace(root).metrics("candidates"))
-    for rec in candidates.values():
-        logger.info("%s: accuracy %.4f, %d bytes", rec["name"], rec["accuracy"], rec["size_bytes"])
     return {"ran": ran, "skipped": skipped}
 
 
+def task_runner(cfg: FlowParams) -> TaskRunner:
+    """The runner of the candidate fan-out: local threads, or Dask (prefect-dask)."""
+    if cfg.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address:
+        return DaskTaskRunner(address=cfg.dask_address)
+    # one thread per worker process: each build already uses its own torch threads
+    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1})
+
+
+def configured(params: Params) -> Flow:
+    """retrain_and_compress with the task runner params.flow asks for."""
+    return retrain_and_compress.with_options(task_runner=task_runner(params.flow))
+
+
 if __name__ == "__main__":
-    retrain_and_compress()
+    configured(load_params())()

@@ -13,6 +13,8 @@ from pathlib import Path
 from prefect import task
 from prefect.tasks import exponential_backoff
 
+from flows.dvcstate import open_repo
+
 
 class RemoteError(RuntimeError):
     """dvc push failed; the message says why and what to do."""
@@ -34,10 +36,9 @@ def push(root: Path, remote: str | None = None, jobs: int | None = None) -> int:
     """
     from dvc.config import NoRemoteError
     from dvc.exceptions import DvcException, UploadError
-    from dvc.repo import Repo
 
     try:
-        with Repo(str(root)) as repo:
+        with open_repo(root) as repo:
             return int(repo.push(remote=remote, jobs=jobs))
     except NoRemoteError:
         raise RemoteError(

@@ -136,6 +136,8 @@ class MergeParams(Section):
     kind: Literal["ensemble", "soup_uniform", "soup_greedy", "distill_ensemble"]
     upstreams: list[str] = Field(
         min_length=1,
+        # dvc.yaml can only template list items by index, so its foreach names [0] and [-1]
+        max_length=2,
         description="ensemble/distill_ensemble: the members; soups: the one shared starting point.",
     )
     ingredients: int = Field(ge=2, le=16, description="Soups: fine-tuned copies (seeds differ).")
@@ -166,6 +168,20 @@ class PromoteParams(Section):
     family: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model family name.")
 
 
+class FlowParams(Section):
+    """How the Prefect flow runs: where the candidate fan-out executes and when it is scheduled."""
+
+    task_runner: Literal["threads", "dask"] = Field(
+        description="threads: a local thread pool; dask: a Dask cluster (prefect-dask)."
+    )
+    workers: int = Field(ge=1, le=256, description="Concurrent candidate builds (threads/workers).")
+    dask_address: str | None = Field(
+        description="dask: scheduler address of an existing cluster; null starts a LocalCluster."
+    )
+    cron: str = Field(min_length=9, description="Schedule of `squeeze serve` (cron, 5 fields).")
+    timezone: str = Field(description="Time zone of the cron schedule.")
+
+
 COMPRESSION_STAGES = ("distill", "prune", "quantize", "merge")
 
 
@@ -181,6 +197,7 @@ class Params(Section):
     evaluate: EvaluateParams
     gate: GateParams
     promote: PromoteParams
+    flow: FlowParams
 
     def upstreams(self) -> dict[str, list[str]]:
         """Every candidate model name -> the models it is built from."""

@@ -1,0 +1,33 @@
+"""The Pareto plots of the candidates table (accuracy vs size, accuracy vs latency) as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def pareto_png(records: list[dict[str, Any]], path: Path) -> None:
+    """Two scatter panels, one point per model, labelled; the teacher is the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI or workers
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    for ax, key, label in (
+        (axes[0], "gzip_bytes", "deployable file, gzip bytes (log)"),
+        (axes[1], "latency_ms_p50", "batch-1 latency, median ms (log)"),
+    ):
+        for rec in records:
+            color = "tab:red" if rec["name"] == "teacher" else "tab:blue"
+            ax.scatter(rec[key], rec["accuracy"] * 100, color=color)
+            ax.annotate(rec["name"], (rec[key], rec["accuracy"] * 100), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy, %")
+        ax.grid(alpha=0.3)
+    fig.suptitle("squeeze candidates (red: teacher)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""int8 post-training quantization of an ONNX export with onnxruntime.quantization.
+
+The input is the fp32 file squeeze.evaluate.export_onnx writes: uint8 "pixels" in, a
+Cast/Div/Sub/Div standardisation, then the convs. That preprocessing stays fp32 (it is
+excluded from quantization); the layers after it get int8 weights (per-channel symmetric scales
+when asked: a BatchNorm folded into a conv gives its channels very different ranges) and, in
+static mode, int8 activations whose ranges come from calibration on training images. Dynamic
+mode quantizes weights only and computes activation scales at run time (no calibration).
+The classifier's output (the logits) is not re-quantized: with 256 levels, near-ties between
+classes flip; keeping it fp32 costs nothing in size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from squeeze.evaluate import INPUT
+from squeeze.params import QuantizeParams
+
+CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
+WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+class PixelBatches(CalibrationDataReader):
+    """Feeds calibration images to onnxruntime's calibrator in (B, 28, 28) uint8 batches."""
+
+    def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        self.batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes between the graph input and the first weight layers (Cast, Div, ...).
+
+    They standardise raw pixels; quantizing them would only add error, so they stay fp32. Found
+    by walking forward from the graph input and stopping at the first Conv/Gemm/MatMul.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, None] = {}
+    frontier = [i.name for i in model.graph.input]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.op_type not in WEIGHT_OPS and node.name not in found:
+                found[node.name] = None
+                frontier += list(node.output)
+    return list(found)
+
+
+def quantize_onnx(
+    source: Path, dest: Path, cfg: QuantizeParams, calibration: np.ndarray | None
+) -> None:
+    """Write the int8 version of the fp32 ONNX file `source` to `dest`.
+
+    Args:
+        cfg: mode "static" (QDQ, activations calibrated with MinMax on `calibration`) or
+            "dynamic"; per_channel weight scales.
+        calibration: (N, 28, 28) uint8 training images, N = cfg.calibration_samples; unused in
+            dynamic mode.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # shape inference + graph optimisation first, as onnxruntime recommends for PTQ
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        excluded = preprocessing_nodes(onnx.load(str(prepared)))
+        out = Path(tmp) / "int8.onnx"
+        if cfg.mode == "static":
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("static quantization needs calibration images")
+            quantize_static(
+                str(prepared), str(out), PixelBatches(calibration),
+                quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                extra_options={
+                    "ActivationSymmetric": False, "WeightSymmetric": True,
+                    # the logits stay fp32: 256 levels would turn near-ties into wrong answers
+                    "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
+                },
+            )  # fmt: skip
+        else:
+            # symmetric int8 weights: a pruned (zero) weight stays exactly 0, which gzip sees
+            quantize_dynamic(
+                str(prepared), str(out), per_channel=cfg.per_channel,
+                weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            )  # fmt: skip
+        onnx.checker.check_model(str(out))
+        out.replace(dest)

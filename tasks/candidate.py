@@ -1,0 +1,73 @@
+"""What the compression stages (distill, prune, quantize, merge) share: finding a candidate's
+params, the common part of its record, a clean output folder and the `python -m` entry point.
+
+No Prefect and no math here: these are the file-and-params chores every candidate stage does the
+same way, kept in one place so the four stage modules stay about their method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from squeeze.params import Params, load_params
+from squeeze.workspace import Workspace, read_json
+
+
+def candidate(params: Params, stage: str, name: str) -> Any:
+    """The params of candidate `name` under `stage`, or an error listing the names there."""
+    section = getattr(params, stage)
+    if name not in section:
+        known = ", ".join(sorted(section)) or "none"
+        raise KeyError(f"params.yaml {stage}: no candidate {name!r} (known: {known})")
+    return section[name]
+
+
+def fresh_folder(folder: Path) -> Path:
+    """Empty models/<name>/ first, so no file of an earlier, different build survives in it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def base_record(
+    ws: Workspace, name: str, method: str, upstream: list[str], cfg: BaseModel
+) -> dict[str, Any]:
+    """The fields every candidate's model.json has (the lineage evaluate and promote read)."""
+    return {
+        "name": name,
+        "method": method,
+        "upstream": upstream,
+        "params": cfg.model_dump(mode="json"),
+        "data_sha256": read_json(ws.fingerprint)["sha256"],
+    }
+
+
+def resume_key(cfg: BaseModel, data_sha256: str, upstream: list[Path]) -> str:
+    """Resume only a state made by the same params, on the same data, from the same upstream
+    weights (a retrained upstream must not continue a stale run)."""
+    blob = json.dumps({"cfg": cfg.model_dump(mode="json"), "data": data_sha256}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode())
+    for folder in upstream:
+        for path in sorted(folder.iterdir()):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def main_for(run: Callable[[Path, Params, str], None], stage: str) -> None:
+    """`python -m tasks.<stage> NAME`: build candidate NAME of params.yaml (what dvc.yaml runs)."""
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m tasks.{stage} NAME  (a key under `{stage}:` in params.yaml)")
+    params = load_params()
+    try:
+        candidate(params, stage, sys.argv[1])
+    except KeyError as err:
+        sys.exit(str(err.args[0]))
+    run(Path("."), params, sys.argv[1])

@@ -1,0 +1,112 @@
+"""Stage `merge`: build candidate NAME by merging models (params `merge.NAME.kind`).
+
+- ensemble: the members' averaged logits as one ONNX graph -> models/NAME/model.onnx +
+  model.json ("format": "onnx"; an ensemble is not one ConvNet).
+- soup_uniform / soup_greedy: `ingredients` fine-tuned copies of the one upstream, weights
+  averaged (all, or greedily on val), BatchNorm re-estimated -> models/NAME/ checkpoint.
+- distill_ensemble: a student distilled from the members' ensemble -> models/NAME/ checkpoint.
+
+Reads models/<upstreams>/ and data/splits/{train,val}.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+from torch import nn
+
+from squeeze.data import Split, load_split
+from squeeze.evaluate import export_onnx
+from squeeze.merge import (
+    Ensemble,
+    distill_ensemble,
+    fine_tune_ingredients,
+    greedy_soup,
+    uniform_soup,
+    val_accuracy,
+)
+from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
+from squeeze.params import MergeParams, Params
+from squeeze.workspace import Workspace, write_json
+from tasks.candidate import base_record, candidate, fresh_folder, main_for
+
+STAGE = "merge"
+DEFAULT_ALPHA = 0.9  # distill_ensemble's soft-target weight while MergeParams has no `alpha`
+
+
+def members(ws: Workspace, names: list[str]) -> list[nn.Module]:
+    """The upstream checkpoints; an ONNX-only upstream (a quantized model) cannot be merged."""
+    loaded = []
+    for name in names:
+        if not (ws.model(name) / "model.safetensors").exists():
+            raise ValueError(
+                f"merge: upstream {name!r} has no checkpoint (ONNX-only models such as "
+                "quantized ones cannot be merged; merge before quantizing)"
+            )
+        loaded.append(load_checkpoint(ws.model(name))[0])
+    return loaded
+
+
+def soup(cfg: MergeParams, base: nn.Module, train: Split, val: Split) -> tuple[nn.Module, dict]:
+    """Fine-tune the ingredients from base, then average them (uniform or greedy)."""
+    ingredients, _ = fine_tune_ingredients(base, cfg.fit, cfg.ingredients, train, val)
+    scores = [round(val_accuracy(m, val), 5) for m in ingredients]
+    if cfg.kind == "soup_uniform":
+        model, kept = uniform_soup(ingredients, train.images), list(range(len(ingredients)))
+    else:
+        model, kept, _ = greedy_soup(ingredients, val, train.images)
+    return model, {"ingredient_val_accuracy": scores, "ingredients_kept": kept}
+
+
+def build(cfg: MergeParams, ups: list[nn.Module], train: Split, val: Split) -> tuple[Any, dict]:
+    """The merged model (an Ensemble, or one ConvNet) and kind-specific record fields."""
+    if cfg.kind == "ensemble":
+        return Ensemble(ups).eval(), {"members": cfg.upstreams}
+    if cfg.kind == "distill_ensemble":
+        if cfg.student is None:
+            raise ValueError("merge.kind distill_ensemble needs merge.student (an architecture)")
+        alpha = getattr(cfg, "alpha", DEFAULT_ALPHA)
+        torch.manual_seed(cfg.fit.seed)
+        student, history = distill_ensemble(
+            ups, cfg.student, cfg.fit, cfg.temperature, alpha, train, val
+        )
+        return student, {"history": history, "alpha": alpha}
+    if len(ups) != 1:
+        raise ValueError(f"merge.kind {cfg.kind}: soups take one upstream, got {cfg.upstreams}")
+    torch.manual_seed(cfg.fit.seed)
+    return soup(cfg, ups[0], train, val)
+
+
+def run(root: Path, params: Params, name: str) -> None:
+    ws, cfg = Workspace(root), candidate(params, STAGE, name)
+    torch.set_num_threads(cfg.fit.threads)  # deliberate: the default may oversubscribe shared CPUs
+    train, val = load_split(ws.split("train")), load_split(ws.split("val"))
+    start = time.perf_counter()
+    model, extra = build(cfg, members(ws, cfg.upstreams), train, val)
+    record = base_record(ws, name, cfg.kind, list(cfg.upstreams), cfg) | extra | {
+        "parameters": count_params(model),
+        "val_accuracy": round(val_accuracy(model, val), 5),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    folder = fresh_folder(ws.model(name))
+    if isinstance(model, Ensemble):
+        export_onnx(model, folder / "model.onnx")
+        arch = {"name": "ensemble", "members": [arch_of(m) for m in model.members]}
+        write_json(folder / "model.json", record | {"arch": arch, "format": "onnx"})
+    else:
+        save_checkpoint(model, folder, record | {"arch": arch_of(model), "format": "safetensors"})
+
+
+merge = task(run, name=STAGE, task_run_name="merge-{name}", timeout_seconds=4 * 3600)
+
+
+def main() -> None:
+    main_for(run, STAGE)
+
+
+if __name__ == "__main__":
+    main()

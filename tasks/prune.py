@@ -1,0 +1,64 @@
+"""Stage `prune`: build candidate NAME by pruning its upstream (unstructured or structured).
+
+Reads params `prune.NAME`, models/<upstream>/, models/teacher/ (only when distill_alpha > 0:
+fine-tuning then distils from the teacher) and data/splits/{train,val}; writes models/NAME/.
+A structurally pruned network is saved with its real per-conv widths (arch_of), so it reloads
+without the pruner.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from prefect import task
+
+from squeeze.data import load_split
+from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
+from squeeze.params import Params
+from squeeze.prune import conv_channels, prunable_names, prune_model, weight_sparsity
+from squeeze.workspace import Workspace
+from tasks.candidate import base_record, candidate, fresh_folder, main_for
+
+STAGE = "prune"
+TEACHER = "teacher"  # what fine-tuning distils from, whatever the upstream
+
+
+def run(root: Path, params: Params, name: str) -> None:
+    ws, cfg = Workspace(root), candidate(params, STAGE, name)
+    torch.set_num_threads(cfg.fit.threads)  # deliberate: the default may oversubscribe shared CPUs
+    torch.manual_seed(cfg.fit.seed)
+    model, upstream = load_checkpoint(ws.model(cfg.upstream))
+    # a separate copy even when the upstream is the teacher: pruning changes `model` in place
+    teacher = load_checkpoint(ws.model(TEACHER))[0] if cfg.distill_alpha > 0 else None
+    before, channels = count_params(model), conv_channels(model)
+    start = time.perf_counter()
+    pruned, history = prune_model(
+        model, cfg, load_split(ws.split("train")), load_split(ws.split("val")), teacher
+    )
+    record = base_record(ws, name, f"prune_{cfg.kind}", [cfg.upstream], cfg) | {
+        "arch": arch_of(pruned),
+        "format": "safetensors",
+        "parameters": count_params(pruned),
+        "parameters_before": before,
+        "arch_before": upstream["arch"],
+        "sparsity": round(weight_sparsity(pruned), 6),  # share of zeros in these tensors:
+        "sparsity_over": prunable_names(pruned),
+        "channels_removed": round(1 - conv_channels(pruned) / channels, 6),
+        "val_accuracy": history[-1]["val_accuracy"],
+        "history": history,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    save_checkpoint(pruned, fresh_folder(ws.model(name)), record)
+
+
+prune = task(run, name=STAGE, task_run_name="prune-{name}", timeout_seconds=4 * 3600)
+
+
+def main() -> None:
+    main_for(run, STAGE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Merging: the ensemble export is the mean of its members, soups average weights and re-estimate
+BatchNorm exactly, and a greedy soup is never worse on validation than its best ingredient."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from squeeze.data import Split, subset
+from squeeze.evaluate import INPUT, export_onnx, session
+from squeeze.merge import (
+    Ensemble,
+    average_state_dicts,
+    distill_ensemble,
+    fine_tune_ingredients,
+    greedy_soup,
+    reestimate_bn,
+    uniform_soup,
+    val_accuracy,
+)
+from squeeze.models import build_model
+from squeeze.params import MergeParams
+from squeeze.workspace import Workspace, read_json
+from tasks.merge import run
+
+Data = dict[str, Split]
+
+
+def members(arch: dict, n: int = 3) -> list[nn.Module]:
+    """n differently initialised ConvNets with non-trivial BatchNorm statistics."""
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        model = build_model(arch).eval()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        out.append(model)
+    return out
+
+
+def test_ensemble_onnx_is_the_mean_of_member_logits(
+    small_fmnist: Data, tiny_arch: dict, tmp_path
+) -> None:
+    models = members(tiny_arch)
+    export_onnx(Ensemble(models), tmp_path / "ensemble.onnx")
+    images = small_fmnist["test"].images[:256]
+    ours = session(tmp_path / "ensemble.onnx", 1).run(None, {INPUT: images})[0]
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        mean = sum(m(x) for m in models) / len(models)
+    np.testing.assert_allclose(ours, mean.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+def test_soup_of_identical_models_is_the_model(
+    tiny_trained: nn.Module, small_fmnist: Data, copies: int
+) -> None:
+    """Exact for 2 copies ((a + a) / 2 = a in floating point); for 3, up to rounding."""
+    soup = uniform_soup([copy.deepcopy(tiny_trained) for _ in range(copies)], bn_images=None)
+    exact = copies == 2
+    for key, value in tiny_trained.state_dict().items():
+        tol = 0.0 if exact else 1e-6
+        torch.testing.assert_close(soup.state_dict()[key], value, rtol=tol, atol=tol, msg=key)
+    x = torch.from_numpy(small_fmnist["test"].images[:64])
+    with torch.no_grad():
+        tol = 0.0 if exact else 1e-5  # weight rounding, carried through the layers
+        torch.testing.assert_close(soup(x), tiny_trained(x), rtol=tol, atol=tol)
+
+
+def test_average_state_dicts_means_floats_and_keeps_counters(tiny_arch: dict) -> None:
+    a, b = (m.state_dict() for m in members(tiny_arch, 2))
+    avg = average_state_dicts([a, b])
+    key = "features.0.weight"
+    torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
+    counter = next(k for k in a if k.endswith("num_batches_tracked"))
+    assert torch.equal(avg[counter], a[counter])
+
+
+def test_bn_reestimation_gives_the_exact_statistics(tiny_arch: dict, small_fmnist: Data) -> None:
+    """momentum=None: the running mean is the plain average over all images, not an EMA."""
+    model = members(tiny_arch, 1)[0]
+    images = small_fmnist["train"].images[:1536]  # three equal batches of BN_BATCH
+    reestimate_bn(model, images)
+    conv, bn = model.features[0], model.features[1]
+    with torch.no_grad():
+        x = torch.from_numpy(images).float().unsqueeze(1) / 255.0
+        out = conv((x - 0.2860) / 0.3530)  # (N, C, 28, 28)
+    torch.testing.assert_close(bn.running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training
+
+
+def test_greedy_soup_is_never_worse_than_its_best_ingredient(
+    tiny_trained: nn.Module, small_fmnist: Data, tiny_fit: Callable
+) -> None:
+    train, val = small_fmnist["train"], small_fmnist["val"]
+    ingredients, histories = fine_tune_ingredients(
+        tiny_trained, tiny_fit(epochs=1, lr=0.05), 3, train, val
+    )
+    assert len(histories) == 3
+    assert not torch.equal(ingredients[0].features[0].weight, ingredients[1].features[0].weight)
+    soup, kept, score = greedy_soup(ingredients, val, train.images)
+    best = max(val_accuracy(m, val) for m in ingredients)
+    assert score >= best and val_accuracy(soup, val) == score
+    assert 1 <= len(kept) <= 3 and len(set(kept)) == len(kept)
+    uniform = uniform_soup(ingredients, train.images)
+    assert val_accuracy(uniform, val) > 0.5  # same basin: averaging does not destroy the model
+
+
+def test_distill_ensemble_trains_the_student(
+    small_fmnist: Data, tiny_arch: dict, tiny_fit: Callable
+) -> None:
+    train = subset(small_fmnist["train"], np.arange(512))
+    student, history = distill_ensemble(
+        members(tiny_arch, 2), tiny_arch, tiny_fit(epochs=1), 4.0, 0.9, train, small_fmnist["val"]
+    )
+    assert len(history) == 1 and type(student).__name__ == "ConvNet"
+
+
+def merge_params(kind: str, upstreams: list[str], tiny_fit: Callable) -> MergeParams:
+    return MergeParams(kind=kind, upstreams=upstreams, ingredients=2, student=None,
+                       temperature=4.0, fit=tiny_fit(epochs=1, lr=0.05))  # fmt: skip
+
+
+def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
+    workspace: Workspace, stage_params: Callable, tiny_fit: Callable
+) -> None:
+    params = stage_params(merge={
+        "ens": merge_params("ensemble", ["teacher", "teacher"], tiny_fit),
+        "soup": merge_params("soup_greedy", ["teacher"], tiny_fit),
+    })  # fmt: skip
+    run(workspace.root, params, "ens")
+    record = read_json(workspace.model("ens") / "model.json")
+    assert record["format"] == "onnx" and (workspace.model("ens") / "model.onnx").exists()
+    assert record["method"] == "ensemble" and record["upstream"] == ["teacher", "teacher"]
+    assert record["arch"]["name"] == "ensemble" and record["data_sha256"] == "0" * 64
+    run(workspace.root, params, "soup")
+    record = read_json(workspace.model("soup") / "model.json")
+    assert record["method"] == "soup_greedy" and record["format"] == "safetensors"
+    assert len(record["ingredient_val_accuracy"]) == 2
+    assert record["val_accuracy"] >= max(record["ingredient_val_accuracy"])

@@ -1,0 +1,102 @@
+"""int8 quantization with onnxruntime: the int8 model predicts like the fp32 export, its pixel
+preprocessing stays fp32 and its weights really are int8."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from squeeze.data import Split
+from squeeze.evaluate import INPUT, export_onnx, graph_stats, session
+from squeeze.models import build_model
+from squeeze.params import QuantizeParams
+from squeeze.quantize import preprocessing_nodes, quantize_onnx
+from squeeze.train import fit
+from squeeze.workspace import Workspace, read_json
+from tasks.quantize import run
+
+Data = dict[str, Split]
+MIN_AGREEMENT = 0.98  # share of test images on which int8 and fp32 predict the same class
+
+
+@pytest.fixture(scope="module")
+def fp32_export(
+    small_fmnist: Data,
+    tiny_arch: dict,
+    tiny_fit: Callable,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A [16, 32] ConvNet (≈ 75% on the test subset) exported to fp32 ONNX."""
+    torch.manual_seed(0)
+    model: nn.Module = build_model({**tiny_arch, "channels": [16, 32]})
+    fit(model, small_fmnist["train"], small_fmnist["val"], tiny_fit())
+    path = tmp_path_factory.mktemp("quantize") / "fp32.onnx"
+    export_onnx(model, path)
+    return path
+
+
+def classes(path: Path, images: np.ndarray) -> np.ndarray:
+    return session(path, 1).run(None, {INPUT: images})[0].argmax(1)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_agrees_with_fp32(
+    small_fmnist: Data, fp32_export: Path, tmp_path: Path, mode: str
+) -> None:
+    cfg = QuantizeParams(upstream="m", mode=mode, per_channel=True, calibration_samples=256)
+    out = tmp_path / "int8.onnx"
+    quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:256])
+    test = small_fmnist["test"]
+    int8, fp32 = classes(out, test.images), classes(fp32_export, test.images)
+    assert (int8 == fp32).mean() >= MIN_AGREEMENT
+    assert (int8 == test.labels).mean() >= (fp32 == test.labels).mean() - 0.01
+    # the same layers (graph_stats misses MatMulInteger's MACs: the classifier's 320 of ~1M),
+    # with int8 weights
+    assert graph_stats(out)["macs"] >= 0.99 * graph_stats(fp32_export)["macs"]
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.dims]
+    assert sum(w.size for w in weights if w.dtype == np.int8) > 0.9 * graph_stats(out)["params"]
+
+
+def test_pixel_preprocessing_stays_fp32(
+    small_fmnist: Data, fp32_export: Path, tmp_path: Path
+) -> None:
+    cfg = QuantizeParams(upstream="m", mode="static", per_channel=True, calibration_samples=64)
+    out = tmp_path / "int8.onnx"
+    quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:64])
+    graph = onnx.load(str(out)).graph
+    assert graph.input[0].name == INPUT
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    pre = set(preprocessing_nodes(onnx.load(str(fp32_export))))
+    assert {n.op_type for n in graph.node if n.name in pre} >= {"Cast", "Div", "Sub"}
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name in pre:  # fed by the input or by other fp32 preprocessing, never by int8
+            assert all(producers.get(i) not in ("DequantizeLinear",) for i in node.input)
+            assert node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+
+
+def test_static_needs_calibration_images(fp32_export: Path, tmp_path: Path) -> None:
+    cfg = QuantizeParams(upstream="m", mode="static", per_channel=True, calibration_samples=64)
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx(fp32_export, tmp_path / "int8.onnx", cfg, None)
+
+
+def test_stage_writes_an_onnx_model_and_record(
+    workspace: Workspace, stage_params: Callable
+) -> None:
+    cfg = QuantizeParams(upstream="teacher", mode="static", per_channel=True,
+                         calibration_samples=128)  # fmt: skip
+    run(workspace.root, stage_params(quantize={"int8": cfg}), "int8")
+    folder = workspace.model("int8")
+    record = read_json(folder / "model.json")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]
+    assert record["format"] == "onnx" and record["method"] == "quantize_static"
+    assert record["upstream"] == ["teacher"] and record["arch"]["channels"] == [8, 16]
+    assert record["val_agreement_fp32"] >= MIN_AGREEMENT
