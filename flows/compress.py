@@ -17,6 +17,7 @@ from prefect import Flow, flow, get_run_logger, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.dvcstate import is_stale, record
+from flows.remote import default_remote, push_remote
 from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace
 from tasks.distill import distill
@@ -91,6 +92,10 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         done |= {stage_of[name]: future.result() for name, future in futures.items()}
         for name in ("evaluate", "gate", "promote"):
             done[name] = build(name, root, params)
+        if default_remote(root):
+            logger.info("pushed %d files to the DVC remote", push_remote(root))
+        else:
+            logger.warning("no default DVC remote: nothing pushed (dvc remote add -d NAME URL)")
     ran = [name for name, did in done.items() if did]
     skipped = [name for name, did in done.items() if not did]
     logger.info("ran %s; skipped %s", ran or "nothing", skipped or "nothing")

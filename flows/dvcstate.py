@@ -7,11 +7,14 @@ The flow runs a stage only when DVC says it is stale and records it in dvc.lock 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from dvc.repo import Repo
+
+from squeeze.workspace import Workspace
 
 # DVC resolves stage names and its run-cache against the cwd, so its calls run inside the repo;
 # the lock keeps concurrent flow threads from interleaving those cwd switches. Everything else
@@ -20,8 +23,25 @@ _LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
+def dvc_lock(root: Path) -> Iterator[None]:
+    """Serialise DVC calls on one workspace across processes (Dask workers, a served run).
+
+    DVC's own repo lock gives up after 3 s ("Unable to acquire lock"), so two worker processes
+    that commit candidates at once could fail; this blocking flock on .squeeze/dvc.lock makes
+    them wait their turn instead. The threading lock above covers threads of one process
+    (flock is per open file, so it would not stop them).
+    """
+    path = Workspace(root).state("dvc.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+@contextlib.contextmanager
 def open_repo(root: Path) -> Iterator[Repo]:
-    with _LOCK, contextlib.chdir(root), Repo(".") as repo:
+    root = root.resolve()
+    with _LOCK, dvc_lock(root), contextlib.chdir(root), Repo(".") as repo:
         yield repo
 
 

@@ -54,6 +54,12 @@ def push(root: Path, remote: str | None = None, jobs: int | None = None) -> int:
         raise RemoteError(f"{root}: dvc push failed: {err}") from err
 
 
+def default_remote(root: Path) -> str | None:
+    """The name of the workspace's default DVC remote, if one is configured."""
+    with open_repo(root) as repo:
+        return repo.config["core"].get("remote")
+
+
 def retry_on_unavailable(task_: object, task_run: object, state: object) -> bool:
     """Retry only an incomplete upload; a missing or misconfigured remote stays failed."""
     return isinstance(state.result(raise_on_failure=False), RemoteUnavailable)  # type: ignore[attr-defined]

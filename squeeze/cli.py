@@ -9,6 +9,7 @@ from pathlib import Path
 
 from squeeze.ops import add_ops_commands
 from squeeze.params import ParamsError, apply_profile, load_params
+from squeeze.workspace import Workspace, read_json
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -24,6 +25,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"ran: {', '.join(result['ran']) or 'nothing'}; "
           f"skipped (unchanged): {', '.join(result['skipped']) or 'nothing'}")  # fmt: skip
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
+    decision = read_json(Workspace(root).metrics("promote"))
+    print(f"decision: {decision['outcome']}; production model: {decision['registry']['model']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the scheduled and the manual deployment of the flow until interrupted."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.serve import serve  # Prefect is slow to import
+
+    serve(Path(args.workspace), cron=args.cron)
     return 0
 
 
@@ -41,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow")
     run.add_argument("--profile", help="apply profiles/PROFILE.yaml to params.yaml first")
     run.set_defaults(func=cmd_run)
+    srv = sub.add_parser(
+        "serve", help="serve a scheduled and a manual deployment of the flow (Prefect)"
+    )
+    srv.add_argument("--cron", help="schedule of the scheduled deployment (default: flow.cron)")
+    srv.set_defaults(func=cmd_serve)
     prof = sub.add_parser("profile", help="apply profiles/NAME.yaml to params.yaml")
     prof.add_argument("name")
     prof.set_defaults(func=cmd_profile)

@@ -72,6 +72,7 @@ def workspace(tmp_path: Path) -> Path:
     run(["git", "config", "user.name", "squeeze ci"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], root)
     run(["squeeze", "profile", "smoke"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "pipeline"], root)

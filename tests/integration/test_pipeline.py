@@ -37,7 +37,11 @@ def digest(path: Path) -> str:
 def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(workspace: Path, prefect_api) -> None:
     first = run(["dvc", "repro"], workspace).stdout
     stages = ran_stages(first)
-    assert stages[0] == "ingest" and "train_teacher" in stages and stages[-1] == "evaluate"
+    assert stages[:2] == ["ingest", "train_teacher"] and stages[-3:] == [
+        "evaluate",
+        "gate",
+        "promote",
+    ]
     candidates = read_json(Workspace(workspace).metrics("candidates"))
     assert candidates["teacher"]["accuracy"] > 0.5  # smoke teacher: clearly above chance (0.1)
 
@@ -45,11 +49,13 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(workspace: Path, prefe
     result = retrain_and_compress(workspace=str(workspace))
     assert result["ran"] == [] and set(result["skipped"]) == set(stages)
 
-    # a change to an evaluate param re-runs evaluate only, in both entry points
+    # a change to an evaluate param re-runs evaluate and what reads its (new) measurements,
+    # nothing upstream of it, in both entry points
+    downstream = ["evaluate", "gate", "promote"]
     set_param(workspace, "evaluate", "runs", 45)
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["evaluate"]
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == downstream
     set_param(workspace, "evaluate", "runs", 50)
-    assert retrain_and_compress(workspace=str(workspace))["ran"] == ["evaluate"]
+    assert retrain_and_compress(workspace=str(workspace))["ran"] == downstream
     assert "up to date" in run(["dvc", "status"], workspace).stdout
 
 
