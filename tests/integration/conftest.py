@@ -172,3 +172,17 @@ def s3_prefix(s3_endpoint: S3Endpoint) -> str:
     stopped it and failed before starting it again."""
     s3_endpoint.start()
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+class StopBeforePointerMove:
+    """Store proxy that stops the endpoint right before production.json is written."""
+
+    def __init__(self, store: S3Store, endpoint: S3Endpoint) -> None:
+        self._store, self._endpoint = store, endpoint
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> bool:
+        self._endpoint.stop()
+        return self._store.put_if_match(key, data, etag)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,13 +31,11 @@ from squeeze.evaluate import export_onnx, measure
 from squeeze.models import build_model
 from squeeze.params import Params, load_params, read_yaml
 from squeeze.registry import Registry, RegistryError
-from squeeze.storage import S3Store, StoreError
+from squeeze.storage import StoreError
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks import gate as gate_stage
 from tasks import promote as promote_stage
-
-if TYPE_CHECKING:  # tests/ is not a package; the fixture type is for readers and checkers
-    from conftest import S3Endpoint
+from tests.integration.conftest import S3Endpoint, StopBeforePointerMove
 
 PROJECT = Path(__file__).resolve().parents[2]
 FAMILY = "fmnist"
@@ -255,20 +253,6 @@ def test_two_concurrent_promotions_exactly_one_wins(
     assert "production" in str(lost[0])
     assert registry.production()["version"] == won[0]  # type: ignore[index]
     assert registry.versions() == [1, 2]  # the loser's version is complete, just not production
-
-
-class StopBeforePointerMove:
-    """Store proxy that stops the endpoint right before production.json is written."""
-
-    def __init__(self, store: S3Store, endpoint: S3Endpoint) -> None:
-        self._store, self._endpoint = store, endpoint
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def put_if_match(self, key: str, data: bytes, etag: str | None) -> bool:
-        self._endpoint.stop()
-        return self._store.put_if_match(key, data, etag)
 
 
 def test_endpoint_stopped_between_upload_and_pointer_move(

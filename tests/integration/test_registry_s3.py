@@ -5,15 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from squeeze.registry import Registry, RegistryError
 from squeeze.storage import NotFound, S3Store, StoreError, open_store
-
-if TYPE_CHECKING:  # tests/ is not a package; the fixture type is for readers and checkers
-    from conftest import S3Endpoint
+from tests.integration.conftest import S3Endpoint, StopBeforePointerMove
 
 FAMILY = "fmnist"
 
@@ -87,20 +84,6 @@ def test_concurrent_promotions_exactly_one_wins(s3_endpoint: S3Endpoint, s3_pref
     assert pointer is not None and (pointer["version"], pointer["previous"]) == (won[0], [base])
 
 
-class _StopBeforePointerMove:
-    """Store proxy that kills the endpoint right before production.json is written."""
-
-    def __init__(self, store: S3Store, endpoint: S3Endpoint) -> None:
-        self._store, self._endpoint = store, endpoint
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def put_if_match(self, key: str, data: bytes, etag: str | None) -> bool:
-        self._endpoint.stop()
-        return self._store.put_if_match(key, data, etag)
-
-
 def test_endpoint_dies_before_pointer_move(
     s3_endpoint: S3Endpoint, s3_prefix: str, tmp_path: Path
 ) -> None:
@@ -109,7 +92,7 @@ def test_endpoint_dies_before_pointer_move(
     v1, v2 = publish(registry, "a"), publish(registry, "b")
     registry.promote(v1)
 
-    dying = Registry(_StopBeforePointerMove(registry.store, s3_endpoint), FAMILY)  # type: ignore[arg-type]
+    dying = Registry(StopBeforePointerMove(registry.store, s3_endpoint), FAMILY)  # type: ignore[arg-type]
     with pytest.raises(RegistryError) as excinfo:
         dying.promote(v2)
     message = str(excinfo.value)
