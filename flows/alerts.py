@@ -56,6 +56,7 @@ def alert_payload(flow: Flow, flow_run: FlowRun, state: State, stages: list[str]
     url = url_for(flow_run) or f"flow run {flow_run.id}"
     where = ", ".join(stages) if stages else "before any stage ran"
     reason = (state.message or state.name or "failed").strip()
+    reason = reason.removeprefix("Flow run encountered an exception: ")
     return {
         "text": f"{flow.name} run {flow_run.name!r} failed at {where}: {reason} ({url})",
         "flow": flow.name,

@@ -6,16 +6,15 @@ submitted to the task runner as soon as their upstreams are built, so independen
 concurrently.
 """
 
-from __future__ import annotations
-
 import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import Flow, flow, get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.alerts import alert
 from flows.dvcstate import is_stale, record
 from flows.remote import default_remote, push_remote
 from squeeze.params import FlowParams, Params, load_params, write_params
@@ -65,7 +64,7 @@ def build(dvc_stage: str, root: Path, params: Params) -> bool:
     return True
 
 
-@flow(name="retrain_and_compress")
+@flow(name="retrain_and_compress", on_failure=[alert])
 def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> dict:
     """Ingest → train_teacher → candidates → evaluate → gate → promote, skipping what is current.
 
@@ -85,11 +84,15 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
         done = {name: build(name, root, params) for name in ("ingest", "train_teacher")}
         stage_of = {name: f"{params.stage_of(name)}@{name}" for name in params.upstreams()}
-        futures = {}
-        for name in params.model_names()[1:]:  # topological: upstreams are submitted first
-            ups = [futures[up] for up in params.upstreams()[name] if up in futures]
-            futures[name] = build.submit(stage_of[name], root, params, wait_for=ups)
-        done |= {stage_of[name]: future.result() for name, future in futures.items()}
+        # the runner comes from the run's params (not the decorator), so a UI or work-pool run
+        # can choose threads or Dask like `squeeze run` does
+        with task_runner(params.flow) as runner:
+            futures = {}
+            for name in params.model_names()[1:]:  # topological: upstreams are submitted first
+                ups = [futures[up] for up in params.upstreams()[name] if up in futures]
+                args = {"dvc_stage": stage_of[name], "root": root, "params": params}
+                futures[name] = runner.submit(build, args, wait_for=ups)
+            done |= {stage_of[name]: future.result() for name, future in futures.items()}
         for name in ("evaluate", "gate", "promote"):
             done[name] = build(name, root, params)
         if default_remote(root):
@@ -114,10 +117,5 @@ def task_runner(cfg: FlowParams) -> TaskRunner:
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1})
 
 
-def configured(params: Params) -> Flow:
-    """retrain_and_compress with the task runner params.flow asks for."""
-    return retrain_and_compress.with_options(task_runner=task_runner(params.flow))
-
-
 if __name__ == "__main__":
-    configured(load_params())()
+    retrain_and_compress()

@@ -26,12 +26,12 @@ _LOCK = threading.Lock()
 def dvc_lock(root: Path) -> Iterator[None]:
     """Serialise DVC calls on one workspace across processes (Dask workers, a served run).
 
-    DVC's own repo lock gives up after 3 s ("Unable to acquire lock"), so two worker processes
-    that commit candidates at once could fail; this blocking flock on .squeeze/dvc.lock makes
-    them wait their turn instead. The threading lock above covers threads of one process
-    (flock is per open file, so it would not stop them).
+    DVC's own repo lock gives up after 3 s ("Unable to acquire lock"), so two worker
+    processes that check or commit candidates at once could fail; this blocking flock on
+    .squeeze/dvc-repo.lock makes them wait their turn instead. The threading lock above covers
+    threads of one process (flock is per open file, so it would not stop them).
     """
-    path = Workspace(root).state("dvc.lock")
+    path = Workspace(root).state("dvc-repo.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes

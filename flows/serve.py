@@ -9,19 +9,18 @@
 
 Both deployments take the flow's own parameters, so the UI form is the pydantic Params schema
 (titles, descriptions, defaults, ranges, choices) and the API refuses a run whose parameters
-break it. The flow served is `configured(params)`: the candidate fan-out runs on the task runner
-params.flow names (threads or Dask). Runs execute one at a time, in a subprocess of this one;
+break it. The candidate fan-out runs on the task runner the run's params.flow names (threads or
+Dask). Runs execute one at a time, in a subprocess of this one;
 the workspace lock would refuse a second run on the same workspace anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
-import typing
+import signal
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType
 from prefect.runner import Runner
@@ -29,7 +28,7 @@ from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import ValidationError
 
-from flows.compress import configured, retrain_and_compress
+from flows.compress import retrain_and_compress
 from squeeze.params import PARAMS_FILE, Params, ParamsError, load_params
 
 SCHEDULED = "scheduled"
@@ -89,36 +88,25 @@ def print_start(root: Path, names: list[str], cron: str) -> None:
         print("  with it; start `prefect server start` and export PREFECT_API_URL to keep runs")
 
 
-def servable(params: Params) -> Flow:
-    """configured(params), made safe to hand to the runner's subprocess.
-
-    The runner pickles the flow object into a spawned process. cloudpickle copies a decorated
-    flow function by value, with only the globals its body uses, so string annotations (from
-    `from __future__ import annotations`) such as `Params | None` no longer resolve there, and
-    every run would fail validating its parameters. Resolved here, they travel as objects.
-    """
-    flow = configured(params)
-    flow.fn.__annotations__ = typing.get_type_hints(flow.fn)
-    return flow
-
-
 def serve(root: Path, cron: str | None = None, **runner_options: Any) -> None:
     """Register both deployments with the Prefect API and run their flow runs until stopped.
 
     Args:
         root: the workspace (DVC repo) the runs work in.
         cron: overrides params.flow.cron for the scheduled deployment.
-        runner_options: passed to prefect.runner.Runner (e.g. query_seconds in tests).
+        runner_options: passed to prefect.runner.Runner (e.g. query_seconds).
     """
     root = root.resolve()
     params = load_params(root)
     options = deployment_options(params, root, cron)
-    # the in-memory flow object, not its entrypoint, is what runs: it keeps the task runner
-    flow = servable(params)
     runner = Runner(name="squeeze", limit=1, **runner_options)
     for name, kwargs in options.items():
-        runner.add_flow(flow, name=name, entrypoint_type=EntrypointType.MODULE_PATH, **kwargs)
+        runner.add_flow(
+            retrain_and_compress, name=name, entrypoint_type=EntrypointType.MODULE_PATH, **kwargs
+        )
     print_start(root, list(options), options[SCHEDULED]["schedules"][0].cron)
+    # `docker stop`, systemd and Kubernetes send SIGTERM: shut down as cleanly as on Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:

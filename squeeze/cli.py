@@ -19,9 +19,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = apply_profile(root, args.profile) if args.profile else load_params(root)
     # the ephemeral API server's telemetry logs "database is locked" noise on SQLite
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.compress import configured  # Prefect is slow to import
+    from flows.compress import retrain_and_compress  # Prefect is slow to import
 
-    result = configured(params)(params=params, workspace=str(root))
+    result = retrain_and_compress(params=params, workspace=str(root))
     print(f"ran: {', '.join(result['ran']) or 'nothing'}; "
           f"skipped (unchanged): {', '.join(result['skipped']) or 'nothing'}")  # fmt: skip
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
