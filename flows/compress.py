@@ -22,7 +22,7 @@ from squeeze.workspace import Workspace
 from tasks.distill import distill
 from tasks.evaluate import evaluate
 from tasks.gate import gate
-from tasks.ingest import ingest
+from tasks.ingest import check_source, ingest
 from tasks.merge import merge
 from tasks.promote import promote
 from tasks.prune import prune
@@ -53,9 +53,10 @@ def workspace_lock(root: Path) -> Iterator[None]:
 
 
 @task(name="stage", task_run_name="{dvc_stage}")
-def build(dvc_stage: str, root: Path, params: Params) -> bool:
-    """Run one DVC stage (`distill@kd_small` style for candidates) if stale; True if it ran."""
-    if not is_stale(root, dvc_stage):
+def build(dvc_stage: str, root: Path, params: Params, force: bool = False) -> bool:
+    """Run one DVC stage (`distill@kd_small` style for candidates) if stale or forced; True if
+    it ran."""
+    if not force and not is_stale(root, dvc_stage):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
         return False
     stage, _, candidate = dvc_stage.partition("@")
@@ -82,7 +83,11 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             params = load_params(root)
         elif write_params(root, params):
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
-        done = {name: build(name, root, params) for name in ("ingest", "train_teacher")}
+        new_data = check_source(root, params)
+        if new_data:
+            logger.info("the source %s holds new data: ingesting it", params.ingest.source)
+        done = {"ingest": build("ingest", root, params, force=new_data)}
+        done["train_teacher"] = build("train_teacher", root, params)
         stage_of = {name: f"{params.stage_of(name)}@{name}" for name in params.upstreams()}
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run
         # can choose threads or Dask like `squeeze run` does

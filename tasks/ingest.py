@@ -27,7 +27,7 @@ from squeeze.data import (
 )
 from squeeze.expectations import validate
 from squeeze.params import Params, load_params
-from squeeze.workspace import Workspace, write_json
+from squeeze.workspace import Workspace, read_json, write_json
 
 
 def run(root: Path, params: Params) -> None:
@@ -65,6 +65,23 @@ def run(root: Path, params: Params) -> None:
     )  # fmt: skip
 
 
+def source_changed(root: Path, params: Params) -> bool:
+    """Whether the source now holds other files than the workspace's snapshot.
+
+    DVC cannot see outside the repo, so a scheduled run asks here: it fetches the source into
+    scratch space and compares fingerprints (local copy or S3 download of ~30 MB).
+    """
+    ws, cfg = Workspace(root), params.ingest
+    if not ws.fingerprint.exists():
+        return True
+    probe = ws.state("probe")
+    try:
+        fetch_raw(cfg.source, cfg.mirror, cfg.endpoint_url, probe)
+        return fingerprint(probe)["sha256"] != read_json(ws.fingerprint)["sha256"]
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
 def retry_fetch_only(_task, _run, state) -> bool:
     """Retry a failed fetch (network, S3); bad data fails at once."""
     try:
@@ -79,6 +96,12 @@ def retry_fetch_only(_task, _run, state) -> bool:
 ingest = task(
     run, name="ingest", retries=3, retry_delay_seconds=[5, 30, 120],
     retry_condition_fn=retry_fetch_only, timeout_seconds=1800,
+)  # fmt: skip
+
+
+check_source = task(
+    source_changed, name="check_source", retries=3, retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=retry_fetch_only, timeout_seconds=600,
 )  # fmt: skip
 
 

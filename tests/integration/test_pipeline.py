@@ -8,6 +8,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -34,7 +35,23 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(workspace: Path, prefect_api) -> None:
+def shuffle_training_files(folder: Path) -> None:
+    """New data at the source: the same images and labels in another order (still valid)."""
+    images, labels = (folder / f"train-{kind}-idx{dim}-ubyte.gz" for kind, dim in
+                      (("images", 3), ("labels", 1)))  # fmt: skip
+    order = np.random.default_rng(7).permutation(60000)
+    for path, header, item in ((images, 16, 784), (labels, 8, 1)):
+        blob = gzip.decompress(path.read_bytes())
+        body = np.frombuffer(blob, np.uint8, offset=header).reshape(60000, item)[order]
+        path.write_bytes(gzip.compress(blob[:header] + body.tobytes()))
+
+
+def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
+    workspace: Path, fmnist_dir: Path, prefect_api
+) -> None:
+    source = workspace.parent / "source"
+    shutil.copytree(fmnist_dir, source)
+    set_param(workspace, "ingest", "source", str(source))
     first = run(["dvc", "repro"], workspace).stdout
     stages = ran_stages(first)
     assert stages[:2] == ["ingest", "train_teacher"] and stages[-3:] == [
@@ -56,6 +73,11 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(workspace: Path, prefe
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == downstream
     set_param(workspace, "evaluate", "runs", 50)
     assert retrain_and_compress(workspace=str(workspace))["ran"] == downstream
+    assert "up to date" in run(["dvc", "status"], workspace).stdout
+
+    # new data at the source: the next (scheduled) run ingests it and retrains everything
+    shuffle_training_files(source)
+    assert set(retrain_and_compress(workspace=str(workspace))["ran"]) == set(stages)
     assert "up to date" in run(["dvc", "status"], workspace).stdout
 
 
