@@ -18,7 +18,7 @@ from flows.alerts import alert
 from flows.dvcstate import is_stale, record
 from flows.remote import default_remote, push_remote
 from squeeze.params import FlowParams, Params, load_params, write_params
-from squeeze.workspace import Workspace
+from squeeze.workspace import Workspace, read_json
 from tasks.distill import distill
 from tasks.evaluate import evaluate
 from tasks.gate import gate
@@ -107,7 +107,30 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
     ran = [name for name, did in done.items() if did]
     skipped = [name for name, did in done.items() if not did]
     logger.info("ran %s; skipped %s", ran or "nothing", skipped or "nothing")
+    name_run(run_summary(root, ran))
     return {"ran": ran, "skipped": skipped}
+
+
+def run_summary(root: Path, ran: list[str]) -> str:
+    """What a run did, in a few words: the run's name in the UI."""
+    if not ran:
+        return "nothing changed"
+    decision = read_json(Workspace(root).metrics("promote"))
+    outcome = decision["outcome"].replace("_", " ")
+    challenger = (decision.get("challenger") or {}).get("name")
+    return f"{len(ran)} stages, {outcome}" + (f" {challenger}" if challenger else "")
+
+
+def name_run(name: str) -> None:
+    """Rename the current flow run (its random name says nothing about what it did)."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name)
+    except Exception as err:  # a cosmetic update must not fail a run that did its work
+        get_run_logger().warning("could not rename the run to %r: %s", name, err)
 
 
 def task_runner(cfg: FlowParams) -> TaskRunner:

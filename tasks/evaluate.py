@@ -7,6 +7,7 @@ metrics/candidates.json (one record per model, the teacher included) and the Par
 
 from __future__ import annotations
 
+import base64
 import csv
 import shutil
 from pathlib import Path
@@ -23,8 +24,10 @@ from squeeze.params import Params, load_params
 from squeeze.plots import pareto_png
 from squeeze.train import predict
 from squeeze.workspace import Workspace, read_json, write_json
+from tasks.artifacts import publish
 
 PARETO_COLUMNS = ("name", "method", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50")
+ARTIFACT_COLUMNS = (*PARETO_COLUMNS, "nonzero_params", "macs", "latency_ms_p95", "agreement")
 
 
 def export(ws: Workspace, name: str, test: Split) -> np.ndarray | None:
@@ -49,6 +52,16 @@ def write_pareto(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
     pareto_png(list(records.values()), ws.plot("pareto.png"))
 
 
+def publish_report(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
+    """The candidates table and the Pareto plot as Prefect artifacts (inside a run only)."""
+    rows = [{k: rec[k] for k in ARTIFACT_COLUMNS} for rec in records.values()]
+    publish("table", key="candidates", table=rows, description="evaluate: every model measured")
+    # the UI cannot load a file on the worker's disk, so the PNG travels inside the markdown
+    png = base64.b64encode(ws.plot("pareto.png").read_bytes()).decode()
+    publish("markdown", key="pareto", description="accuracy vs size and latency",
+            markdown=f"![Pareto plot](data:image/png;base64,{png})")  # fmt: skip
+
+
 def run(root: Path, params: Params) -> None:
     ws, cfg = Workspace(root), params.evaluate
     torch.set_num_threads(cfg.threads)
@@ -68,6 +81,7 @@ def run(root: Path, params: Params) -> None:
         }
     write_json(ws.metrics("candidates"), records)
     write_pareto(ws, records)
+    publish_report(ws, records)
 
 
 evaluate = task(run, name="evaluate", timeout_seconds=3600)

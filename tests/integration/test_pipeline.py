@@ -46,6 +46,18 @@ def shuffle_training_files(folder: Path) -> None:
         path.write_bytes(gzip.compress(blob[:header] + body.tobytes()))
 
 
+def run_name_and_artifacts(flow_run_id) -> tuple[str, set[str]]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(flow_run_id).name
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return name, {a.key for a in found}
+
+
 def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     workspace: Path, fmnist_dir: Path, prefect_api
 ) -> None:
@@ -72,7 +84,17 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     set_param(workspace, "evaluate", "runs", 45)
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == downstream
     set_param(workspace, "evaluate", "runs", 50)
-    assert retrain_and_compress(workspace=str(workspace))["ran"] == downstream
+    state = retrain_and_compress(workspace=str(workspace), return_state=True)
+    assert state.result()["ran"] == downstream
+    name, artifacts = run_name_and_artifacts(state.state_details.flow_run_id)
+    assert name.startswith("3 stages, ")  # the run's name says what it did
+    assert {
+        "candidates",
+        "pareto",
+        "gate-verdicts",
+        "gate-decision",
+        "promote-decision",
+    } <= artifacts
     assert "up to date" in run(["dvc", "status"], workspace).stdout
 
     # new data at the source: the next (scheduled) run ingests it and retrains everything
