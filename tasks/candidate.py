@@ -1,5 +1,6 @@
 """What the compression stages (distill, prune, quantize, merge) share: finding a candidate's
-params, the common part of its record, a clean output folder and the `python -m` entry point.
+params, the common part of its record, a clean output folder, the resume key (train_teacher
+uses it too) and the `python -m` entry point.
 
 No Prefect and no math here: these are the file-and-params chores every candidate stage does the
 same way, kept in one place so the four stage modules stay about their method.

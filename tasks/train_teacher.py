@@ -8,8 +8,6 @@ Reads params `train_teacher.*` and data/splits/{train,val}; writes models/teache
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -18,17 +16,12 @@ from prefect import task
 
 from squeeze.data import load_split
 from squeeze.models import build_model, count_params, save_checkpoint
-from squeeze.params import Params, TrainTeacherParams, load_params
+from squeeze.params import Params, load_params
 from squeeze.train import fit
 from squeeze.workspace import Workspace, read_json
+from tasks.candidate import resume_key
 
 NAME = "teacher"
-
-
-def state_key(cfg: TrainTeacherParams, data_sha256: str) -> str:
-    """Resume only a state made by the same params on the same data."""
-    blob = json.dumps({"cfg": cfg.model_dump(mode="json"), "data": data_sha256}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def write_curves(path: Path, history: list[dict]) -> None:
@@ -46,7 +39,7 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
     data_sha = read_json(ws.fingerprint)["sha256"]
     arch = arch_cfg.model_dump(mode="json")
     model = build_model(arch)
-    state = ws.state(f"train_teacher-{state_key(params.train_teacher, data_sha)}.pt")
+    state = ws.state(f"train_teacher-{resume_key(params.train_teacher, data_sha, [])}.pt")
     start = time.perf_counter()
     history = fit(model, load_split(ws.split("train")), load_split(ws.split("val")), cfg,
                   state_path=state, stop_after=stop_after)  # fmt: skip
