@@ -97,8 +97,10 @@ def graph_stats(path: Path) -> dict[str, int]:
     for node in graph.node:
         if node.op_type not in WEIGHT_INPUTS:
             continue
-        pos = WEIGHT_INPUTS[node.op_type][0]
-        weight = weights.get(dequant.get(node.input[pos], node.input[pos]))
+        # the first weight-bearing input that is a weight (MatMul's may be either operand)
+        names = [dequant.get(node.input[p], node.input[p]) for p in WEIGHT_INPUTS[node.op_type]
+                 if p < len(node.input)]  # fmt: skip
+        weight = next((weights[n] for n in names if n in weights), None)
         out = shapes.get(node.output[0])
         if weight is None or not out:
             continue

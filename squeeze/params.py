@@ -143,6 +143,7 @@ class MergeParams(Section):
     ingredients: int = Field(ge=2, le=16, description="Soups: fine-tuned copies (seeds differ).")
     student: ArchParams | None = Field(description="distill_ensemble: the student architecture.")
     temperature: float = Field(gt=0, le=100, description="distill_ensemble: temperature.")
+    alpha: float = Field(ge=0, le=1, description="distill_ensemble: weight of the soft loss.")
     fit: FitParams
 
 

@@ -35,7 +35,6 @@ from squeeze.workspace import Workspace, write_json
 from tasks.candidate import base_record, candidate, fresh_folder, main_for
 
 STAGE = "merge"
-DEFAULT_ALPHA = 0.9  # distill_ensemble's soft-target weight while MergeParams has no `alpha`
 
 
 def members(ws: Workspace, names: list[str]) -> list[nn.Module]:
@@ -69,12 +68,11 @@ def build(cfg: MergeParams, ups: list[nn.Module], train: Split, val: Split) -> t
     if cfg.kind == "distill_ensemble":
         if cfg.student is None:
             raise ValueError("merge.kind distill_ensemble needs merge.student (an architecture)")
-        alpha = getattr(cfg, "alpha", DEFAULT_ALPHA)
         torch.manual_seed(cfg.fit.seed)
         student, history = distill_ensemble(
-            ups, cfg.student, cfg.fit, cfg.temperature, alpha, train, val
+            ups, cfg.student, cfg.fit, cfg.temperature, cfg.alpha, train, val
         )
-        return student, {"history": history, "alpha": alpha}
+        return student, {"history": history}
     if len(ups) != 1:
         raise ValueError(f"merge.kind {cfg.kind}: soups take one upstream, got {cfg.upstreams}")
     torch.manual_seed(cfg.fit.seed)

@@ -125,7 +125,7 @@ def test_distill_ensemble_trains_the_student(
 
 def merge_params(kind: str, upstreams: list[str], tiny_fit: Callable) -> MergeParams:
     return MergeParams(kind=kind, upstreams=upstreams, ingredients=2, student=None,
-                       temperature=4.0, fit=tiny_fit(epochs=1, lr=0.05))  # fmt: skip
+                       temperature=4.0, alpha=0.9, fit=tiny_fit(epochs=1, lr=0.05))  # fmt: skip
 
 
 def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
