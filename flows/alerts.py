@@ -28,12 +28,14 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.logging.loggers import flow_run_logger
 from prefect.utilities.urls import url_for
 
+from squeeze.dvcyaml import parse_stage
+
 WEBHOOK_ENV = "SQUEEZE_ALERT_WEBHOOK"
 WEBHOOK_TIMEOUT_S = 10.0
 
 
 def failed_stages(flow_run: FlowRun) -> list[str]:
-    """The DVC stages (`ingest`, `distill@kd_small`, ...) whose task runs failed in a flow run.
+    """The DVC stages (`ingest`, `distill@kd_small`, `merge-x`...) whose task runs failed in a run.
 
     Stage task runs are named after their DVC stage (flows.compress.build); nested task runs
     (the stage's own Prefect task) carry generated names and are left out.
@@ -48,7 +50,15 @@ def failed_stages(flow_run: FlowRun) -> list[str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
             task_run_filter=failed,
         )
-    return sorted({run.name for run in runs if run.name.partition("@")[0] in STAGES})
+    return sorted({run.name for run in runs if stage_of_run(run.name) in STAGES})
+
+
+def stage_of_run(run_name: str) -> str | None:
+    """The stage a task run's name belongs to, or None for a nested task run ("evaluate-0a1")."""
+    try:
+        return parse_stage(run_name)[0]
+    except ValueError:
+        return None
 
 
 def alert_payload(flow: Flow, flow_run: FlowRun, state: State, stages: list[str]) -> dict:

@@ -17,6 +17,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows.alerts import alert
 from flows.dvcstate import is_stale, record
 from flows.remote import default_remote, push_remote
+from squeeze.dvcyaml import dvc_stage, parse_stage, sync
 from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace, read_json
 from tasks.distill import distill
@@ -54,12 +55,12 @@ def workspace_lock(root: Path) -> Iterator[None]:
 
 @task(name="stage", task_run_name="{dvc_stage}")
 def build(dvc_stage: str, root: Path, params: Params, force: bool = False) -> bool:
-    """Run one DVC stage (`distill@kd_small` style for candidates) if stale or forced; True if
-    it ran."""
+    """Run one DVC stage (`distill@kd_small`, `merge-kd_ensemble` for candidates) if stale or
+    forced; True if it ran."""
     if not force and not is_stale(root, dvc_stage):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
         return False
-    stage, _, candidate = dvc_stage.partition("@")
+    stage, candidate = parse_stage(dvc_stage)
     STAGES[stage](root, params, *([candidate] if candidate else []))
     record(root, dvc_stage)
     return True
@@ -83,12 +84,14 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             params = load_params(root)
         elif write_params(root, params):
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
+        if sync(root, params):
+            logger.info("rewrote the merge stages of %s/dvc.yaml from the run's params", root)
         new_data = check_source(root, params)
         if new_data:
             logger.info("the source %s holds new data: ingesting it", params.ingest.source)
         done = {"ingest": build("ingest", root, params, force=new_data)}
         done["train_teacher"] = build("train_teacher", root, params)
-        stage_of = {name: f"{params.stage_of(name)}@{name}" for name in params.upstreams()}
+        stage_of = {name: dvc_stage(params, name) for name in params.upstreams()}
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run
         # can choose threads or Dask like `squeeze run` does
         with task_runner(params.flow) as runner:

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from squeeze import dvcyaml
 from squeeze.ops import add_ops_commands
 from squeeze.params import ParamsError, apply_profile, load_params
 from squeeze.workspace import Workspace, read_json
@@ -40,9 +41,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    """Merge profiles/NAME.yaml into params.yaml."""
-    apply_profile(Path(args.workspace), args.name)
+    """Merge profiles/NAME.yaml into params.yaml (and its merge stages into dvc.yaml)."""
+    root = Path(args.workspace)
+    dvcyaml.sync(root, apply_profile(root, args.name))
     print(f"params.yaml now uses profile {args.name!r} (git checkout params.yaml to undo)")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Regenerate dvc.yaml's merge stages from params.yaml (after editing params.yaml by hand)."""
+    root = Path(args.workspace)
+    changed = dvcyaml.sync(root, load_params(root))
+    print(f"{root / dvcyaml.DVC_FILE}: " + ("merge stages rewritten" if changed else "in sync"))
     return 0
 
 
@@ -61,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="apply profiles/NAME.yaml to params.yaml")
     prof.add_argument("name")
     prof.set_defaults(func=cmd_profile)
+    sync = sub.add_parser("sync", help="regenerate dvc.yaml's merge stages from params.yaml")
+    sync.set_defaults(func=cmd_sync)
     add_ops_commands(sub)
     return p
 

@@ -136,8 +136,6 @@ class MergeParams(Section):
     kind: Literal["ensemble", "soup_uniform", "soup_greedy", "distill_ensemble"]
     upstreams: list[str] = Field(
         min_length=1,
-        # dvc.yaml can only template list items by index, so its foreach names [0] and [-1]
-        max_length=2,
         description="ensemble/distill_ensemble: the members; soups: the one shared starting point.",
     )
     ingredients: int = Field(ge=2, le=16, description="Soups: fine-tuned copies (seeds differ).")

@@ -1,6 +1,6 @@
 """What the compression stages (distill, prune, quantize, merge) share: finding a candidate's
 params, the common part of its record, a clean output folder, the resume key (train_teacher
-uses it too) and the `python -m` entry point.
+uses it too) and the `python -m` entry points (evaluate's too).
 
 No Prefect and no math here: these are the file-and-params chores every candidate stage does the
 same way, kept in one place so the four stage modules stay about their method.
@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from squeeze.params import Params, load_params
+from squeeze.dvcyaml import check_synced
+from squeeze.params import Params, ParamsError, load_params
 from squeeze.workspace import Workspace, read_json
 
 
@@ -66,9 +67,20 @@ def main_for(run: Callable[[Path, Params, str], None], stage: str) -> None:
     """`python -m tasks.<stage> NAME`: build candidate NAME of params.yaml (what dvc.yaml runs)."""
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m tasks.{stage} NAME  (a key under `{stage}:` in params.yaml)")
-    params = load_params()
+    params = stage_params()
     try:
         candidate(params, stage, sys.argv[1])
     except KeyError as err:
         sys.exit(str(err.args[0]))
     run(Path("."), params, sys.argv[1])
+
+
+def stage_params() -> Params:
+    """params.yaml for a stage that `dvc repro` runs: valid, and with dvc.yaml's generated merge
+    stages in step with it (else a merge missing from dvc.yaml would silently never be built)."""
+    try:
+        params = load_params()
+        check_synced(Path("."), params)
+    except ParamsError as err:
+        sys.exit(str(err))
+    return params

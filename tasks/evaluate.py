@@ -20,11 +20,12 @@ from prefect import task
 from squeeze.data import Split, load_split
 from squeeze.evaluate import export_onnx, measure
 from squeeze.models import load_checkpoint
-from squeeze.params import Params, load_params
+from squeeze.params import Params
 from squeeze.plots import pareto_png
 from squeeze.train import predict
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import publish
+from tasks.candidate import stage_params
 
 PARETO_COLUMNS = ("name", "method", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50")
 ARTIFACT_COLUMNS = (*PARETO_COLUMNS, "nonzero_params", "macs", "latency_ms_p95", "agreement")
@@ -88,7 +89,7 @@ evaluate = task(run, name="evaluate", timeout_seconds=3600)
 
 
 def main() -> None:
-    run(Path("."), load_params())
+    run(Path("."), stage_params())
 
 
 if __name__ == "__main__":

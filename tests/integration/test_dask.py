@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.compress import retrain_and_compress
+from squeeze.dvcyaml import dvc_stage, parse_stage
 from squeeze.params import load_params, merge, validate
 from squeeze.workspace import Workspace, read_json
 from tests.conftest import run
@@ -21,7 +22,7 @@ def test_candidate_fan_out_completes_on_a_dask_local_cluster(workspace: Path, pr
 
     smoke = load_params(workspace).model_dump(mode="json")
     params = validate(merge(smoke, {"flow": {"task_runner": "dask", "workers": 2}}), "test")
-    candidates = [f"{params.stage_of(name)}@{name}" for name in params.model_names()[1:]]
+    candidates = [dvc_stage(params, name) for name in params.model_names()[1:]]
 
     state = retrain_and_compress(params=params, workspace=str(workspace), return_state=True)
     result = state.result()
@@ -33,9 +34,9 @@ def test_candidate_fan_out_completes_on_a_dask_local_cluster(workspace: Path, pr
     assert set(measured) == set(params.model_names())
 
     # two candidates built from the teacher alone are ready at once: on two workers they overlap
-    first, second = [
-        c for c in candidates if params.upstreams()[c.partition("@")[2]] == ["teacher"]
-    ][:2]
+    first, second = [c for c in candidates if params.upstreams()[parse_stage(c)[1]] == ["teacher"]][
+        :2
+    ]
     this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
         runs = {r.name: r for r in client.read_task_runs(flow_run_filter=this_run)}

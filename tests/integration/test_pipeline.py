@@ -31,6 +31,10 @@ def set_param(root: Path, section: str, key: str, value: object) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def raw_merge(root: Path) -> dict:
+    return yaml.safe_load((root / "params.yaml").read_text())["merge"]["kd_ensemble"]
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -96,6 +100,17 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
         "promote-decision",
     } <= artifacts
     assert "up to date" in run(["dvc", "status"], workspace).stdout
+
+    # a fourth ensemble member added by hand: `dvc repro` stops on the stale merge stage and
+    # names the fix; after `squeeze sync` the ensemble is rebuilt on all four members
+    members = [*load_params(workspace).merge["kd_ensemble"].upstreams, "teacher_ch50"]
+    set_param(workspace, "merge", "kd_ensemble", {**raw_merge(workspace), "upstreams": members})
+    stale = run(["dvc", "repro"], workspace, check=False)
+    assert stale.returncode != 0 and "run `squeeze sync`" in stale.stdout + stale.stderr
+    run(["squeeze", "sync"], workspace)
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["merge-kd_ensemble", *downstream]
+    measured = read_json(Workspace(workspace).metrics("candidates"))["kd_ensemble"]
+    assert measured["upstream"] == members and len(members) == 4
 
     # new data at the source: the next (scheduled) run ingests it and retrains everything
     shuffle_training_files(source)

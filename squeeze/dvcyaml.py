@@ -1,0 +1,107 @@
+"""The merge stages of dvc.yaml, written out from params.yaml.
+
+A merge has any number of upstreams, and DVC's templating cannot put a list into `deps`
+(treeverse/dvc#8171: "Cannot interpolate data of type 'list'"), so merge cannot be a `foreach`
+like distill, prune and quantize. Its stages are generated instead, one per `merge.NAME`, named
+`merge-NAME`: `squeeze sync` writes them, `squeeze profile` and every flow run call it, and a stage
+run by `dvc repro` refuses a dvc.yaml that disagrees with params.yaml and names that command.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from squeeze.params import Params, ParamsError
+
+DVC_FILE = "dvc.yaml"
+MERGE_CMD = "python -m tasks.merge"
+MERGE_DEPS = [
+    "tasks/merge.py",
+    "tasks/candidate.py",
+    "squeeze/merge.py",
+    "squeeze/distill.py",
+    "squeeze/evaluate.py",
+    "squeeze/models.py",
+    "squeeze/train.py",
+    "data/splits/train.safetensors",
+    "data/splits/val.safetensors",
+    "data/fingerprint.json",
+]
+_STAGE_NAME = re.compile(r"^(?:merge-(?P<merged>.+)|(?P<stage>[a-z_]+)(?:@(?P<name>.+))?)$")
+
+
+def dvc_stage(params: Params, name: str) -> str:
+    """The DVC stage that builds model `name`: `merge-NAME`, or `distill@NAME` style (foreach)."""
+    stage = params.stage_of(name)
+    if stage == "train_teacher":
+        return stage
+    return f"{stage}-{name}" if stage == "merge" else f"{stage}@{name}"
+
+
+def parse_stage(dvc_name: str) -> tuple[str, str | None]:
+    """`prune@teacher_ch50` -> ("prune", "teacher_ch50"), `merge-kd_ensemble` -> ("merge",
+    "kd_ensemble"), `evaluate` -> ("evaluate", None); ValueError for anything else."""
+    match = _STAGE_NAME.match(dvc_name)
+    if match is None:
+        raise ValueError(f"not a squeeze stage name: {dvc_name!r}")
+    if match["merged"]:
+        return "merge", match["merged"]
+    return match["stage"], match["name"]
+
+
+def merge_stages(params: Params) -> dict[str, dict[str, Any]]:
+    """The dvc.yaml stage of every merge candidate, its upstreams' model folders among its deps."""
+    return {
+        f"merge-{name}": {
+            "cmd": f"{MERGE_CMD} {name}",
+            "deps": MERGE_DEPS + [f"models/{up}" for up in dict.fromkeys(cfg.upstreams)],
+            "params": [f"merge.{name}"],
+            "outs": [f"models/{name}"],
+        }
+        for name, cfg in params.merge.items()
+    }
+
+
+def _is_merge(stage: Any) -> bool:
+    return isinstance(stage, dict) and str(stage.get("cmd", "")).startswith(MERGE_CMD)
+
+
+def stale_merge_stages(root: Path, params: Params) -> list[str]:
+    """The merge stages where dvc.yaml and params.yaml disagree (missing, extra or different)."""
+    stages = yaml.safe_load((root / DVC_FILE).read_text())["stages"]
+    have = {key: value for key, value in stages.items() if _is_merge(value)}
+    want = merge_stages(params)
+    return sorted(key for key in have.keys() | want.keys() if have.get(key) != want.get(key))
+
+
+def check_synced(root: Path, params: Params) -> None:
+    """Raise ParamsError, naming the stages and the fix, when dvc.yaml's merge stages are stale."""
+    stale = stale_merge_stages(root, params)
+    if stale:
+        raise ParamsError(
+            f"{root / DVC_FILE}: stages {', '.join(stale)} do not match the merge section of "
+            f"params.yaml; run `squeeze sync` to regenerate them, then `dvc repro` again"
+        )
+
+
+def sync(root: Path, params: Params) -> bool:
+    """Rewrite dvc.yaml's merge stages from params (comments elsewhere kept); True if changed."""
+    if not stale_merge_stages(root, params):
+        return False
+    from dvc.utils.serialize import modify_yaml  # ruamel round trip: keeps comments and order
+
+    with modify_yaml(root / DVC_FILE) as data:
+        stages = data["stages"]
+        keys = list(stages)
+        old = [key for key in keys if _is_merge(stages[key])]
+        # generated stages go where the old ones were, else before evaluate
+        at = keys.index(old[0]) if old else keys.index("evaluate")
+        for key in old:
+            del stages[key]
+        for offset, (key, value) in enumerate(merge_stages(params).items()):
+            stages.insert(at + offset, key, value)
+    return True

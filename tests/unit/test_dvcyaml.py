@@ -1,0 +1,111 @@
+"""dvc.yaml's generated merge stages: in step with params.yaml, rewritten by `squeeze sync`, and a
+stale dvc.yaml refused with the command that fixes it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from squeeze.dvcyaml import (
+    check_synced,
+    dvc_stage,
+    merge_stages,
+    parse_stage,
+    stale_merge_stages,
+    sync,
+)
+from squeeze.params import ParamsError, apply_profile, load_params, merge, validate
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project's dvc.yaml, params.yaml and profiles."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT / name, tmp_path / name)
+    shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
+    return tmp_path
+
+
+def with_trio(root: Path) -> None:
+    """Hand-edit params.yaml: a three-member ensemble, and no more soup."""
+    params = load_params(root).model_dump(mode="json")
+    trio = params["merge"]["kd_ensemble"] | {"upstreams": ["kd_small", "ce_small", "teacher_ch50"]}
+    params["merge"] = {"kd_ensemble": params["merge"]["kd_ensemble"], "trio": trio}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_committed_dvc_yaml_matches_params_and_the_smoke_profile(project: Path) -> None:
+    assert stale_merge_stages(PROJECT, load_params(PROJECT)) == []
+    assert stale_merge_stages(project, apply_profile(project, "smoke")) == []
+
+
+def test_every_member_is_a_dependency() -> None:
+    base = load_params(PROJECT).model_dump(mode="json")
+    ens = base["merge"]["kd_ensemble"] | {"upstreams": ["kd_small", "ce_small", "kd_small_ch50"]}
+    params = validate(merge(base, {"merge": {"big": ens}}), "test")
+    deps = merge_stages(params)["merge-big"]["deps"]
+    assert [d for d in deps if d.startswith("models/")] == [
+        "models/kd_small",
+        "models/ce_small",
+        "models/kd_small_ch50",
+    ]
+
+
+def test_sync_rewrites_the_merge_stages_and_keeps_the_rest(project: Path) -> None:
+    before = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    with_trio(project)
+    params = load_params(project)
+    with pytest.raises(ParamsError, match=r"merge-teacher_ch50_soup, merge-trio .*squeeze sync"):
+        check_synced(project, params)
+
+    assert sync(project, params) is True
+    text = (project / "dvc.yaml").read_text()
+    after = yaml.safe_load(text)["stages"]
+    assert [k for k in after if k.startswith("merge-")] == ["merge-kd_ensemble", "merge-trio"]
+    assert "merge-teacher_ch50_soup" not in after
+    assert after["merge-trio"]["deps"][-3:] == [
+        "models/kd_small",
+        "models/ce_small",
+        "models/teacher_ch50",
+    ]
+    assert list(after)[-3:] == ["evaluate", "gate", "promote"]  # the rest keeps its order
+    assert {k: v for k, v in after.items() if not k.startswith("merge-")} == {
+        k: v for k, v in before.items() if not k.startswith("merge-")
+    }
+    assert text.startswith("# One stage per tasks/<stage>.py")  # comments survive
+    check_synced(project, params)
+    assert sync(project, params) is False  # nothing to do twice
+
+
+def test_a_stage_run_by_dvc_refuses_a_stale_dvc_yaml(project: Path) -> None:
+    with_trio(project)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.merge", "trio"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(PROJECT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 1
+    assert "merge-trio" in proc.stderr and "run `squeeze sync`" in proc.stderr
+    assert not (project / "models").exists()
+
+
+def test_stage_names_round_trip() -> None:
+    params = load_params(PROJECT)
+    names = {name: dvc_stage(params, name) for name in params.model_names()}
+    assert names["teacher"] == "train_teacher"
+    assert names["kd_small"] == "distill@kd_small"
+    assert names["kd_ensemble"] == "merge-kd_ensemble"
+    for name, stage in names.items():
+        assert parse_stage(stage) == (params.stage_of(name), None if name == "teacher" else name)
+    assert parse_stage("evaluate") == ("evaluate", None)
+    with pytest.raises(ValueError, match="not a squeeze stage name"):
+        parse_stage("evaluate-0a1")  # a nested Prefect task run, not a stage
