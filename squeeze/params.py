@@ -122,12 +122,22 @@ class PruneParams(Section):
 
 
 class QuantizeParams(Section):
-    """int8 post-training quantization of the upstream's ONNX export (onnxruntime)."""
+    """Post-training quantization of the upstream's ONNX export (onnxruntime)."""
 
     upstream: str = Field(description="The model quantized.")
     mode: Literal["static", "dynamic"] = Field(description="static: calibrated QDQ; dynamic.")
+    weights: Literal["int8", "int4"] = Field(
+        description="Weight type. int4 (static only) halves the weight bytes again, but "
+        "onnxruntime's CPU kernels dequantize it to fp32: smaller, not faster."
+    )
     per_channel: bool = Field(description="Per-channel weight scales.")
     calibration_samples: int = Field(ge=1, le=60000, description="Training images to calibrate.")
+
+    @model_validator(mode="after")
+    def check_weights(self) -> QuantizeParams:
+        if self.weights == "int4" and self.mode != "static":
+            raise ValueError("weights int4 needs mode static (dynamic quantization is int8 only)")
+        return self
 
 
 class MergeParams(Section):

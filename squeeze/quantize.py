@@ -1,9 +1,10 @@
-"""int8 post-training quantization of an ONNX export with onnxruntime.quantization.
+"""int8 / int4 post-training quantization of an ONNX export with onnxruntime.quantization.
 
 The input is the fp32 file squeeze.evaluate.export_onnx writes: uint8 "pixels" in, a
 Cast/Div/Sub/Div standardisation, then the convs. That preprocessing stays fp32 (it is
-excluded from quantization); the layers after it get int8 weights (per-channel symmetric scales
-when asked: a BatchNorm folded into a conv gives its channels very different ranges) and, in
+excluded from quantization); the layers after it get int8 or int4 weights (per-channel
+symmetric scales when asked: a BatchNorm folded into a conv gives its channels very different
+ranges; symmetric, so a pruned weight stays exactly 0) and, in
 static mode, int8 activations whose ranges come from calibration on training images. Dynamic
 mode quantizes weights only and computes activation scales at run time (no calibration).
 The classifier's output (the logits) is not re-quantized: with 256 levels, near-ties between
@@ -31,6 +32,9 @@ from squeeze.params import QuantizeParams
 
 CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
 WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
+# int4 needs QDQ operators of opset 21; below that (our exports) onnxruntime writes them in its
+# com.microsoft domain, which stock onnxruntime runs
+WEIGHT_TYPES = {"int8": QuantType.QInt8, "int4": QuantType.QInt4}
 
 
 class PixelBatches(CalibrationDataReader):
@@ -67,11 +71,11 @@ def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
 def quantize_onnx(
     source: Path, dest: Path, cfg: QuantizeParams, calibration: np.ndarray | None
 ) -> None:
-    """Write the int8 version of the fp32 ONNX file `source` to `dest`.
+    """Write the quantized version of the fp32 ONNX file `source` to `dest`.
 
     Args:
         cfg: mode "static" (QDQ, activations calibrated with MinMax on `calibration`) or
-            "dynamic"; per_channel weight scales.
+            "dynamic"; weights int8 or int4 (static); per_channel weight scales.
         calibration: (N, 28, 28) uint8 training images, N = cfg.calibration_samples; unused in
             dynamic mode.
     """
@@ -88,7 +92,7 @@ def quantize_onnx(
             quantize_static(
                 str(prepared), str(out), PixelBatches(calibration),
                 quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8, weight_type=WEIGHT_TYPES[cfg.weights],
                 nodes_to_exclude=excluded,
                 extra_options={
                     "ActivationSymmetric": False, "WeightSymmetric": True,

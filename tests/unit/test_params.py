@@ -74,6 +74,12 @@ def test_non_positive_temperature_is_rejected(raw: dict) -> None:
     assert f"distill.{name}.temperature: Input should be greater than 0" in error_of(raw)
 
 
+def test_int4_dynamic_quantization_is_rejected(raw: dict) -> None:
+    name, cfg = candidate(raw, "quantize")
+    cfg.update(mode="dynamic", weights="int4")
+    assert f"quantize.{name}: Value error, weights int4 needs mode static" in error_of(raw)
+
+
 def test_unknown_upstream_is_rejected(raw: dict) -> None:
     name, cfg = candidate(raw, "quantize")
     cfg["upstream"] = "nonexistent"

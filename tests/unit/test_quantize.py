@@ -50,7 +50,9 @@ def classes(path: Path, images: np.ndarray) -> np.ndarray:
 def test_int8_agrees_with_fp32(
     small_fmnist: Data, fp32_export: Path, tmp_path: Path, mode: str
 ) -> None:
-    cfg = QuantizeParams(upstream="m", mode=mode, per_channel=True, calibration_samples=256)
+    cfg = QuantizeParams(
+        upstream="m", mode=mode, weights="int8", per_channel=True, calibration_samples=256
+    )
     out = tmp_path / "int8.onnx"
     quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:256])
     test = small_fmnist["test"]
@@ -63,10 +65,40 @@ def test_int8_agrees_with_fp32(
     assert sum(w.size for w in weights if w.dtype == np.int8) > 0.9 * graph_stats(out)["params"]
 
 
+def test_int4_weights_make_a_smaller_file_that_still_predicts(
+    small_fmnist: Data, fp32_export: Path, tmp_path: Path
+) -> None:
+    images, test = small_fmnist["train"].images[:256], small_fmnist["test"]
+    files = {}
+    for weights in ("int8", "int4"):
+        cfg = QuantizeParams(upstream="m", mode="static", weights=weights, per_channel=True,
+                             calibration_samples=256)  # fmt: skip
+        files[weights] = tmp_path / f"{weights}.onnx"
+        quantize_onnx(fp32_export, files[weights], cfg, images)
+
+    def weight_bytes(path: Path, dtype: int) -> tuple[int, int]:
+        found = [t for t in onnx.load(str(path)).graph.initializer
+                 if t.data_type == dtype and len(t.dims) >= 2]  # fmt: skip
+        return len(found), sum(len(t.raw_data) for t in found)
+
+    n4, int4_bytes = weight_bytes(files["int4"], onnx.TensorProto.INT4)
+    n8, int8_bytes = weight_bytes(files["int8"], onnx.TensorProto.INT8)
+    assert n4 == n8 >= 3  # every conv and the classifier, two weights to a byte
+    assert int4_bytes <= 0.55 * int8_bytes
+    assert files["int4"].stat().st_size < files["int8"].stat().st_size
+    stats = graph_stats(files["int4"])
+    assert stats["macs"] == graph_stats(fp32_export)["macs"] and stats["nonzero_params"] > 0
+    # 15 levels per channel cost some accuracy; the gate, not this test, judges how much
+    fp32 = (classes(fp32_export, test.images) == test.labels).mean()
+    assert (classes(files["int4"], test.images) == test.labels).mean() >= fp32 - 0.05
+
+
 def test_pixel_preprocessing_stays_fp32(
     small_fmnist: Data, fp32_export: Path, tmp_path: Path
 ) -> None:
-    cfg = QuantizeParams(upstream="m", mode="static", per_channel=True, calibration_samples=64)
+    cfg = QuantizeParams(
+        upstream="m", mode="static", weights="int8", per_channel=True, calibration_samples=64
+    )
     out = tmp_path / "int8.onnx"
     quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:64])
     graph = onnx.load(str(out)).graph
@@ -82,7 +114,9 @@ def test_pixel_preprocessing_stays_fp32(
 
 
 def test_static_needs_calibration_images(fp32_export: Path, tmp_path: Path) -> None:
-    cfg = QuantizeParams(upstream="m", mode="static", per_channel=True, calibration_samples=64)
+    cfg = QuantizeParams(
+        upstream="m", mode="static", weights="int8", per_channel=True, calibration_samples=64
+    )
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx(fp32_export, tmp_path / "int8.onnx", cfg, None)
 
@@ -90,7 +124,7 @@ def test_static_needs_calibration_images(fp32_export: Path, tmp_path: Path) -> N
 def test_stage_writes_an_onnx_model_and_record(
     workspace: Workspace, stage_params: Callable
 ) -> None:
-    cfg = QuantizeParams(upstream="teacher", mode="static", per_channel=True,
+    cfg = QuantizeParams(upstream="teacher", mode="static", weights="int8", per_channel=True,
                          calibration_samples=128)  # fmt: skip
     run(workspace.root, stage_params(quantize={"int8": cfg}), "int8")
     folder = workspace.model("int8")
