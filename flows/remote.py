@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-from prefect.tasks import exponential_backoff
-
 from flows.dvcstate import open_repo
+from tasks.retrying import io_task
 
 
 class RemoteError(RuntimeError):
@@ -60,17 +58,11 @@ def default_remote(root: Path) -> str | None:
         return repo.config["core"].get("remote")
 
 
-def retry_on_unavailable(task_: object, task_run: object, state: object) -> bool:
-    """Retry only an incomplete upload; a missing or misconfigured remote stays failed."""
-    return isinstance(state.result(raise_on_failure=False), RemoteUnavailable)  # type: ignore[attr-defined]
-
-
-push_remote = task(
+push_remote = io_task(
+    # only an incomplete upload is retried; a missing or misconfigured remote stays failed
     push,
-    name="push",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=retry_on_unavailable,
+    "push",
+    lambda err: isinstance(err, RemoteUnavailable),
     timeout_seconds=3600,
 )
 

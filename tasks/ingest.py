@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 
 from squeeze import data_suite
 from squeeze.data import (
@@ -28,6 +27,7 @@ from squeeze.data import (
 from squeeze.expectations import validate
 from squeeze.params import Params, load_params
 from squeeze.workspace import Workspace, read_json, write_json
+from tasks.retrying import io_task
 
 
 def run(root: Path, params: Params) -> None:
@@ -82,27 +82,13 @@ def source_changed(root: Path, params: Params) -> bool:
         shutil.rmtree(probe, ignore_errors=True)
 
 
-def retry_fetch_only(_task, _run, state) -> bool:
-    """Retry a failed fetch (network, S3); bad data fails at once."""
-    try:
-        state.result()
-    except FetchError:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is final
-        return False
-    return False
+def fetch_failed(err: BaseException) -> bool:
+    """A failed fetch (network, S3) is worth retrying; bad data fails at once."""
+    return isinstance(err, FetchError)
 
 
-ingest = task(
-    run, name="ingest", retries=3, retry_delay_seconds=[5, 30, 120],
-    retry_condition_fn=retry_fetch_only, timeout_seconds=1800,
-)  # fmt: skip
-
-
-check_source = task(
-    source_changed, name="check_source", retries=3, retry_delay_seconds=[5, 30, 120],
-    retry_condition_fn=retry_fetch_only, timeout_seconds=600,
-)  # fmt: skip
+ingest = io_task(run, "ingest", fetch_failed, timeout_seconds=1800)
+check_source = io_task(source_changed, "check_source", fetch_failed, timeout_seconds=600)
 
 
 def main() -> None:

@@ -16,9 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.tasks import exponential_backoff
-
 from squeeze.card import build_card, summary_markdown
 from squeeze.data import load_split
 from squeeze.evaluate import measure
@@ -28,6 +25,7 @@ from squeeze.registry import Registry, open_registry
 from squeeze.storage import NotFound, StoreError
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import link_for, publish, say
+from tasks.retrying import io_task
 
 
 def registry_of(root: Path, params: Params) -> Registry:
@@ -198,26 +196,14 @@ def publish_artifacts(root: Path, params: Params, result: dict[str, Any]) -> Non
         )
 
 
-def retry_on_store_error(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry only transient store failures (unreachable S3, throttling): a StoreError anywhere
-    in the exception's cause chain, except a missing object. A refused gate, a corrupt version
-    or a lost compare-and-swap is a decision or a fault that retrying would not change."""
-    err = state.result(raise_on_failure=False)
-    while isinstance(err, BaseException):
-        if isinstance(err, StoreError) and not isinstance(err, NotFound):
-            return True
-        err = err.__cause__
-    return False
+def store_unavailable(err: BaseException) -> bool:
+    """Transient store failures (unreachable S3, throttling) are retried; a missing object, a
+    refused gate, a corrupt version or a lost compare-and-swap is a decision or a fault that
+    retrying would not change."""
+    return isinstance(err, StoreError) and not isinstance(err, NotFound)
 
 
-promote = task(
-    run,
-    name="promote",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=retry_on_store_error,
-    timeout_seconds=1800,
-)
+promote = io_task(run, "promote", store_unavailable, timeout_seconds=1800)
 
 
 def main() -> None:

@@ -270,7 +270,7 @@ def test_endpoint_stopped_between_upload_and_pointer_move(
     with pytest.raises(RegistryError, match="cannot reach S3 endpoint") as excinfo:
         bench.promote()
     # The flow's task would retry this: the cause is a StoreError.
-    assert promote_stage.retry_on_store_error(None, None, Failed(data=excinfo.value))
+    assert promote_stage.promote.retry_condition_fn(None, None, Failed(data=excinfo.value))
     s3_endpoint.start()
     assert fast_failing.production()["version"] == 1  # type: ignore[index]
     assert fast_failing.versions() == [1, 2]  # uploaded and verified, never promoted
@@ -318,7 +318,7 @@ def test_corrupted_object_is_caught_by_its_checksum(
     bench.gate()
     with pytest.raises(RegistryError, match="checksum mismatch.*versions/2/model.onnx") as excinfo:
         bench.promote()
-    assert not promote_stage.retry_on_store_error(None, None, Failed(data=excinfo.value))
+    assert not promote_stage.promote.retry_condition_fn(None, None, Failed(data=excinfo.value))
     assert fast_failing.production()["version"] == 1  # type: ignore[index]
     # A damaged production is reported by status and refused by pull-production.
     tamper(1)
@@ -467,7 +467,7 @@ def test_store_error_alone_is_retried() -> None:
 
     from squeeze.storage import NotFound
 
-    retry = promote_stage.retry_on_store_error
+    retry = promote_stage.promote.retry_condition_fn
     assert retry(None, None, Failed(data=StoreError("endpoint down")))
     wrapped = RegistryError("pointer not moved")
     wrapped.__cause__ = StoreError("endpoint down")
