@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from squeeze.data import CLASSES
+from squeeze.package import SHIPPED
 from squeeze.params import Params
 from squeeze.workspace import Workspace, read_json
 
@@ -131,7 +132,7 @@ def build_card(
     chain = upstream_chain(root, name, params)
     return {
         "schema": CARD_SCHEMA,
-        "model": {"name": name, "method": chain[0]["method"], "format": "onnx"},
+        "model": {"name": name, "method": chain[0]["method"], "format": "onnx", "file": SHIPPED},
         "input": INPUT,
         "output": OUTPUT,
         "classes": list(CLASSES),

@@ -334,7 +334,7 @@ def decide(
         return {
             "promote": False,
             "outcome": "already_in_production",
-            "reasons": ["the challenger's model.onnx is byte-identical to production's"],
+            "reasons": ["the challenger's model is byte-identical to production's"],
         }
     if champion is None:
         return verdict(True, "nothing is in production yet")

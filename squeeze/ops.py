@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from squeeze.card import chain_text
+from squeeze.package import SHIPPED, unpack
 from squeeze.params import load_params
 from squeeze.registry import Registry, RegistryError, open_registry
 from squeeze.storage import StoreError
@@ -71,7 +72,7 @@ def status(workspace: Path) -> dict[str, Any]:
             "metrics": card.get("metrics"),
             "lineage": card.get("lineage"),
             "decision": card.get("decision"),
-            "url": registry.url(pointer["version"]),
+            "url": registry.url(pointer["version"], SHIPPED),
         }
     return {
         "registry": registry.store.url,
@@ -143,7 +144,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    """Download the production model, card and checksums into DIR (verified)."""
+    """Download the production model (shipped gzipped, unpacked), card and checksums into DIR
+    (verified)."""
     registry = registry_for(Path(args.workspace))
     pointer = registry.production()
     if pointer is None:
@@ -152,6 +154,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             "promote a version first (squeeze promote VERSION)"
         )
     dest = registry.download(pointer["version"], Path(args.dir))
+    unpack(dest)  # the shipped model.onnx.gz -> model.onnx, ready for onnxruntime
     files = ", ".join(sorted(p.name for p in dest.iterdir()))
     print(f"version {pointer['version']} of {registry.family!r} -> {dest} ({files}; verified)")
     return 0

@@ -3,7 +3,7 @@
 Layout under a store root (a local folder or ``s3://bucket/prefix``, see ``squeeze.storage``)::
 
     <family>/versions/<n>/claim.json        written first: reserves number n (create-if-absent)
-    <family>/versions/<n>/model.onnx ...    the published files
+    <family>/versions/<n>/model.onnx.gz ... the published files (squeeze.package)
     <family>/versions/<n>/card.json         the model card (plus a "registry" section)
     <family>/versions/<n>/metrics.json
     <family>/versions/<n>/checksums.json    written last: its presence marks n as complete
@@ -13,7 +13,7 @@ A version without ``checksums.json`` (a publisher crashed mid-upload) is invisib
 listed, never promotable. ``production.json`` only moves by compare-and-swap to a version
 whose every checksum was just verified, so a crash or a dead endpoint at any moment leaves it
 on a complete version. Consumers need no project code: read ``production.json``, then fetch
-``<family>/<path>/model.onnx`` and compare it with ``sha256["model.onnx"]``.
+``<family>/<path>/model.onnx.gz``, compare it with ``sha256["model.onnx.gz"]`` and gunzip it.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Registry:
     def _where(self, key: str) -> str:
         return f"{self.store.url.rstrip('/')}/{key}"
 
-    def url(self, version: int, name: str = "model.onnx") -> str:
+    def url(self, version: int, name: str) -> str:
         """Where a file of a version lives (s3://... or a local path), for links and messages."""
         return self._where(self._key(version, _check_name(name, "file name")))
 

@@ -4,9 +4,10 @@ Reads params `promote.*`, `gate.*` and `evaluate.*`, metrics/gate.json, metrics/
 exports/<challenger>.onnx, data/splits/test.safetensors and the registry; writes
 metrics/promote.json. The production model is downloaded (checksums verified) and measured in
 this process next to the challenger's export, so the comparison is like for like. A promotion
-uploads model.onnx + card.json + metrics.json, verifies every checksum, and only then moves the
-production pointer by compare-and-swap against the champion that was measured here: if someone
-else promoted meanwhile, nothing moves and the stage fails, to be re-run on the new champion.
+uploads model.onnx.gz (squeeze.package) + card.json + metrics.json, verifies every checksum,
+and only then moves the production pointer by compare-and-swap against the champion that was
+measured here: if someone else promoted meanwhile, nothing moves and the stage fails, to be
+re-run on the new champion.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from squeeze.card import build_card, summary_markdown
 from squeeze.data import load_split
 from squeeze.evaluate import measure
 from squeeze.gate import COMPARED, check, decide
+from squeeze.package import SHIPPED, pack, unpack
 from squeeze.params import Params, load_params
 from squeeze.registry import Registry, open_registry
 from squeeze.storage import NotFound, StoreError
@@ -51,7 +53,7 @@ def measure_champion(
     version = pointer["version"]
     with tempfile.TemporaryDirectory(prefix="squeeze-champion-") as tmp:
         folder = registry.download(version, Path(tmp) / "champion")
-        measured = measure(folder / "model.onnx", test, params.evaluate)
+        measured = measure(unpack(folder), test, params.evaluate)
         card = read_json(folder / "card.json")
     gate_report = read_json(ws.metrics("gate"))
     teacher = gate_report["teacher"]
@@ -73,8 +75,8 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
     ws, name = Workspace(root), gate_report["challenger"]
     registry = registry_of(root, params)
     candidates = read_json(ws.metrics("candidates"))
-    blob = ws.export(name).read_bytes()
-    sha = hashlib.sha256(blob).hexdigest()
+    shipped = pack(ws.export(name).read_bytes())
+    sha = hashlib.sha256(shipped).hexdigest()
     test = load_split(ws.split("test"))
     challenger_now = measure(ws.export(name), test, params.evaluate)
     pointer = registry.production()
@@ -86,7 +88,7 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
         champion_now,
         params.gate,
         champion_failed=champion["failed_gates"] if champion else None,
-        identical=bool(pointer) and pointer["sha256"].get("model.onnx") == sha,
+        identical=bool(pointer) and pointer["sha256"].get(SHIPPED) == sha,
     )
     version = None
     if decision["promote"]:
@@ -95,7 +97,7 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
         card = build_card(
             root, name, candidates[name], gate_report["candidates"][name], params, summary
         )
-        version = registry.publish({"model.onnx": blob}, card, candidates[name])
+        version = registry.publish({SHIPPED: shipped}, card, candidates[name])
         registry.promote(version, expected=champion["version"] if champion else None)
     production = registry.production()
     now = production["version"] if production else None
@@ -111,7 +113,7 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
             "family": registry.family,
             "published": version,
             "production": now,
-            "model": registry.url(now) if now else None,
+            "model": registry.url(now, SHIPPED) if now else None,
         },
     }
 

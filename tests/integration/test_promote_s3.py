@@ -303,7 +303,7 @@ def test_corrupted_object_is_caught_by_its_checksum(
     s3 = s3_endpoint.client()
 
     def tamper(version: int) -> None:
-        key = f"{s3_prefix}/{FAMILY}/versions/{version}/model.onnx"
+        key = f"{s3_prefix}/{FAMILY}/versions/{version}/model.onnx.gz"
         s3.put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"not the model")
 
     publish = Registry.publish
@@ -316,7 +316,9 @@ def test_corrupted_object_is_caught_by_its_checksum(
     monkeypatch.setattr(Registry, "publish", publish_then_tamper)
     bench.add("kd_int8", bench.lab.int8, "quantize", ["kd"])
     bench.gate()
-    with pytest.raises(RegistryError, match="checksum mismatch.*versions/2/model.onnx") as excinfo:
+    with pytest.raises(
+        RegistryError, match="checksum mismatch.*versions/2/model.onnx.gz"
+    ) as excinfo:
         bench.promote()
     assert not promote_stage.promote.retry_condition_fn(None, None, Failed(data=excinfo.value))
     assert fast_failing.production()["version"] == 1  # type: ignore[index]
@@ -340,8 +342,9 @@ s3 = boto3.client("s3", endpoint_url=endpoint)
 def get(key):
     return s3.get_object(Bucket=bucket, Key=f"{prefix}/{family}/{key}")["Body"].read()
 pointer = json.loads(get("production.json"))
-model = get(pointer["path"] + "/model.onnx")
-assert hashlib.sha256(model).hexdigest() == pointer["sha256"]["model.onnx"]
+shipped = get(pointer["path"] + "/model.onnx.gz")
+assert hashlib.sha256(shipped).hexdigest() == pointer["sha256"]["model.onnx.gz"]
+model = gzip.decompress(shipped)
 card = json.loads(get(pointer["path"] + "/card.json"))
 def idx(name):  # an IDX file: zero, zero, type, ndim, big-endian dims, data
     blob = gzip.decompress(open(f"{data_dir}/{name}", "rb").read())
@@ -568,5 +571,5 @@ def test_gate_and_promote_publish_artifacts_in_a_flow(bench: Bench, prefect_api:
     assert set(by_key) == {"gate-verdicts", "gate-decision", "promote-comparison",
                            "promote-decision", "registry-production"}  # fmt: skip
     assert "challenger **kd**" in by_key["gate-decision"].data
-    assert "/fmnist/versions/1/model.onnx" in by_key["registry-production"].data
+    assert "/fmnist/versions/1/model.onnx.gz" in by_key["registry-production"].data
     assert "kd (distill) <- teacher (train)" in by_key["promote-decision"].data

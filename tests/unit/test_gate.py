@@ -189,7 +189,7 @@ def test_no_champion_failing_champion_and_identical_model() -> None:
     assert same == {
         "promote": False,
         "outcome": "already_in_production",
-        "reasons": ["the challenger's model.onnx is byte-identical to production's"],
+        "reasons": ["the challenger's model is byte-identical to production's"],
     }
 
 
