@@ -118,6 +118,10 @@ class PruneParams(Section):
         ge=0, le=1, description="Fine-tune with this weight on distillation from the teacher."
     )
     temperature: float = Field(gt=0, le=100, description="Temperature of that distillation.")
+    qat: Literal["int8", "int4"] | None = Field(
+        description="Fine-tune quantization-aware for a later `quantize` with these weights "
+        "(its weights end on onnxruntime's grid, so quantizing them loses ~nothing); null: off."
+    )
     fit: FitParams
 
 

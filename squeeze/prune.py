@@ -23,6 +23,7 @@ from torch.nn.utils import prune as torch_prune
 from squeeze.data import Split, subset
 from squeeze.distill import distillation_loss
 from squeeze.params import PruneParams
+from squeeze.qat import quantization_aware, snap
 from squeeze.train import fit
 
 IMPORTANCE: dict[str, Callable[[], Any]] = {
@@ -96,7 +97,8 @@ def fine_tune(
     step: int,
     teacher: nn.Module | None,
 ) -> dict[str, Any]:
-    """One pass over this step's images (cfg.fit, a seed per step); KD when distill_alpha > 0."""
+    """One pass over this step's images (cfg.fit, a seed per step); KD when distill_alpha > 0,
+    quantization-aware when cfg.qat."""
     fit_cfg = cfg.fit.model_copy(update={"epochs": 1, "seed": cfg.fit.seed + step})
     loss = None
     if cfg.distill_alpha > 0:
@@ -105,7 +107,8 @@ def fine_tune(
         loss = distillation_loss(
             teacher, cfg.temperature, cfg.distill_alpha, cfg.fit.label_smoothing
         )
-    (row,) = fit(model, train, val, fit_cfg, loss_fn=loss)
+    with quantization_aware(model, cfg.qat):
+        (row,) = fit(model, train, val, fit_cfg, loss_fn=loss)
     return {**row, "epoch": step}
 
 
@@ -188,6 +191,9 @@ def prune_structured(
 def prune_model(
     model: nn.Module, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Prune as cfg.kind says; returns (pruned model in eval mode, one curve row per step)."""
+    """Prune as cfg.kind says; returns (pruned model in eval mode, one curve row per step).
+
+    With cfg.qat the fine-tuning is quantization-aware and the weights end on the grid."""
     method = prune_structured if cfg.kind == "structured" else prune_unstructured
-    return method(model, cfg, train, val, teacher)
+    pruned, history = method(model, cfg, train, val, teacher)
+    return snap(pruned, cfg.qat), history

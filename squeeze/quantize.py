@@ -27,7 +27,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from squeeze.evaluate import INPUT
+from squeeze.evaluate import INPUT, weight_tensors
 from squeeze.params import QuantizeParams
 
 CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
@@ -35,6 +35,7 @@ WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
 # int4 needs QDQ operators of opset 21; below that (our exports) onnxruntime writes them in its
 # com.microsoft domain, which stock onnxruntime runs
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "int4": QuantType.QInt4}
+INT4_LEVELS = 7  # int4 weights use [-7, 7] (see int4_overrides)
 
 
 class PixelBatches(CalibrationDataReader):
@@ -68,6 +69,26 @@ def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
     return list(found)
 
 
+def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """Per-channel int4 weight scales max|w| / 7: a symmetric [-7, 7] grid.
+
+    onnxruntime's own int4 MinMax spans [-8, 7] with scale 2·max|w| / 15, which clips each
+    channel's largest positive weight by 1/15 and is no fixed point: weights already on a grid
+    (squeeze.qat) would be rounded again. On [-7, 7] both problems go away.
+    """
+    overrides = {}
+    for name, w in weight_tensors(model.graph).items():
+        if w.ndim < 2:  # biases: int32, derived from the weight and input scales
+            continue
+        absmax = np.abs(w).reshape(len(w), -1).max(axis=1)
+        scales = np.where(absmax > 0, absmax / INT4_LEVELS, 1.0).astype(np.float32)
+        overrides[name] = [
+            {"axis": 0, "quant_type": QuantType.QInt4, "scale": scale, "zero_point": np.int8(0)}
+            for scale in scales
+        ]
+    return overrides
+
+
 def quantize_onnx(
     source: Path, dest: Path, cfg: QuantizeParams, calibration: np.ndarray | None
 ) -> None:
@@ -84,7 +105,8 @@ def quantize_onnx(
         # shape inference + graph optimisation first, as onnxruntime recommends for PTQ
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-        excluded = preprocessing_nodes(onnx.load(str(prepared)))
+        prepared_model = onnx.load(str(prepared))
+        excluded = preprocessing_nodes(prepared_model)
         out = Path(tmp) / "int8.onnx"
         if cfg.mode == "static":
             if calibration is None or len(calibration) == 0:
@@ -96,6 +118,8 @@ def quantize_onnx(
                 nodes_to_exclude=excluded,
                 extra_options={
                     "ActivationSymmetric": False, "WeightSymmetric": True,
+                    "TensorQuantOverrides": int4_overrides(prepared_model)
+                    if cfg.weights == "int4" else {},
                     # the logits stay fp32: 256 levels would turn near-ties into wrong answers
                     "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
                 },

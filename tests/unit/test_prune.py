@@ -29,7 +29,7 @@ SPARSITY, MAX_DROP = 0.7, 0.05
 
 def prune_cfg(tiny_fit: Callable, **changes: object) -> PruneParams:
     base = {"upstream": "tiny", "kind": "unstructured", "sparsity": SPARSITY, "steps": 3,
-            "importance": "l1", "distill_alpha": 0.0, "temperature": 4.0,
+            "importance": "l1", "distill_alpha": 0.0, "temperature": 4.0, "qat": None,
             "fit": tiny_fit(epochs=2, lr=0.02)}  # fmt: skip
     return PruneParams(**(base | changes))
 
