@@ -1,4 +1,4 @@
-"""Stage `quantize`: build candidate NAME, the int8 ONNX version of its upstream.
+"""Stage `quantize`: build candidate NAME, the int8 or int4 ONNX version of its upstream.
 
 Reads params `quantize.NAME`, models/<upstream>/ (a checkpoint, exported here to a temporary
 fp32 ONNX file with squeeze.evaluate.export_onnx, or an ONNX-format model used as it is) and
@@ -57,18 +57,22 @@ def run(root: Path, params: Params, name: str) -> None:
     ws, cfg = Workspace(root), candidate(params, STAGE, name)
     train, val = load_split(ws.split("train")), load_split(ws.split("val"))
     out = fresh_folder(ws.model(name)) / "model.onnx"
+    upstream = read_json(ws.model(cfg.upstream) / "model.json")
+    # fine-tuned quantization-aware for these weights (prune.*.qat): keep exactly that grid
+    on_grid = upstream.get("params", {}).get("qat") == cfg.weights
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         source = fp32_source(ws, cfg.upstream, Path(tmp))
-        quantize_onnx(source, out, cfg, calibration_images(train, cfg.calibration_samples))
+        images = calibration_images(train, cfg.calibration_samples)
+        quantize_onnx(source, out, cfg, images, on_trained_grid=on_grid)
         fp32_pred = predictions(source, val.images)
     pred = predictions(out, val.images)
-    upstream = read_json(ws.model(cfg.upstream) / "model.json")
     record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
         "arch": upstream.get("arch"),
         "format": "onnx",
         "val_accuracy": round(float((pred == val.labels).mean()), 5),
         "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
+        "on_trained_grid": on_grid,
         "size_bytes": out.stat().st_size,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
