@@ -134,7 +134,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         best = max(ok, key=lambda r: r["accuracy"]) if ok else None
         return f"| {label} | {'met' if best else 'missed'} | {show(best) if best else '—'} |"
 
-    small = [r for r in cands if r["accuracy"] >= 0.925 and r["size_bytes"] <= 64 * 1024]
+    small = [r for r in cands if r["accuracy"] >= 0.925 and r["gzip_bytes"] <= 64 * 1024]
     tiny = [r for r in cands if t["size_bytes"] / r["gzip_bytes"] >= 40 and drop[r["name"]] <= 1]
     fast = [r for r in cands
             if t["latency_ms_p50"] / r["latency_ms_p50"] >= 3 and drop[r["name"]] <= 1]  # fmt: skip
@@ -143,8 +143,9 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| target | result | best candidate meeting it |",
         "|---|---|---|",
-        verdict(small, "≥ 92.5% with a deployable file ≤ 64 KB (plain .onnx bytes)",
-                lambda r: f"{r['name']}: {r['accuracy']:.2%}, {r['size_bytes']:,} B"),
+        verdict(small, "≥ 92.5% with a deployable file ≤ 64 KB (the shipped model.onnx.gz)",
+                lambda r: f"{r['name']}: {r['accuracy']:.2%}, {r['gzip_bytes']:,} B shipped "
+                          f"({r['size_bytes']:,} B unpacked)"),
         verdict(tiny, "≥ 40× smaller than the teacher's fp32 .onnx (gzip bytes), ≤ 1 pt drop",
                 lambda r: f"{r['name']}: {t['size_bytes'] / r['gzip_bytes']:.1f}×, "
                           f"{-drop[r['name']]:+.2f} pts"),
@@ -187,10 +188,12 @@ def main(argv: list[str] | None = None) -> None:
         f"onnxruntime with {params.evaluate.threads} thread(s), batch-1 latency over "
         f"{params.evaluate.runs} runs after {params.evaluate.warmup} warm-up runs.",
         "",
-        "Size: `.onnx bytes` is the deployable ONNX file; `gzip bytes` is that file after gzip -9 "
-        "(how a zero-heavy pruned or int8 file is stored and shipped); ratios divide the "
-        "teacher's plain fp32 .onnx bytes by the candidate's gzip bytes, as Deep Compression "
-        "compares compressed against original storage.",
+        "Size: `.onnx bytes` is the ONNX file onnxruntime loads; `gzip bytes` is that file after "
+        "gzip -9, which is the file the registry stores and ships (`model.onnx.gz`, "
+        "squeeze/package.py): the zeros of a pruned model and the few distinct values of a "
+        "quantization-aware one cost little there. Ratios divide the teacher's plain fp32 .onnx "
+        "bytes by the candidate's gzip bytes, as Deep Compression compares compressed against "
+        "original storage.",
         "",
         *table(rows),
         "",

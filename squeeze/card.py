@@ -179,7 +179,8 @@ def summary_markdown(card: dict[str, Any]) -> str:
         "| metric | value |",
         "| --- | --- |",
         f"| accuracy | {m.get('accuracy')} |",
-        f"| size (bytes) | {m.get('size_bytes')} (gzip {m.get('gzip_bytes')}) |",
+        f"| size (bytes) | {m.get('gzip_bytes')} shipped ({SHIPPED}), {m.get('size_bytes')} "
+        "unpacked |",
         f"| latency p50 / p95 (ms) | {m.get('latency_ms_p50')} / {m.get('latency_ms_p95')} |",
         f"| parameters (non-zero) | {m.get('params')} ({m.get('nonzero_params')}) |",
         "",

@@ -29,6 +29,8 @@ TEACHER = "teacher"
 SUITE = "gate"
 # The metrics a champion/challenger comparison and the reports show.
 COMPARED = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50", "latency_ms_p95")
+# the size a gate and the `smallest` policy compare: the shipped file (squeeze.package)
+SIZE = "gzip_bytes"
 # What a model without a torch source shows for the agreement gate.
 NO_SOURCE = "no torch source to compare the export with: passes (accuracy gates still apply)"
 
@@ -54,7 +56,7 @@ def gates(cfg: GateParams) -> list[Gate]:
         Gate("accuracy", "accuracy", "min", cfg.min_accuracy),
         Gate("accuracy_drop", "accuracy_drop", "max", cfg.max_accuracy_drop),
         Gate("class_drop", "worst_class_drop", "max", cfg.max_class_drop),
-        Gate("size", "size_bytes", "max", cfg.max_size_bytes),
+        Gate("size", SIZE, "max", cfg.max_size_bytes),
         Gate("latency", "latency_ms_p50", "max", cfg.max_latency_ms),
         Gate("agreement", "agreement", "min", cfg.min_agreement, nullable=True),
     ]
@@ -83,7 +85,7 @@ def candidate_row(name: str, record: dict[str, Any], teacher: dict[str, Any]) ->
         "accuracy_drop": _drop(teacher.get("accuracy"), record.get("accuracy")),
         "worst_class_drop": known[worst] if worst else None,
         "worst_class": worst,
-        "size_bytes": record.get("size_bytes"),
+        SIZE: record.get(SIZE),
         "latency_ms_p50": record.get("latency_ms_p50"),
         "agreement": record.get("agreement"),
     }
@@ -239,7 +241,7 @@ def check(
 def policy_key(record: dict[str, Any], policy: str) -> tuple:
     """Sort key of a passing candidate under a policy: best first, ties broken by accuracy
     (or size) and finally the name, so the choice is deterministic."""
-    name, acc, size = record["name"], record["accuracy"], record["size_bytes"]
+    name, acc, size = record["name"], record["accuracy"], record[SIZE]
     if policy == "smallest":
         return (size, -acc, name)
     if policy == "fastest":
@@ -253,7 +255,7 @@ def rank(passing: dict[str, dict[str, Any]], cfg: GateParams) -> list[str]:
     return [r["name"] for r in sorted(records, key=lambda r: policy_key(r, cfg.policy))]
 
 
-POLICY_METRIC = {"smallest": "size_bytes", "fastest": "latency_ms_p50", "most_accurate": "accuracy"}
+POLICY_METRIC = {"smallest": SIZE, "fastest": "latency_ms_p50", "most_accurate": "accuracy"}
 
 
 def select(
@@ -299,10 +301,10 @@ def _compare(a: float, b: float, lower_is_better: bool, tolerance: float = 0.0) 
 def policy_order(policy: str) -> list[tuple[str, bool]]:
     """The (metric, lower_is_better) keys a policy compares, most important first."""
     if policy == "smallest":
-        return [("size_bytes", True), ("accuracy", False)]
+        return [(SIZE, True), ("accuracy", False)]
     if policy == "fastest":
         return [("latency_ms_p50", True), ("accuracy", False)]
-    return [("accuracy", False), ("size_bytes", True)]
+    return [("accuracy", False), (SIZE, True)]
 
 
 def decide(

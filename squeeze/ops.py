@@ -94,8 +94,8 @@ def status_text(info: dict[str, Any]) -> str:
         lines += [
             f"production: version {prod['version']} ({prod['model']['name']}), "
             f"promoted {prod['promoted_at']}",
-            f"  accuracy {m.get('accuracy')}, {m.get('size_bytes')} bytes "
-            f"(gzip {m.get('gzip_bytes')}), latency p50 {m.get('latency_ms_p50')} ms "
+            f"  accuracy {m.get('accuracy')}, {m.get('gzip_bytes')} bytes shipped "
+            f"({m.get('size_bytes')} unpacked), latency p50 {m.get('latency_ms_p50')} ms "
             f"p95 {m.get('latency_ms_p95')} ms",
             f"  lineage: {chain_text({'lineage': lineage})}",
             f"  git {lineage.get('git_revision')}, data {lineage.get('data_fingerprint')}",

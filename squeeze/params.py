@@ -165,7 +165,7 @@ class GateParams(Section):
     min_accuracy: float = Field(ge=0, le=1, description="Minimum test accuracy.")
     max_accuracy_drop: float = Field(ge=0, le=1, description="Maximum drop vs the teacher.")
     max_class_drop: float = Field(ge=0, le=1, description="Maximum per-class drop vs teacher.")
-    max_size_bytes: int = Field(ge=1, description="Maximum deployable file size.")
+    max_size_bytes: int = Field(ge=1, description="Maximum shipped file size (model.onnx.gz).")
     max_latency_ms: float = Field(gt=0, description="Maximum batch-1 median latency.")
     min_agreement: float = Field(ge=0, le=1, description="Minimum export/source agreement.")
     policy: Literal["smallest", "fastest", "most_accurate"] = Field(

@@ -35,8 +35,8 @@ def record(
     return {
         "accuracy": accuracy,
         "per_class_accuracy": {c: accuracy for c in CLASSES} | (per_class or {}),
-        "size_bytes": size,
-        "gzip_bytes": size // 2,
+        "size_bytes": size * 2,
+        "gzip_bytes": size,
         "latency_ms_p50": p50,
         "latency_ms_p95": p50 * 1.5,
         "agreement": agreement,
@@ -142,7 +142,7 @@ def test_no_teacher_is_a_clear_error() -> None:
 
 # -- champion vs challenger (pure decisions) ---------------------------------------------------
 
-CHAMPION = {"accuracy": 0.90, "size_bytes": 100_000, "latency_ms_p50": 1.0}
+CHAMPION = {"accuracy": 0.90, "gzip_bytes": 100_000, "latency_ms_p50": 1.0}
 
 
 def challenger(**changes: float) -> dict[str, float]:
@@ -152,16 +152,16 @@ def challenger(**changes: float) -> dict[str, float]:
 @pytest.mark.parametrize(
     ("policy", "changes", "outcome"),
     [
-        ("smallest", {"size_bytes": 90_000}, "promoted"),  # smaller, same accuracy
-        ("smallest", {"size_bytes": 90_000, "accuracy": 0.899}, "promoted"),  # within tolerance
-        ("smallest", {"size_bytes": 50_000, "accuracy": 0.89}, "champion_kept"),  # less accurate
-        ("smallest", {"size_bytes": 110_000, "accuracy": 0.95}, "champion_kept"),  # bigger
+        ("smallest", {"gzip_bytes": 90_000}, "promoted"),  # smaller, same accuracy
+        ("smallest", {"gzip_bytes": 90_000, "accuracy": 0.899}, "promoted"),  # within tolerance
+        ("smallest", {"gzip_bytes": 50_000, "accuracy": 0.89}, "champion_kept"),  # less accurate
+        ("smallest", {"gzip_bytes": 110_000, "accuracy": 0.95}, "champion_kept"),  # bigger
         ("smallest", {"accuracy": 0.91}, "promoted"),  # same size, clearly more accurate
         ("fastest", {"latency_ms_p50": 0.5}, "promoted"),
-        ("fastest", {"latency_ms_p50": 1.5, "size_bytes": 10}, "champion_kept"),
-        ("most_accurate", {"accuracy": 0.91, "size_bytes": 500_000}, "promoted"),
-        ("most_accurate", {"accuracy": 0.901, "size_bytes": 90_000}, "promoted"),  # tie, smaller
-        ("most_accurate", {"accuracy": 0.901, "size_bytes": 110_000}, "champion_kept"),
+        ("fastest", {"latency_ms_p50": 1.5, "gzip_bytes": 10}, "champion_kept"),
+        ("most_accurate", {"accuracy": 0.91, "gzip_bytes": 500_000}, "promoted"),
+        ("most_accurate", {"accuracy": 0.901, "gzip_bytes": 90_000}, "promoted"),  # tie, smaller
+        ("most_accurate", {"accuracy": 0.901, "gzip_bytes": 110_000}, "champion_kept"),
     ],
 )
 def test_champion_vs_challenger(policy: str, changes: dict[str, float], outcome: str) -> None:
