@@ -322,10 +322,19 @@ def apply_profile(root: Path, profile: str) -> Params:
     return params
 
 
+def current_params(path: Path) -> Params | None:
+    """What params.yaml holds now; None when it does not parse or validate (the run's valid
+    params then replace it rather than fail on it)."""
+    try:
+        return validate(read_yaml(path), str(path))
+    except ParamsError:
+        return None
+
+
 def write_params(root: Path, params: Params) -> bool:
     """Write params to `<root>/params.yaml` unless it already holds them; True if it changed."""
     path = root / PARAMS_FILE
-    if path.exists() and validate(read_yaml(path), str(path)) == params:
+    if path.exists() and current_params(path) == params:
         return False
     text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
     tmp = path.with_suffix(".yaml.tmp")

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from squeeze.params import ParamsError, apply_profile, load_params, read_yaml, validate
+from squeeze.params import (
+    ParamsError,
+    apply_profile,
+    load_params,
+    read_yaml,
+    validate,
+    write_params,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -129,3 +136,11 @@ def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
 def test_params_round_trip_through_yaml(raw: dict) -> None:
     params = validate(raw, "params.yaml")
     assert validate(yaml.safe_load(yaml.safe_dump(params.model_dump(mode="json"))), "x") == params
+
+
+def test_valid_run_params_replace_a_broken_params_file(tmp_path: Path) -> None:
+    params = load_params(PROJECT)
+    (tmp_path / "params.yaml").write_text("ingest: [unclosed\n")
+    assert write_params(tmp_path, params) is True
+    assert load_params(tmp_path) == params
+    assert write_params(tmp_path, params) is False  # already there: untouched
