@@ -130,8 +130,8 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     cands = [r for r in rows if r["method"] not in ("anchor", "train")]
     drop = {r["name"]: (t["accuracy"] - r["accuracy"]) * 100 for r in cands}
 
-    def verdict(ok: list[dict], label: str, show) -> str:
-        best = max(ok, key=lambda r: r["accuracy"]) if ok else None
+    def verdict(ok: list[dict], label: str, show, tie_break=lambda r: 0.0) -> str:
+        best = max(ok, key=lambda r: (r["accuracy"], tie_break(r))) if ok else None
         return f"| {label} | {'met' if best else 'missed'} | {show(best) if best else '—'} |"
 
     small = [r for r in cands if r["accuracy"] >= 0.925 and r["gzip_bytes"] <= 64 * 1024]
@@ -148,10 +148,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                           f"({r['size_bytes']:,} B unpacked)"),
         verdict(tiny, "≥ 40× smaller than the teacher's fp32 .onnx (gzip bytes), ≤ 1 pt drop",
                 lambda r: f"{r['name']}: {t['size_bytes'] / r['gzip_bytes']:.1f}×, "
-                          f"{-drop[r['name']]:+.2f} pts"),
+                          f"{-drop[r['name']]:+.2f} pts",
+                tie_break=lambda r: -r["gzip_bytes"]),
         verdict(fast, "≥ 3× lower batch-1 latency (p50, onnxruntime), ≤ 1 pt drop",
                 lambda r: f"{r['name']}: {t['latency_ms_p50'] / r['latency_ms_p50']:.2f}×, "
-                          f"{-drop[r['name']]:+.2f} pts"),
+                          f"{-drop[r['name']]:+.2f} pts",
+                tie_break=lambda r: -r["latency_ms_p50"]),
     ]  # fmt: skip
     if kd and ce:
         gain = (kd["accuracy"] - ce["accuracy"]) * 100
