@@ -28,7 +28,7 @@ from torch import nn
 
 from squeeze.data import load_split
 from squeeze.evaluate import export_onnx, measure
-from squeeze.models import load_checkpoint
+from squeeze.models import load_checkpoint, weight_layers
 from squeeze.params import Params, load_params
 from squeeze.train import predict
 from squeeze.workspace import Workspace, read_json
@@ -41,9 +41,8 @@ def random_mask(model: nn.Module, share: float, seed: int) -> nn.Module:
     out = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in out.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                m.weight.mul_((torch.rand(m.weight.shape, generator=gen) >= share).float())
+        for m in weight_layers(out).values():
+            m.weight.mul_((torch.rand(m.weight.shape, generator=gen) >= share).float())
     return out
 
 
@@ -52,11 +51,10 @@ def minmax_integers(model: nn.Module, levels: int = 255) -> nn.Module:
     (the sketch's scheme); the integers are stored back as floats to measure the accuracy."""
     out = copy.deepcopy(model)
     with torch.no_grad():
-        for m in out.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                w = m.weight
-                scale = (w.max() - w.min()) / levels
-                w.copy_(torch.round(w / scale) * scale)
+        for m in weight_layers(out).values():
+            w = m.weight
+            scale = (w.max() - w.min()) / levels
+            w.copy_(torch.round(w / scale) * scale)
     return out
 
 

@@ -102,6 +102,12 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     return ARCHITECTURES[kwargs.pop("name")](**kwargs)
 
 
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear by name: the layers that hold the weights pruning zeroes and
+    quantization rounds (biases and BatchNorm stay dense and fp32)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -120,7 +120,7 @@ class PruneParams(Section):
     temperature: float = Field(gt=0, le=100, description="Temperature of that distillation.")
     qat: Literal["int8", "int4"] | None = Field(
         description="Fine-tune quantization-aware for a later `quantize` with these weights "
-        "(its weights end on onnxruntime's grid, so quantizing them loses ~nothing); null: off."
+        "(they end on the grid it quantizes to, so quantizing loses ~nothing); null: off."
     )
     fit: FitParams
 

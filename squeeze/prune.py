@@ -22,6 +22,7 @@ from torch.nn.utils import prune as torch_prune
 
 from squeeze.data import Split, subset
 from squeeze.distill import distillation_loss
+from squeeze.models import weight_layers
 from squeeze.params import PruneParams
 from squeeze.qat import quantization_aware, snap
 from squeeze.train import fit
@@ -48,12 +49,12 @@ def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
     Biases and BatchNorm parameters stay dense: they are a tiny share of the parameters and
     zeroing them saves nothing while shifting every activation.
     """
-    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return [(m, "weight") for m in weight_layers(model).values()]
 
 
 def prunable_names(model: nn.Module) -> list[str]:
     """The state-dict names of the prunable() tensors, for the record (what sparsity covers)."""
-    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return [f"{n}.weight" for n in weight_layers(model)]
 
 
 def conv_channels(model: nn.Module) -> int:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from squeeze.models import weight_layers
 from squeeze.quantize import INT4_LEVELS
 
 # the symmetric weight ranges [-L, L] squeeze.quantize gets from onnxruntime: its own for int8
@@ -32,11 +33,6 @@ def on_grid(weight: torch.Tensor, weights: str) -> torch.Tensor:
     absmax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
     scale = torch.where(absmax > 0, absmax / levels, torch.ones_like(absmax))
     return torch.clamp(torch.round(weight / scale), -levels, levels) * scale
-
-
-def layers(model: nn.Module) -> list[nn.Module]:
-    """The layers whose weights onnxruntime quantizes: every Conv2d and Linear."""
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
 @contextmanager
@@ -57,7 +53,7 @@ def quantization_aware(model: nn.Module, weights: str | None) -> Iterator[None]:
         module.weight = w + (on_grid(w, weights) - w).detach()
 
     hooks, unmasked = [], []
-    for layer in layers(model):
+    for layer in weight_layers(model).values():
         if not torch_prune.is_pruned(layer):
             torch_prune.identity(layer, "weight")
             unmasked.append(layer)
@@ -75,6 +71,6 @@ def quantization_aware(model: nn.Module, weights: str | None) -> Iterator[None]:
 def snap(model: nn.Module, weights: str | None) -> nn.Module:
     """Put every layer's weight on its grid for good (after the last quantization-aware step)."""
     if weights is not None:
-        for layer in layers(model):
+        for layer in weight_layers(model).values():
             layer.weight.copy_(on_grid(layer.weight, weights))
     return model

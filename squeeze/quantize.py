@@ -102,9 +102,9 @@ def quantize_onnx(
     Args:
         cfg: mode "static" (QDQ, activations calibrated with MinMax on `calibration`) or
             "dynamic"; weights int8 or int4 (static); per_channel weight scales.
-        on_trained_grid: the model was fine-tuned on squeeze.qat's grid for cfg.weights.
         calibration: (N, 28, 28) uint8 training images, N = cfg.calibration_samples; unused in
             dynamic mode.
+        on_trained_grid: the model was fine-tuned on squeeze.qat's grid for cfg.weights.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,9 +16,10 @@ from torch import nn
 
 from squeeze.data import Split
 from squeeze.evaluate import INPUT, export_onnx, session
+from squeeze.models import weight_layers
 from squeeze.params import PruneParams, QuantizeParams
 from squeeze.prune import prune_model
-from squeeze.qat import layers, on_grid, quantization_aware
+from squeeze.qat import on_grid, quantization_aware
 from squeeze.quantize import quantize_onnx
 
 Data = dict[str, Split]
@@ -46,9 +47,9 @@ def test_int8_grid_is_the_one_onnxruntime_quantizes_to() -> None:
 def test_the_context_leaves_no_masks_or_hooks(tiny_trained: nn.Module) -> None:
     model = copy.deepcopy(tiny_trained)
     with quantization_aware(model, "int4"):
-        assert all(layer._forward_pre_hooks for layer in layers(model))
+        assert all(layer._forward_pre_hooks for layer in weight_layers(model).values())
     assert set(model.state_dict()) == set(tiny_trained.state_dict())
-    assert not any(layer._forward_pre_hooks for layer in layers(model))
+    assert not any(layer._forward_pre_hooks for layer in weight_layers(model).values())
 
 
 def classes(path: Path, images: np.ndarray) -> np.ndarray:
@@ -65,7 +66,7 @@ def test_int4_quantization_of_a_qat_model_agrees_with_it(
                       fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
     torch.manual_seed(0)
     model, _ = prune_model(copy.deepcopy(tiny_trained), cfg, train, val)
-    for layer in layers(model):  # snapped: on the grid, nothing left to round
+    for layer in weight_layers(model).values():  # snapped: on the grid, nothing left to round
         assert torch.equal(on_grid(layer.weight, "int4"), layer.weight)
     export_onnx(model, tmp_path / "fp32.onnx")
     q = QuantizeParams(upstream="tiny", mode="static", weights="int4", per_channel=True,
