@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from squeeze.models import weight_layers
-from squeeze.quantize import INT4_LEVELS
 
 # the symmetric weight ranges [-L, L] squeeze.quantize gets from onnxruntime: its own for int8
 # (quant_utils.ONNX_INT_TYPE_SYMMETRIC_RANGE), squeeze's per-channel scales for int4
-LEVELS = {"int8": 127, "int4": INT4_LEVELS}
+# (squeeze.quantize.int4_overrides)
+LEVELS = {"int8": 127, "int4": 7}
 
 
 def on_grid(weight: torch.Tensor, weights: str) -> torch.Tensor:

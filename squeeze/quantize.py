@@ -29,13 +29,13 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from squeeze.evaluate import INPUT, weight_tensors
 from squeeze.params import QuantizeParams
+from squeeze.qat import LEVELS
 
 CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
 WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
 # int4 needs QDQ operators of opset 21; below that (our exports) onnxruntime writes them in its
 # com.microsoft domain, which stock onnxruntime runs
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "int4": QuantType.QInt4}
-INT4_LEVELS = 7  # int4 weights use [-7, 7] (see int4_overrides)
 
 
 class PixelBatches(CalibrationDataReader):
@@ -82,7 +82,7 @@ def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
         if w.ndim < 2:  # biases: int32, derived from the weight and input scales
             continue
         absmax = np.abs(w).reshape(len(w), -1).max(axis=1)
-        scales = np.where(absmax > 0, absmax / INT4_LEVELS, 1.0).astype(np.float32)
+        scales = np.where(absmax > 0, absmax / LEVELS["int4"], 1.0).astype(np.float32)
         overrides[name] = [
             {"axis": 0, "quant_type": QuantType.QInt4, "scale": scale, "zero_point": np.int8(0)}
             for scale in scales
