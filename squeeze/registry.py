@@ -7,10 +7,14 @@ Layout under a store root (a local folder or ``s3://bucket/prefix``, see ``squee
     <family>/versions/<n>/card.json         the model card (plus a "registry" section)
     <family>/versions/<n>/metrics.json
     <family>/versions/<n>/checksums.json    written last: its presence marks n as complete
+    <family>/content/<sha256>.json          which version holds these files (publish's index)
     <family>/production.json                the pointer: which version serves, and the history
 
 A version without ``checksums.json`` (a publisher crashed mid-upload) is invisible: never
-listed, never promotable. ``production.json`` only moves by compare-and-swap to a version
+listed, never promotable. Publishing is idempotent by content: files whose sha256s equal an
+intact version's are that version, so a publish retried after a network fault never leaves a
+second copy. A version whose file is missing or fails its checksum raises :class:`Damaged`,
+which names the damaged object. ``production.json`` only moves by compare-and-swap to a version
 whose every checksum was just verified, so a crash or a dead endpoint at any moment leaves it
 on a complete version. Consumers need no project code: read ``production.json``, then fetch
 ``<family>/<path>/model.onnx.gz``, compare it with ``sha256["model.onnx.gz"]`` and gunzip it.
@@ -32,7 +36,7 @@ from typing import Any
 
 from squeeze.storage import NotFound, Store, StoreError, open_store
 
-__all__ = ["CURRENT", "Registry", "RegistryError", "open_registry"]
+__all__ = ["CURRENT", "Damaged", "Registry", "RegistryError", "open_registry"]
 
 # Names the registry writes itself; a published file may not take them.
 _RESERVED = {"claim.json", "card.json", "metrics.json", "checksums.json"}
@@ -44,6 +48,27 @@ _MAX_CLAIM_ATTEMPTS = 100
 
 class RegistryError(RuntimeError):
     """A registry operation was refused or found inconsistent data; the message says why."""
+
+
+class Damaged(RegistryError):
+    """A version must not be used: one of its files is missing or fails its sha256, or its
+    ``checksums.json`` is missing or unreadable.
+
+    Attributes:
+        key: where the damaged object lives, as the message names it: the ``s3://...`` URL or
+            the local path of the file (``checksums.json`` when the table itself is broken).
+        version: the damaged version's number.
+    """
+
+    def __init__(self, message: str, key: str, version: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.version = version
+
+    def __reduce__(self) -> tuple[type[Damaged], tuple[str, str, int]]:
+        # Exceptions pickle as cls(*args); ours has more than the message (Prefect pickles
+        # a failed task's exception).
+        return type(self), (str(self), self.key, self.version)
 
 
 class _Current(enum.Enum):
@@ -143,12 +168,20 @@ class Registry:
         """Upload a new version and return its number once every checksum reads back right.
 
         Order matters for crash safety: claim the number, upload ``files``, ``card.json`` and
-        ``metrics.json``, then ``checksums.json`` last (which makes the version visible), then
-        re-download everything and verify it. The card gains a ``"registry"`` section with
-        the family, version and publication time so a downloaded model says what it is.
+        ``metrics.json``, index the version under its content hash, then write
+        ``checksums.json`` last (which makes the version visible), then re-download everything
+        and verify it. The card gains a ``"registry"`` section with the family, version and
+        publication time so a downloaded model says what it is.
+
+        Publishing is idempotent by content: if an intact version already holds exactly these
+        ``files`` (same names, same sha256s), that version is returned and nothing is written;
+        the card and metrics do not count, since the card's publication time differs on every
+        call. So a publish retried after a fault at any step (before or after
+        ``checksums.json``) leaves one complete version. A crash before ``checksums.json``
+        leaves an invisible, incomplete number; the retry claims a fresh one.
 
         Args:
-            files: file name -> content, e.g. ``{"model.onnx": onnx_bytes}``.
+            files: file name -> content, e.g. ``{"model.onnx.gz": shipped_bytes}``.
             card: the model card (lineage, params, gate results); JSON-serialisable.
             metrics: the measured metrics; JSON-serialisable.
         """
@@ -160,6 +193,11 @@ class Registry:
         # Serialise before claiming, so bad input does not burn a version number.
         metrics_json = _dumps(metrics, "metrics")
         _dumps(card, "card")
+        content = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        index_key = self._content_key(content)
+        existing = self._holding(content, index_key)
+        if existing is not None:
+            return existing
         version = self._claim()
         card = {
             **card,
@@ -172,6 +210,8 @@ class Registry:
         }
         for name, data in documents.items():
             self.store.put(self._key(version, name), data)
+        # Before checksums.json: once the version is visible, a retry must be able to find it.
+        self.store.put(index_key, _dumps({"version": version, "sha256": content}, "index"))
         checksums = {
             "files": {
                 name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -187,58 +227,129 @@ class Registry:
         self.verify(version)
         return version
 
+    def _content_key(self, content: dict[str, str]) -> str:
+        """The index key of a set of files: the sha256 of their names and sha256s."""
+        digest = hashlib.sha256(_dumps(content, "content")).hexdigest()
+        return f"{self.family}/content/{digest}.json"
+
+    def _holding(self, content: dict[str, str], index_key: str) -> int | None:
+        """The intact version whose published files are exactly ``content`` (name -> sha256),
+        or None. The index is only a hint: the version it names is verified in full, and a
+        stale, unreadable or damaged entry is a miss (publish then writes a fresh version)."""
+        try:
+            version = json.loads(self.store.get(index_key))["version"]
+        except NotFound:
+            return None
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(version, int) or isinstance(version, bool):
+            return None
+        try:
+            table, _ = self._fetch_all(version)
+        except Damaged:
+            return None
+        published = {n: e.get("sha256") for n, e in table.items() if n not in _RESERVED}
+        return version if published == content else None
+
     # -- reading and verifying ----------------------------------------------------------
 
+    def _damaged(self, version: int, name: str, problem: str) -> Damaged:
+        """A :class:`Damaged` naming file ``name`` of ``version``; "{where}" in ``problem``
+        becomes the file's URL."""
+        where = self._where(self._key(version, name))
+        return Damaged(problem.replace("{where}", where), where, version)
+
     def _checksums(self, version: int) -> tuple[dict[str, dict[str, Any]], bytes]:
-        """The ``files`` table of a complete version and the raw ``checksums.json``; error
-        if the version is incomplete."""
-        key = self._key(version, "checksums.json")
+        """The ``files`` table of a complete version and the raw ``checksums.json``; raise
+        :class:`Damaged` if the version is incomplete or its table is unreadable."""
+        name = "checksums.json"
         try:
-            data = self.store.get(key)
+            data = self.store.get(self._key(version, name))
         except NotFound:
-            raise RegistryError(
+            raise self._damaged(
+                version,
+                name,
                 f"version {version} of {self.family!r} is missing or incomplete "
-                f"({self._where(key)} does not exist); publish it again"
+                "({where} does not exist); publish it again",
             ) from None
-        document = _loads(data, self._where(key))
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self._damaged(
+                version, name, f"{{where}} is not valid JSON ({err}); version {version} is damaged"
+            ) from err
         table = document.get("files") if isinstance(document, dict) else None
         if not isinstance(table, dict) or not table:
-            raise RegistryError(f"{self._where(key)} lists no files; the registry is damaged")
-        for name, entry in table.items():
-            _check_name(name, f"file name in {self._where(key)}")  # never write outside dest
-            if not isinstance(entry, dict):
-                raise RegistryError(f"{self._where(key)}: bad entry for {name!r}; damaged")
+            raise self._damaged(
+                version, name, f"{{where}} lists no files; version {version} is damaged"
+            )
+        for file, entry in table.items():  # a bad name could write outside a download's dest
+            if not (isinstance(file, str) and _NAME.match(file) and isinstance(entry, dict)):
+                raise self._damaged(
+                    version, name, f"{{where}}: bad entry {file!r}; version {version} is damaged"
+                )
         return table, data
 
     def _fetch(self, version: int, name: str, expected: dict[str, Any]) -> bytes:
         """Download one file of ``version`` and check it against its checksum entry."""
-        key = self._key(version, name)
         try:
-            data = self.store.get(key)
+            data = self.store.get(self._key(version, name))
         except NotFound:
-            raise RegistryError(
-                f"{self._where(key)} is missing: version {version} is damaged, do not use it"
+            raise self._damaged(
+                version, name, f"{{where}} is missing: version {version} is damaged, do not use it"
             ) from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected.get("sha256"):
-            raise RegistryError(
-                f"checksum mismatch for {self._where(key)}: expected sha256 "
-                f"{expected.get('sha256')}, got {actual}; version {version} is corrupt"
+            raise self._damaged(
+                version,
+                name,
+                f"checksum mismatch for {{where}}: expected sha256 {expected.get('sha256')}, "
+                f"got {actual}; version {version} is corrupt",
             )
         return data
 
-    def _fetch_all(self, version: int) -> tuple[dict[str, dict[str, Any]], dict[str, bytes]]:
+    def _fetch_all(
+        self, version: int, sha256: dict[str, str] | None = None
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, bytes]]:
         """Download and verify every file of ``version``; return its checksum table and the
-        files (``checksums.json`` included, so a download is self-describing)."""
+        files (``checksums.json`` included, so a download is self-describing).
+
+        ``sha256`` (name -> digest, e.g. the production pointer's) must agree with the table:
+        a file rewritten together with its checksum after promotion is damaged too.
+        """
         table, raw = self._checksums(version)
+        for name, digest in (sha256 or {}).items():
+            recorded = table.get(name, {}).get("sha256")
+            if recorded != digest:
+                raise self._damaged(
+                    version,
+                    name,
+                    f"{{where}} changed after it was promoted: checksums.json says sha256 "
+                    f"{recorded}, the production pointer {digest}; version {version} is damaged",
+                )
         fetched = {name: self._fetch(version, name, entry) for name, entry in table.items()}
         fetched["checksums.json"] = raw
         return table, fetched
 
-    def verify(self, version: int) -> None:
-        """Raise :class:`RegistryError` naming the file if any file of ``version`` is missing
-        or does not match its recorded sha256, or if the version is incomplete."""
-        self._fetch_all(version)
+    def fetch(self, version: int, sha256: dict[str, str] | None = None) -> dict[str, bytes]:
+        """Every file of ``version`` (``checksums.json`` not included), all verified first.
+
+        Args:
+            version: a complete version of this family.
+            sha256: name -> sha256 the files must also have, e.g. the production pointer's.
+
+        Raises:
+            Damaged: a file is missing or fails its checksum, or checksums.json is broken.
+        """
+        _, fetched = self._fetch_all(version, sha256)
+        del fetched["checksums.json"]
+        return fetched
+
+    def verify(self, version: int, sha256: dict[str, str] | None = None) -> None:
+        """Raise :class:`Damaged` naming the file if any file of ``version`` is missing or does
+        not match its recorded sha256 (or ``sha256``, see :meth:`fetch`), or if the version is
+        incomplete."""
+        self._fetch_all(version, sha256)
 
     def versions(self) -> list[int]:
         """Complete versions (those with ``checksums.json``), ascending."""
@@ -250,18 +361,33 @@ class Registry:
         return sorted(found)
 
     def card(self, version: int) -> dict:
-        """The verified model card of a complete version."""
+        """The verified model card of a complete version; :class:`Damaged` if it is not."""
         table, _ = self._checksums(version)
         if "card.json" not in table:
-            raise RegistryError(f"version {version} of {self.family!r} has no card.json")
+            raise self._damaged(
+                version,
+                "checksums.json",
+                f"{{where}} lists no card.json; version {version} is damaged",
+            )
         data = self._fetch(version, "card.json", table["card.json"])
-        return _loads(data, self._where(self._key(version, "card.json")))
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self._damaged(
+                version, "card.json", f"{{where}} is not valid JSON ({err}); damaged"
+            ) from err
 
     def download(self, version: int, dest: Path) -> Path:
         """Download every file of ``version`` into ``dest`` after verifying all checksums.
 
         Files land in a temp folder next to ``dest`` that is renamed into place, so ``dest``
-        never holds a partial or unverified model. An existing ``dest`` is replaced.
+        never holds a partial or unverified model. An existing ``dest`` is replaced, so give
+        it a folder of its own (pull-production writes into a user's folder with
+        :meth:`fetch` instead).
+
+        Raises:
+            Damaged: ``version`` is missing a file, fails a checksum or is incomplete; nothing
+                is written then.
         """
         dest = Path(dest)
         _, fetched = self._fetch_all(version)

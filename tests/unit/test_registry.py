@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from squeeze.registry import Registry, RegistryError
-from squeeze.storage import LocalStore
+from squeeze.registry import Damaged, Registry, RegistryError
+from squeeze.storage import LocalStore, StoreError
 
 
 @pytest.fixture
@@ -218,3 +220,113 @@ def test_open_registry_resolves_local_paths_against_the_workspace(tmp_path: Path
     assert isinstance(remote.store, S3Store) and remote.url(1, "card.json") == (
         "s3://bucket/pre/fam/versions/1/card.json"
     )
+
+
+def test_damaged_version_names_the_key_and_version(registry: Registry, store: LocalStore) -> None:
+    """Every way a version can be damaged raises Damaged with the object's location."""
+    v1, v2, v3, v4 = (publish(registry, tag) for tag in "abcd")
+    store.put(f"fmnist/versions/{v1}/model.onnx", b"tampered")
+    (store.root / f"fmnist/versions/{v2}/card.json").unlink()
+    store.put(f"fmnist/versions/{v3}/checksums.json", b"{not json")
+    (store.root / f"fmnist/versions/{v4}/checksums.json").unlink()
+    cases = [
+        (v1, "model.onnx", "checksum mismatch"),
+        (v2, "card.json", "is missing"),
+        (v3, "checksums.json", "not valid JSON"),
+        (v4, "checksums.json", "incomplete"),
+    ]
+
+    def download(version: int) -> None:
+        registry.download(version, store.root.parent / "dl")
+
+    for version, name, problem in cases:
+        # card() reads only the card, so a damaged model.onnx does not stop it.
+        card = [registry.card] if name != "model.onnx" else []
+        for call in (registry.verify, registry.fetch, registry.promote, download, *card):
+            with pytest.raises(Damaged, match=problem) as excinfo:
+                call(version)
+            damaged = excinfo.value
+            assert (damaged.key, damaged.version) == (registry.url(version, name), version)
+            assert damaged.key in str(damaged)
+    assert not (store.root.parent / "dl").exists() and registry.production() is None
+    # Prefect pickles a failed task's exception: the attributes survive.
+    again = pickle.loads(pickle.dumps(damaged))
+    assert (str(again), again.key, again.version) == (str(damaged), damaged.key, v4)
+
+
+def test_fetch_checks_the_pointer_checksums_too(registry: Registry, store: LocalStore) -> None:
+    version = publish(registry, "a")
+    registry.promote(version)
+    pointer = registry.production()
+    assert pointer is not None
+    files = registry.fetch(version, pointer["sha256"])
+    assert set(files) == {"model.onnx", "card.json", "metrics.json"}
+    assert files["model.onnx"] == b"onnx a"
+    # Rewritten after promotion together with its checksum: checksums.json alone cannot tell.
+    forged = json.loads(store.get("fmnist/versions/1/checksums.json"))
+    forged["files"]["model.onnx"]["sha256"] = hashlib.sha256(b"forged").hexdigest()
+    store.put("fmnist/versions/1/model.onnx", b"forged")
+    store.put("fmnist/versions/1/checksums.json", json.dumps(forged).encode())
+    registry.verify(version)
+    with pytest.raises(Damaged, match="changed after it was promoted") as excinfo:
+        registry.fetch(version, pointer["sha256"])
+    assert excinfo.value.key == registry.url(version, "model.onnx")
+
+
+def test_publishing_the_same_files_again_returns_that_version(
+    registry: Registry, store: LocalStore
+) -> None:
+    v1 = publish(registry, "a")
+    # The card differs (and its publication time always does): the files decide.
+    assert registry.publish({"model.onnx": b"onnx a"}, {"name": "other"}, {"acc": 0.1}) == v1
+    assert registry.versions() == [v1] and registry.card(v1)["name"] == "a"
+    assert publish(registry, "b") == 2  # other files: a new version
+    # Same bytes under another name are other files.
+    assert registry.publish({"model.bin": b"onnx a"}, {}, {}) == 3
+    # A damaged version is never handed out again: the same files get a fresh, intact version.
+    store.put("fmnist/versions/1/model.onnx", b"tampered")
+    assert publish(registry, "a") == 4
+    registry.verify(4)
+    assert publish(registry, "a") == 4
+
+
+class FailAfter:
+    """A store whose ``method`` on a key ending in ``suffix`` does its work once, then raises
+    the StoreError of a lost response (the request reached the store; the reply did not)."""
+
+    def __init__(self, store: LocalStore, method: str, suffix: str) -> None:
+        self._store, self._method, self._suffix, self.fired = store, method, suffix, False
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._store, name)
+        if name != self._method:
+            return real
+
+        def call(key: str, *args: Any) -> Any:
+            result = real(key, *args)
+            if key.endswith(self._suffix) and not self.fired:
+                self.fired = True
+                raise StoreError(f"connection reset while writing {key!r}")
+            return result
+
+        return call
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "survivor"),
+    [
+        ("put", "/card.json", 2),  # before checksums.json: version 1 stays incomplete
+        ("put_if_absent", "/checksums.json", 1),  # complete, but the publisher never heard
+        ("get", "/checksums.json", 1),  # complete; the publisher's verification failed
+    ],
+)
+def test_retried_publish_after_a_fault_leaves_one_version(
+    registry: Registry, store: LocalStore, method: str, suffix: str, survivor: int
+) -> None:
+    faulty = Registry(FailAfter(store, method, suffix), "fmnist")  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="connection reset"):
+        publish(faulty, "a")
+    assert publish(faulty, "a") == survivor  # the retry
+    assert registry.versions() == [survivor]
+    assert publish(registry, "a") == survivor  # and any later publish of the same model
+    registry.verify(survivor)
