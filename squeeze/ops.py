@@ -11,20 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from squeeze.card import chain_text
-from squeeze.package import SHIPPED, unpack
+from squeeze.package import MODEL, SHIPPED, unpacked
 from squeeze.params import load_params
-from squeeze.registry import Registry, RegistryError, open_registry
-from squeeze.storage import StoreError
+from squeeze.registry import Damaged, Registry, RegistryError, open_registry
+from squeeze.storage import LocalStore, StoreError
 from squeeze.workspace import Workspace, read_json
 
 EXIT_FAILED = 1
 # Decision files, newest stage first: promote.json holds the final decision, gate.json the gates'.
 DECISIONS = ("promote", "gate")
+CARD = "card.json"
 
 
 def registry_for(workspace: Path) -> Registry:
@@ -49,35 +51,46 @@ def last_decision(workspace: Path) -> dict[str, Any] | None:
     return None
 
 
+def production_status(registry: Registry, pointer: dict[str, Any]) -> dict[str, Any]:
+    """The production version's card, metrics and lineage, and whether its files are intact.
+
+    Every file is checked against checksums.json and against the sha256s the pointer recorded
+    at promotion. A damaged version is reported, not raised: ``damaged`` names the object.
+    """
+    version = pointer["version"]
+    try:
+        registry.verify(version, pointer.get("sha256"))
+        damaged = None
+    except Damaged as err:  # show what is there, and say loudly that it is damaged
+        damaged = err
+    try:
+        card = registry.card(version)
+    except Damaged:  # the card itself is what is damaged (or its checksums): shown as unknown
+        card = {}
+    return {
+        "version": version,
+        "verified": damaged is None,
+        "problem": str(damaged) if damaged else None,
+        "damaged": damaged.key if damaged else None,
+        "promoted_at": pointer.get("promoted_at"),
+        "previous": pointer.get("previous", []),
+        "history": pointer.get("history", [])[-5:],
+        "model": card.get("model"),
+        "metrics": card.get("metrics"),
+        "lineage": card.get("lineage"),
+        "decision": card.get("decision"),
+        "url": registry.url(version, SHIPPED),
+    }
+
+
 def status(workspace: Path) -> dict[str, Any]:
     """What is in production: version, metrics, lineage, history; the versions; the decision."""
     registry = registry_for(workspace)
     pointer = registry.production()
-    production = None
-    if pointer:
-        card = registry.card(pointer["version"])
-        try:
-            registry.verify(pointer["version"])
-            problem = None
-        except RegistryError as err:  # show what is there, and say loudly that it is damaged
-            problem = str(err)
-        production = {
-            "version": pointer["version"],
-            "verified": problem is None,
-            "problem": problem,
-            "promoted_at": pointer.get("promoted_at"),
-            "previous": pointer.get("previous", []),
-            "history": pointer.get("history", [])[-5:],
-            "model": card.get("model"),
-            "metrics": card.get("metrics"),
-            "lineage": card.get("lineage"),
-            "decision": card.get("decision"),
-            "url": registry.url(pointer["version"], SHIPPED),
-        }
     return {
         "registry": registry.store.url,
         "family": registry.family,
-        "production": production,
+        "production": production_status(registry, pointer) if pointer else None,
         "versions": registry.versions(),
         "last_decision": last_decision(workspace),
     }
@@ -91,9 +104,9 @@ def status_text(info: dict[str, Any]) -> str:
         lines.append("production: nothing promoted yet")
     else:
         m, lineage = prod["metrics"] or {}, prod["lineage"] or {}
+        name = (prod["model"] or {}).get("name", "card unreadable")
         lines += [
-            f"production: version {prod['version']} ({prod['model']['name']}), "
-            f"promoted {prod['promoted_at']}",
+            f"production: version {prod['version']} ({name}), promoted {prod['promoted_at']}",
             f"  accuracy {m.get('accuracy')}, {m.get('gzip_bytes')} bytes shipped "
             f"({m.get('size_bytes')} unpacked), latency p50 {m.get('latency_ms_p50')} ms "
             f"p95 {m.get('latency_ms_p95')} ms",
@@ -103,6 +116,11 @@ def status_text(info: dict[str, Any]) -> str:
             f"  model: {prod['url']}",
             "  checksums: " + ("verified" if prod["verified"] else f"FAILED: {prod['problem']}"),
         ]
+        if prod["damaged"]:
+            lines.append(
+                f"  DAMAGED: {prod['damaged']}: promote treats version {prod['version']} as "
+                "failing its gates; squeeze rollback or squeeze promote VERSION to replace it now"
+            )
     lines.append(f"versions: {', '.join(map(str, info['versions'])) or 'none'}")
     decision = info["last_decision"]
     if decision:
@@ -143,20 +161,54 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
-    """Download the production model (shipped gzipped, unpacked), card and checksums into DIR
-    (verified)."""
-    registry = registry_for(Path(args.workspace))
+def pull(registry: Registry, dest: Path) -> tuple[int, list[Path]]:
+    """Write the production model (unpacked model.onnx) and its card.json into ``dest``.
+
+    Every file is verified (against checksums.json and the pointer) before anything is
+    written. ``dest`` is created if missing; each of the two files replaces its namesake
+    atomically (temp file in ``dest``, then rename), and nothing else in ``dest`` is touched,
+    so ``dest`` may be ``.`` or a folder holding the user's own files.
+
+    Returns:
+        the production version and the paths written.
+    """
     pointer = registry.production()
     if pointer is None:
         raise RegistryError(
             f"nothing is in production for {registry.family!r} in {registry.store.url}: "
             "promote a version first (squeeze promote VERSION)"
         )
-    dest = registry.download(pointer["version"], Path(args.dir))
-    unpack(dest)  # the shipped model.onnx.gz -> model.onnx, ready for onnxruntime
-    files = ", ".join(sorted(p.name for p in dest.iterdir()))
-    print(f"version {pointer['version']} of {registry.family!r} -> {dest} ({files}; verified)")
+    version = pointer["version"]
+    files = registry.fetch(version, pointer.get("sha256"))
+    if SHIPPED in files:
+        try:
+            model = unpacked(files[SHIPPED])
+        except (OSError, EOFError, zlib.error) as err:
+            raise RegistryError(
+                f"{registry.url(version, SHIPPED)} is not a gzip file ({err}), though it matches "
+                "its checksum: it was published broken; promote or roll back to another version"
+            ) from err
+    elif MODEL in files:  # published before models shipped gzipped
+        model = files[MODEL]
+    else:
+        raise RegistryError(
+            f"version {version} of {registry.family!r} holds no {SHIPPED} "
+            f"(files: {', '.join(sorted(files))}): it is not a squeeze model"
+        )
+    # A local store writes each file to a temp file beside it and renames it into place.
+    out = LocalStore(dest)
+    for name, data in ((MODEL, model), (CARD, files[CARD])):
+        out.put(name, data)
+    return version, [out.root / MODEL, out.root / CARD]
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Write the production model (unpacked) and card into DIR (verified); other files in DIR
+    stay."""
+    registry = registry_for(Path(args.workspace))
+    version, written = pull(registry, Path(args.dir))
+    names = ", ".join(p.name for p in written)
+    print(f"version {version} of {registry.family!r} -> {written[0].parent} ({names}; verified)")
     return 0
 
 
@@ -185,6 +237,9 @@ def add_ops_commands(sub: Any) -> None:
     promote_p.set_defaults(func=guarded(cmd_promote))
     rollback_p = sub.add_parser("rollback", help="point production back at the previous version")
     rollback_p.set_defaults(func=guarded(cmd_rollback))
-    pull_p = sub.add_parser("pull-production", help="download the production model into DIR")
+    pull_p = sub.add_parser(
+        "pull-production",
+        help="write the production model.onnx and card.json into DIR (verified; other files stay)",
+    )
     pull_p.add_argument("dir", metavar="DIR")
     pull_p.set_defaults(func=guarded(cmd_pull))

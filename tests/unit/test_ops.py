@@ -1,0 +1,139 @@
+"""`squeeze status` and `squeeze pull-production` on a local registry, through the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from squeeze import cli
+from squeeze.ops import registry_for
+from squeeze.package import pack
+from squeeze.params import read_yaml
+from squeeze.registry import Registry
+
+PROJECT = Path(__file__).resolve().parents[2]
+ONNX = b"not really onnx, but bytes that must arrive unchanged"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A workspace whose params.yaml names a local registry (inside it) with version 1 in
+    production."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    params = read_yaml(PROJECT / "params.yaml")
+    params["promote"] = {"registry": "registry", "endpoint_url": None, "family": "fmnist"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    registry = registry_for(root)
+    card = {"model": {"name": "kd"}, "metrics": {"accuracy": 0.9}, "lineage": {}}
+    registry.promote(registry.publish({"model.onnx.gz": pack(ONNX)}, card, {"accuracy": 0.9}))
+    return root
+
+
+def squeeze(workspace: Path, *argv: str) -> int:
+    return cli.main(["-w", str(workspace), *argv])
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_pull_production_replaces_only_the_model_and_card(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "app"
+    (dest / "keep").mkdir(parents=True)
+    (dest / "notes.txt").write_text("mine")
+    (dest / "keep" / "data.bin").write_bytes(b"\x00\x01")
+    (dest / "model.onnx").write_bytes(b"an older model")
+    assert squeeze(workspace, "pull-production", str(dest)) == 0
+    assert "version 1 of 'fmnist'" in capsys.readouterr().out
+    pulled = tree(dest)
+    assert pulled.pop("notes.txt") == b"mine" and pulled.pop("keep/data.bin") == b"\x00\x01"
+    assert pulled.pop("model.onnx") == ONNX
+    assert json.loads(pulled.pop("card.json"))["registry"]["version"] == 1
+    assert pulled == {}  # no temp files, no gz, nothing else
+
+    # A damaged production writes nothing: the last good pull stays as it was.
+    before = tree(dest)
+    registry_for(workspace).store.put("fmnist/versions/1/model.onnx.gz", pack(b"tampered"))
+    assert squeeze(workspace, "pull-production", str(dest)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checksum mismatch" in err and "versions/1/model.onnx.gz" in err
+    assert tree(dest) == before
+
+
+def test_pull_production_into_the_current_folder_and_a_new_one(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    assert squeeze(workspace, "pull-production", ".") == 0
+    assert sorted(os.listdir(here)) == ["card.json", "model.onnx", "notes.txt"]
+    assert (here / "model.onnx").read_bytes() == ONNX
+    assert squeeze(workspace, "pull-production", "new/nested") == 0  # created
+    assert (here / "new" / "nested" / "model.onnx").read_bytes() == ONNX
+
+
+def test_pull_production_into_a_file_fails_in_one_line(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert squeeze(workspace, "pull-production", str(tmp_path / "taken")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write 'model.onnx'" in err and "taken" in err
+    assert (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
+def forge(registry: Registry) -> None:
+    """Replace version 1's model and its checksum consistently, as a bad re-upload would."""
+    key = "fmnist/versions/1/checksums.json"
+    table = json.loads(registry.store.get(key))
+    table["files"]["model.onnx.gz"]["sha256"] = hashlib.sha256(b"forged").hexdigest()
+    registry.store.put("fmnist/versions/1/model.onnx.gz", b"forged")
+    registry.store.put(key, json.dumps(table).encode())
+
+
+@pytest.mark.parametrize(
+    ("damage", "name", "problem"),
+    [
+        ("tamper", "model.onnx.gz", "checksum mismatch"),
+        ("delete", "card.json", "is missing"),
+        ("tamper", "checksums.json", "not valid JSON"),
+        ("delete", "checksums.json", "incomplete"),
+        ("forge", "model.onnx.gz", "changed after it was promoted"),
+    ],
+)
+def test_status_reports_a_damaged_production_naming_the_key(
+    workspace: Path, capsys: pytest.CaptureFixture[str], damage: str, name: str, problem: str
+) -> None:
+    registry = registry_for(workspace)
+    assert squeeze(workspace, "status") == 0
+    assert "checksums: verified" in capsys.readouterr().out
+    key = f"fmnist/versions/1/{name}"
+    if damage == "tamper":
+        registry.store.put(key, b"{damaged")
+    elif damage == "delete":
+        (registry.store.root / key).unlink()  # type: ignore[attr-defined]
+    else:
+        forge(registry)
+    where = registry.url(1, name)
+    assert squeeze(workspace, "status") == 1
+    out = capsys.readouterr().out
+    assert "checksums: FAILED: " in out and problem in out
+    # What is still readable is shown; a card that is not is said to be so.
+    shown = "kd" if name == "model.onnx.gz" else "card unreadable"
+    assert f"production: version 1 ({shown})" in out
+    assert f"DAMAGED: {where}: promote treats version 1 as failing its gates" in out
+    assert squeeze(workspace, "status", "--json") == 1
+    info = json.loads(capsys.readouterr().out)["production"]
+    assert (info["version"], info["verified"], info["damaged"]) == (1, False, where)
+    assert problem in info["problem"]
