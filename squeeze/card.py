@@ -138,8 +138,10 @@ def build_card(
         "classes": list(CLASSES),
         "metrics": metrics,
         "evaluation": {
-            "split": "test",
-            "split_sha256": file_sha256(ws.split("test")),
+            # validation chose this model (gates, policy, champion vs challenger); test reports
+            "chosen_on": "val",
+            "reported_on": "test",
+            "split_sha256": {s: file_sha256(ws.split(s)) for s in ("val", "test")},
             "runtime": "onnxruntime CPUExecutionProvider",
             "threads": params.evaluate.threads,
             # accuracy was measured in batches of this size; it matters for models whose
@@ -168,6 +170,20 @@ def chain_text(card: dict[str, Any]) -> str:
     return " <- ".join(f"{n['name']} ({n.get('method') or '?'})" for n in chain)
 
 
+def decision_text(decision: dict[str, Any] | None) -> str:
+    """The champion/challenger statistics that promoted a model, in one line."""
+    if not decision:
+        return "promoted by hand"
+    stats = decision.get("comparison")
+    if not stats:
+        return "; ".join(decision.get("reasons", []))
+    return (
+        f"vs champion v{decision.get('champion_version')} on validation: difference "
+        f"{stats['difference']:+.5f}, paired 95% CI {stats['ci95']}, McNemar exact "
+        f"p = {stats['p_value']:.4g} (alpha {stats['alpha']}, margin {stats['margin']})"
+    )
+
+
 def summary_markdown(card: dict[str, Any]) -> str:
     """A short Markdown summary of a card (for Prefect artifacts and `squeeze status`)."""
     m, lineage = card.get("metrics", {}), card.get("lineage", {})
@@ -178,7 +194,9 @@ def summary_markdown(card: dict[str, Any]) -> str:
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| accuracy | {m.get('accuracy')} |",
+        f"| test accuracy (95% CI) | {m.get('test_accuracy')} {m.get('test_accuracy_ci')} |",
+        f"| validation accuracy (95% CI), which chose it | {m.get('val_accuracy')} "
+        f"{m.get('val_accuracy_ci')} |",
         f"| size (bytes) | {m.get('gzip_bytes')} shipped ({SHIPPED}), {m.get('size_bytes')} "
         "unpacked |",
         f"| latency p50 / p95 (ms) | {m.get('latency_ms_p50')} / {m.get('latency_ms_p95')} |",
@@ -187,6 +205,7 @@ def summary_markdown(card: dict[str, Any]) -> str:
         f"- input: `{INPUT['name']}` {INPUT['dtype']} {INPUT['shape']}, {INPUT['scaling']}",
         f"- output: `{OUTPUT['name']}` {OUTPUT['dtype']} {OUTPUT['shape']}",
         f"- lineage: {chain_text(card)}",
+        f"- decision: {decision_text(card.get('decision'))}",
         f"- git {lineage.get('git_revision')}, dvc.lock sha256 "
         f"{(lineage.get('dvc_lock_sha256') or 'none')[:12]}, data "
         f"{(lineage.get('data_fingerprint') or 'unknown')[:12]}",

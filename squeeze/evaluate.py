@@ -20,6 +20,7 @@ from torch import nn
 from squeeze.data import CLASSES, Split
 from squeeze.package import pack
 from squeeze.params import EvaluateParams
+from squeeze.stats import accuracy_ci
 
 INPUT, OUTPUT = "pixels", "logits"
 OPSET = 17
@@ -148,7 +149,7 @@ def latency_ms(sess: ort.InferenceSession, sample: np.ndarray, warmup: int, runs
 
 
 def predict_onnx(sess: ort.InferenceSession, images: np.ndarray, batch: int) -> tuple:
-    """(logits for all images, images per second) over the whole array in batches."""
+    """(logits (N, K) float32 for all images, images per second) over the array in batches."""
     start = time.perf_counter()
     logits = np.concatenate(
         [sess.run(None, {INPUT: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
@@ -156,39 +157,71 @@ def predict_onnx(sess: ort.InferenceSession, images: np.ndarray, batch: int) -> 
     return logits, len(images) / (time.perf_counter() - start)
 
 
-def accuracies(pred: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
-    """Overall accuracy and accuracy per class name."""
+def predicted_classes(path: Path, images: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Predicted class (N,) int64 of an ONNX model for (N, 28, 28) uint8 images."""
+    return predict_onnx(session(path, threads), images, 512)[0].argmax(1)
+
+
+def split_scores(split: str, pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """`<split>_accuracy` with its Wilson 95% interval and `<split>_per_class_accuracy`."""
     correct = pred == labels
     per_class = {
         name: round(float(correct[labels == c].mean()), 5) for c, name in enumerate(CLASSES)
     }
-    return round(float(correct.mean()), 5), per_class
+    return {
+        f"{split}_accuracy": round(float(correct.mean()), 5),
+        f"{split}_accuracy_ci": accuracy_ci(int(correct.sum()), len(correct)),
+        f"{split}_per_class_accuracy": per_class,
+    }
+
+
+def measure_logits(
+    path: Path,
+    splits: dict[str, Split],
+    cfg: EvaluateParams,
+    reference: np.ndarray | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Everything evaluate reports about one ONNX file, and its logits per split.
+
+    Args:
+        path: the exported model.
+        splits: {"val": ..., "test": ...}: every split is scored (`val_accuracy`, its CI and
+            per-class accuracies; the same for test). Decisions read val; test is reported.
+        cfg: params.evaluate (threads, latency runs, throughput batch).
+        reference: the source model's predicted classes (N,) on the val split; the share the
+            export agrees with is `agreement` (a broken export shows here even when accuracy
+            looks plausible). None leaves agreement null.
+    Returns:
+        (the record, {split: logits (N, K) float32}).
+    """
+    blob = path.read_bytes()
+    sess = session(path, cfg.threads)
+    record: dict[str, Any] = {}
+    logits: dict[str, np.ndarray] = {}
+    throughput = 0.0
+    for split, data in splits.items():
+        logits[split], throughput = predict_onnx(sess, data.images, cfg.throughput_batch)
+        record |= split_scores(split, logits[split].argmax(1), data.labels)
+    first = next(iter(splits.values()))
+    agreement = None
+    if reference is not None:
+        agreement = round(float((logits["val"].argmax(1) == reference).mean()), 5)
+    record |= {
+        "size_bytes": len(blob),
+        "gzip_bytes": len(pack(blob)),  # what the registry stores
+        **graph_stats(path),
+        **latency_ms(sess, first.images[0], cfg.warmup, cfg.runs),
+        "throughput": round(throughput, 1),  # over the last split, in throughput_batch batches
+        "agreement": agreement,
+    }
+    return record, logits
 
 
 def measure(
     path: Path,
-    test: Split,
+    splits: dict[str, Split],
     cfg: EvaluateParams,
     reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Everything evaluate reports about one ONNX file, measured on the test split.
-
-    reference: the source model's predicted classes; the share the export agrees with is
-    reported as `agreement` (a broken export shows here even when accuracy looks plausible).
-    """
-    blob = path.read_bytes()
-    sess = session(path, cfg.threads)
-    logits, throughput = predict_onnx(sess, test.images, cfg.throughput_batch)
-    pred = logits.argmax(1)
-    accuracy, per_class = accuracies(pred, test.labels)
-    agree = pred == reference
-    return {
-        "accuracy": accuracy,
-        "per_class_accuracy": per_class,
-        "size_bytes": len(blob),
-        "gzip_bytes": len(pack(blob)),  # what the registry stores
-        **graph_stats(path),
-        **latency_ms(sess, test.images[0], cfg.warmup, cfg.runs),
-        "throughput": round(throughput, 1),
-        "agreement": None if reference is None else round(float(agree.mean()), 5),
-    }
+    """The record of measure_logits, without the logits."""
+    return measure_logits(path, splits, cfg, reference)[0]

@@ -1,17 +1,20 @@
 """Quality gates over the candidates table, challenger selection, and champion vs challenger.
 
-The gates are a Great Expectations suite over one row per model (metrics/candidates.json, the
-teacher included). Drops are measured against the teacher, so two columns are derived per row
-first: ``accuracy_drop`` (teacher accuracy - accuracy) and ``worst_class_drop`` (the largest
-per-class drop). Each gate is a column-map expectation; GX reports the values that broke it,
-and because a verdict depends on nothing but the value, mapping those values back to rows
-gives the exact per-candidate verdict.
+Validation chooses, test reports: every gate, the policy order and the champion/challenger
+decision read the validation split only (`val_*` fields of metrics/candidates.json); the test
+figures are carried along for the report and never read here.
 
-``agreement`` (export vs its torch source) is null for a model with no torch source (an int8
-ONNX quantization, a logit ensemble). GX's column-map expectations skip nulls, and that is
-the policy: such a model passes the agreement gate, because there is nothing to agree with;
-its export is still held to the accuracy and per-class drop gates, measured on the export
-itself. Every other gated value must be present (a not-null expectation fails it otherwise).
+The gates are a Great Expectations suite over one row per model (the teacher included). Drops
+are measured against the teacher on the same validation images, so columns are derived per row
+first: ``accuracy_drop`` (teacher - candidate validation accuracy, absolute), its one-sided
+upper bound ``accuracy_drop_bound`` at 1 - gate.alpha from a paired bootstrap of the
+per-image differences (squeeze.stats; the row's ``val_vs_teacher`` table), and
+``worst_class_drop`` (the largest per-class drop). The accuracy-drop gate is a
+non-inferiority test: the bound must not exceed ``max_accuracy_drop``. Each gate is a
+column-map expectation; GX reports the values that broke it, and because a verdict depends on
+nothing but the value, mapping those values back to rows gives the exact per-candidate verdict.
+Every gated value must be present: a not-null expectation fails a row that lacks it (evaluate
+gives every export an agreement figure, ONNX-only models included).
 
 The teacher is a row like any other: it is the reference (its drops are 0) and it may be
 promoted when it fits the size and latency limits.
@@ -24,15 +27,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from squeeze.params import GateParams
+from squeeze.stats import compare
 
 TEACHER = "teacher"
 SUITE = "gate"
-# The metrics a champion/challenger comparison and the reports show.
-COMPARED = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50", "latency_ms_p95")
+# The metrics a champion/challenger comparison and the reports show (test: reported only).
+COMPARED = (
+    "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci", "size_bytes",
+    "gzip_bytes", "latency_ms_p50", "latency_ms_p95",
+)  # fmt: skip
 # the size a gate and the `smallest` policy compare: the shipped file (squeeze.package)
 SIZE = "gzip_bytes"
-# What a model without a torch source shows for the agreement gate.
-NO_SOURCE = "no torch source to compare the export with: passes (accuracy gates still apply)"
+ACCURACY = "val_accuracy"  # the accuracy every decision reads
 
 
 class GateError(ValueError):
@@ -47,18 +53,17 @@ class Gate:
     column: str
     bound: Literal["min", "max"]
     threshold: float
-    nullable: bool = False  # a null value passes (only agreement: no source to compare with)
 
 
 def gates(cfg: GateParams) -> list[Gate]:
     """The gates in report order, thresholds from params.gate."""
     return [
-        Gate("accuracy", "accuracy", "min", cfg.min_accuracy),
-        Gate("accuracy_drop", "accuracy_drop", "max", cfg.max_accuracy_drop),
+        Gate("accuracy", ACCURACY, "min", cfg.min_accuracy),
+        Gate("accuracy_drop", "accuracy_drop_bound", "max", cfg.max_accuracy_drop),
         Gate("class_drop", "worst_class_drop", "max", cfg.max_class_drop),
         Gate("size", SIZE, "max", cfg.max_size_bytes),
         Gate("latency", "latency_ms_p50", "max", cfg.max_latency_ms),
-        Gate("agreement", "agreement", "min", cfg.min_agreement, nullable=True),
+        Gate("agreement", "agreement", "min", cfg.min_agreement),
     ]
 
 
@@ -70,19 +75,33 @@ def _drop(reference: float | None, value: float | None) -> float | None:
     return round(reference - value, 5)
 
 
-def candidate_row(name: str, record: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
-    """One row of the candidates table: the gated metrics plus the derived drop columns."""
-    per_class = record.get("per_class_accuracy") or {}
+def vs_teacher(record: dict[str, Any], cfg: GateParams) -> dict[str, Any] | None:
+    """The paired comparison of a candidate with the teacher on validation (squeeze.stats),
+    non-inferiority within max_accuracy_drop; None when evaluate recorded no table."""
+    table = record.get("val_vs_teacher")
+    return None if table is None else compare(table, cfg.alpha, cfg.max_accuracy_drop)
+
+
+def candidate_row(
+    name: str, record: dict[str, Any], teacher: dict[str, Any], cfg: GateParams
+) -> dict[str, Any]:
+    """One row of the candidates table: the gated validation metrics plus the derived drops."""
+    per_class = record.get("val_per_class_accuracy") or {}
     drops = {
-        cls: _drop(acc, per_class.get(cls)) for cls, acc in teacher["per_class_accuracy"].items()
+        cls: _drop(acc, per_class.get(cls))
+        for cls, acc in teacher["val_per_class_accuracy"].items()
     }
     known = {cls: d for cls, d in drops.items() if d is not None}
     # a class missing from the record counts as unmeasured: the whole column value is null
     worst = max(known, key=known.__getitem__) if known and len(known) == len(drops) else None
+    paired = vs_teacher(record, cfg)
     return {
         "name": name,
-        "accuracy": record.get("accuracy"),
-        "accuracy_drop": _drop(teacher.get("accuracy"), record.get("accuracy")),
+        ACCURACY: record.get(ACCURACY),
+        "accuracy_drop": _drop(teacher.get(ACCURACY), record.get(ACCURACY)),
+        # the drop's one-sided (1 - alpha) upper bound: what non-inferiority is judged on
+        "accuracy_drop_bound": None if paired is None else round(-paired["lower_bound"], 5),
+        "drop_p_value": None if paired is None else paired["p_value"],
         "worst_class_drop": known[worst] if worst else None,
         "worst_class": worst,
         SIZE: record.get(SIZE),
@@ -91,7 +110,9 @@ def candidate_row(name: str, record: dict[str, Any], teacher: dict[str, Any]) ->
     }
 
 
-def candidates_table(candidates: dict[str, dict[str, Any]], teacher: str = TEACHER) -> Any:
+def candidates_table(
+    candidates: dict[str, dict[str, Any]], cfg: GateParams, teacher: str = TEACHER
+) -> Any:
     """The candidates table as a DataFrame, one row per model (sorted by name).
 
     Raises:
@@ -105,7 +126,8 @@ def candidates_table(candidates: dict[str, dict[str, Any]], teacher: str = TEACH
             "run the evaluate stage (dvc repro evaluate)"
         )
     rows = [
-        candidate_row(name, candidates[name], candidates[teacher]) for name in sorted(candidates)
+        candidate_row(name, candidates[name], candidates[teacher], cfg)
+        for name in sorted(candidates)
     ]
     return pd.DataFrame(rows)
 
@@ -119,10 +141,7 @@ def expectation_specs(cfg: GateParams, rows: int) -> list[tuple[str, str, dict[s
     fmt = {"result_format": "SUMMARY", "partial_unexpected_count": max(rows, 1)}
     specs = []
     for gate in gates(cfg):
-        if not gate.nullable:
-            specs.append(
-                (gate.name, "expect_column_values_to_not_be_null", {"column": gate.column})
-            )
+        specs.append((gate.name, "expect_column_values_to_not_be_null", {"column": gate.column}))
         bound = {f"{gate.bound}_value": gate.threshold}
         specs.append(
             (gate.name, "expect_column_values_to_be_between", {"column": gate.column, **bound})
@@ -175,8 +194,11 @@ def verdicts(table: Any, cfg: GateParams, failed: dict[str, set[str]]) -> dict[s
             }
             if gate.name == "class_drop" and observed is not None:
                 entry["class"] = row["worst_class"]
+            if gate.name == "accuracy_drop":
+                entry["drop"] = _json_value(row["accuracy_drop"])
+                entry["p_value"] = _json_value(row["drop_p_value"])
             if observed is None:
-                entry["note"] = NO_SOURCE if gate.nullable else "not measured: fails"
+                entry["note"] = "not measured: fails"
             per_gate[gate.name] = entry
         failures = [g for g, e in per_gate.items() if not e["passed"]]
         out[name] = {"passed": not failures, "failed": failures, "gates": per_gate}
@@ -202,7 +224,7 @@ def check(
     """
     from squeeze.expectations import validate
 
-    table = candidates_table(candidates, teacher)
+    table = candidates_table(candidates, cfg, teacher)
     specs = expectation_specs(cfg, len(table))
     result = validate(table, SUITE, [(e, kw) for _, e, kw in specs], docs_dir)
     failed: dict[str, set[str]] = {g.name: set() for g in gates(cfg)}
@@ -241,7 +263,7 @@ def check(
 def policy_key(record: dict[str, Any], policy: str) -> tuple:
     """Sort key of a passing candidate under a policy: best first, ties broken by accuracy
     (or size) and finally the name, so the choice is deterministic."""
-    name, acc, size = record["name"], record["accuracy"], record[SIZE]
+    name, acc, size = record["name"], record[ACCURACY], record[SIZE]
     if policy == "smallest":
         return (size, -acc, name)
     if policy == "fastest":
@@ -255,7 +277,7 @@ def rank(passing: dict[str, dict[str, Any]], cfg: GateParams) -> list[str]:
     return [r["name"] for r in sorted(records, key=lambda r: policy_key(r, cfg.policy))]
 
 
-POLICY_METRIC = {"smallest": SIZE, "fastest": "latency_ms_p50", "most_accurate": "accuracy"}
+POLICY_METRIC = {"smallest": SIZE, "fastest": "latency_ms_p50", "most_accurate": ACCURACY}
 
 
 def select(
@@ -276,7 +298,7 @@ def select(
     reasons = [
         f"{len(ranking)} of {len(per_candidate)} candidates passed every gate",
         f"challenger {best}: policy {cfg.policy!r} ranks it first "
-        f"({metric} {candidates[best][metric]}, accuracy {candidates[best]['accuracy']})",
+        f"({metric} {candidates[best][metric]}, {ACCURACY} {candidates[best][ACCURACY]})",
     ]
     return best, reasons
 
@@ -290,77 +312,74 @@ def _describe(entry: dict[str, Any]) -> str:
     return f"{entry['observed']} > max {entry['max']}"
 
 
-def _compare(a: float, b: float, lower_is_better: bool, tolerance: float = 0.0) -> int:
-    """+1 when a is better than b by more than tolerance, -1 when worse, 0 for a tie."""
-    diff = (b - a) if lower_is_better else (a - b)
-    if abs(diff) <= tolerance:
-        return 0
-    return 1 if diff > 0 else -1
-
-
-def policy_order(policy: str) -> list[tuple[str, bool]]:
-    """The (metric, lower_is_better) keys a policy compares, most important first."""
-    if policy == "smallest":
-        return [(SIZE, True), ("accuracy", False)]
-    if policy == "fastest":
-        return [("latency_ms_p50", True), ("accuracy", False)]
-    return [("accuracy", False), (SIZE, True)]
-
-
 def decide(
     challenger: dict[str, Any],
     champion: dict[str, Any] | None,
+    table: list[list[int]] | None,
     cfg: GateParams,
     champion_failed: list[str] | None = None,
     identical: bool = False,
 ) -> dict[str, Any]:
     """Whether a challenger that passed every gate replaces the production champion.
 
-    Both records must be measured in the same process on the same test split. The challenger
-    wins when nothing is in production, when the champion fails today's gates, or when it beats
-    the champion lexicographically under the policy (smallest: size, then accuracy; fastest:
-    latency p50, then accuracy; most_accurate: accuracy, then size), accuracies within
-    tie_tolerance counting as equal. It never wins with accuracy below the champion's by more
-    than tie_tolerance. A full tie is promoted only with allow_tie.
+    Both are measured in the same process on the same validation images; `table` is
+    squeeze.stats.paired_table(challenger correct, champion correct) on them. The rule:
+
+    - nothing in production, or a champion that fails today's gates: the challenger wins;
+    - smallest / fastest: the challenger wins when its shipped size / p50 latency is strictly
+      lower and its accuracy is non-inferior within gate.noninferiority_margin (the one-sided
+      1 - alpha paired bootstrap bound of challenger - champion >= -margin), or when it is
+      significantly more accurate (McNemar exact p < alpha) and not larger / slower;
+    - most_accurate: the challenger wins only when it is significantly more accurate.
 
     Returns:
         {"promote": bool, "outcome": "promoted" | "champion_kept" | "already_in_production",
-        "reasons": [...]}.
+        "reasons": [...], "comparison": the paired statistics that decided (or None)}.
     """
 
-    def verdict(promote: bool, *reasons: str) -> dict[str, Any]:
+    def verdict(promote: bool, stats: dict | None, *reasons: str) -> dict[str, Any]:
         outcome = "promoted" if promote else "champion_kept"
-        return {"promote": promote, "outcome": outcome, "reasons": list(reasons)}
+        return {"promote": promote, "outcome": outcome, "reasons": list(reasons),
+                "comparison": stats}  # fmt: skip
 
     if identical:
         return {
             "promote": False,
             "outcome": "already_in_production",
             "reasons": ["the challenger's model is byte-identical to production's"],
+            "comparison": None,
         }
-    if champion is None:
-        return verdict(True, "nothing is in production yet")
-    if champion_failed:
-        return verdict(True, f"the champion fails today's gates: {', '.join(champion_failed)}")
-    ch_acc, cp_acc = challenger["accuracy"], champion["accuracy"]
-    tol = cfg.tie_tolerance
-    if _compare(ch_acc, cp_acc, lower_is_better=False, tolerance=tol) < 0:
-        return verdict(
-            False,
-            f"challenger accuracy {ch_acc} is below the champion's {cp_acc} by more than "
-            f"tie_tolerance {tol}",
-        )
-    for metric, lower in policy_order(cfg.policy):
-        tolerance = tol if metric == "accuracy" else 0.0
-        outcome = _compare(challenger[metric], champion[metric], lower, tolerance)
-        if outcome:
-            word = ("better" if outcome > 0 else "worse") + f" {metric}"
-            why = (
-                f"policy {cfg.policy!r}: challenger has {word} "
-                f"({challenger[metric]} vs champion {champion[metric]})"
-            )
-            accuracy = f"accuracy {ch_acc} vs champion {cp_acc} (tie_tolerance {tol})"
-            return verdict(outcome > 0, why, accuracy)
-    compared = " and ".join(metric for metric, _ in policy_order(cfg.policy))
-    tie = f"policy {cfg.policy!r}: challenger ties the champion on {compared} (tolerance {tol})"
-    return verdict(cfg.allow_tie, f"{tie}; allow_tie is {str(cfg.allow_tie).lower()}")
+    if champion_failed:  # a damaged champion (not measurable) fails the `checksums` gate
+        why = f"the champion fails today's gates: {', '.join(champion_failed)}"
+        return verdict(True, None, why)
+    if champion is None or table is None:
+        return verdict(True, None, "nothing is in production yet")
+    stats = compare(table, cfg.alpha, cfg.noninferiority_margin)
+    accuracy = (
+        f"validation accuracy {challenger[ACCURACY]} vs champion {champion[ACCURACY]}: "
+        f"difference {stats['difference']:+.5f}, paired 95% CI {stats['ci95']}, one-sided "
+        f"{1 - cfg.alpha:.0%} lower bound {stats['lower_bound']:+.5f}, McNemar exact "
+        f"p = {stats['p_value']:.4g}"
+    )
+    metric = POLICY_METRIC[cfg.policy]
+    if cfg.policy == "most_accurate":
+        if stats["better"]:
+            return verdict(True, stats, f"significantly more accurate (p < {cfg.alpha})", accuracy)
+        return verdict(False, stats, f"not significantly more accurate (alpha {cfg.alpha})",
+                       accuracy)  # fmt: skip
+    ours, theirs = challenger[metric], champion[metric]
+    if ours < theirs and stats["noninferior"]:
+        why = (f"policy {cfg.policy!r}: {metric} {ours} < champion's {theirs}, accuracy "
+               f"non-inferior within margin {cfg.noninferiority_margin}")  # fmt: skip
+        return verdict(True, stats, why, accuracy)
+    if ours <= theirs and stats["better"]:
+        why = (f"policy {cfg.policy!r}: {metric} {ours} <= champion's {theirs} and significantly "
+               f"more accurate (p < {cfg.alpha})")  # fmt: skip
+        return verdict(True, stats, why, accuracy)
+    if ours < theirs:
+        why = (f"policy {cfg.policy!r}: {metric} {ours} < champion's {theirs}, but accuracy is "
+               f"not non-inferior within margin {cfg.noninferiority_margin}")  # fmt: skip
+    else:
+        why = (f"policy {cfg.policy!r}: {metric} {ours} is not below the champion's {theirs} "
+               "and the challenger is not significantly more accurate")  # fmt: skip
+    return verdict(False, stats, why, accuracy)

@@ -160,19 +160,38 @@ class MergeParams(Section):
 
 
 class GateParams(Section):
-    """Thresholds every candidate must pass before it may be promoted."""
+    """Thresholds every candidate must pass before it may be promoted, and the statistics of
+    champion vs challenger. Every gate reads the validation split; accuracies and drops are
+    fractions (0.015 = 1.5 absolute points), never relative."""
 
-    min_accuracy: float = Field(ge=0, le=1, description="Minimum test accuracy.")
-    max_accuracy_drop: float = Field(ge=0, le=1, description="Maximum drop vs the teacher.")
-    max_class_drop: float = Field(ge=0, le=1, description="Maximum per-class drop vs teacher.")
+    min_accuracy: float = Field(ge=0, le=1, description="Minimum validation accuracy.")
+    max_accuracy_drop: float = Field(
+        ge=0, le=1,
+        description="Non-inferiority margin vs the teacher (absolute, 0.015 = 1.5 points): the "
+        "one-sided (1 - alpha) paired bootstrap bound of teacher minus candidate validation "
+        "accuracy must not exceed it.",
+    )  # fmt: skip
+    max_class_drop: float = Field(
+        ge=0, le=1, description="Maximum per-class validation accuracy drop vs the teacher."
+    )
     max_size_bytes: int = Field(ge=1, description="Maximum shipped file size (model.onnx.gz).")
     max_latency_ms: float = Field(gt=0, description="Maximum batch-1 median latency.")
-    min_agreement: float = Field(ge=0, le=1, description="Minimum export/source agreement.")
+    min_agreement: float = Field(
+        ge=0, le=1, description="Minimum agreement of an export with its source on validation."
+    )
     policy: Literal["smallest", "fastest", "most_accurate"] = Field(
         description="Which passing candidate is the challenger."
     )
-    allow_tie: bool = Field(description="Promote a challenger that ties the champion.")
-    tie_tolerance: float = Field(ge=0, le=1, description="Accuracy difference counted as a tie.")
+    alpha: float = Field(
+        gt=0, lt=0.5,
+        description="Significance level of every paired test (McNemar exact; one-sided "
+        "non-inferiority bounds at 1 - alpha).",
+    )  # fmt: skip
+    noninferiority_margin: float = Field(
+        ge=0, le=1,
+        description="A smaller/faster challenger replaces the champion only if its validation "
+        "accuracy is non-inferior within this margin (absolute, 0.005 = 0.5 points).",
+    )  # fmt: skip
 
 
 class PromoteParams(Section):

@@ -20,12 +20,15 @@ def pareto_png(records: list[dict[str, Any]], path: Path) -> None:
     ):
         for rec in records:
             color = "tab:red" if rec["name"] == "teacher" else "tab:blue"
-            ax.scatter(rec[key], rec["accuracy"] * 100, color=color)
-            ax.annotate(rec["name"], (rec[key], rec["accuracy"] * 100), fontsize=7,
+            acc, (low, high) = rec["test_accuracy"] * 100, rec["test_accuracy_ci"]
+            # the bar is the Wilson 95% interval of the test accuracy
+            ax.errorbar(rec[key], acc, yerr=[[acc - low * 100], [high * 100 - acc]], fmt="o",
+                        color=color, capsize=2)  # fmt: skip
+            ax.annotate(rec["name"], (rec[key], acc), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy, %")
+        ax.set_ylabel("test accuracy, % (95% CI)")
         ax.grid(alpha=0.3)
     fig.suptitle("squeeze candidates (red: teacher)")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,13 @@
 """Stage `evaluate`: export every model to ONNX and measure the exports side by side.
 
-Reads params `evaluate.*`, data/splits/test and models/*; writes exports/<name>.onnx,
+Reads params `evaluate.*`, data/splits/{val,test} and models/*; writes exports/<name>.onnx,
 metrics/candidates.json (one record per model, the teacher included) and the Pareto plots
 (plots/pareto.csv for `dvc plots`, plots/pareto.png).
+
+Every model is scored on both splits: validation for the decisions downstream (gate, promote),
+test for the report. Each record also holds `val_vs_teacher`, the paired 2×2 table of its and
+the teacher's per-image correctness on validation (squeeze.stats), from which the gate decides
+non-inferiority to the teacher without the predictions themselves.
 """
 
 from __future__ import annotations
@@ -18,29 +23,42 @@ import torch
 from prefect import task
 
 from squeeze.data import Split, load_split
-from squeeze.evaluate import export_onnx, measure
+from squeeze.evaluate import export_onnx, measure_logits
+from squeeze.gate import TEACHER
 from squeeze.models import load_checkpoint
 from squeeze.params import Params
 from squeeze.plots import pareto_png
+from squeeze.stats import paired_table
 from squeeze.train import predict
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import publish
 from tasks.candidate import stage_params
 
-PARETO_COLUMNS = ("name", "method", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50")
-ARTIFACT_COLUMNS = (*PARETO_COLUMNS, "nonzero_params", "macs", "latency_ms_p95", "agreement")
+PARETO_COLUMNS = ("name", "method", "test_accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50")
+ARTIFACT_COLUMNS = (
+    "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",
+    "size_bytes", "gzip_bytes", "nonzero_params", "macs", "latency_ms_p50", "latency_ms_p95",
+    "agreement",
+)  # fmt: skip
 
 
-def export(ws: Workspace, name: str, test: Split) -> np.ndarray | None:
-    """Write exports/<name>.onnx; return the source model's test predictions (None when the
-    model only exists as ONNX, e.g. after int8 quantization)."""
+def export(ws: Workspace, name: str, val: Split, val_logits: dict[str, np.ndarray]) -> np.ndarray:
+    """Write exports/<name>.onnx; return the predictions (N,) on val of what it was made from.
+
+    A checkpoint's source is its torch model. A model that exists only as ONNX (int8/int4
+    quantization, a logit ensemble) has as source its upstreams' exports: the upstream's own
+    predictions for a quantized model, the members' averaged logits for an ensemble, read from
+    val_logits (upstreams are evaluated first). So every export has an agreement figure.
+    """
     folder = ws.model(name)
-    if read_json(folder / "model.json").get("format") == "onnx":
+    record = read_json(folder / "model.json")
+    if record.get("format") == "onnx":
         shutil.copyfile(folder / "model.onnx", ws.export(name))
-        return None
+        # n × (N, K) -> (N, K): f(x) = 1/n Σ fᵢ(x), which for one upstream is its own logits
+        return np.mean([val_logits[up] for up in record["upstream"]], axis=0).argmax(1)
     model, _ = load_checkpoint(folder)
     export_onnx(model, ws.export(name))
-    return predict(model, torch.from_numpy(test.images)).argmax(1).numpy()
+    return predict(model, torch.from_numpy(val.images)).argmax(1).numpy()
 
 
 def write_pareto(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
@@ -66,20 +84,29 @@ def publish_report(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
 def run(root: Path, params: Params) -> None:
     ws, cfg = Workspace(root), params.evaluate
     torch.set_num_threads(cfg.threads)
-    test = load_split(ws.split("test"))
+    splits = {split: load_split(ws.split(split)) for split in ("val", "test")}
     shutil.rmtree(root / "exports", ignore_errors=True)
     (root / "exports").mkdir()
     records: dict[str, dict[str, Any]] = {}
+    val_logits: dict[str, np.ndarray] = {}
     # one process, one loop: every model is measured under the same conditions
-    for name in params.model_names():
+    for name in params.model_names():  # topological: upstreams before what is made from them
         record = read_json(ws.model(name) / "model.json")
-        reference = export(ws, name, test)
+        reference = export(ws, name, splits["val"], val_logits)
+        measured, logits = measure_logits(ws.export(name), splits, cfg, reference)
+        val_logits[name] = logits["val"]
         records[name] = {
             "name": name,
             "method": record["method"],
             "upstream": record["upstream"],
-            **measure(ws.export(name), test, cfg, reference),
+            **measured,
         }
+    labels = splits["val"].labels
+    teacher_correct = val_logits[TEACHER].argmax(1) == labels
+    for name, record in records.items():
+        record["val_vs_teacher"] = paired_table(
+            val_logits[name].argmax(1) == labels, teacher_correct
+        )
     write_json(ws.metrics("candidates"), records)
     write_pareto(ws, records)
     publish_report(ws, records)

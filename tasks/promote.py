@@ -1,9 +1,13 @@
-"""Stage `promote`: champion vs challenger on the same test split, then publish and promote.
+"""Stage `promote`: champion vs challenger on the same validation images, then publish and promote.
 
 Reads params `promote.*`, `gate.*` and `evaluate.*`, metrics/gate.json, metrics/candidates.json,
-exports/<challenger>.onnx, data/splits/test.safetensors and the registry; writes
+exports/{<challenger>,teacher}.onnx, data/splits/{val,test}.safetensors and the registry; writes
 metrics/promote.json. The production model is downloaded (checksums verified) and measured in
-this process next to the challenger's export, so the comparison is like for like. A promotion
+this process next to the challenger's export, so the comparison is like for like: the decision
+is a paired comparison on validation (squeeze.gate.decide); the test figures of both are
+measured for the report only. A production version that fails its checksums is a champion
+that fails the gates: a valid challenger replaces it, and the log names the damaged file. A
+promotion
 uploads model.onnx.gz (squeeze.package) + card.json + metrics.json, verifies every checksum,
 and only then moves the production pointer by compare-and-swap against the champion that was
 measured here: if someone else promoted meanwhile, nothing moves and the stage fails, to be
@@ -17,13 +21,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from squeeze.card import build_card, summary_markdown
-from squeeze.data import load_split
-from squeeze.evaluate import measure
+from squeeze.data import Split, load_split
+from squeeze.evaluate import measure_logits, predicted_classes
 from squeeze.gate import COMPARED, check, decide
 from squeeze.package import SHIPPED, pack, unpack
 from squeeze.params import Params, load_params
-from squeeze.registry import Registry, open_registry
+from squeeze.registry import Damaged, Registry, open_registry
+from squeeze.stats import paired_table
 from squeeze.storage import NotFound, StoreError
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import link_for, publish, say
@@ -42,21 +49,39 @@ def compact(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_champion(
-    registry: Registry, pointer: dict[str, Any], ws: Workspace, params: Params, test: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    registry: Registry,
+    pointer: dict[str, Any],
+    ws: Workspace,
+    params: Params,
+    splits: dict[str, Split],
+    teacher_correct: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, Any] | None, np.ndarray | None]:
     """Download production (verified) and measure it as evaluate measures a candidate; gate it
     against today's thresholds with the teacher of this run as the reference.
 
+    A version that fails its checksums is not measured: it counts as failing the `checksums`
+    gate, and the damaged key is logged.
+
     Returns:
-        (the champion's summary for promote.json, its full measurement).
+        (the champion's summary for promote.json, its measurement or None when damaged, its
+        per-image correctness on val or None).
     """
     version = pointer["version"]
     with tempfile.TemporaryDirectory(prefix="squeeze-champion-") as tmp:
-        folder = registry.download(version, Path(tmp) / "champion")
-        measured = measure(unpack(folder), test, params.evaluate)
+        try:
+            folder = registry.download(version, Path(tmp) / "champion")
+        except Damaged as err:
+            say(f"production version {version} is damaged ({err.key}): it fails the gates")
+            summary = {"version": version, "name": None, "measured": None,
+                       "damaged": err.key, "failed_gates": ["checksums"]}  # fmt: skip
+            return summary, None, None
+        measured, logits = measure_logits(unpack(folder), splits, params.evaluate)
         card = read_json(folder / "card.json")
-    gate_report = read_json(ws.metrics("gate"))
-    teacher = gate_report["teacher"]
+    # its source is not shipped, so its agreement is the one measured when it was promoted
+    measured["agreement"] = card.get("metrics", {}).get("agreement")
+    correct = logits["val"].argmax(1) == splits["val"].labels
+    measured["val_vs_teacher"] = paired_table(correct, teacher_correct)
+    teacher = read_json(ws.metrics("gate"))["teacher"]
     reference = read_json(ws.metrics("candidates"))[teacher]
     label = f"production-v{version}"
     verdict = check({teacher: reference, label: measured}, params.gate, teacher=teacher)
@@ -66,7 +91,7 @@ def measure_champion(
         "measured": compact(measured),
         "failed_gates": verdict["candidates"][label]["failed"],
     }
-    return summary, measured
+    return summary, measured, correct
 
 
 def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) -> dict[str, Any]:
@@ -77,22 +102,28 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
     candidates = read_json(ws.metrics("candidates"))
     shipped = pack(ws.export(name).read_bytes())
     sha = hashlib.sha256(shipped).hexdigest()
-    test = load_split(ws.split("test"))
-    challenger_now = measure(ws.export(name), test, params.evaluate)
+    splits = {split: load_split(ws.split(split)) for split in ("val", "test")}
+    labels = splits["val"].labels
+    challenger_now, logits = measure_logits(ws.export(name), splits, params.evaluate)
+    challenger_correct = logits["val"].argmax(1) == labels
+    teacher_pred = predicted_classes(ws.export(gate_report["teacher"]), splits["val"].images)
     pointer = registry.production()
-    champion, champion_now = None, None
+    champion, champion_now, champion_correct = None, None, None
     if pointer:
-        champion, champion_now = measure_champion(registry, pointer, ws, params, test)
+        champion, champion_now, champion_correct = measure_champion(
+            registry, pointer, ws, params, splits, teacher_pred == labels
+        )
     decision = decide(
         challenger_now,
         champion_now,
+        None if champion_correct is None else paired_table(challenger_correct, champion_correct),
         params.gate,
         champion_failed=champion["failed_gates"] if champion else None,
         identical=bool(pointer) and pointer["sha256"].get(SHIPPED) == sha,
     )
     version = None
     if decision["promote"]:
-        summary = {k: decision[k] for k in ("outcome", "reasons")}
+        summary = {k: decision[k] for k in ("outcome", "reasons", "comparison")}
         summary["champion_version"] = champion["version"] if champion else None
         card = build_card(
             root, name, candidates[name], gate_report["candidates"][name], params, summary
@@ -106,6 +137,7 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
         "promoted": decision["promote"],
         "reasons": gate_report["reasons"] + decision["reasons"],
         "policy": params.gate.policy,
+        "comparison": decision["comparison"],
         "challenger": {"name": name, "sha256": sha, "measured": compact(challenger_now)},
         "champion": champion,
         "registry": {
@@ -126,6 +158,7 @@ def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> d
         "promoted": False,
         "reasons": gate_report["reasons"],
         "policy": params.gate.policy,
+        "comparison": None,
         "challenger": None,
         "champion": None,
         "registry": {"url": registry.store.url, "family": registry.family, "published": None,
@@ -162,7 +195,7 @@ def headline(result: dict[str, Any]) -> str:
 
 def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Champion vs challenger, one row per compared metric (for the table artifact)."""
-    champ = (result["champion"] or {}).get("measured", {})
+    champ = (result["champion"] or {}).get("measured") or {}  # None: a damaged champion
     chall = result["challenger"]["measured"] if result["challenger"] else {}
     return [
         {"metric": key, "champion": champ.get(key), "challenger": chall.get(key)}

@@ -47,18 +47,24 @@ def test_graph_stats_count_params_and_macs(tmp_path: Path) -> None:
     assert stats == {"params": params, "nonzero_params": params, "macs": macs}
 
 
-def test_measure_reports_the_contract(tmp_path: Path, fmnist: dict) -> None:
+def test_measure_scores_val_and_test_with_intervals(tmp_path: Path, fmnist: dict) -> None:
     model, path = exported(tmp_path)
-    test = fmnist["test"]
-    reference = predict(model, torch.from_numpy(test.images)).argmax(1).numpy()
-    record = measure(path, test, CFG, reference)
-    assert record["agreement"] == 1.0
+    splits = {"val": fmnist["val"], "test": fmnist["test"]}
+    reference = predict(model, torch.from_numpy(splits["val"].images)).argmax(1).numpy()
+    record = measure(path, splits, CFG, reference)
+    assert record["agreement"] == 1.0  # on val, against the torch source
     assert record["size_bytes"] == path.stat().st_size > record["gzip_bytes"] > 0
     assert 0 < record["latency_ms_p50"] <= record["latency_ms_p95"]
     assert record["throughput"] > 0
-    expected = float((reference == test.labels).mean())
-    assert abs(record["accuracy"] - expected) < 1e-4
-    assert set(record["per_class_accuracy"]) == {
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    }  # fmt: skip
+    for split, data in splits.items():
+        pred = predict(model, torch.from_numpy(data.images)).argmax(1).numpy()
+        expected = float((pred == data.labels).mean())
+        assert abs(record[f"{split}_accuracy"] - expected) < 1e-4
+        low, high = record[f"{split}_accuracy_ci"]
+        assert low < record[f"{split}_accuracy"] < high and high - low < 0.1
+        assert set(record[f"{split}_per_class_accuracy"]) == {
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        }  # fmt: skip
+    # a wrong reference shows as disagreement, whatever the accuracy
+    assert measure(path, splits, CFG, (reference + 1) % 10)["agreement"] == 0.0

@@ -1,0 +1,136 @@
+"""Validation chooses, test reports: the real evaluate, gate and promote stages on a workspace of
+real candidates, once as it is and once with the test labels permuted. Every decision (the
+challenger, the ranking, each gate verdict, champion vs challenger, the promoted version) must
+be the same; the reported test accuracies must not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from torch import nn
+
+from squeeze.data import Split, save_split
+from squeeze.models import save_checkpoint
+from squeeze.params import Params, PruneParams, QuantizeParams, load_params
+from squeeze.workspace import Workspace, read_json, write_json
+from tasks import evaluate, gate, promote, prune, quantize
+
+PROJECT = Path(__file__).resolve().parents[2]
+LOOSE_GATES = {"min_accuracy": 0.3, "max_accuracy_drop": 0.3, "max_class_drop": 0.6,
+               "max_latency_ms": 100.0, "min_agreement": 0.9}  # fmt: skip
+
+
+def params_for(registry: Path, tiny_arch: dict, tiny_fit: Any, policy: str) -> Params:
+    """The project's params with a three-candidate graph built from the tiny teacher."""
+    base = load_params(PROJECT)
+    int8 = {"mode": "static", "weights": "int8", "per_channel": True, "calibration_samples": 64}
+    pruned = PruneParams(
+        upstream="teacher", kind="structured", sparsity=0.5, steps=1, importance="l1",
+        distill_alpha=0.0, temperature=4.0, qat=None, fit=tiny_fit(epochs=1, lr=0.02),
+    )  # fmt: skip
+    return base.model_copy(
+        update={
+            "distill": {},
+            "merge": {},
+            "prune": {"t_ch50": pruned},
+            "quantize": {
+                "t_int8": QuantizeParams(upstream="teacher", **int8),
+                "t_ch50_int8": QuantizeParams(upstream="t_ch50", **int8),
+            },
+            "gate": base.gate.model_copy(update=LOOSE_GATES | {"policy": policy}),
+            "promote": base.promote.model_copy(update={"registry": str(registry)}),
+        }
+    )
+
+
+def build_workspace(
+    root: Path, data: dict[str, Split], teacher: nn.Module, tiny_arch: dict, params: Params
+) -> None:
+    """Splits, fingerprint, the teacher and every candidate, built by the stage code."""
+    ws = Workspace(root)
+    for name, split in data.items():
+        save_split(split, ws.split(name))
+    write_json(ws.fingerprint, {"sha256": "0" * 64, "files": {}})
+    record = {"name": "teacher", "method": "train", "upstream": [], "arch": tiny_arch}
+    save_checkpoint(teacher, ws.model("teacher"), record)
+    prune.run(root, params, "t_ch50")
+    for name in ("t_int8", "t_ch50_int8"):
+        quantize.run(root, params, name)
+
+
+def decisions(root: Path, params: Params) -> dict[str, Any]:
+    """evaluate -> gate -> promote; what was decided and what was reported."""
+    evaluate.run(root, params)
+    gate.run(root, params)
+    promote.run(root, params)
+    ws = Workspace(root)
+    report, result = read_json(ws.metrics("gate")), read_json(ws.metrics("promote"))
+    candidates = read_json(ws.metrics("candidates"))
+    return {
+        "decided": {
+            "challenger": report["challenger"],
+            "ranking": report["ranking"],
+            "verdicts": {n: v["failed"] for n, v in report["candidates"].items()},
+            "outcome": result["outcome"],
+            "comparison": result["comparison"],
+            "production": result["registry"]["production"],
+        },
+        "test_accuracy": {n: r["test_accuracy"] for n, r in candidates.items()},
+        "agreement": {n: r["agreement"] for n, r in candidates.items()},
+    }
+
+
+def permute_test_labels(root: Path) -> None:
+    from squeeze.data import load_split
+
+    path = Workspace(root).split("test")
+    test = load_split(path)
+    save_split(Split(test.images, np.random.default_rng(0).permutation(test.labels)), path)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    small_fmnist: dict[str, Split],
+    tiny_trained: nn.Module,
+    tiny_arch: dict,
+    tiny_fit: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, list[dict[str, Any]]]:
+    """Two rounds per workspace: most_accurate promotes a first champion, then smallest decides
+    a challenger against it (paired on validation)."""
+    out = {}
+    for variant in ("as_is", "permuted"):
+        root = tmp_path_factory.mktemp(variant)
+        registry = root.parent / f"{variant}-registry"
+        first = params_for(registry, tiny_arch, tiny_fit, "most_accurate")
+        build_workspace(root, small_fmnist, tiny_trained, tiny_arch, first)
+        if variant == "permuted":
+            permute_test_labels(root)
+        second = params_for(registry, tiny_arch, tiny_fit, "smallest")
+        out[variant] = [decisions(root, first), decisions(root, second)]
+    return out
+
+
+def test_permuting_test_labels_changes_no_decision(runs: dict) -> None:
+    for as_is, permuted in zip(runs["as_is"], runs["permuted"], strict=True):
+        assert as_is["decided"] == permuted["decided"]
+        assert as_is["agreement"] == permuted["agreement"]
+    first, second = (r["decided"] for r in runs["as_is"])
+    assert first["outcome"] == "promoted" and first["production"] == 1
+    assert second["comparison"] is not None or second["outcome"] == "already_in_production"
+
+
+def test_permuting_test_labels_changes_the_reported_test_accuracy(runs: dict) -> None:
+    as_is, permuted = runs["as_is"][0]["test_accuracy"], runs["permuted"][0]["test_accuracy"]
+    assert as_is.keys() == permuted.keys()
+    for name in as_is:
+        assert as_is[name] > 0.5 > permuted[name], name  # trained models vs shuffled labels
+
+
+def test_every_export_has_an_agreement_figure(runs: dict) -> None:
+    agreement = runs["as_is"][0]["agreement"]
+    assert set(agreement) == {"teacher", "t_ch50", "t_int8", "t_ch50_int8"}
+    assert all(0.9 <= a <= 1.0 for a in agreement.values()), agreement
