@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import squeeze.merge
 from squeeze.data import Split, subset
 from squeeze.evaluate import INPUT, export_onnx, session
 from squeeze.merge import (
@@ -96,21 +97,53 @@ def test_bn_reestimation_gives_the_exact_statistics(tiny_arch: dict, small_fmnis
     assert not model.training
 
 
-def test_greedy_soup_is_never_worse_than_its_best_ingredient(
-    tiny_trained: nn.Module, small_fmnist: Data, tiny_fit: Callable
+def permuted(model: nn.Module) -> nn.Module:
+    """The same function in another basin: the first conv's output channels (and the BatchNorm and
+    next conv that read them) in reverse order. Its accuracy is the model's, but averaging it with
+    the model mixes unrelated filters."""
+    model = copy.deepcopy(model)
+    conv, bn, after = model.features[0], model.features[1], model.features[4]
+    order = torch.arange(conv.out_channels - 1, -1, -1)
+    with torch.no_grad():
+        for tensor in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            tensor.copy_(tensor[order])
+        after.weight.copy_(after.weight[:, order])
+    return model
+
+
+def test_greedy_soup_tries_by_val_accuracy_and_rejects_what_hurts(
+    tiny_trained: nn.Module, small_fmnist: Data, tiny_fit: Callable, monkeypatch
 ) -> None:
     train, val = small_fmnist["train"], small_fmnist["val"]
-    ingredients, histories = fine_tune_ingredients(
+    tuned, histories = fine_tune_ingredients(
         tiny_trained, tiny_fit(epochs=1, lr=0.05), 3, train, val
     )
     assert len(histories) == 3
-    assert not torch.equal(ingredients[0].features[0].weight, ingredients[1].features[0].weight)
+    assert not torch.equal(tuned[0].features[0].weight, tuned[1].features[0].weight)
+    # listed worst first, so trying them in list order would not be trying them by accuracy
+    tuned.sort(key=lambda m: val_accuracy(m, val))
+    scores = [val_accuracy(m, val) for m in tuned]
+    assert scores[0] < scores[-1]
+    ingredients = [*tuned, permuted(tuned[-1])]  # as accurate as the best, and it hurts
+    assert val_accuracy(ingredients[-1], val) == pytest.approx(scores[-1], abs=0.002)
+    tried = []  # the ingredient each trial soup adds, in the order greedy_soup tries them
+
+    def recording_soup(models: list[nn.Module], bn_images: np.ndarray | None) -> nn.Module:
+        tried.append(next(i for i, m in enumerate(ingredients) if m is models[-1]))
+        return uniform_soup(models, bn_images)
+
+    monkeypatch.setattr(squeeze.merge, "uniform_soup", recording_soup)
     soup, kept, score = greedy_soup(ingredients, val, train.images)
-    best = max(val_accuracy(m, val) for m in ingredients)
-    assert score >= best and val_accuracy(soup, val) == score
+    order = [kept[0], *tried]
+    assert sorted(order) == list(range(len(ingredients)))  # each tried once, the start included
+    accuracies = [val_accuracy(ingredients[i], val) for i in order]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert len(ingredients) - 1 not in kept  # the permuted copy was tried and rejected
+    assert score >= max(scores) and val_accuracy(soup, val) == score
     assert 1 <= len(kept) <= 3 and len(set(kept)) == len(kept)
-    uniform = uniform_soup(ingredients, train.images)
+    uniform = uniform_soup(tuned, train.images)
     assert val_accuracy(uniform, val) > 0.5  # same basin: averaging does not destroy the model
+    assert val_accuracy(uniform_soup(ingredients, train.images), val) < score  # the other does
 
 
 def test_distill_ensemble_trains_the_student(
