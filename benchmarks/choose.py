@@ -1,0 +1,117 @@
+"""Every row the benchmark picks, picked on validation; test figures are only reported.
+
+A "best" candidate (the one a peer is built against, the one that meets a target) is the
+highest validation accuracy among those that qualify, the qualifying conditions on accuracy
+also read on validation. The test split of the chosen row is what the report shows, and
+whether the target still holds there is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from squeeze.params import Params
+
+CHOOSE = "val"  # the split every choice reads
+REPORT = "test"  # the split the report shows for what was chosen
+Row = dict[str, Any]
+
+
+def accuracy(row: Row, split: str) -> float:
+    return row[f"{split}_accuracy"]
+
+
+def drop(row: Row, teacher: Row, split: str) -> float:
+    """Accuracy points (as a fraction) the row loses against the teacher on split."""
+    return accuracy(teacher, split) - accuracy(row, split)
+
+
+def shipped_ratio(row: Row, teacher: Row) -> float:
+    """Teacher's shipped file ÷ the row's shipped file (both gzip: like with like)."""
+    return teacher["gzip_bytes"] / row["gzip_bytes"]
+
+
+def onnx_ratio(row: Row, teacher: Row) -> float:
+    """Teacher's .onnx ÷ the row's .onnx (unpacked, what onnxruntime loads)."""
+    return teacher["size_bytes"] / row["size_bytes"]
+
+
+def speedup(row: Row, teacher: Row) -> float:
+    """Teacher's batch-1 p50 latency ÷ the row's."""
+    return teacher["latency_ms_p50"] / row["latency_ms_p50"]
+
+
+def best(rows: list[Row], tie_break: Callable[[Row], Any]) -> Row | None:
+    """The row with the highest validation accuracy; ties go to the smallest tie_break."""
+    ranked = sorted(rows, key=lambda r: (-accuracy(r, CHOOSE), tie_break(r), r["name"]))
+    return ranked[0] if ranked else None
+
+
+def by_size(row: Row) -> int:
+    return row["gzip_bytes"]
+
+
+def best_unstructured(records: dict[str, Row], params: Params) -> str | None:
+    """squeeze's best unstructured pruning candidate (ties: smaller shipped file, then name)."""
+    names = [n for n, c in params.prune.items() if c.kind == "unstructured" and n in records]
+    chosen = best([records[n] for n in names], by_size)
+    return None if chosen is None else chosen["name"]
+
+
+def best_static_int8(records: dict[str, Row], params: Params) -> str | None:
+    """squeeze's best static int8 quantization candidate (ties as best_unstructured)."""
+    names = [n for n, c in params.quantize.items()
+             if c.mode == "static" and c.weights == "int8" and n in records]  # fmt: skip
+    chosen = best([records[n] for n in names], by_size)
+    return None if chosen is None else chosen["name"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets: a condition on a row, given the teacher and a split.
+
+    `holds(row, teacher, split)` reads the accuracy of `split` only; size and latency are the
+    same on every split. tie_break orders rows of equal validation accuracy (smallest first).
+    """
+
+    key: str
+    label: str
+    holds: Callable[[Row, Row, str], bool]
+    tie_break: Callable[[Row], Any]
+
+
+MAX_DROP = 0.01  # "≤ 1 pt drop", as a fraction
+
+
+TARGETS = (
+    Target(
+        "accurate_small", "≥ 92.5% with a deployable file ≤ 64 KB (the shipped model.onnx.gz)",
+        lambda r, t, s: accuracy(r, s) >= 0.925 and r["gzip_bytes"] <= 64 * 1024, by_size,
+    ),
+    Target(
+        "shipped_40x", "≥ 40× smaller shipped file than the teacher's (gzip ÷ gzip), ≤ 1 pt drop",
+        lambda r, t, s: shipped_ratio(r, t) >= 40 and drop(r, t, s) <= MAX_DROP, by_size,
+    ),
+    Target(
+        "latency_3x", "≥ 3× lower batch-1 latency (p50, onnxruntime), ≤ 1 pt drop",
+        lambda r, t, s: speedup(r, t) >= 3 and drop(r, t, s) <= MAX_DROP,
+        lambda r: r["latency_ms_p50"],
+    ),
+)  # fmt: skip
+
+
+def choose_target(target: Target, candidates: list[Row], teacher: Row) -> dict[str, Any]:
+    """The best candidate meeting target on validation, and whether it still holds on test.
+
+    Returns {"target", "label", "chosen": name or None, "holds_on_test": bool or None}.
+    """
+    meeting = [r for r in candidates if target.holds(r, teacher, CHOOSE)]
+    chosen = best(meeting, target.tie_break)
+    return {
+        "target": target.key,
+        "label": target.label,
+        "chosen": None if chosen is None else chosen["name"],
+        "holds_on_test": None if chosen is None else target.holds(chosen, teacher, REPORT),
+    }

@@ -1,0 +1,273 @@
+"""Render the benchmark's results (one dict, also written as results.json) as Markdown.
+
+Everything here formats; nothing measures or chooses. RESULTS.md and README's figures are
+both rendered from the same results dict, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.choose import REPORT
+
+Results = dict[str, Any]
+Row = dict[str, Any]
+# hand-written notes (budgets measured by hand, findings): kept as they are when regenerating
+NOTES_MARKER = "<!-- notes below are hand-written; benchmarks.compare keeps them as they are -->"
+NOTES_FALLBACK = "## Budgets"  # where the notes began before the marker existed
+README_SECTION = "## Figures"
+
+
+def pct(value: float) -> str:
+    return f"{value * 100:.2f}"
+
+
+def with_ci(row: Row, split: str) -> str:
+    """'92.66 [92.14, 93.15]': accuracy % with its Wilson 95% interval."""
+    low, high = row[f"{split}_accuracy_ci"]
+    return f"{pct(row[f'{split}_accuracy'])} [{pct(low)}, {pct(high)}]"
+
+
+def by_name(results: Results) -> dict[str, Row]:
+    return {r["name"]: r for r in results["models"]}
+
+
+def models_table(results: Results) -> list[str]:
+    """Every row measured: teacher, candidates, anchors, peers."""
+    t = by_name(results)["teacher"]
+    out = [
+        "| model | method | val % [95% CI] | test % [95% CI] | Δ test pts | .onnx bytes "
+        "| gzip bytes | teacher gzip ÷ gzip | teacher .onnx ÷ .onnx | nonzero params | MACs "
+        "| p50 ms | p95 ms | speed-up p50 | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["models"]:
+        out.append(
+            f"| {r['name']} | {r['method']} | {with_ci(r, 'val')} | {with_ci(r, 'test')} | "
+            f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | {r['size_bytes']:,} | "
+            f"{r['gzip_bytes']:,} | {r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | "
+            f"{r['nonzero_params']:,} | {r['macs']:,} | {r['latency_ms_p50']:.4f} | "
+            f"{r['latency_ms_p95']:.4f} | {r['speedup_p50']:.2f}× | {r['throughput']:,.0f} |"
+        )
+    return out
+
+
+def verdict(c: dict[str, Any]) -> str:
+    if c["better"]:
+        return f"{c['a']} more accurate (p < {c['alpha']})"
+    if c["worse"]:
+        return f"{c['b']} more accurate (p < {c['alpha']})"
+    return "no significant difference"
+
+
+def comparisons_table(results: Results) -> list[str]:
+    """Paired comparisons on the same images: McNemar exact p, bootstrap CI of a − b."""
+    rows = by_name(results)
+    out = [
+        "| a | b | split | a % [95% CI] | b % [95% CI] | a − b pts [95% CI] | McNemar p "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["comparisons"]:
+        a, b, s = rows[c["a"]], rows[c["b"]], c["split"]
+        low, high = c["ci95"]
+        out.append(
+            f"| {c['a']} | {c['b']} | {s} | {with_ci(a, s)} | {with_ci(b, s)} | "
+            f"{c['difference'] * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}] | "
+            f"{c['p_value']:.4g} | {verdict(c)} |"
+        )
+    return out
+
+
+def peers_table(results: Results) -> list[str]:
+    """Each peer against the squeeze candidate it stands in for: size and latency ratios."""
+    out = [
+        "| peer | built as | squeeze candidate (chosen on validation) | gzip bytes squeeze ÷ peer "
+        "| .onnx bytes squeeze ÷ peer | p50 latency squeeze ÷ peer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["models"]:
+        if r["role"] != "peer":
+            continue
+        ratio = r["squeeze_over_peer"]
+        out.append(
+            f"| {r['name']} | {r['built']} | {r['compared_with']} | {ratio['gzip_bytes']:.2f} | "
+            f"{ratio['size_bytes']:.2f} | {ratio['latency_ms_p50']:.2f} |"
+        )
+    return out
+
+
+def targets_table(results: Results) -> list[str]:
+    """Each target's row chosen on validation, with that row's test figures."""
+    rows = by_name(results)
+    out = [
+        "| target | on validation | chosen on validation | val % | test % [95% CI] "
+        "| Δ test pts | teacher gzip ÷ gzip | teacher .onnx ÷ .onnx | speed-up p50 "
+        "| holds on test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    t = rows["teacher"]
+    for g in results["targets"]:
+        if g["chosen"] is None:
+            out.append(f"| {g['label']} | missed | — | — | — | — | — | — | — | — |")
+            continue
+        r = rows[g["chosen"]]
+        out.append(
+            f"| {g['label']} | met | {r['name']} | {pct(r['val_accuracy'])} | "
+            f"{with_ci(r, REPORT)} | {(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
+            f"{r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | {r['speedup_p50']:.2f}× | "
+            f"{'yes' if g['holds_on_test'] else 'no'} |"
+        )
+    return out
+
+
+def noop_table(results: Results) -> list[str]:
+    out = ["| run | wall time | stages | target |", "|---|---|---|---|"]
+    return out + [f"| {n['run']} | {n['seconds']:.1f} s | {n['stages']} | {n['target']} |"
+                  for n in results["noop"]]  # fmt: skip
+
+
+def teacher_line(results: Results) -> str:
+    t, train = by_name(results)["teacher"], results["teacher_training"]
+    return (
+        f"Validation {with_ci(t, 'val')} %, test {with_ci(t, 'test')} %; training "
+        f"{train['train_seconds']:.0f} s over {train['epochs']} epochs ({train['parameters']:,} "
+        f"parameters, threads={train['threads']}). Target: ≥ 93.0% in ≤ 12 minutes of training "
+        "on 2 CPU cores."
+    )
+
+
+def header(results: Results) -> list[str]:
+    ev = results["evaluate"]
+    return [
+        "# Benchmark results",
+        "",
+        f"Command: `{results['command']}` (default params). It regenerates this file and "
+        f"`benchmarks/results.json` (the same figures, one record per model). "
+        f"Machine: {results['machine']}.",
+        f"Measured {results['measured']}, all rows in one process, onnxruntime with "
+        f"{ev['threads']} thread(s), batch-1 latency over {ev['runs']} runs after "
+        f"{ev['warmup']} warm-up runs.",
+        "",
+        "Every choice reads validation, every figure reported is test: a peer's squeeze "
+        "counterpart and each target's row are the highest validation accuracy among those that "
+        "qualify (qualifying accuracy conditions also read on validation); the test figures of "
+        "that row are then reported, with whether the target still holds on test. Accuracies "
+        "carry their Wilson 95% intervals; a difference is a claim only from a paired "
+        "comparison on the same images (McNemar exact p, paired bootstrap 95% interval).",
+        "",
+        "Size: `.onnx bytes` is the ONNX file onnxruntime loads; `gzip bytes` is that file after "
+        "gzip -9, the file the registry stores and ships (`model.onnx.gz`, squeeze/package.py). "
+        "Ratios compare like with like: the teacher's shipped file against the row's shipped "
+        "file, and the teacher's .onnx against the row's .onnx.",
+    ]
+
+
+def peers_text(results: Results) -> list[str]:
+    return [
+        "## Peers",
+        "",
+        "What a user would pick instead, on the same teacher, data and machine, in the same "
+        "process: PyTorch's `torch.nn.utils.prune.global_unstructured` (L1, one shot) at the "
+        "sparsity of squeeze's best unstructured candidate with that candidate's fine-tuning "
+        "budget (its fit params, plain loss); onnxruntime `quantize_dynamic` with default "
+        "settings and OpenVINO NNCF `nncf.quantize` (default preset, the same number of "
+        "calibration images) on the fp32 export that squeeze's best static int8 candidate "
+        "quantizes. Ratios are squeeze ÷ peer (below 1: squeeze is smaller or faster).",
+        "",
+        *peers_table(results),
+        "",
+        "## Paired comparisons",
+        "",
+        "a − b on the same images; a verdict other than 'no significant difference' needs "
+        "McNemar's exact p < 0.05.",
+        "",
+        *comparisons_table(results),
+    ]
+
+
+ANCHORS = (
+    "Anchors (literal, from the original sketch): `anchor_random_mask50` zeroes a random half "
+    "of every weight tensor; `anchor_minmax_int_no_zero_point` rounds w / ((max - min) / 255) "
+    "to integers with no zero-point (stored back as floats, so its file is fp32-sized). Anchors "
+    "in the literature: Deep Compression (Han et al. 2016) 39–40× on MNIST LeNets with no loss; "
+    "Hinton et al. 2015 (distillation)."
+)
+
+
+def results_md(results: Results, notes: str = "") -> str:
+    """The whole of RESULTS.md; `notes` (hand-written, from kept_notes) goes at the end."""
+    lines = [
+        *header(results), "", *models_table(results), "", "## Targets", "",
+        *targets_table(results), "", *peers_text(results), "", "## Teacher", "",
+        teacher_line(results),
+    ]  # fmt: skip
+    if results.get("noop"):
+        lines += ["", "## Nothing changed", "", *noop_table(results)]
+    lines += ["", ANCHORS]
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + notes.rstrip("\n") + "\n" if notes else "")
+
+
+def kept_notes(previous: str) -> str:
+    """The hand-written tail of a previous RESULTS.md (from NOTES_MARKER, or from the old
+    first hand-written heading), marker included; '' when there is none."""
+    for start in (NOTES_MARKER, NOTES_FALLBACK):
+        if start in previous:
+            tail = previous[previous.index(start) :]
+            return tail if start == NOTES_MARKER else f"{NOTES_MARKER}\n\n{tail}"
+    return ""
+
+
+def readme_figures(results: Results) -> str:
+    """The body of README's Figures section: headline rows (chosen on validation)."""
+    rows = by_name(results)
+    t = rows["teacher"]
+    lines = [
+        "Measured on a 2-core CPU machine with the default params; every row chosen on "
+        "validation, test accuracy reported with its 95% interval (full table, peers, paired "
+        f"comparisons and anchors: `benchmarks/RESULTS.md`, regenerated by `{results['command']}`; "
+        "machine-readable: `benchmarks/results.json`):",
+        "",
+        f"- teacher: {with_ci(t, 'test')} % test accuracy after "
+        f"{results['teacher_training']['train_seconds']:.0f} s of training;",
+    ]
+    for g in results["targets"]:
+        if g["chosen"] is None:
+            lines.append(f"- {g['label']}: missed;")
+            continue
+        r = rows[g["chosen"]]
+        lines.append(
+            f"- {g['label']}: `{r['name']}`, {with_ci(r, 'test')} % test, {r['gzip_bytes']:,} B "
+            f"shipped ({r['shipped_ratio']:.1f}× smaller than the teacher's shipped file, "
+            f"{r['onnx_ratio']:.1f}× its .onnx), {r['speedup_p50']:.2f}× lower p50 latency"
+            f"{'' if g['holds_on_test'] else ' (does not hold on test)'};"
+        )
+    for c in results["comparisons"]:
+        if c["split"] != REPORT:
+            continue
+        low, high = c["ci95"]
+        lines.append(
+            f"- `{c['a']}` vs `{c['b']}` on test: {c['difference'] * 100:+.2f} points "
+            f"[{low * 100:+.2f}, {high * 100:+.2f}], McNemar p = {c['p_value']:.3g} "
+            f"({verdict(c)});"
+        )
+    if results.get("noop"):
+        runs = [f"{n['run']} {n['seconds']:.1f} s ({n['stages']})" for n in results["noop"]]
+        lines.append(f"- nothing changed: {', '.join(runs)}.")
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """text with the body of the `heading` section (up to the next '## ') replaced by body.
+
+    Raises:
+        ValueError: text has no line equal to heading (say which file to fix).
+    """
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == heading]
+    if not starts:
+        raise ValueError(f"no '{heading}' section to replace; add that heading first")
+    start = starts[0] + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "".join([*lines[:start], "\n", body, "\n", *lines[end:]])
