@@ -2,9 +2,9 @@
 
 A tiny ConvNet is trained for a few hundred steps on real Fashion-MNIST; its ONNX export is
 the teacher and the `kd` candidate, and its dynamic int8 quantization is `kd_int8` (smaller,
-no torch source). Workspaces hold just what gate and promote read: params.yaml, the test split
-(the first TEST_IMAGES images of t10k, so a consumer can rebuild it from the raw files), the
-exports, metrics/candidates.json and model records.
+no torch source). Workspaces hold just what gate and promote read: params.yaml, the val split
+(decisions) and the test split (the first TEST_IMAGES images of t10k, so a consumer can rebuild
+it from the raw files), the exports, metrics/candidates.json and model records.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ import yaml
 
 from squeeze import cli
 from squeeze.data import Split, read_split, save_split
-from squeeze.evaluate import export_onnx, measure
+from squeeze.evaluate import export_onnx, measure_logits
 from squeeze.models import build_model
 from squeeze.params import Params, load_params, read_yaml
 from squeeze.registry import Registry, RegistryError
+from squeeze.stats import paired_table
 from squeeze.storage import StoreError
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks import gate as gate_stage
@@ -44,18 +45,21 @@ TEST_IMAGES = 2000
 
 @dataclass(frozen=True)
 class Model:
-    """An ONNX file and its evaluate record (as metrics/candidates.json holds it)."""
+    """An ONNX file, its evaluate record (as metrics/candidates.json holds it, less the paired
+    table vs the teacher) and its per-image correctness on val."""
 
     path: Path
     record: dict[str, Any]
+    correct: np.ndarray
 
 
 @dataclass(frozen=True)
 class Lab:
-    """The trained models and the test split they were measured on."""
+    """The trained models and the splits they were measured on."""
 
     fp32: Model
     int8: Model
+    val: Split
     test: Split
     data_dir: Path
 
@@ -91,13 +95,18 @@ def lab(
     test = Split(full.images[:TEST_IMAGES], full.labels[:TEST_IMAGES])
     export_onnx(model, folder / "fp32.onnx")
     quantize_dynamic(folder / "fp32.onnx", folder / "int8.onnx", weight_type=QuantType.QInt8)
+    splits = {"val": fmnist["val"], "test": test}
     with torch.no_grad():
-        reference = model(torch.tensor(test.images)).argmax(1).numpy()
+        reference = model(torch.tensor(splits["val"].images)).argmax(1).numpy()
     cfg = workspace_params("unused", None).evaluate
-    fp32 = measure(folder / "fp32.onnx", test, cfg, reference)
-    int8 = measure(folder / "int8.onnx", test, cfg)
-    return Lab(Model(folder / "fp32.onnx", fp32), Model(folder / "int8.onnx", int8), test,
-               fmnist_dir)  # fmt: skip
+    models = {}
+    for name in ("fp32", "int8"):  # int8's source is the fp32 export, fp32's the torch model
+        record, logits = measure_logits(folder / f"{name}.onnx", splits, cfg, reference)
+        models[name] = Model(
+            folder / f"{name}.onnx", record, logits["val"].argmax(1) == splits["val"].labels
+        )
+        reference = logits["val"].argmax(1)
+    return Lab(models["fp32"], models["int8"], splits["val"], test, fmnist_dir)
 
 
 def workspace_params(registry: str, endpoint: str | None, **gate: Any) -> Params:
@@ -115,7 +124,8 @@ def workspace_params(registry: str, endpoint: str | None, **gate: Any) -> Params
     data["gate"] |= {
         "min_accuracy": 0.5, "max_accuracy_drop": 0.05, "max_class_drop": 0.3,
         "max_size_bytes": 1_000_000, "max_latency_ms": 50.0, "min_agreement": 0.9,
-        "policy": "smallest", "allow_tie": False, "tie_tolerance": 0.02,
+        "policy": "smallest", "alpha": 0.05,
+        "noninferiority_margin": 0.02,  # 500 validation images of a tiny model: a wide interval
     } | gate  # fmt: skip
     data["promote"] = {"registry": registry, "endpoint_url": endpoint, "family": FAMILY}
     return Params.model_validate(data)
@@ -129,6 +139,7 @@ class Bench:
         (root / "params.yaml").parent.mkdir(parents=True, exist_ok=True)
         (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
         self.params = load_params(root)
+        save_split(lab.val, self.ws.split("val"))
         save_split(lab.test, self.ws.split("test"))
         write_json(self.ws.fingerprint, {"sha256": "d" * 64, "files": {}})
         self.candidates: dict[str, dict[str, Any]] = {}
@@ -140,7 +151,9 @@ class Bench:
         self.ws.export(name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model.path, self.ws.export(name))
         self.candidates[name] = {"name": name, "method": method, "upstream": upstream,
-                                 **model.record}  # fmt: skip
+                                 **model.record,
+                                 "val_vs_teacher": paired_table(model.correct,
+                                                                self.lab.fp32.correct)}  # fmt: skip
         if method != "quantize":  # quantized models exist only as ONNX: lineage from params
             write_json(self.ws.model(name) / "model.json",
                        {"name": name, "method": method, "upstream": upstream})  # fmt: skip
@@ -196,7 +209,9 @@ def test_promote_promote_again_and_roll_back(
     second = bench.promote()
     assert second["outcome"] == "promoted", second["reasons"]
     assert second["champion"]["version"] == 1 and second["champion"]["failed_gates"] == []
-    assert second["champion"]["measured"]["accuracy"] == bench.lab.fp32.record["accuracy"]
+    measured = second["champion"]["measured"]
+    assert measured["val_accuracy"] == bench.lab.fp32.record["val_accuracy"]
+    assert second["comparison"]["noninferior"] and second["comparison"]["table"]
     assert (second["registry"]["published"], second["registry"]["production"]) == (2, 2)
     card = registry.card(2)
     assert card["model"]["name"] == "kd_int8" and card["registry"]["version"] == 2
@@ -276,11 +291,13 @@ def test_endpoint_stopped_between_upload_and_pointer_move(
     assert fast_failing.versions() == [1, 2]  # uploaded and verified, never promoted
     assert bench.cli("pull-production", str(tmp_path / "prod")) == 0
     assert run_onnx(tmp_path / "prod" / "model.onnx", bench.lab.test) == pytest.approx(
-        bench.lab.fp32.record["accuracy"], abs=1e-5
+        bench.lab.fp32.record["test_accuracy"], abs=1e-5
     )
-    # The retry (here: a re-run) promotes on top of the intact production.
+    # The retry (here: a re-run) promotes on top of the intact production; publish is idempotent
+    # by content, so it promotes the version already uploaded instead of a duplicate.
     monkeypatch.setattr(promote_stage, "registry_of", lambda root, params: fast_failing)
-    assert bench.promote()["registry"]["production"] == 3
+    assert bench.promote()["registry"]["production"] == 2
+    assert fast_failing.versions() == [1, 2]
 
 
 def run_onnx(path: Path, test: Split) -> float:
@@ -363,7 +380,7 @@ logits = np.concatenate([
 assert logits.shape == (len(images), len(card["classes"]))
 print(json.dumps({
     "accuracy": round(float((logits.argmax(1) == labels).mean()), 5),
-    "card_accuracy": card["metrics"]["accuracy"],
+    "card_accuracy": card["metrics"]["test_accuracy"],
     "squeeze_imported": any(m.split(".")[0] in ("squeeze", "tasks") for m in sys.modules),
 }))
 """
@@ -384,7 +401,7 @@ def test_production_model_runs_with_plain_boto3_and_onnxruntime(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["accuracy"] == result["card_accuracy"] == bench.lab.int8.record["accuracy"]
+    assert result["accuracy"] == result["card_accuracy"] == bench.lab.int8.record["test_accuracy"]
     assert not result["squeeze_imported"]
 
 

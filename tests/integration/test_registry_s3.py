@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from squeeze.registry import Registry, RegistryError
-from squeeze.storage import NotFound, S3Store, StoreError, open_store
+from squeeze.ops import pull
+from squeeze.registry import Damaged, Registry, RegistryError
+from squeeze.storage import NotFound, S3Store, Store, StoreError, open_store
 from tests.integration.conftest import S3Endpoint, StopBeforePointerMove
 
 FAMILY = "fmnist"
@@ -18,6 +21,20 @@ FAMILY = "fmnist"
 def publish(registry: Registry, tag: str) -> int:
     """Publish a fake model whose bytes and card carry ``tag``."""
     return registry.publish({"model.onnx": f"onnx {tag}".encode()}, {"name": tag}, {"acc": 0.9})
+
+
+def stop_after(store: Store, endpoint: S3Endpoint, method: str, suffix: str) -> None:
+    """Make ``store.<method>`` stop the endpoint right after it wrote a key ending in
+    ``suffix``: that write lands, every later request finds the endpoint dead."""
+    real = getattr(store, method)
+
+    def then_stop(key: str, *args: Any) -> Any:
+        result = real(key, *args)
+        if key.endswith(suffix):
+            endpoint.stop()
+        return result
+
+    setattr(store, method, then_stop)
 
 
 def test_store_conditional_writes(s3_endpoint: S3Endpoint, s3_prefix: str) -> None:
@@ -110,17 +127,7 @@ def test_endpoint_dies_mid_publish(s3_endpoint: S3Endpoint, s3_prefix: str) -> N
     registry = Registry(s3_endpoint.store(s3_prefix, max_attempts=1), FAMILY)
     v1 = publish(registry, "a")
     registry.promote(v1)
-    real_put = registry.store.put
-    calls = 0
-
-    def put_then_die(key: str, data: bytes) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:  # model.onnx is up; the endpoint dies before card.json
-            s3_endpoint.stop()
-        real_put(key, data)
-
-    registry.store.put = put_then_die  # type: ignore[method-assign]
+    stop_after(registry.store, s3_endpoint, "put", "/model.onnx")  # dies before card.json
     with pytest.raises(StoreError, match="cannot reach S3 endpoint"):
         publish(registry, "b")
     s3_endpoint.start()
@@ -137,14 +144,53 @@ def test_corrupted_object_is_caught_naming_the_key(
     version = publish(registry, "a")
     key = f"{s3_prefix}/{FAMILY}/versions/{version}/model.onnx"
     s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"tampered")
-    expected = f"checksum mismatch for s3://{s3_endpoint.bucket}/{key}"
-    with pytest.raises(RegistryError, match=expected):
-        registry.verify(version)
-    with pytest.raises(RegistryError, match=expected):
-        registry.download(version, tmp_path / "dl")
-    with pytest.raises(RegistryError, match=expected):
-        registry.promote(version)
+    url = f"s3://{s3_endpoint.bucket}/{key}"
+    for call in (
+        registry.verify,
+        registry.promote,
+        lambda v: registry.download(v, tmp_path / "dl"),
+    ):
+        with pytest.raises(Damaged, match=f"checksum mismatch for {url}") as excinfo:
+            call(version)
+        assert (excinfo.value.key, excinfo.value.version) == (url, version)
     assert not (tmp_path / "dl").exists() and registry.production() is None
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "survivor"),
+    [
+        ("put", "/card.json", 2),  # before checksums.json: version 1 stays incomplete
+        ("put_if_absent", "/checksums.json", 1),  # complete; the publisher's verification fails
+    ],
+)
+def test_publish_retried_after_the_endpoint_dies_leaves_one_version(
+    s3_endpoint: S3Endpoint, s3_prefix: str, method: str, suffix: str, survivor: int
+) -> None:
+    store = s3_endpoint.store(s3_prefix, max_attempts=1)
+    stop_after(store, s3_endpoint, method, suffix)
+    with pytest.raises(StoreError, match="cannot reach S3 endpoint"):
+        publish(Registry(store, FAMILY), "a")
+    s3_endpoint.start()
+    registry = Registry(s3_endpoint.store(s3_prefix), FAMILY)  # the retry: a fresh process
+    assert publish(registry, "a") == survivor
+    assert publish(registry, "a") == survivor  # and every later publish of the same model
+    assert registry.versions() == [survivor]
+    registry.verify(survivor)
+    assert publish(registry, "b") == survivor + 1
+
+
+def test_pull_writes_beside_the_users_files(
+    s3_endpoint: S3Endpoint, s3_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from squeeze.package import pack
+
+    registry = Registry(s3_endpoint.store(s3_prefix), FAMILY)
+    registry.promote(registry.publish({"model.onnx.gz": pack(b"onnx a")}, {"name": "a"}, {}))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert pull(registry, Path(".")) == (1, [tmp_path / "model.onnx", tmp_path / "card.json"])
+    assert sorted(os.listdir(tmp_path)) == ["card.json", "model.onnx", "notes.txt"]
+    assert (tmp_path / "model.onnx").read_bytes() == b"onnx a"
 
 
 def test_refused_credentials_give_a_clear_error_without_the_secret(
