@@ -107,7 +107,8 @@ def status_text(info: dict[str, Any]) -> str:
         name = (prod["model"] or {}).get("name", "card unreadable")
         lines += [
             f"production: version {prod['version']} ({name}), promoted {prod['promoted_at']}",
-            f"  accuracy {m.get('accuracy')}, {m.get('gzip_bytes')} bytes shipped "
+            f"  test accuracy {m.get('test_accuracy')} (95% CI {m.get('test_accuracy_ci')}), "
+            f"validation {m.get('val_accuracy')}, {m.get('gzip_bytes')} bytes shipped "
             f"({m.get('size_bytes')} unpacked), latency p50 {m.get('latency_ms_p50')} ms "
             f"p95 {m.get('latency_ms_p95')} ms",
             f"  lineage: {chain_text({'lineage': lineage})}",

@@ -119,7 +119,8 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
         None if champion_correct is None else paired_table(challenger_correct, champion_correct),
         params.gate,
         champion_failed=champion["failed_gates"] if champion else None,
-        identical=bool(pointer) and pointer["sha256"].get(SHIPPED) == sha,
+        # a damaged champion is replaced even by its own bytes: that repairs production
+        identical=bool(champion_now) and pointer["sha256"].get(SHIPPED) == sha,
     )
     version = None
     if decision["promote"]:

@@ -76,7 +76,7 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
         "promote",
     ]
     candidates = read_json(Workspace(workspace).metrics("candidates"))
-    assert candidates["teacher"]["accuracy"] > 0.5  # smoke teacher: clearly above chance (0.1)
+    assert candidates["teacher"]["val_accuracy"] > 0.5  # smoke teacher: clearly above chance (0.1)
 
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
     result = retrain_and_compress(workspace=str(workspace))
@@ -132,8 +132,8 @@ def test_flow_first_leaves_dvc_clean_and_matches_dvc_outputs(
     for out in ("data/splits/train.safetensors", "data/fingerprint.json",
                 "models/teacher/model.safetensors"):  # fmt: skip
         assert digest(workspace / out) == digest(twin / out), out
-    flow_acc = read_json(Workspace(workspace).metrics("candidates"))["teacher"]["accuracy"]
-    dvc_acc = read_json(Workspace(twin).metrics("candidates"))["teacher"]["accuracy"]
+    flow_acc = read_json(Workspace(workspace).metrics("candidates"))["teacher"]["test_accuracy"]
+    dvc_acc = read_json(Workspace(twin).metrics("candidates"))["teacher"]["test_accuracy"]
     assert flow_acc == dvc_acc
 
 

@@ -350,6 +350,27 @@ def test_corrupted_object_is_caught_by_its_checksum(
     assert not (tmp_path / "prod").exists()
 
 
+def test_a_damaged_champion_is_replaced_by_a_valid_challenger(
+    bench: Bench, registry: Registry, s3_endpoint: S3Endpoint, s3_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    bench.gate()
+    assert bench.promote()["registry"]["production"] == 1
+    key = f"{s3_prefix}/{FAMILY}/versions/1/model.onnx.gz"
+    s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"bit rot")
+    bench.add("kd_int8", bench.lab.int8, "quantize", ["kd"])
+    bench.gate()
+    capsys.readouterr()
+    result = bench.promote()
+    log = capsys.readouterr().out
+    assert f"production version 1 is damaged (s3://{s3_endpoint.bucket}/{key})" in log
+    assert result["outcome"] == "promoted" and result["registry"]["production"] == 2
+    assert result["champion"]["damaged"].endswith("versions/1/model.onnx.gz")
+    assert result["champion"]["failed_gates"] == ["checksums"]
+    assert "the champion fails today's gates: checksums" in result["reasons"]
+    registry.verify(2)
+
+
 CONSUMER = r"""
 import gzip, hashlib, json, sys
 import boto3, numpy as np, onnxruntime as ort
