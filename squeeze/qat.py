@@ -1,9 +1,10 @@
 """Quantization-aware fine-tuning: weights train through the grid a later `quantize` puts them on.
 
 squeeze.quantize (onnxruntime, per-channel symmetric) maps each output channel of a weight onto
-q · s with s = max|w| / L and q in [-L, L] (L = 127 for int8, 7 for int4). Fine-tuning with the
-forward pass on exactly that grid (a straight-through gradient to the float weights) lets the
-network adapt to it; `snap` then puts the weights on the grid for good. Quantizing the result
+q · s with s = max|w| / L and q in [-L, L] (L = 127 for int8; 7 for int4, its "grid" scheme, which
+the quantize stage always uses for a model fine-tuned here). Fine-tuning with the forward pass
+on exactly that grid (a straight-through gradient to the float weights) lets the network adapt
+to it; `snap` then puts the weights on the grid for good. Quantizing the result
 re-derives the same grid, so it costs almost nothing beyond the int8 activations. A BatchNorm
 that the export folds into the conv scales a channel as a whole, which scales its grid with it:
 the folded weights are still exactly on theirs.
@@ -21,8 +22,8 @@ from torch.nn.utils import prune as torch_prune
 from squeeze.models import weight_layers
 
 # the symmetric weight ranges [-L, L] squeeze.quantize gets from onnxruntime: its own for int8
-# (quant_utils.ONNX_INT_TYPE_SYMMETRIC_RANGE), squeeze's per-channel scales for int4
-# (squeeze.quantize.int4_overrides)
+# (quant_utils.ONNX_INT_TYPE_SYMMETRIC_RANGE), squeeze's per-channel scales for int4 (the "grid"
+# scheme, squeeze.quantize.int4_overrides)
 LEVELS = {"int8": 127, "int4": 7}
 
 

@@ -9,10 +9,15 @@ static mode, int8 activations whose ranges come from calibration on training ima
 mode quantizes weights only and computes activation scales at run time (no calibration).
 The classifier's output (the logits) is not re-quantized: with 256 levels, near-ties between
 classes flip; keeping it fp32 costs nothing in size.
+
+int4 weights come in two schemes (INT4_SCHEMES): onnxruntime's own MinMax and squeeze.qat's
+symmetric grid. Which one a model gets is not decided here: tasks/quantize.py keeps the grid a
+model was fine-tuned on, and otherwise picks by validation accuracy (choose_int4_scheme).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,6 +41,9 @@ WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
 # int4 needs QDQ operators of opset 21; below that (our exports) onnxruntime writes them in its
 # com.microsoft domain, which stock onnxruntime runs
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "int4": QuantType.QInt4}
+# per-channel int4 weight scales: onnxruntime's MinMax ([-8, 7], scale 2·max|w| / 15) or
+# squeeze.qat's grid ([-7, 7], scale max|w| / 7, int4_overrides); the first wins ties
+INT4_SCHEMES = ("onnxruntime", "grid")
 
 
 class PixelBatches(CalibrationDataReader):
@@ -72,10 +80,9 @@ def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
 def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
     """Per-channel int4 weight scales max|w| / 7: the symmetric [-7, 7] grid of squeeze.qat.
 
-    onnxruntime's own int4 MinMax spans [-8, 7] with scale 2·max|w| / 15: no fixed point, so
-    weights fine-tuned on a grid would be rounded again. For those, these overrides quantize onto
-    exactly their grid. Other models keep onnxruntime's scheme: its slight clipping of each
-    channel's largest weight buys a finer step, which measured better on them.
+    onnxruntime's own int4 MinMax spans [-8, 7] with scale 2·max|w| / 15: a finer step, but no
+    fixed point (it slightly clips each channel's largest weight), so weights fine-tuned on the
+    grid would be rounded again. These overrides quantize onto exactly that grid.
     """
     overrides = {}
     for name, w in weight_tensors(model.graph).items():
@@ -90,12 +97,24 @@ def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
     return overrides
 
 
+def choose_int4_scheme(val_accuracy: dict[str, float]) -> str:
+    """The int4 scheme with the higher validation accuracy; a tie keeps onnxruntime's own.
+
+    Args:
+        val_accuracy: each of INT4_SCHEMES -> the validation accuracy of the model quantized so.
+    """
+    missing = set(INT4_SCHEMES) - set(val_accuracy)
+    if missing:
+        raise ValueError(f"no validation accuracy for int4 scheme(s) {sorted(missing)}")
+    return max(INT4_SCHEMES, key=lambda scheme: val_accuracy[scheme])  # first of equals
+
+
 def quantize_onnx(
     source: Path,
     dest: Path,
     cfg: QuantizeParams,
     calibration: np.ndarray | None,
-    on_trained_grid: bool = False,
+    int4_scheme: str = "onnxruntime",
 ) -> None:
     """Write the quantized version of the fp32 ONNX file `source` to `dest`.
 
@@ -104,8 +123,11 @@ def quantize_onnx(
             "dynamic"; weights int8 or int4 (static); per_channel weight scales.
         calibration: (N, 28, 28) uint8 training images, N = cfg.calibration_samples; unused in
             dynamic mode.
-        on_trained_grid: the model was fine-tuned on squeeze.qat's grid for cfg.weights.
+        int4_scheme: one of INT4_SCHEMES, for int4 weights (int8's symmetric range [-127, 127]
+            already is squeeze.qat's int8 grid).
     """
+    if int4_scheme not in INT4_SCHEMES:
+        raise ValueError(f"int4_scheme {int4_scheme!r}: expected one of {INT4_SCHEMES}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         # shape inference + graph optimisation first, as onnxruntime recommends for PTQ
@@ -125,7 +147,7 @@ def quantize_onnx(
                 extra_options={
                     "ActivationSymmetric": False, "WeightSymmetric": True,
                     "TensorQuantOverrides": int4_overrides(prepared_model)
-                    if cfg.weights == "int4" and on_trained_grid else {},
+                    if cfg.weights == "int4" and int4_scheme == "grid" else {},
                     # the logits stay fp32: 256 levels would turn near-ties into wrong answers
                     "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
                 },
@@ -137,4 +159,4 @@ def quantize_onnx(
                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
             )  # fmt: skip
         onnx.checker.check_model(str(out))
-        out.replace(dest)
+        shutil.move(out, dest)  # the temporary folder may be on another file system

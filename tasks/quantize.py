@@ -3,10 +3,16 @@
 Reads params `quantize.NAME`, models/<upstream>/ (a checkpoint, exported here to a temporary
 fp32 ONNX file with squeeze.evaluate.export_onnx, or an ONNX-format model used as it is) and
 data/splits/{train,val}; writes models/NAME/model.onnx and model.json ("format": "onnx").
+
+int4 weights: an upstream fine-tuned on squeeze.qat's int4 grid keeps exactly that grid (a
+property of the model, not a choice). Any other is quantized with both INT4_SCHEMES and keeps
+the one with the higher validation accuracy (ties: onnxruntime's own); model.json records the
+scheme and both accuracies.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,8 +23,8 @@ from prefect import task
 from squeeze.data import Split, load_split
 from squeeze.evaluate import INPUT, export_onnx, session
 from squeeze.models import load_checkpoint
-from squeeze.params import Params
-from squeeze.quantize import quantize_onnx
+from squeeze.params import Params, QuantizeParams
+from squeeze.quantize import INT4_SCHEMES, choose_int4_scheme, quantize_onnx
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.candidate import base_record, candidate, fresh_folder, main_for
 
@@ -53,6 +59,21 @@ def fp32_source(ws: Workspace, upstream: str, tmp: Path) -> Path:
     return tmp / "fp32.onnx"
 
 
+def quantize_by_val(
+    source: Path, out: Path, cfg: QuantizeParams, images: np.ndarray, val: Split, tmp: Path
+) -> tuple[str, dict[str, float]]:
+    """Quantize `source` with each of INT4_SCHEMES and keep, at `out`, the one with the higher
+    validation accuracy (choose_int4_scheme). Returns (that scheme, each scheme's val accuracy)."""
+    scores = {}
+    for scheme in INT4_SCHEMES:
+        path = tmp / f"int4_{scheme}.onnx"
+        quantize_onnx(source, path, cfg, images, scheme)
+        scores[scheme] = round(float((predictions(path, val.images) == val.labels).mean()), 5)
+    chosen = choose_int4_scheme(scores)
+    shutil.move(tmp / f"int4_{chosen}.onnx", out)
+    return chosen, scores
+
+
 def run(root: Path, params: Params, name: str) -> None:
     ws, cfg = Workspace(root), candidate(params, STAGE, name)
     train, val = load_split(ws.split("train")), load_split(ws.split("val"))
@@ -64,7 +85,14 @@ def run(root: Path, params: Params, name: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = fp32_source(ws, cfg.upstream, Path(tmp))
         images = calibration_images(train, cfg.calibration_samples)
-        quantize_onnx(source, out, cfg, images, on_trained_grid=on_grid)
+        if cfg.weights == "int8":  # one symmetric range, [-127, 127]: it is the int8 grid
+            scheme, scheme_val = None, {}
+            quantize_onnx(source, out, cfg, images)
+        elif on_grid:
+            scheme, scheme_val = "grid", {}
+            quantize_onnx(source, out, cfg, images, "grid")
+        else:
+            scheme, scheme_val = quantize_by_val(source, out, cfg, images, val, Path(tmp))
         fp32_pred = predictions(source, val.images)
     pred = predictions(out, val.images)
     record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
@@ -73,6 +101,8 @@ def run(root: Path, params: Params, name: str) -> None:
         "val_accuracy": round(float((pred == val.labels).mean()), 5),
         "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
         "on_trained_grid": on_grid,
+        "int4_scheme": scheme,
+        "int4_scheme_val_accuracy": scheme_val,  # the schemes compared; {} when none was chosen
         "size_bytes": out.stat().st_size,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }

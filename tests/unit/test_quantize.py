@@ -1,8 +1,9 @@
 """int8 quantization with onnxruntime: the int8 model predicts like the fp32 export, its pixel
-preprocessing stays fp32 and its weights really are int8."""
+preprocessing stays fp32 and its weights really are int8; int4's scheme is chosen on validation."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +16,15 @@ from torch import nn
 
 from squeeze.data import Split
 from squeeze.evaluate import INPUT, export_onnx, graph_stats, session
-from squeeze.models import build_model
+from squeeze.models import build_model, save_checkpoint
 from squeeze.params import QuantizeParams
-from squeeze.quantize import preprocessing_nodes, quantize_onnx
+from squeeze.qat import snap
+from squeeze.quantize import (
+    INT4_SCHEMES,
+    choose_int4_scheme,
+    preprocessing_nodes,
+    quantize_onnx,
+)
 from squeeze.train import fit
 from squeeze.workspace import Workspace, read_json
 from tasks.quantize import run
@@ -132,4 +139,65 @@ def test_stage_writes_an_onnx_model_and_record(
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]
     assert record["format"] == "onnx" and record["method"] == "quantize_static"
     assert record["upstream"] == ["teacher"] and record["arch"]["channels"] == [8, 16]
+    assert record["val_agreement_fp32"] >= MIN_AGREEMENT
+    assert record["int4_scheme"] is None and record["int4_scheme_val_accuracy"] == {}
+
+
+def test_the_int4_scheme_with_the_higher_val_accuracy_is_chosen() -> None:
+    assert choose_int4_scheme({"onnxruntime": 0.80, "grid": 0.81}) == "grid"
+    assert choose_int4_scheme({"onnxruntime": 0.81, "grid": 0.80}) == "onnxruntime"
+    assert choose_int4_scheme({"onnxruntime": 0.8, "grid": 0.8}) == "onnxruntime"  # a tie
+    with pytest.raises(ValueError, match="grid"):
+        choose_int4_scheme({"onnxruntime": 0.8})
+
+
+def test_unknown_int4_scheme_is_refused(fp32_export: Path, tmp_path: Path) -> None:
+    cfg = QuantizeParams(upstream="m", mode="static", weights="int4", per_channel=True,
+                         calibration_samples=64)  # fmt: skip
+    with pytest.raises(ValueError, match="int4_scheme"):
+        quantize_onnx(fp32_export, tmp_path / "int4.onnx", cfg, None, "symmetric")
+
+
+def int4_record(workspace: Workspace, stage_params: Callable, name: str, upstream: str) -> dict:
+    cfg = QuantizeParams(upstream=upstream, mode="static", weights="int4", per_channel=True,
+                         calibration_samples=128)  # fmt: skip
+    run(workspace.root, stage_params(quantize={name: cfg}), name)
+    record = read_json(workspace.model(name) / "model.json")
+    assert record["format"] == "onnx" and record["params"]["weights"] == "int4"
+    return record
+
+
+def test_stage_picks_the_int4_scheme_on_validation(
+    workspace: Workspace, stage_params: Callable, tiny_trained: nn.Module, tiny_arch: dict
+) -> None:
+    """Neither scheme wins by rule. On the float teacher onnxruntime's finer step does better; on
+    weights already on the [-7, 7] grid (not recorded as trained there) the grid scheme keeps
+    them, where onnxruntime's re-rounds every one: validation picks each time, and the record
+    holds the choice, both accuracies and the chosen file's own."""
+    snapped = snap(copy.deepcopy(tiny_trained), "int4")
+    save_checkpoint(snapped, workspace.model("teacher_on_grid"),
+                    {"name": "teacher_on_grid", "arch": tiny_arch})  # fmt: skip
+    chosen = {}
+    for upstream in ("teacher", "teacher_on_grid"):
+        record = int4_record(workspace, stage_params, f"{upstream}_int4", upstream)
+        scores = record["int4_scheme_val_accuracy"]
+        assert set(scores) == set(INT4_SCHEMES) and not record["on_trained_grid"]
+        scheme = chosen[upstream] = record["int4_scheme"]
+        other = next(s for s in INT4_SCHEMES if s != scheme)
+        assert scores[scheme] > scores[other] or (
+            scores[scheme] == scores[other] and scheme == "onnxruntime"
+        )
+        assert record["val_accuracy"] == scores[scheme]  # the file kept is the one chosen
+    assert chosen == {"teacher": "onnxruntime", "teacher_on_grid": "grid"}
+
+
+def test_stage_keeps_the_grid_an_upstream_was_trained_on(
+    workspace: Workspace, stage_params: Callable, tiny_trained: nn.Module, tiny_arch: dict
+) -> None:
+    snapped = snap(copy.deepcopy(tiny_trained), "int4")
+    record = {"name": "teacher_qat", "arch": tiny_arch, "params": {"qat": "int4"}}
+    save_checkpoint(snapped, workspace.model("teacher_qat"), record)
+    record = int4_record(workspace, stage_params, "teacher_qat_int4", "teacher_qat")
+    assert record["on_trained_grid"] and record["int4_scheme"] == "grid"
+    assert record["int4_scheme_val_accuracy"] == {}  # a property of the model: nothing compared
     assert record["val_agreement_fp32"] >= MIN_AGREEMENT
