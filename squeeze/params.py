@@ -8,7 +8,7 @@ are overlays of a few keys that `squeeze profile NAME` merges into params.yaml.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,8 +21,18 @@ class ParamsError(ValueError):
     """params.yaml (or a profile, or a flow parameter) does not match the schema."""
 
 
+# A model's name is a DVC stage suffix, a params.yaml key and a folder under models/ at once:
+# only what is safe as all three (no "..", "/", "@", spaces or capitals).
+NAME_PATTERN = r"^[a-z0-9_]+$"
+Name = Annotated[
+    str, Field(pattern=NAME_PATTERN, description="A model name: [a-z0-9_]+ (stage, key, folder).")
+]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no field takes an empty string: a cleared field of a UI form sends "", which must not
+    # pass as a value (a null field says so with null)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_min_length=1)
 
 
 class IngestParams(Section):
@@ -56,7 +66,7 @@ class IngestParams(Section):
 
 class ArchParams(Section):
     name: Literal["convnet"] = Field(description="Architecture family.")
-    channels: list[int] = Field(
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         min_length=1, max_length=4, description="Output channels of each stage (2×2 pool between)."
     )
     convs_per_stage: int = Field(ge=1, le=4, description="3×3 conv blocks per stage.")
@@ -94,7 +104,7 @@ class EvaluateParams(Section):
 class DistillParams(Section):
     """A student trained on the upstream model's soft targets (Hinton et al. 2015)."""
 
-    upstream: str = Field(description="The model distilled from (teacher or another candidate).")
+    upstream: Name = Field(description="The model distilled from (teacher or another candidate).")
     student: ArchParams
     temperature: float = Field(gt=0, le=100, description="Softmax temperature T of the targets.")
     alpha: float = Field(ge=0, le=1, description="Weight of the soft (T²-scaled) loss.")
@@ -107,7 +117,7 @@ class DistillParams(Section):
 class PruneParams(Section):
     """Unstructured (global magnitude, AGP schedule) or structured (channel) pruning."""
 
-    upstream: str = Field(description="The model pruned.")
+    upstream: Name = Field(description="The model pruned.")
     kind: Literal["unstructured", "structured"] = Field(description="What is removed.")
     sparsity: float = Field(
         gt=0, lt=1, description="Unstructured: share of weights zeroed; structured: of channels."
@@ -128,7 +138,7 @@ class PruneParams(Section):
 class QuantizeParams(Section):
     """Post-training quantization of the upstream's ONNX export (onnxruntime)."""
 
-    upstream: str = Field(description="The model quantized.")
+    upstream: Name = Field(description="The model quantized (a float model).")
     mode: Literal["static", "dynamic"] = Field(description="static: calibrated QDQ; dynamic.")
     weights: Literal["int8", "int4"] = Field(
         description="Weight type. int4 (static only) halves the weight bytes again, but "
@@ -148,7 +158,7 @@ class MergeParams(Section):
     """Model merging: logit ensemble, weight soups, or an ensemble distilled into one student."""
 
     kind: Literal["ensemble", "soup_uniform", "soup_greedy", "distill_ensemble"]
-    upstreams: list[str] = Field(
+    upstreams: list[Name] = Field(
         min_length=1,
         description="ensemble/distill_ensemble: the members; soups: the one shared starting point.",
     )
@@ -222,10 +232,10 @@ class Params(Section):
 
     ingest: IngestParams
     train_teacher: TrainTeacherParams
-    distill: dict[str, DistillParams]
-    prune: dict[str, PruneParams]
-    quantize: dict[str, QuantizeParams]
-    merge: dict[str, MergeParams]
+    distill: dict[Name, DistillParams]
+    prune: dict[Name, PruneParams]
+    quantize: dict[Name, QuantizeParams]
+    merge: dict[Name, MergeParams]
     evaluate: EvaluateParams
     gate: GateParams
     promote: PromoteParams
@@ -265,6 +275,7 @@ class Params(Section):
             for up in ups:
                 if up != "teacher" and up not in graph:
                     raise ValueError(f"{seen[name]}.{name}.upstream: unknown model {up!r}")
+        self.check_float_upstreams()
         remaining = dict(graph)
         built = {"teacher"}
         while remaining:
@@ -277,6 +288,41 @@ class Params(Section):
                 del remaining[n]
         return self
 
+    def onnx_only(self) -> set[str]:
+        """Models that exist only as ONNX: quantized ones and logit ensembles."""
+        ensembles = {n for n, cfg in self.merge.items() if cfg.kind == "ensemble"}
+        return set(self.quantize) | ensembles
+
+    def check_float_upstreams(self) -> None:
+        """Every upstream is something its stage can read: distill, prune and merge need a
+        torch checkpoint (not an ONNX-only model); quantize needs a float model (not an
+        already quantized one), and on the grid a quantization-aware upstream was trained on.
+        """
+        onnx_only = self.onnx_only()
+        for stage in ("distill", "prune", "merge"):
+            for name, cfg in getattr(self, stage).items():
+                key = "upstreams" if stage == "merge" else "upstream"
+                ups = cfg.upstreams if stage == "merge" else [cfg.upstream]
+                for up in ups:
+                    if up in onnx_only:
+                        raise ValueError(
+                            f"{stage}.{name}.{key}: {up!r} exists only as ONNX (quantized or an "
+                            f"ensemble); {stage} needs a torch model: use {up!r}'s own upstream"
+                        )
+        for name, cfg in self.quantize.items():
+            if cfg.upstream in self.quantize:
+                raise ValueError(
+                    f"quantize.{name}.upstream: {cfg.upstream!r} is already quantized; quantize "
+                    f"needs a float upstream (e.g. {self.quantize[cfg.upstream].upstream!r})"
+                )
+            trained = self.prune.get(cfg.upstream)
+            if trained is not None and trained.qat is not None and not cfg.per_channel:
+                raise ValueError(
+                    f"quantize.{name}.per_channel: false, but its upstream prune.{cfg.upstream} "
+                    f"was fine-tuned on a per-channel {trained.qat} grid (qat); set per_channel: "
+                    "true, or qat: null"
+                )
+
 
 def format_errors(err: ValidationError, origin: str) -> str:
     """One line per problem: `origin: dotted.key: reason (got value)`."""
@@ -285,7 +331,11 @@ def format_errors(err: ValidationError, origin: str) -> str:
         if not e["loc"]:  # a whole-file check (the candidate graph) names its keys itself
             lines.append(f"{origin}: {e['msg'].removeprefix('Value error, ')}")
             continue
-        key = ".".join(str(p) for p in e["loc"])
+        *path, last = e["loc"]
+        if last == "[key]":  # a bad name under distill/prune/quantize/merge: the key itself
+            e["msg"] = f"name must match {NAME_PATTERN}"
+            path = path[:-1]
+        key = ".".join(str(p) for p in (*path, last) if p != "[key]")
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         lines.append(f"{origin}: {key}: {e['msg']}{got}")
     return "\n".join(lines)

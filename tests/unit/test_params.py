@@ -144,3 +144,95 @@ def test_valid_run_params_replace_a_broken_params_file(tmp_path: Path) -> None:
     assert write_params(tmp_path, params) is True
     assert load_params(tmp_path) == params
     assert write_params(tmp_path, params) is False  # already there: untouched
+
+
+# -- values a user or a UI form can send (issue: hardening) ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["../evil", "Kd", "kd small", "kd@1", "kd/x", "kd-x", ""])
+def test_unsafe_candidate_names_are_refused(raw: dict, name: str) -> None:
+    raw["distill"][name] = raw["distill"].pop("kd_small")
+    raw["merge"]["kd_ensemble"]["upstreams"] = ["ce_small", "kd_small_ch50"]
+    raw["prune"]["kd_small_ch50"]["upstream"] = "ce_small"
+    assert f"distill: name must match ^[a-z0-9_]+$ (got {name!r})" in error_of(raw)
+
+
+def test_zero_channels_are_refused_naming_the_index(raw: dict) -> None:
+    raw["train_teacher"]["arch"]["channels"] = [0, 8, 16]
+    message = error_of(raw)
+    assert "train_teacher.arch.channels.0: Input should be greater than or equal to 1" in message
+
+
+@pytest.mark.parametrize(
+    "path", [("promote", "endpoint_url"), ("flow", "dask_address"), ("ingest", "source"),
+             ("promote", "registry"), ("quantize", "teacher_ch50_int8", "upstream")],
+)  # fmt: skip
+def test_an_empty_string_is_refused(raw: dict, path: tuple[str, ...]) -> None:
+    *parents, key = path
+    section = raw
+    for part in parents:
+        section = section[part]
+    section[key] = ""
+    assert f"{'.'.join(path)}: String should have at least 1 character" in error_of(raw)
+
+
+def test_quantize_needs_a_float_upstream(raw: dict) -> None:
+    raw["quantize"]["twice"] = raw["quantize"]["teacher_ch50_int8"] | {
+        "upstream": "teacher_ch50_int8"
+    }
+    assert (
+        "quantize.twice.upstream: 'teacher_ch50_int8' is already quantized; quantize needs a "
+        "float upstream (e.g. 'teacher_ch50')"
+    ) in error_of(raw)
+
+
+@pytest.mark.parametrize(("stage", "onnx_only"), [("prune", "teacher_ch50_int8"),
+                                                  ("prune", "kd_ensemble")])  # fmt: skip
+def test_torch_stages_refuse_an_onnx_only_upstream(raw: dict, stage: str, onnx_only: str) -> None:
+    raw["prune"]["teacher_ch50_sp70"]["upstream"] = onnx_only
+    assert f"prune.teacher_ch50_sp70.upstream: {onnx_only!r} exists only as ONNX" in error_of(raw)
+
+
+def test_quantize_keeps_the_per_channel_grid_qat_trained_on(raw: dict) -> None:
+    raw["quantize"]["teacher_ch50_sp60_qat_int4"]["per_channel"] = False
+    assert (
+        "quantize.teacher_ch50_sp60_qat_int4.per_channel: false, but its upstream "
+        "prune.teacher_ch50_sp60_qat was fine-tuned on a per-channel int4 grid"
+    ) in error_of(raw)
+
+
+# -- every key of params.yaml can be set with `dvc exp run -S` ---------------------------------
+
+
+def leaves(node: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """(key path, value) of every leaf of a YAML mapping; a list is one leaf."""
+    if isinstance(node, dict):
+        return [leaf for key, value in node.items() for leaf in leaves(value, (*path, key))]
+    return [(path, node)]
+
+
+def other_value(value: object) -> str:
+    """A Hydra override value of the same kind as value and different from it."""
+    if isinstance(value, bool):
+        return str(not value).lower()
+    if isinstance(value, int | float):
+        return str(value + 1)
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in [*value, *value[-1:]]) + "]"
+    return "changed"  # strings and nulls
+
+
+@pytest.mark.parametrize("file", ["params.yaml", "profiles/smoke.yaml"])
+def test_every_leaf_can_be_overridden_alone(file: str, tmp_path: Path) -> None:
+    """DVC's own `-S` path (dvc.utils.hydra.apply_overrides) changes exactly the key given:
+    a YAML alias shared by two keys would change both, or lose the edit."""
+    from dvc.utils.hydra import apply_overrides
+
+    original = read_yaml(PROJECT / file)
+    path = tmp_path / "params.yaml"
+    for key, value in leaves(original):
+        shutil.copyfile(PROJECT / file, path)
+        apply_overrides(path, [f"{'.'.join(key)}={other_value(value)}"])
+        changed = [k for (k, v), (_, w) in zip(leaves(original), leaves(read_yaml(path)),
+                                                  strict=True) if v != w]  # fmt: skip
+        assert changed == [key], f"-S {'.'.join(key)} changed {changed}"
