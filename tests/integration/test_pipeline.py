@@ -112,6 +112,19 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     measured = read_json(Workspace(workspace).metrics("candidates"))["kd_ensemble"]
     assert measured["upstream"] == members and len(members) == 4
 
+    # a candidate removed from params.yaml leaves the table, the gate and the registry's choice
+    # (its leftover models/ folder is ignored), in both entry points
+    data = yaml.safe_load((workspace / "params.yaml").read_text())
+    del data["quantize"]["kd_small_ch50_int8"]
+    (workspace / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    run(["squeeze", "sync"], workspace)
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == downstream
+    for metrics in ("candidates", "gate"):
+        report = read_json(Workspace(workspace).metrics(metrics))
+        names = report if metrics == "candidates" else report["candidates"]
+        assert "kd_small_ch50_int8" not in names and "kd_small_ch50" in names, metrics
+    assert "up to date" in run(["dvc", "status"], workspace).stdout
+
     # new data at the source: the next (scheduled) run ingests it and retrains everything
     shuffle_training_files(source)
     assert set(retrain_and_compress(workspace=str(workspace))["ran"]) == set(stages)
