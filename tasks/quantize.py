@@ -21,7 +21,7 @@ import numpy as np
 from prefect import task
 
 from squeeze.data import Split, load_split
-from squeeze.evaluate import INPUT, export_onnx, session
+from squeeze.evaluate import export_onnx, predicted_classes
 from squeeze.models import load_checkpoint
 from squeeze.params import Params, QuantizeParams
 from squeeze.quantize import INT4_SCHEMES, choose_int4_scheme, quantize_onnx
@@ -36,17 +36,6 @@ def calibration_images(train: Split, n: int) -> np.ndarray:
     class is represented because the split is not sorted by class."""
     idx = np.linspace(0, len(train) - 1, min(n, len(train))).round().astype(int)
     return train.images[idx]
-
-
-def predictions(path: Path, images: np.ndarray) -> np.ndarray:
-    """Predicted classes of an ONNX model (onnxruntime, one thread)."""
-    sess = session(path, 1)
-    return np.concatenate(
-        [
-            sess.run(None, {INPUT: images[i : i + 512]})[0].argmax(1)
-            for i in range(0, len(images), 512)
-        ]
-    )
 
 
 def fp32_source(ws: Workspace, upstream: str, tmp: Path) -> Path:
@@ -68,7 +57,7 @@ def quantize_by_val(
     for scheme in INT4_SCHEMES:
         path = tmp / f"int4_{scheme}.onnx"
         quantize_onnx(source, path, cfg, images, scheme)
-        scores[scheme] = round(float((predictions(path, val.images) == val.labels).mean()), 5)
+        scores[scheme] = round(float((predicted_classes(path, val.images) == val.labels).mean()), 5)
     chosen = choose_int4_scheme(scores)
     shutil.move(tmp / f"int4_{chosen}.onnx", out)
     return chosen, scores
@@ -93,8 +82,8 @@ def run(root: Path, params: Params, name: str) -> None:
             quantize_onnx(source, out, cfg, images, "grid")
         else:
             scheme, scheme_val = quantize_by_val(source, out, cfg, images, val, Path(tmp))
-        fp32_pred = predictions(source, val.images)
-    pred = predictions(out, val.images)
+        fp32_pred = predicted_classes(source, val.images)
+    pred = predicted_classes(out, val.images)
     record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
         "arch": upstream.get("arch"),
         "format": "onnx",
