@@ -1,85 +1,196 @@
-"""Measure the teacher, every candidate and the two naive anchors side by side, in one process.
+"""Measure the teacher, every candidate, the two naive anchors and the peers side by side.
 
 Run after the pipeline (`make run`, `squeeze run` or `dvc repro`) in the workspace:
 
     python -m benchmarks.compare [--workspace .] [--noop] [--out benchmarks/RESULTS.md]
+        [--json benchmarks/results.json] [--readme README.md]
 
-The anchors are taken literally from the sketch this project started from: a random 50% weight
-mask, and min-max scaling of every weight tensor rounded to integers with no zero-point. With
---noop it also times a second `dvc repro` and a second `squeeze run` (nothing changed, so
-nothing should run). Prints the table and writes it, with ratios and targets, to RESULTS.md.
+One process, one thread setting, the same validation and test images for every row: the models
+evaluate exported, the anchors built from the teacher (benchmarks/anchors.py) and the peers a
+user would pick instead, built here on the same teacher and data (benchmarks/peers.py). Every
+choice reads validation (benchmarks/choose.py); differences are paired comparisons on the same
+images (squeeze.stats). With --noop it also times a second `dvc repro` and a second `squeeze run`
+(nothing changed, so nothing should run). Writes RESULTS.md and results.json from the same
+results (benchmarks/report.py), and with --readme the body of README's Figures section.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from squeeze.data import load_split
-from squeeze.evaluate import export_onnx, measure
-from squeeze.models import load_checkpoint, weight_layers
-from squeeze.params import Params, load_params
+from benchmarks import choose, peers, report
+from benchmarks.anchors import anchors
+from squeeze.data import Split, load_split
+from squeeze.evaluate import export_onnx, measure_logits, predicted_classes
+from squeeze.models import load_checkpoint
+from squeeze.params import EvaluateParams, Params, load_params
+from squeeze.stats import compare, paired_table
 from squeeze.train import predict
-from squeeze.workspace import Workspace, read_json
+from squeeze.workspace import Workspace, read_json, write_json
+from tasks.quantize import calibration_images, fp32_source
 
-COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop"
-
-
-def random_mask(model: nn.Module, share: float, seed: int) -> nn.Module:
-    """Anchor 1: zero a random `share` of every conv/linear weight, no fine-tuning."""
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in weight_layers(out).values():
-            m.weight.mul_((torch.rand(m.weight.shape, generator=gen) >= share).float())
-    return out
+COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
+SPLITS = ("val", "test")
+ALPHA = 0.05  # significance level of every paired verdict
 
 
-def minmax_integers(model: nn.Module, levels: int = 255) -> nn.Module:
-    """Anchor 2: w -> round(w / s) · s with s = (max - min) / levels, per tensor, no zero-point
-    (the sketch's scheme); the integers are stored back as floats to measure the accuracy."""
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        for m in weight_layers(out).values():
-            w = m.weight
-            scale = (w.max() - w.min()) / levels
-            w.copy_(torch.round(w / scale) * scale)
-    return out
+@dataclass
+class Bench:
+    """What one benchmark run has measured so far: rows in report order, and every row's
+    predicted classes per split (the paired comparisons read those)."""
+
+    splits: dict[str, Split]
+    cfg: EvaluateParams
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def add(self, path: Path, reference: np.ndarray | None = None, **about: Any) -> None:
+        """Measure the ONNX file at path as row about["name"] and keep its predicted classes.
+
+        reference: what the file was made from, its predicted classes on val (agreement).
+        Per-class accuracies stay in metrics/candidates.json; the benchmark reports overall."""
+        record, logits = measure_logits(path, self.splits, self.cfg, reference)
+        self.predictions[about["name"]] = {split: x.argmax(1) for split, x in logits.items()}
+        record = {k: v for k, v in record.items() if not k.endswith("per_class_accuracy")}
+        self.rows.append({**about, **record})
 
 
-def measure_all(ws: Workspace, params: Params, tmp: Path) -> list[dict[str, Any]]:
-    """Every model evaluate exported, plus the anchors built from the teacher: one process,
-    one thread setting, the same test split."""
-    test = load_split(ws.split("test"))
-    cfg = params.evaluate
-    torch.set_num_threads(cfg.threads)
-    candidates = read_json(ws.metrics("candidates"))
-    rows = []
+def torch_classes(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    return predict(model, torch.from_numpy(images)).argmax(1).numpy()
+
+
+def measure_models(bench: Bench, ws: Workspace, params: Params) -> dict[str, dict[str, Any]]:
+    """Every model evaluate exported, as evaluate recorded it (agreement included); returns
+    metrics/candidates.json, whose validation accuracies the peers' counterparts are chosen by."""
+    records = read_json(ws.metrics("candidates"))
     for name in params.model_names():
-        rec = measure(ws.export(name), test, cfg)
-        rows.append({"name": name, "method": candidates[name]["method"], **rec})
-    teacher, _ = load_checkpoint(ws.model("teacher"))
-    reference = predict(teacher, torch.from_numpy(test.images)).argmax(1).numpy()
-    anchors = {
-        "anchor_random_mask50": random_mask(teacher, 0.5, seed=0),
-        "anchor_minmax_int_no_zero_point": minmax_integers(teacher),
-    }
-    for name, model in anchors.items():
-        path = tmp / f"{name}.onnx"
-        export_onnx(model, path)
-        rows.append({"name": name, "method": "anchor", **measure(path, test, cfg, reference)})
-    return rows
+        rec = records[name]
+        bench.add(ws.export(name), name=name, role="teacher" if name == "teacher" else "candidate",
+                  method=rec["method"], upstream=rec["upstream"])  # fmt: skip
+        bench.rows[-1]["agreement"] = rec.get("agreement")  # the export vs its own source
+    return records
+
+
+def measure_anchors(bench: Bench, teacher: nn.Module, tmp: Path) -> None:
+    """The sketch's anchors, built from the teacher; agreement is with the teacher."""
+    reference = torch_classes(teacher, bench.splits["val"].images)
+    for name, model in anchors(teacher).items():
+        export_onnx(model, tmp / f"{name}.onnx")
+        bench.add(tmp / f"{name}.onnx", reference, name=name, role="anchor", method="anchor",
+                  upstream=["teacher"])  # fmt: skip
+
+
+def torch_peer(bench: Bench, ws: Workspace, params: Params, name: str, tmp: Path) -> None:
+    """PyTorch's global_unstructured on candidate `name`'s upstream, at its sparsity and with
+    its fine-tuning budget."""
+    cfg = params.prune[name]
+    sparsity = read_json(ws.model(name) / "model.json")["sparsity"]  # the achieved share
+    model, _ = load_checkpoint(ws.model(cfg.upstream))
+    train, val = load_split(ws.split("train")), bench.splits["val"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.fit.threads)  # the candidate's own training threads
+    try:
+        pruned, _ = peers.torch_pruned(model, sparsity, cfg.fit, train, val)
+    finally:
+        torch.set_num_threads(threads)
+    path = tmp / "peer_torch_prune.onnx"
+    export_onnx(pruned, path)
+    bench.add(path, torch_classes(pruned, val.images), name="peer_torch_prune", role="peer",
+              method="torch.nn.utils.prune", upstream=[cfg.upstream], compared_with=name,
+              built=f"global_unstructured L1 to sparsity {sparsity:.4f}, fine-tuned "
+                    f"{cfg.fit.epochs} epochs (lr {cfg.fit.lr}, batch {cfg.fit.batch_size}, "
+                    f"seed {cfg.fit.seed}), cross-entropy (label smoothing "
+                    f"{cfg.fit.label_smoothing}), no distillation")  # fmt: skip
+
+
+def quantization_peers(bench: Bench, ws: Workspace, params: Params, name: str, tmp: Path) -> None:
+    """onnxruntime quantize_dynamic and NNCF quantize on the fp32 export that squeeze's static
+    int8 candidate `name` quantizes; NNCF calibrates on the same training images."""
+    cfg = params.quantize[name]
+    source = fp32_source(ws, cfg.upstream, tmp)
+    reference = predicted_classes(source, bench.splits["val"].images)
+    about = {"role": "peer", "upstream": [cfg.upstream], "compared_with": name}
+    ort_path = tmp / "peer_ort_dynamic.onnx"
+    peers.ort_dynamic(source, ort_path)
+    bench.add(ort_path, reference, name="peer_ort_dynamic",
+              method="onnxruntime quantize_dynamic", built="quantize_dynamic, default settings",
+              **about)  # fmt: skip
+    images = calibration_images(load_split(ws.split("train")), cfg.calibration_samples)
+    nncf_path = tmp / "peer_nncf_ptq.onnx"
+    peers.nncf_quantized(source, nncf_path, images)
+    bench.add(nncf_path, reference, name="peer_nncf_ptq", method="nncf.quantize",
+              built=f"default preset, {len(images)} calibration images", **about)  # fmt: skip
+
+
+def paired(bench: Bench, a: str, b: str, split: str) -> dict[str, Any]:
+    """Model a against model b on the same images of split (squeeze.stats.compare)."""
+    labels = bench.splits[split].labels
+    table = paired_table(bench.predictions[a][split] == labels,
+                         bench.predictions[b][split] == labels)  # fmt: skip
+    result = compare(table, ALPHA, margin=0.0)
+    keep = ("difference", "ci95", "p_value", "alpha", "better", "worse", "table")
+    return {"a": a, "b": b, "split": split, **{k: result[k] for k in keep}}
+
+
+def comparisons(bench: Bench) -> list[dict[str, Any]]:
+    """Each squeeze candidate vs the peer built against it, then KD vs the same student without
+    it; each on validation and on test."""
+    pairs = [(r["compared_with"], r["name"]) for r in bench.rows if r["role"] == "peer"]
+    names = {r["name"] for r in bench.rows}
+    if {"kd_small", "ce_small"} <= names:
+        pairs.append(("kd_small", "ce_small"))
+    return [paired(bench, a, b, split) for a, b in pairs for split in SPLITS]
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their size and latency ratios to the teacher and, for a peer, squeeze ÷ peer."""
+    teacher = next(r for r in rows if r["name"] == "teacher")
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        r = {**r, "shipped_ratio": round(choose.shipped_ratio(r, teacher), 3),
+             "onnx_ratio": round(choose.onnx_ratio(r, teacher), 3),
+             "speedup_p50": round(choose.speedup(r, teacher), 3)}  # fmt: skip
+        if r["role"] == "peer":
+            ours = by_name[r["compared_with"]]
+            r["squeeze_over_peer"] = {
+                k: round(ours[k] / r[k], 4) for k in ("gzip_bytes", "size_bytes", "latency_ms_p50")
+            }
+        out.append(r)
+    return out
+
+
+def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
+    """Measure every row and compare the pairs; returns (rows with ratios, comparisons)."""
+    torch.set_num_threads(params.evaluate.threads)
+    bench = Bench({s: load_split(ws.split(s)) for s in SPLITS}, params.evaluate)
+    records = measure_models(bench, ws, params)
+    measure_anchors(bench, load_checkpoint(ws.model("teacher"))[0], tmp)
+    if unstructured := choose.best_unstructured(records, params):
+        torch_peer(bench, ws, params, unstructured, tmp)
+    if static_int8 := choose.best_static_int8(records, params):
+        quantization_peers(bench, ws, params, static_int8, tmp)
+    return with_ratios(bench.rows), comparisons(bench)
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target's best candidate, chosen on validation (benchmarks/choose.py)."""
+    teacher = next(r for r in rows if r["name"] == "teacher")
+    candidates = [r for r in rows if r["role"] == "candidate"]
+    return [choose.choose_target(t, candidates, teacher) for t in choose.TARGETS]
 
 
 def timed(cmd: list[str], root: Path) -> tuple[float, str]:
@@ -90,75 +201,24 @@ def timed(cmd: list[str], root: Path) -> tuple[float, str]:
     return time.perf_counter() - start, proc.stdout + proc.stderr
 
 
-def noop_timings(root: Path) -> list[str]:
+def noop_timings(root: Path) -> list[dict[str, Any]]:
     """Wall time of a second `dvc repro` and a second `squeeze run`, and what they ran."""
-    lines = []
     seconds, out = timed(["dvc", "repro"], root)
-    ran = out.count("Running stage")
-    lines.append(f"| second `dvc repro` | {seconds:.1f} s | {ran} stages ran | ≤ 10 s, 0 stages |")
+    repro = {
+        "run": "second `dvc repro`",
+        "seconds": round(seconds, 2),
+        "stages": f"{out.count('Running stage')} stages ran",
+        "target": "≤ 10 s, 0 stages",
+    }
     seconds, out = timed(["squeeze", "run"], root)
     summary = next((ln for ln in out.splitlines() if ln.startswith("ran: ")), "?")
-    lines.append(f"| second `squeeze run` (ephemeral Prefect API included) | {seconds:.1f} s | "
-                 f"{summary} | ≤ 20 s, 0 stages |")  # fmt: skip
-    return lines
-
-
-def table(rows: list[dict[str, Any]]) -> list[str]:
-    t = next(r for r in rows if r["name"] == "teacher")
-    out = [
-        "| model | method | accuracy % | Δ pts | .onnx bytes | gzip bytes | teacher .onnx ÷ gzip "
-        "| nonzero params | MACs | p50 ms | p95 ms | speed-up p50 | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['name']} | {r['method']} | {r['accuracy'] * 100:.2f} | "
-            f"{(r['accuracy'] - t['accuracy']) * 100:+.2f} | {r['size_bytes']:,} | "
-            f"{r['gzip_bytes']:,} | {t['size_bytes'] / r['gzip_bytes']:.1f}× | "
-            f"{r['nonzero_params']:,} | {r['macs']:,} | {r['latency_ms_p50']:.4f} | "
-            f"{r['latency_ms_p95']:.4f} | {t['latency_ms_p50'] / r['latency_ms_p50']:.2f}× | "
-            f"{r['throughput']:,.0f} |"
-        )
-    return out
-
-
-def targets(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets, each with the best row that meets it (or the closest miss)."""
-    t = next(r for r in rows if r["name"] == "teacher")
-    cands = [r for r in rows if r["method"] not in ("anchor", "train")]
-    drop = {r["name"]: (t["accuracy"] - r["accuracy"]) * 100 for r in cands}
-
-    def verdict(ok: list[dict], label: str, show, tie_break=lambda r: 0.0) -> str:
-        best = max(ok, key=lambda r: (r["accuracy"], tie_break(r))) if ok else None
-        return f"| {label} | {'met' if best else 'missed'} | {show(best) if best else '—'} |"
-
-    small = [r for r in cands if r["accuracy"] >= 0.925 and r["gzip_bytes"] <= 64 * 1024]
-    tiny = [r for r in cands if t["size_bytes"] / r["gzip_bytes"] >= 40 and drop[r["name"]] <= 1]
-    fast = [r for r in cands
-            if t["latency_ms_p50"] / r["latency_ms_p50"] >= 3 and drop[r["name"]] <= 1]  # fmt: skip
-    by_name = {r["name"]: r for r in rows}
-    kd, ce = by_name.get("kd_small"), by_name.get("ce_small")
-    lines = [
-        "| target | result | best candidate meeting it |",
-        "|---|---|---|",
-        verdict(small, "≥ 92.5% with a deployable file ≤ 64 KB (the shipped model.onnx.gz)",
-                lambda r: f"{r['name']}: {r['accuracy']:.2%}, {r['gzip_bytes']:,} B shipped "
-                          f"({r['size_bytes']:,} B unpacked)"),
-        verdict(tiny, "≥ 40× smaller than the teacher's fp32 .onnx (gzip bytes), ≤ 1 pt drop",
-                lambda r: f"{r['name']}: {t['size_bytes'] / r['gzip_bytes']:.1f}×, "
-                          f"{-drop[r['name']]:+.2f} pts",
-                tie_break=lambda r: -r["gzip_bytes"]),
-        verdict(fast, "≥ 3× lower batch-1 latency (p50, onnxruntime), ≤ 1 pt drop",
-                lambda r: f"{r['name']}: {t['latency_ms_p50'] / r['latency_ms_p50']:.2f}×, "
-                          f"{-drop[r['name']]:+.2f} pts",
-                tie_break=lambda r: -r["latency_ms_p50"]),
-    ]  # fmt: skip
-    if kd and ce:
-        gain = (kd["accuracy"] - ce["accuracy"]) * 100
-        lines.append(f"| distillation beats the same student without it | "
-                     f"{'met' if gain > 0 else 'missed'} | kd_small {kd['accuracy']:.2%} vs "
-                     f"ce_small {ce['accuracy']:.2%} ({gain:+.2f} pts) |")  # fmt: skip
-    return lines
+    flow = {
+        "run": "second `squeeze run` (ephemeral Prefect API included)",
+        "seconds": round(seconds, 2),
+        "stages": summary,
+        "target": "≤ 20 s, 0 stages",
+    }
+    return [repro, flow]
 
 
 def machine() -> str:
@@ -169,57 +229,69 @@ def machine() -> str:
             f"torch {torch.__version__}, onnxruntime {ort_version}")  # fmt: skip
 
 
+def teacher_training(ws: Workspace, params: Params) -> dict[str, Any]:
+    rec = read_json(ws.model("teacher") / "model.json")
+    return {
+        "train_seconds": rec["train_seconds"],
+        "epochs": len(rec.get("history", [])) or params.train_teacher.fit.epochs,
+        "parameters": rec["parameters"],
+        "threads": params.train_teacher.fit.threads,
+    }
+
+
+def gate_choice(ws: Workspace, params: Params) -> dict[str, Any] | None:
+    """The gate's challenger (chosen on validation by gate.policy), when the gate ran and one
+    passed."""
+    path = ws.metrics("gate")
+    challenger = read_json(path).get("challenger") if path.exists() else None
+    return {"challenger": challenger, "policy": params.gate.policy} if challenger else None
+
+
+def results(root: Path, params: Params, noop: bool) -> dict[str, Any]:
+    """Everything the benchmark reports about the workspace at root, as one JSON-ready dict."""
+    ws = Workspace(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, compared = benchmark(ws, params, Path(tmp))
+    return {
+        "command": COMMAND,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "evaluate": params.evaluate.model_dump(mode="json"),
+        "choose_split": choose.CHOOSE,
+        "report_split": choose.REPORT,
+        "teacher_training": teacher_training(ws, params),
+        "models": rows,
+        "comparisons": compared,
+        "targets": targets(rows),
+        "gate": gate_choice(ws, params),
+        "noop": noop_timings(root) if noop else [],
+    }
+
+
+def write(data: dict[str, Any], out: Path, json_path: Path, readme: Path | None) -> str:
+    """Write RESULTS.md (keeping its hand-written notes), results.json and, when given, README's
+    Figures section; returns the RESULTS.md text."""
+    text = report.results_md(data, report.kept_notes(out.read_text() if out.exists() else ""))
+    out.write_text(text)
+    write_json(json_path, data)
+    if readme is not None:
+        body = report.readme_figures(data)
+        readme.write_text(report.replace_section(readme.read_text(), report.README_SECTION, body))
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workspace", default=".")
     p.add_argument("--noop", action="store_true", help="also time a no-op dvc repro / squeeze run")
     p.add_argument("--out", default="benchmarks/RESULTS.md")
+    p.add_argument("--json", default="benchmarks/results.json")
+    p.add_argument("--readme", default=None, help="also rewrite this README's Figures section")
     args = p.parse_args(argv)
     root = Path(args.workspace).resolve()
-    ws, params = Workspace(root), load_params(root)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = measure_all(ws, params, Path(tmp))
-    teacher_rec = read_json(ws.model("teacher") / "model.json")
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Command: `{COMMAND}` (default params). Machine: {machine()}.",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, all rows in one process, "
-        f"onnxruntime with {params.evaluate.threads} thread(s), batch-1 latency over "
-        f"{params.evaluate.runs} runs after {params.evaluate.warmup} warm-up runs.",
-        "",
-        "Size: `.onnx bytes` is the ONNX file onnxruntime loads; `gzip bytes` is that file after "
-        "gzip -9, which is the file the registry stores and ships (`model.onnx.gz`, "
-        "squeeze/package.py): the zeros of a pruned model and the few distinct values of a "
-        "quantization-aware one cost little there. Ratios divide the teacher's plain fp32 .onnx "
-        "bytes by the candidate's gzip bytes, as Deep Compression compares compressed against "
-        "original storage.",
-        "",
-        *table(rows),
-        "",
-        "## Targets",
-        "",
-        *targets(rows),
-        "",
-        "## Teacher",
-        "",
-        f"Test accuracy {rows[0]['accuracy']:.2%}; training {teacher_rec['train_seconds']:.0f} s "
-        f"over {len(teacher_rec.get('history', [])) or params.train_teacher.fit.epochs} epochs "
-        f"({teacher_rec['parameters']:,} parameters, threads={params.train_teacher.fit.threads}). "
-        "Target: ≥ 93.0% in ≤ 12 minutes of training on 2 CPU cores.",
-    ]
-    if args.noop:
-        lines += ["", "## Nothing changed", "", "| run | wall time | stages | target |",
-                  "|---|---|---|---|", *noop_timings(root)]  # fmt: skip
-    lines += ["", "Anchors (literal, from the original sketch): `anchor_random_mask50` zeroes a "
-              "random half of every weight tensor; `anchor_minmax_int_no_zero_point` rounds "
-              "w / ((max - min) / 255) to integers with no zero-point (stored back as floats, "
-              "so its file is fp32-sized). Anchors in the literature: Deep Compression (Han et "
-              "al. 2016) 39–40× on MNIST LeNets with no loss; Hinton et al. 2015 (distillation)."
-              ]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
-    print(text)
+    data = results(root, load_params(root), args.noop)
+    readme = Path(args.readme) if args.readme else None
+    print(write(data, Path(args.out), Path(args.json), readme))
 
 
 if __name__ == "__main__":

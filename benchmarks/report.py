@@ -52,6 +52,11 @@ def models_table(results: Results) -> list[str]:
     return out
 
 
+def p_text(p: float) -> str:
+    """A p-value as stored (6 decimals): 0 means below 1e-6, not zero."""
+    return "< 1e-06" if p < 1e-6 else f"{p:.3g}"
+
+
 def verdict(c: dict[str, Any]) -> str:
     if c["better"]:
         return f"{c['a']} more accurate (p < {c['alpha']})"
@@ -74,7 +79,7 @@ def comparisons_table(results: Results) -> list[str]:
         out.append(
             f"| {c['a']} | {c['b']} | {s} | {with_ci(a, s)} | {with_ci(b, s)} | "
             f"{c['difference'] * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}] | "
-            f"{c['p_value']:.4g} | {verdict(c)} |"
+            f"{p_text(c['p_value'])} | {verdict(c)} |"
         )
     return out
 
@@ -232,6 +237,13 @@ def readme_figures(results: Results) -> str:
         f"- teacher: {with_ci(t, 'test')} % test accuracy after "
         f"{results['teacher_training']['train_seconds']:.0f} s of training;",
     ]
+    if gate := results.get("gate"):
+        r = rows[gate["challenger"]]
+        lines.append(
+            f"- `{r['name']}` (the gate's challenger, policy {gate['policy']}, on validation): "
+            f"{with_ci(r, REPORT)} % test, {r['gzip_bytes']:,} B shipped "
+            f"({r['shipped_ratio']:.1f}× smaller than the teacher's shipped file);"
+        )
     for g in results["targets"]:
         if g["chosen"] is None:
             lines.append(f"- {g['label']}: missed;")
@@ -246,11 +258,11 @@ def readme_figures(results: Results) -> str:
     for c in results["comparisons"]:
         if c["split"] != REPORT:
             continue
-        low, high = c["ci95"]
+        low, high, p = *c["ci95"], p_text(c["p_value"])
         lines.append(
             f"- `{c['a']}` vs `{c['b']}` on test: {c['difference'] * 100:+.2f} points "
-            f"[{low * 100:+.2f}, {high * 100:+.2f}], McNemar p = {c['p_value']:.3g} "
-            f"({verdict(c)});"
+            f"[{low * 100:+.2f}, {high * 100:+.2f}], McNemar p {p if p[0] == '<' else '= ' + p}: "
+            f"{verdict(c)};"
         )
     if results.get("noop"):
         runs = [f"{n['run']} {n['seconds']:.1f} s ({n['stages']})" for n in results["noop"]]

@@ -1,0 +1,124 @@
+"""benchmarks.compare end to end on a tiny workspace: the pipeline's teacher, one unstructured
+and one static int8 candidate built and evaluated by the real stages, then every row of the
+benchmark (candidates, anchors, peers) measured and compared in one process."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import compare, report
+from squeeze.params import EvaluateParams, Params, PruneParams, QuantizeParams
+from squeeze.workspace import Workspace, read_json, write_json
+from tasks import evaluate, prune, quantize
+
+CALIBRATION = 64
+
+
+@pytest.fixture(scope="module")
+def bench_ws(
+    workspace: Workspace,
+    stage_params: Callable[..., Params],
+    tiny_fit: Callable,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Workspace, Params]:
+    """A copy of the shared workspace (evaluate rewrites exports/ and metrics/) with sp50
+    (unstructured, 50%) and int8 (static) built from the teacher and evaluated."""
+    ws = Workspace(tmp_path_factory.mktemp("bench"))
+    for sub in ("data", "models"):
+        shutil.copytree(workspace.root / sub, ws.root / sub)
+    teacher = ws.model("teacher") / "model.json"
+    # the fields train_teacher writes that evaluate and the benchmark read
+    write_json(teacher, read_json(teacher) | {"method": "train", "upstream": [],
+                                              "train_seconds": 1.0, "parameters": 1})  # fmt: skip
+    params = stage_params(
+        prune={"sp50": PruneParams(
+            upstream="teacher", kind="unstructured", sparsity=0.5, steps=1, importance="l1",
+            distill_alpha=0.0, temperature=4.0, qat=None, fit=tiny_fit(epochs=1))},
+        quantize={"int8": QuantizeParams(
+            upstream="teacher", mode="static", weights="int8", per_channel=True,
+            calibration_samples=CALIBRATION)},
+        evaluate=EvaluateParams(threads=1, warmup=1, runs=10, throughput_batch=256),
+    )  # fmt: skip
+    prune.run(ws.root, params, "sp50")
+    quantize.run(ws.root, params, "int8")
+    evaluate.run(ws.root, params)
+    return ws, params
+
+
+@pytest.fixture(scope="module")
+def measured(bench_ws: tuple[Workspace, Params], tmp_path_factory: pytest.TempPathFactory):
+    ws, params = bench_ws
+    return compare.benchmark(ws, params, tmp_path_factory.mktemp("bench_tmp"))
+
+
+def test_every_row_is_measured_on_both_splits_with_intervals(measured: tuple) -> None:
+    rows, _ = measured
+    names = [r["name"] for r in rows]
+    assert names == ["teacher", "sp50", "int8", "anchor_random_mask50",
+                     "anchor_minmax_int_no_zero_point", "peer_torch_prune", "peer_ort_dynamic",
+                     "peer_nncf_ptq"]  # fmt: skip
+    for r in rows:
+        for split in ("val", "test"):
+            low, high = r[f"{split}_accuracy_ci"]
+            assert low <= r[f"{split}_accuracy"] <= high
+        assert r["agreement"] is not None and r["gzip_bytes"] < r["size_bytes"]
+    teacher = rows[0]
+    assert teacher["shipped_ratio"] == teacher["onnx_ratio"] == 1.0
+
+
+def test_peers_stand_against_the_candidates_they_copy(
+    measured: tuple, bench_ws: tuple[Workspace, Params]
+) -> None:
+    rows, _ = measured
+    by_name = {r["name"]: r for r in rows}
+    torch_peer = by_name["peer_torch_prune"]
+    assert torch_peer["compared_with"] == "sp50"
+    # the same weights zeroed as the candidate reached (biases stay dense in both)
+    assert torch_peer["nonzero_params"] == by_name["sp50"]["nonzero_params"]
+    ws, _ = bench_ws
+    sparsity = read_json(ws.model("sp50") / "model.json")["sparsity"]
+    assert f"sparsity {sparsity:.4f}" in torch_peer["built"]
+    for name in ("peer_ort_dynamic", "peer_nncf_ptq"):
+        assert by_name[name]["compared_with"] == "int8"
+        ratio = by_name[name]["squeeze_over_peer"]["gzip_bytes"]
+        assert ratio == pytest.approx(by_name["int8"]["gzip_bytes"] / by_name[name]["gzip_bytes"],
+                                      rel=1e-3)  # fmt: skip
+    assert f"{CALIBRATION} calibration images" in by_name["peer_nncf_ptq"]["built"]
+
+
+def test_each_peer_is_compared_paired_on_validation_and_test(measured: tuple) -> None:
+    _, compared = measured
+    pairs = [(c["a"], c["b"], c["split"]) for c in compared]
+    assert pairs == [(a, b, s) for a, b in [("sp50", "peer_torch_prune"),
+                     ("int8", "peer_ort_dynamic"), ("int8", "peer_nncf_ptq")]
+                     for s in ("val", "test")]  # fmt: skip
+    for c in compared:
+        low, high = c["ci95"]
+        assert low <= c["difference"] <= high and 0 <= c["p_value"] <= 1
+        assert sum(map(sum, c["table"])) == 1000  # every image of the split, paired
+
+
+def test_outputs_are_written_from_one_results_dict(
+    measured: tuple, bench_ws: tuple[Workspace, Params], tmp_path: Path
+) -> None:
+    rows, compared = measured
+    data: dict[str, Any] = {
+        "command": compare.COMMAND, "measured": "now", "machine": "test",
+        "evaluate": bench_ws[1].evaluate.model_dump(), "choose_split": "val",
+        "report_split": "test",
+        "teacher_training": {"train_seconds": 1.0, "epochs": 1, "parameters": 1, "threads": 1},
+        "models": rows, "comparisons": compared, "targets": compare.targets(rows), "noop": [],
+    }  # fmt: skip
+    out, js, readme = tmp_path / "RESULTS.md", tmp_path / "results.json", tmp_path / "README.md"
+    out.write_text("# old\n\n## Budgets\n\nby hand\n")
+    readme.write_text("# x\n\n## Figures\n\nold\n\n## Development\n")
+    text = compare.write(data, out, js, readme)
+    assert read_json(js)["models"][5]["name"] == "peer_torch_prune"
+    assert text.startswith("# Benchmark results") and text.endswith("## Budgets\n\nby hand\n")
+    assert f"`{compare.COMMAND}`" in text
+    assert "## Figures\n\n" + report.readme_figures(data) in readme.read_text()
