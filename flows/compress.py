@@ -3,10 +3,17 @@
 A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
 run leaves `dvc status` clean and a `dvc repro` leaves the flow nothing to do. Candidates are
 submitted to the task runner as soon as their upstreams are built, so independent ones run
-concurrently.
+concurrently. A stage that builds a model runs as its own process, with dvc.yaml's command: its
+weights do not depend on the entry point nor on what is built beside it (see MODEL_STAGES).
 """
 
 import fcntl
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,25 +22,41 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.alerts import alert
-from flows.dvcstate import is_stale, record
+from flows.dvcstate import command, is_stale, record
 from flows.remote import default_remote, push_remote
 from squeeze.dvcyaml import dvc_stage, parse_stage, sync
 from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace, read_json
-from tasks.distill import distill
 from tasks.evaluate import evaluate
 from tasks.gate import gate
 from tasks.ingest import check_source, ingest
-from tasks.merge import merge
 from tasks.promote import promote
-from tasks.prune import prune
-from tasks.quantize import quantize
-from tasks.train_teacher import train_teacher
 
-STAGES: dict[str, Callable] = {
-    "ingest": ingest, "train_teacher": train_teacher, "distill": distill, "prune": prune,
-    "quantize": quantize, "merge": merge, "evaluate": evaluate, "gate": gate, "promote": promote,
+# Stages that build a model, and how long one build may take (seconds). Each runs as a child
+# process with exactly the command dvc.yaml gives it (`python -m tasks.prune NAME`, cwd the
+# workspace, this interpreter), so the flow and `dvc repro` run the same code path by
+# construction. In threads of one process, concurrent builds shared torch's global RNG (weight
+# init, dropout: seeding at stage start cannot protect a build from its neighbour re-seeding or
+# drawing) and torch.set_num_threads, which is process-wide and changes float results (smoke
+# prune@teacher_ch50 on 1 vs 2 threads: different weights). A torch.Generator per build cannot
+# cover dropout (F.dropout takes none) nor a user's own module's init, and the thread count stays
+# shared, so process isolation it is. Its cost, measured on 2 busy cores (smoke profile, warm
+# in-process call vs `python -m tasks.<stage> NAME`): 3-5 s more per build (interpreter,
+# importing torch and onnxruntime, loading params and data); default builds take minutes.
+MODEL_STAGES: dict[str, int] = {
+    "train_teacher": 4 * 3600, "distill": 4 * 3600, "prune": 4 * 3600, "merge": 4 * 3600,
+    "quantize": 3600,
 }  # fmt: skip
+# stages that publish artifacts or retry I/O run inside the flow (the Prefect run context)
+IN_PROCESS: dict[str, Callable] = {
+    "ingest": ingest, "evaluate": evaluate, "gate": gate, "promote": promote,
+}  # fmt: skip
+STAGES = (*IN_PROCESS, *MODEL_STAGES)
+TAIL_LINES = 40  # of a failed stage's output, in the error
+
+
+class StageFailed(RuntimeError):
+    """A stage's process exited non-zero or ran out of time."""
 
 
 class WorkspaceBusy(RuntimeError):
@@ -60,10 +83,45 @@ def build(dvc_stage: str, root: Path, params: Params, force: bool = False) -> bo
     if not force and not is_stale(root, dvc_stage):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
         return False
-    stage, candidate = parse_stage(dvc_stage)
-    STAGES[stage](root, params, *([candidate] if candidate else []))
+    stage, _ = parse_stage(dvc_stage)
+    if stage in IN_PROCESS:
+        IN_PROCESS[stage](root, params)
+    else:
+        run_process(dvc_stage, command(root, dvc_stage), root, MODEL_STAGES[stage])
     record(root, dvc_stage)
     return True
+
+
+def run_process(dvc_stage: str, cmd: str, root: Path, timeout_s: int) -> None:
+    """Run a stage's dvc.yaml command in root, its `python` being this interpreter; every output
+    line goes to the run's log. Raises StageFailed on a non-zero exit or after timeout_s."""
+    logger, tail = get_run_logger(), deque[str](maxlen=TAIL_LINES)
+    argv = shlex.split(cmd)
+    argv[0] = sys.executable if argv[0] == "python" else argv[0]
+    proc = subprocess.Popen(
+        argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines reach the log as they are printed
+    )  # fmt: skip
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout_s, lambda: (timed_out.set(), proc.kill()))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if line := line.rstrip():
+                tail.append(line)
+                logger.info("%s", line)
+        code = proc.wait()
+    finally:  # also when the run is cancelled: no build outlives its task
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        why = f"ran out of its {timeout_s} s" if timed_out.is_set() else f"exited with {code}"
+        raise StageFailed(
+            f"{dvc_stage}: `{cmd}` (in {root}) {why}; rerun it there to debug. Its last output:\n"
+            + "\n".join(tail)
+        )
 
 
 @flow(name="retrain_and_compress", on_failure=[alert])

@@ -1,4 +1,5 @@
-"""What DVC knows about the workspace: which stages are stale, and recording a stage as run.
+"""What DVC knows about the workspace: which stages are stale, what a stage runs, and recording
+a stage as run.
 
 The flow runs a stage only when DVC says it is stale and records it in dvc.lock afterwards, so
 `dvc repro` and the flow share one notion of "up to date" (invariant 1).
@@ -49,6 +50,13 @@ def is_stale(root: Path, stage: str) -> bool:
     """True when the stage's code, params, deps or outs differ from dvc.lock (or it never ran)."""
     with open_repo(root) as repo:
         return bool(repo.status(targets=[stage]))
+
+
+def command(root: Path, stage: str) -> str:
+    """The stage's `cmd` in dvc.yaml, interpolated (`python -m tasks.distill kd_small`)."""
+    with open_repo(root) as repo:
+        (found,) = repo.stage.collect(stage)
+        return found.cmd
 
 
 def record(root: Path, stage: str) -> None:

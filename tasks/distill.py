@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import task
 
 from squeeze.data import load_split
 from squeeze.distill import distill_student
@@ -44,9 +43,6 @@ def run(root: Path, params: Params, name: str) -> None:
     }
     save_checkpoint(student, fresh_folder(ws.model(name)), record)
     state.unlink(missing_ok=True)
-
-
-distill = task(run, name=STAGE, task_run_name="distill-{name}", timeout_seconds=4 * 3600)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import task
 from torch import nn
 
 from squeeze.data import Split, load_split
@@ -97,9 +96,6 @@ def run(root: Path, params: Params, name: str) -> None:
         write_json(folder / "model.json", record | {"arch": arch, "format": "onnx"})
     else:
         save_checkpoint(model, folder, record | {"arch": arch_of(model), "format": "safetensors"})
-
-
-merge = task(run, name=STAGE, task_run_name="merge-{name}", timeout_seconds=4 * 3600)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import task
 
 from squeeze.data import load_split
 from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
@@ -51,9 +50,6 @@ def run(root: Path, params: Params, name: str) -> None:
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     save_checkpoint(pruned, fresh_folder(ws.model(name)), record)
-
-
-prune = task(run, name=STAGE, task_run_name="prune-{name}", timeout_seconds=4 * 3600)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 
 from squeeze.data import Split, load_split
 from squeeze.evaluate import export_onnx, predicted_classes
@@ -96,9 +95,6 @@ def run(root: Path, params: Params, name: str) -> None:
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     write_json(out.parent / "model.json", record)
-
-
-quantize = task(run, name=STAGE, task_run_name="quantize-{name}", timeout_seconds=3600)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import task
 
 from squeeze.data import load_split
 from squeeze.models import build_model, count_params, save_checkpoint
@@ -60,9 +59,6 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
     save_checkpoint(model, ws.model(NAME), record)
     write_curves(ws.plot("train_teacher.csv"), history)
     state.unlink(missing_ok=True)
-
-
-train_teacher = task(run, name="train_teacher", timeout_seconds=4 * 3600)
 
 
 def main() -> None:

@@ -1,0 +1,83 @@
+"""Reproducible builds: a candidate's weights do not depend on the entry point nor on which other
+candidates are built at the same time. On the smoke profile, the Prefect flow with two threaded
+workers in one clone and `dvc repro` in another build byte-identical models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.compress import retrain_and_compress
+from squeeze.params import load_params, merge, validate
+from squeeze.workspace import Workspace, read_json
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+MODEL_FILES = ("model.safetensors", "model.onnx")
+
+
+def model_digests(root: Path) -> dict[str, str]:
+    """sha256 of every models/*/model.{safetensors,onnx}, keyed by its path under models/."""
+    models = root / "models"
+    return {
+        str(path.relative_to(models)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for name in MODEL_FILES
+        for path in sorted(models.glob(f"*/{name}"))
+    }
+
+
+def accuracies(record: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every key ending in "accuracy", at any depth of a JSON record."""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            where = f"{path}.{key}" if path else key
+            if key.endswith("accuracy"):
+                yield where, value
+            else:
+                yield from accuracies(value, where)
+    elif isinstance(record, list):
+        for i, value in enumerate(record):
+            yield from accuracies(value, f"{path}[{i}]")
+
+
+def test_threaded_flow_and_dvc_repro_build_identical_models(
+    workspace: Path, tmp_path: Path, prefect_api
+) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(workspace, twin)
+    smoke = load_params(workspace).model_dump(mode="json")
+    params = validate(merge(smoke, {"flow": {"task_runner": "threads", "workers": 2}}), "test")
+
+    # `dvc repro` in the twin runs meanwhile: the CPU is shared, the results must not care
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    repro = subprocess.Popen(
+        ["dvc", "repro"], cwd=twin, env={**os.environ, "PATH": path},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        result = retrain_and_compress(params=params, workspace=str(workspace))
+    finally:
+        out, _ = repro.communicate()
+    assert repro.returncode == 0, out
+    assert result["skipped"] == [] and "evaluate" in result["ran"]
+    # the flow leaves DVC nothing to do
+    assert "up to date" in run(["dvc", "status"], workspace).stdout
+
+    flow_models, dvc_models = model_digests(workspace), model_digests(twin)
+    assert {key.split("/")[0] for key in flow_models} == set(params.model_names())
+    differ = sorted(k for k in flow_models.keys() | dvc_models.keys()
+                    if flow_models.get(k) != dvc_models.get(k))  # fmt: skip
+    assert differ == [], f"flow and dvc repro built different models: {differ}"
+
+    flow_acc = dict(accuracies(read_json(Workspace(workspace).metrics("candidates"))))
+    dvc_acc = dict(accuracies(read_json(Workspace(twin).metrics("candidates"))))
+    assert flow_acc and flow_acc == dvc_acc
