@@ -111,7 +111,7 @@ def torch_peer(bench: Bench, ws: Workspace, params: Params, name: str, tmp: Path
     bench.add(path, torch_classes(pruned, val.images), name="peer_torch_prune", role="peer",
               method="torch.nn.utils.prune", upstream=[cfg.upstream], compared_with=name,
               built=f"global_unstructured L1 to sparsity {sparsity:.4f}, fine-tuned "
-                    f"{cfg.fit.epochs} epochs (lr {cfg.fit.lr}, batch {cfg.fit.batch_size}, "
+                    f"{cfg.fit.epochs} epoch(s) (lr {cfg.fit.lr}, batch {cfg.fit.batch_size}, "
                     f"seed {cfg.fit.seed}), cross-entropy (label smoothing "
                     f"{cfg.fit.label_smoothing}), no distillation")  # fmt: skip
 
@@ -145,13 +145,21 @@ def paired(bench: Bench, a: str, b: str, split: str) -> dict[str, Any]:
     return {"a": a, "b": b, "split": split, **{k: result[k] for k in keep}}
 
 
-def comparisons(bench: Bench) -> list[dict[str, Any]]:
-    """Each squeeze candidate vs the peer built against it, then KD vs the same student without
-    it; each on validation and on test."""
+def kd_pairs(params: Params) -> list[tuple[str, str]]:
+    """(distilled, control) for every distill candidate with alpha > 0 that has a twin with
+    alpha 0: the same upstream, student and fit, so the only difference is the soft targets
+    (kd_small and ce_small in the default params)."""
+    cfgs = params.distill
+    return [(kd, ce) for kd, k in cfgs.items() for ce, c in cfgs.items()
+            if k.alpha > 0 and c.alpha == 0 and k.upstream == c.upstream
+            and k.student == c.student and k.fit == c.fit]  # fmt: skip
+
+
+def comparisons(bench: Bench, params: Params) -> list[dict[str, Any]]:
+    """Each squeeze candidate vs the peer built against it, then each distilled student vs the
+    same student without distillation; each on validation and on test."""
     pairs = [(r["compared_with"], r["name"]) for r in bench.rows if r["role"] == "peer"]
-    names = {r["name"] for r in bench.rows}
-    if {"kd_small", "ce_small"} <= names:
-        pairs.append(("kd_small", "ce_small"))
+    pairs += kd_pairs(params)
     return [paired(bench, a, b, split) for a, b in pairs for split in SPLITS]
 
 
@@ -183,7 +191,7 @@ def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
         torch_peer(bench, ws, params, unstructured, tmp)
     if static_int8 := choose.best_static_int8(records, params):
         quantization_peers(bench, ws, params, static_int8, tmp)
-    return with_ratios(bench.rows), comparisons(bench)
+    return with_ratios(bench.rows), comparisons(bench, params)
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

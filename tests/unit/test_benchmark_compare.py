@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from benchmarks import compare, report
-from squeeze.params import EvaluateParams, Params, PruneParams, QuantizeParams
+from squeeze.params import (
+    ArchParams,
+    DistillParams,
+    EvaluateParams,
+    Params,
+    PruneParams,
+    QuantizeParams,
+)
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks import evaluate, prune, quantize
 
@@ -122,3 +129,17 @@ def test_outputs_are_written_from_one_results_dict(
     assert text.startswith("# Benchmark results") and text.endswith("## Budgets\n\nby hand\n")
     assert f"`{compare.COMMAND}`" in text
     assert "## Figures\n\n" + report.readme_figures(data) in readme.read_text()
+
+
+def test_distillation_is_compared_with_its_twin_without_soft_targets(
+    tiny_arch: dict, tiny_fit: Callable
+) -> None:
+    arch = ArchParams(**tiny_arch)
+
+    def student(alpha: float, epochs: int = 1) -> DistillParams:
+        return DistillParams(upstream="teacher", student=arch, temperature=4.0, alpha=alpha,
+                             feature_weight=0.0, fit=tiny_fit(epochs=epochs))  # fmt: skip
+
+    distill = {"kd": student(0.9), "ce": student(0.0), "ce_longer": student(0.0, epochs=2)}
+    params = Params.model_construct(distill=distill, prune={}, quantize={}, merge={})
+    assert compare.kd_pairs(params) == [("kd", "ce")]  # not the twin trained longer
