@@ -40,9 +40,10 @@ from tasks.promote import promote
 # drawing) and torch.set_num_threads, which is process-wide and changes float results (smoke
 # prune@teacher_ch50 on 1 vs 2 threads: different weights). A torch.Generator per build cannot
 # cover dropout (F.dropout takes none) nor a user's own module's init, and the thread count stays
-# shared, so process isolation it is. Its cost, measured on 2 busy cores (smoke profile, warm
-# in-process call vs `python -m tasks.<stage> NAME`): 3-5 s more per build (interpreter,
-# importing torch and onnxruntime, loading params and data); default builds take minutes.
+# shared, so process isolation it is. Its cost on 2 cores (smoke profile, a warm in-process call
+# vs `python -m tasks.<stage> NAME`, medians of 3): 2.1 s more per build for quantize, 2.8-2.9 s
+# for prune, distill and merge, 1.5 s of it importing torch; 13 candidates on 2 workers add
+# ~20 s to a smoke run, under 2% of a default one, whose builds take minutes.
 MODEL_STAGES: dict[str, int] = {
     "train_teacher": 4 * 3600, "distill": 4 * 3600, "prune": 4 * 3600, "merge": 4 * 3600,
     "quantize": 3600,

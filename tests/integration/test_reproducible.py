@@ -1,6 +1,7 @@
-"""Reproducible builds: a candidate's weights do not depend on the entry point nor on which other
-candidates are built at the same time. On the smoke profile, the Prefect flow with two threaded
-workers in one clone and `dvc repro` in another build byte-identical models."""
+"""Reproducible builds: a model does not depend on the entry point nor on which other candidates
+are built at the same time. On the smoke profile, the Prefect flow with two threaded workers in
+one clone and `dvc repro` in another write byte-identical data and models, and the flow leaves
+DVC nothing to do."""
 
 from __future__ import annotations
 
@@ -22,21 +23,21 @@ from tests.conftest import run
 
 pytestmark = pytest.mark.slow
 
-MODEL_FILES = ("model.safetensors", "model.onnx")
+BUILT = ("data/splits/*.safetensors", "data/fingerprint.json", "models/*/model.safetensors",
+         "models/*/model.onnx")  # fmt: skip
 
 
-def model_digests(root: Path) -> dict[str, str]:
-    """sha256 of every models/*/model.{safetensors,onnx}, keyed by its path under models/."""
-    models = root / "models"
+def digests(root: Path) -> dict[str, str]:
+    """sha256 of every file of BUILT, keyed by its path in the workspace."""
     return {
-        str(path.relative_to(models)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for name in MODEL_FILES
-        for path in sorted(models.glob(f"*/{name}"))
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for pattern in BUILT
+        for path in sorted(root.glob(pattern))
     }
 
 
 def accuracies(record: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every key ending in "accuracy", at any depth of a JSON record."""
+    """(path, value) of every key ending in "accuracy", at any depth of a JSON record."""
     if isinstance(record, dict):
         for key, value in record.items():
             where = f"{path}.{key}" if path else key
@@ -57,7 +58,7 @@ def test_threaded_flow_and_dvc_repro_build_identical_models(
     smoke = load_params(workspace).model_dump(mode="json")
     params = validate(merge(smoke, {"flow": {"task_runner": "threads", "workers": 2}}), "test")
 
-    # `dvc repro` in the twin runs meanwhile: the CPU is shared, the results must not care
+    # `dvc repro` in the twin runs meanwhile: the CPU is shared, and the results must not care
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     repro = subprocess.Popen(
         ["dvc", "repro"], cwd=twin, env={**os.environ, "PATH": path},
@@ -71,12 +72,14 @@ def test_threaded_flow_and_dvc_repro_build_identical_models(
     assert result["skipped"] == [] and "evaluate" in result["ran"]
     # the flow leaves DVC nothing to do
     assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert "Running stage" not in run(["dvc", "repro"], workspace).stdout
 
-    flow_models, dvc_models = model_digests(workspace), model_digests(twin)
-    assert {key.split("/")[0] for key in flow_models} == set(params.model_names())
-    differ = sorted(k for k in flow_models.keys() | dvc_models.keys()
-                    if flow_models.get(k) != dvc_models.get(k))  # fmt: skip
-    assert differ == [], f"flow and dvc repro built different models: {differ}"
+    flow_built, dvc_built = digests(workspace), digests(twin)
+    models = {key.split("/")[1] for key in flow_built if key.startswith("models/")}
+    assert models == set(params.model_names())
+    differ = sorted(k for k in flow_built.keys() | dvc_built.keys()
+                    if flow_built.get(k) != dvc_built.get(k))  # fmt: skip
+    assert differ == [], f"the flow and dvc repro wrote different files: {differ}"
 
     flow_acc = dict(accuracies(read_json(Workspace(workspace).metrics("candidates"))))
     dvc_acc = dict(accuracies(read_json(Workspace(twin).metrics("candidates"))))
