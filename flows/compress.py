@@ -29,8 +29,9 @@ from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace, read_json
 from tasks.evaluate import evaluate
 from tasks.gate import gate
-from tasks.ingest import check_source, ingest
+from tasks.ingest import ingest
 from tasks.promote import promote
+from tasks.source import source
 
 # Stages that build a model, and how long one build may take (seconds). Each runs as a child
 # process with exactly the command dvc.yaml gives it (`python -m tasks.prune NAME`, cwd the
@@ -50,7 +51,7 @@ MODEL_STAGES: dict[str, int] = {
 }  # fmt: skip
 # stages that publish artifacts or retry I/O run inside the flow (the Prefect run context)
 IN_PROCESS: dict[str, Callable] = {
-    "ingest": ingest, "evaluate": evaluate, "gate": gate, "promote": promote,
+    "source": source, "ingest": ingest, "evaluate": evaluate, "gate": gate, "promote": promote,
 }  # fmt: skip
 STAGES = (*IN_PROCESS, *MODEL_STAGES)
 TAIL_LINES = 40  # of a failed stage's output, in the error
@@ -145,10 +146,9 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
         if sync(root, params):
             logger.info("rewrote the merge stages of %s/dvc.yaml from the run's params", root)
-        new_data = check_source(root, params)
-        if new_data:
-            logger.info("the source %s holds new data: ingesting it", params.ingest.source)
-        done = {"ingest": build("ingest", root, params, force=new_data)}
+        # always changed (dvc.yaml): stamps the data at the source; ingest is stale if it changed
+        build("source", root, params)
+        done = {"ingest": build("ingest", root, params)}
         done["train_teacher"] = build("train_teacher", root, params)
         stage_of = {name: dvc_stage(params, name) for name in params.upstreams()}
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run

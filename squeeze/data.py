@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import shutil
+import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -28,6 +32,8 @@ IDX_FILES = {
 }
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only one Fashion-MNIST uses
+GZIP_LEVEL = 6  # of the snapshot in data/raw: zlib's default; 9 takes twice as long for 1% less
+TRANSIENT_HTTP = {408, 425, 429}  # client-error statuses that mean "not now" rather than "no"
 
 
 class DataError(ValueError):
@@ -110,57 +116,128 @@ def read_split(folder: Path, split: str, shown: str | None = None) -> Split:
     return Split(images, labels.astype(np.int64))
 
 
-def fetch_raw(source: str, mirror: str, endpoint_url: str | None, dest: Path) -> str:
-    """Copy the four raw files from source into dest; return the resolved source.
+def resolve_source(source: str, mirror: str) -> str:
+    """The source that 'auto' stands for: SYSTEM_DIR when it holds the files, else the mirror."""
+    if source != "auto":
+        return source
+    return str(SYSTEM_DIR) if SYSTEM_DIR.is_dir() else mirror
 
-    source is 'auto' (SYSTEM_DIR when it holds the files, else the mirror), a local folder,
-    s3://bucket/prefix or an http(s):// base URL.
+
+def is_remote(source: str) -> bool:
+    return source.startswith(("http://", "https://", "s3://"))
+
+
+def fetch_raw(source: str, endpoint_url: str | None, dest: Path) -> None:
+    """Download the four raw files from a remote source (s3://bucket/prefix or an http(s)://
+    base URL) into dest, emptied first.
+
+    A read that may succeed later (network, throttling, 5xx) raises FetchError; a missing file
+    or refused access raises at once, naming the file.
     """
-    if source == "auto":
-        source = str(SYSTEM_DIR) if SYSTEM_DIR.is_dir() else mirror
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.iterdir():
         old.unlink()
-    if source.startswith(("http://", "https://")):
+    if source.startswith("s3://"):
+        fetch_s3(source, endpoint_url, dest)
+    else:
         for name in raw_names():
             download(f"{source.rstrip('/')}/{name}.gz", dest / f"{name}.gz")
-    elif source.startswith("s3://"):
-        from squeeze.storage import open_store  # boto3 is only needed for S3 sources
 
-        store = open_store(source, endpoint_url)
+
+def fetch_s3(source: str, endpoint_url: str | None, dest: Path) -> None:
+    """Download the four raw files under an s3:// prefix into dest.
+
+    Throttling, 5xx and unreachable endpoints (storage.Unavailable, after botocore's own
+    retries) become FetchError, which ingest retries; refused credentials and missing keys
+    (StoreError, NotFound: their messages name bucket and key) fail at once.
+    """
+    from squeeze.storage import Unavailable, open_store  # boto3 is only needed for S3 sources
+
+    store = open_store(source, endpoint_url)
+    try:
         keys = set(store.list())
         for name in raw_names():
             key = next((k for k in (f"{name}.gz", name) if k in keys), None)
             if key is None:
                 raise DataError(f"{source}: missing {name}.gz (or {name})")
             (dest / key).write_bytes(store.get(key))
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise DataError(f"ingest.source: {source} is not a folder, s3:// prefix or URL")
-        for name in raw_names():
-            path = find_raw(folder, name)
-            shutil.copyfile(path, dest / path.name)
-    return source
+    except Unavailable as err:
+        raise FetchError(f"cannot fetch {source}: {err}") from err
 
 
 def download(url: str, dest: Path, timeout_s: float = 60) -> None:
-    """Download url to dest through a temporary file, so a broken transfer leaves nothing."""
+    """Download url to dest through a temporary file, so a broken transfer leaves nothing.
+
+    A client error (404, 403, ...) is permanent and raises DataError; anything else that goes
+    wrong on the way (no connection, timeout, 5xx, 408, 429) raises FetchError.
+    """
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, tmp.open("wb") as out:
             shutil.copyfileobj(response, out)
+    except urllib.error.HTTPError as err:
+        tmp.unlink(missing_ok=True)
+        if 400 <= err.code < 500 and err.code not in TRANSIENT_HTTP:
+            raise DataError(f"cannot download {url}: {err}; check ingest.mirror") from err
+        raise FetchError(f"cannot download {url}: {err}; check ingest.mirror") from err
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise FetchError(f"cannot download {url}: {err}; check ingest.mirror") from err
     tmp.replace(dest)
 
 
-def fingerprint(folder: Path) -> dict[str, str]:
-    """sha256 of every raw file plus one over all of them (sorted by name)."""
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-    overall = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in files.items()).encode()).hexdigest()
-    return {"sha256": overall, "files": files}
+def read_source(
+    source: str, mirror: str, endpoint_url: str | None, scratch: Path
+) -> tuple[str, dict[str, Split]]:
+    """The resolved source and the train and test splits it holds now, decoded.
+
+    source is 'auto' (see resolve_source), a local folder, s3://bucket/prefix or an http(s)://
+    base URL. A folder is read in place; remote files pass through scratch, removed afterwards.
+    ingest and the `source` stamp both read the source here, so they see the same data.
+    """
+    resolved = resolve_source(source, mirror)
+    try:
+        if is_remote(resolved):
+            fetch_raw(resolved, endpoint_url, scratch)
+            folder = scratch
+        else:
+            folder = Path(resolved)
+            if not folder.is_dir():
+                raise DataError(f"ingest.source: {resolved} is not a folder, s3:// prefix or URL")
+        return resolved, {name: read_split(folder, name, resolved) for name in IDX_FILES}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fingerprint(splits: Mapping[str, Split]) -> dict[str, Any]:
+    """sha256 of the decoded data: per array (dtype, shape, little-endian bytes) and one over
+    all of them. Gzipped or raw, renamed or re-uploaded, the same images and labels give the
+    same fingerprint; so DVC and the flow re-run nothing unless the data itself changed."""
+    arrays = {}
+    for name, split in sorted(splits.items()):
+        for role, array in (("images", split.images), ("labels", split.labels)):
+            data = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+            arrays[f"{name}/{role}"] = {
+                "dtype": str(array.dtype),
+                "shape": list(array.shape),
+                "sha256": hashlib.sha256(data.data).hexdigest(),
+            }
+    overall = hashlib.sha256(json.dumps(arrays, sort_keys=True).encode()).hexdigest()
+    return {"sha256": overall, "arrays": arrays}
+
+
+def write_raw(splits: Mapping[str, Split], folder: Path) -> None:
+    """Write the splits as the four upstream IDX gz files, encoded one fixed way (no timestamp,
+    fixed level), so the snapshot's bytes depend on the data only, not on how it arrived."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        images_name, labels_name = IDX_FILES[name]
+        for file, array in ((images_name, split.images), (labels_name, split.labels)):
+            # IDX: two zero bytes, the type code, ndim, then each dim as big-endian uint32
+            header = bytes([0, 0, IDX_UBYTE, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            # labels were decoded from uint8 (Split widens them to int64): the cast is exact
+            blob = header + np.ascontiguousarray(array, np.uint8).tobytes()
+            (folder / f"{file}.gz").write_bytes(gzip.compress(blob, GZIP_LEVEL, mtime=0))
 
 
 def stratified_indices(

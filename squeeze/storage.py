@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["LocalStore", "NotFound", "S3Store", "Store", "StoreError", "open_store"]
+__all__ = ["LocalStore", "NotFound", "S3Store", "Store", "StoreError", "Unavailable", "open_store"]
 
 # Key segments starting with "." are reserved for the local store's temp and lock files, so
 # that listing never shows a half-written object.
@@ -36,6 +36,11 @@ class StoreError(RuntimeError):
 
 class NotFound(StoreError):
     """The requested key does not exist in the store."""
+
+
+class Unavailable(StoreError):
+    """The store could not answer now (unreachable, timed out, throttling, 5xx): the same
+    request may succeed later, unlike a missing key or refused credentials."""
 
 
 def _check_key(key: str) -> str:
@@ -245,6 +250,13 @@ _AUTH_CODES = {
 # conditional write on the same key (AWS asks callers to re-read and retry).
 _CONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+# Throttling and server-side failures: the request was fine, S3 could not serve it now (the codes
+# botocore's "standard" retry mode retries as transient or throttling; any 5xx status counts too).
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable",
+    "BandwidthLimitExceeded", "429",
+}  # fmt: skip
 
 
 class S3Store(Store):
@@ -299,7 +311,12 @@ class S3Store(Store):
     def _error(self, err: Exception, action: str, key: str | None) -> StoreError:
         """Translate a botocore exception into a :class:`StoreError` that names the bucket,
         key and endpoint and says what to check. Never includes credentials."""
-        from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
+        from botocore.exceptions import (
+            ClientError,
+            HTTPClientError,
+            IncompleteReadError,
+            NoCredentialsError,
+        )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
         where = f"{self.url}/{key}" if key else self.url
@@ -320,14 +337,20 @@ class S3Store(Store):
                     "your AWS profile, and that it may access this bucket"
                 )
             message = err.response.get("Error", {}).get("Message", "")
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in _TRANSIENT_CODES or status >= 500:
+                return Unavailable(
+                    f"S3 at {endpoint} could not {action} {where} now ({code or status} "
+                    f"{message}): throttled or unavailable, try again later"
+                )
             return StoreError(f"S3 could not {action} {where} at {endpoint}: {code} {message}")
         if isinstance(err, NoCredentialsError):
             return StoreError(
                 f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY or configure an AWS profile"
             )
-        if isinstance(err, HTTPClientError | BotoConnectionError):
-            return StoreError(
+        if isinstance(err, HTTPClientError | BotoConnectionError | IncompleteReadError):
+            return Unavailable(
                 f"cannot reach S3 endpoint {endpoint} for {where} while trying to {action} "
                 f"({type(err).__name__}): check endpoint_url / network"
             )

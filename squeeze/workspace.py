@@ -23,6 +23,11 @@ class Workspace:
     def fingerprint(self) -> Path:
         return self.root / "data" / "fingerprint.json"
 
+    @property
+    def source(self) -> Path:
+        """The `source` stage's stamp: the fingerprint of the data ingest.source holds now."""
+        return self.root / "data" / "source.json"
+
     def model(self, name: str) -> Path:
         return self.root / "models" / name
 

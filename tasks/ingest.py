@@ -1,7 +1,8 @@
 """Stage `ingest`: fetch the raw Fashion-MNIST files, validate them, write splits and profile.
 
-Reads params `ingest.*`; writes data/raw/, data/splits/, data/fingerprint.json,
-metrics/ingest.json and the GX data docs in reports/ingest/.
+Reads params `ingest.*` and the source stamp data/source.json (the `source` stage: DVC re-runs
+ingest when the data at the source changed); writes data/raw/, data/splits/,
+data/fingerprint.json, metrics/ingest.json and the GX data docs in reports/ingest/.
 """
 
 from __future__ import annotations
@@ -13,30 +14,27 @@ import numpy as np
 
 from squeeze import data_suite
 from squeeze.data import (
-    IDX_FILES,
     DataError,
-    FetchError,
-    fetch_raw,
     fingerprint,
-    read_split,
+    read_source,
     save_split,
     split_train_val,
     stratified_indices,
     subset,
+    write_raw,
 )
 from squeeze.expectations import validate
 from squeeze.params import Params, load_params
-from squeeze.workspace import Workspace, read_json, write_json
+from squeeze.workspace import Workspace, write_json
 from tasks.retrying import io_task
+from tasks.source import fetch_failed
 
 
 def run(root: Path, params: Params) -> None:
-    """Fetch into a scratch folder, validate there, and only then replace the workspace data,
+    """Read and validate the source's data first and only then replace the workspace data,
     so that bad data never overwrites the last good snapshot."""
     ws, cfg = Workspace(root), params.ingest
-    incoming = ws.state("incoming")
-    source = fetch_raw(cfg.source, cfg.mirror, cfg.endpoint_url, incoming)
-    raw = {name: read_split(incoming, name, source) for name in IDX_FILES}
+    source, raw = read_source(cfg.source, cfg.mirror, cfg.endpoint_url, ws.state("incoming"))
     docs = ws.report("ingest")
     shutil.rmtree(docs, ignore_errors=True)
     results = [validate(df, name, specs, docs) for name, df, specs in data_suite.suites(raw, cfg)]
@@ -54,10 +52,15 @@ def run(root: Path, params: Params) -> None:
     splits = {"train": train, "val": val, "test": test}
     for name, split in splits.items():
         save_split(split, ws.split(name))
+    # the snapshot is re-encoded from the decoded data: its bytes do not depend on whether the
+    # source's files were gzipped, nor on their names
+    snapshot = ws.state("snapshot")
+    shutil.rmtree(snapshot, ignore_errors=True)
+    write_raw(raw, snapshot)
     shutil.rmtree(ws.raw, ignore_errors=True)
     ws.raw.parent.mkdir(parents=True, exist_ok=True)
-    incoming.replace(ws.raw)
-    write_json(ws.fingerprint, fingerprint(ws.raw))
+    snapshot.replace(ws.raw)
+    write_json(ws.fingerprint, fingerprint(raw))
     write_json(
         ws.metrics("ingest"),
         {"source": source, **data_suite.profile(raw, splits),
@@ -65,30 +68,7 @@ def run(root: Path, params: Params) -> None:
     )  # fmt: skip
 
 
-def source_changed(root: Path, params: Params) -> bool:
-    """Whether the source now holds other files than the workspace's snapshot.
-
-    DVC cannot see outside the repo, so a scheduled run asks here: it fetches the source into
-    scratch space and compares fingerprints (local copy or S3 download of ~30 MB).
-    """
-    ws, cfg = Workspace(root), params.ingest
-    if not ws.fingerprint.exists():
-        return True
-    probe = ws.state("probe")
-    try:
-        fetch_raw(cfg.source, cfg.mirror, cfg.endpoint_url, probe)
-        return fingerprint(probe)["sha256"] != read_json(ws.fingerprint)["sha256"]
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-
-
-def fetch_failed(err: BaseException) -> bool:
-    """A failed fetch (network, S3) is worth retrying; bad data fails at once."""
-    return isinstance(err, FetchError)
-
-
 ingest = io_task(run, "ingest", fetch_failed, timeout_seconds=1800)
-check_source = io_task(source_changed, "check_source", fetch_failed, timeout_seconds=600)
 
 
 def main() -> None:

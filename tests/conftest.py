@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,6 +55,19 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def dvc_up_to_date(root: Path, *targets: str) -> bool:
+    """`dvc status` reports nothing to do: no stage but `source`, which DVC lists as "always
+    changed" (it stamps the data at the source on every run, see dvc.yaml)."""
+    status = json.loads(run(["dvc", "status", "--json", *targets], root).stdout)
+    return status in ({}, {"source": ["always changed"]})
+
+
+def stages_ran(repro_output: str) -> list[str]:
+    """The stages a `dvc repro` ran, less `source`, which runs every time (dvc.yaml)."""
+    names = [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
+    return [name for name in names if name != "source"]
 
 
 @pytest.fixture

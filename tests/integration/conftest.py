@@ -3,7 +3,8 @@
 ``s3_endpoint`` is started once per session with fake credentials and one bucket; tests get
 a fresh key prefix from ``s3_prefix`` so they never see each other's objects. The endpoint
 can be stopped and restarted on the same port (moto keeps its data in-process, so objects
-survive a restart) and can switch on credential checking for one block.
+survive a restart), can switch on credential checking for one block, and can answer chosen
+requests with an S3 error (throttling, a refusal) for one block.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -63,12 +65,43 @@ class _AtomicConditionalPuts:
         return self.app(environ, start_response)
 
 
+class _Faults:
+    """WSGI wrapper that, while a rule is set, answers requests matching it with an S3 error
+    instead of passing them to moto (a given number of times) and logs each as "METHOD /path"."""
+
+    def __init__(self) -> None:
+        self.app: Callable[..., Iterable[bytes]] | None = None
+        self.lock = threading.Lock()
+        self.rule: tuple[int, str, int, str] | None = None  # status, code, times left, match
+        self.seen: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
+        with self.lock:
+            if self.rule is not None:
+                self.seen.append(request)
+            status, code, left, match = self.rule or (0, "", 0, "")
+            fail = left > 0 and match in request
+            if fail:
+                self.rule = (status, code, left - 1, match)
+        if not fail:
+            return self.app(environ, start_response)
+        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                f"<Message>injected by the test</Message></Error>").encode()  # fmt: skip
+        headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+
 class _MotoServer(ThreadedMotoServer):
-    """ThreadedMotoServer with the two adaptations above and a stop that frees the port."""
+    """ThreadedMotoServer with the adaptations above and a stop that frees the port."""
+
+    faults: _Faults
 
     def _server_entry(self) -> None:
         # Mirrors ThreadedMotoServer._server_entry (moto 5.2.5) with our app and handler.
-        app = _AtomicConditionalPuts(DomainDispatcherApplication(create_backend_app))
+        self.faults.app = _AtomicConditionalPuts(DomainDispatcherApplication(create_backend_app))
+        app = self.faults
         self._server = make_server(
             self._ip_address, self._port, app, True, request_handler=_Http10Handler
         )
@@ -89,6 +122,7 @@ class S3Endpoint:
     port: int = 0
     bucket: str = BUCKET
     _server: _MotoServer | None = field(default=None, repr=False)
+    _faults: _Faults = field(default_factory=_Faults, repr=False)
 
     @property
     def url(self) -> str:
@@ -102,6 +136,7 @@ class S3Endpoint:
         """Start (or restart) the server; a restart reuses the port, so URLs stay valid."""
         if self._server is None:
             self._server = _MotoServer(ip_address=self.host, port=self.port, verbose=False)
+            self._server.faults = self._faults
             self._server.start()
             self.port = self._server.get_host_and_port()[1]
 
@@ -142,6 +177,19 @@ class S3Endpoint:
             yield
         finally:
             self._set_auth_after("inf")
+
+    @contextlib.contextmanager
+    def failing(self, status: int, code: str, times: int, match: str = "") -> Iterator[list[str]]:
+        """Inside the block the next ``times`` requests whose "METHOD /path" contains ``match``
+        get S3 error ``code`` with HTTP ``status`` (503 SlowDown, 403 AccessDenied, ...). Yields
+        the list of requests the endpoint receives in the block, answered or refused."""
+        with self._faults.lock:
+            self._faults.rule, self._faults.seen = (status, code, times, match), []
+        try:
+            yield self._faults.seen
+        finally:
+            with self._faults.lock:
+                self._faults.rule = None
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from flows.compress import retrain_and_compress
 from squeeze.dvcyaml import dvc_stage, parse_stage
 from squeeze.params import load_params, merge, validate
 from squeeze.workspace import Workspace, read_json
-from tests.conftest import run
+from tests.conftest import dvc_up_to_date
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_candidate_fan_out_completes_on_a_dask_local_cluster(workspace: Path, pr
     assert set(result["ran"]) == {"ingest", "train_teacher", *candidates, "evaluate", "gate",
                                   "promote"}  # fmt: skip
     # every worker process recorded its stage in dvc.lock: DVC agrees that all is current
-    assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert dvc_up_to_date(workspace)
     measured = read_json(Workspace(workspace).metrics("candidates"))
     assert set(measured) == set(params.model_names())
 

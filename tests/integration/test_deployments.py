@@ -24,7 +24,7 @@ import yaml
 
 from squeeze.params import COMPRESSION_STAGES, Params, load_params, merge, validate
 from squeeze.workspace import Workspace, read_json
-from tests.conftest import PROJECT, run
+from tests.conftest import PROJECT, dvc_up_to_date, run
 
 INFRA = PROJECT / "infra"
 FLOW = "retrain_and_compress"
@@ -278,7 +278,7 @@ def test_serve_deploys_a_typed_form_refuses_bad_params_and_runs_custom_ones(
         assert done.state.is_completed(), done.state
     assert load_params(workspace).model_dump(mode="json") == custom  # what the run used
     assert set(read_json(Workspace(workspace).metrics("candidates"))) == {"teacher"}
-    assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert dvc_up_to_date(workspace)
 
 
 @pytest.mark.slow

@@ -14,13 +14,10 @@ import yaml
 from flows.compress import retrain_and_compress
 from squeeze.params import load_params
 from squeeze.workspace import Workspace, read_json
-from tests.conftest import run
+from tests.conftest import dvc_up_to_date, run
+from tests.conftest import stages_ran as ran_stages
 
 pytestmark = pytest.mark.slow
-
-
-def ran_stages(repro_output: str) -> list[str]:
-    return [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
 
 
 def set_param(root: Path, section: str, key: str, value: object) -> None:
@@ -94,7 +91,7 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
         "gate-decision",
         "promote-decision",
     } <= artifacts
-    assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert dvc_up_to_date(workspace)
 
     # a fourth ensemble member added by hand: `dvc repro` stops on the stale merge stage and
     # names the fix; after `squeeze sync` the ensemble is rebuilt on all four members
@@ -118,12 +115,12 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
         report = read_json(Workspace(workspace).metrics(metrics))
         names = report if metrics == "candidates" else report["candidates"]
         assert "kd_small_ch50_int8" not in names and "kd_small_ch50" in names, metrics
-    assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert dvc_up_to_date(workspace)
 
     # new data at the source: the next (scheduled) run ingests it and retrains everything
     shuffle_training_files(source)
     assert set(retrain_and_compress(workspace=str(workspace))["ran"]) == set(stages)
-    assert "up to date" in run(["dvc", "status"], workspace).stdout
+    assert dvc_up_to_date(workspace)
 
 
 def test_corrupt_source_stops_ingest_and_keeps_nothing(workspace: Path, fmnist_dir: Path) -> None:

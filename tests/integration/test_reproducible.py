@@ -19,7 +19,7 @@ import pytest
 from flows.compress import retrain_and_compress
 from squeeze.params import load_params, merge, validate
 from squeeze.workspace import Workspace, read_json
-from tests.conftest import run
+from tests.conftest import dvc_up_to_date, run, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,8 @@ def test_threaded_flow_and_dvc_repro_build_identical_models(
     assert repro.returncode == 0, out
     assert result["skipped"] == [] and "evaluate" in result["ran"]
     # the flow leaves DVC nothing to do
-    assert "up to date" in run(["dvc", "status"], workspace).stdout
-    assert "Running stage" not in run(["dvc", "repro"], workspace).stdout
+    assert dvc_up_to_date(workspace)
+    assert stages_ran(run(["dvc", "repro"], workspace).stdout) == []
 
     flow_built, dvc_built = digests(workspace), digests(twin)
     models = {key.split("/")[1] for key in flow_built if key.startswith("models/")}

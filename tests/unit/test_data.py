@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import http.server
 import shutil
@@ -14,15 +13,17 @@ import numpy as np
 import pytest
 
 from squeeze.data import (
+    IDX_FILES,
     DataError,
     FetchError,
-    fetch_raw,
+    Split,
     fingerprint,
-    raw_names,
     read_idx,
+    read_source,
     read_split,
     split_train_val,
     stratified_indices,
+    write_raw,
 )
 
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
@@ -83,40 +84,117 @@ def test_missing_file_is_named(copy_dir: Path) -> None:
         read_split(copy_dir, "test")
 
 
-def test_fetch_from_folder_copies_all_files(fmnist_dir: Path, tmp_path: Path) -> None:
-    resolved = fetch_raw(str(fmnist_dir), "http://unused", None, tmp_path / "out")
-    assert resolved == str(fmnist_dir)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        f"{n}.gz" for n in raw_names()
-    )
-    assert fingerprint(tmp_path / "out") == fingerprint(fmnist_dir)
+def test_a_folder_is_read_in_place(fmnist_dir: Path, tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    resolved, splits = read_source(str(fmnist_dir), "http://unused", None, scratch)
+    assert resolved == str(fmnist_dir) and not scratch.exists()
+    assert splits["train"].images.shape == (60000, 28, 28) and len(splits["test"]) == 10000
 
 
-def test_fetch_rejects_a_missing_folder(tmp_path: Path) -> None:
+def test_a_missing_folder_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="ingest.source: .* is not a folder"):
-        fetch_raw(str(tmp_path / "nope"), "http://unused", None, tmp_path / "out")
+        read_source(str(tmp_path / "nope"), "http://unused", None, tmp_path / "scratch")
+
+
+def gunzip(path: Path) -> Path:
+    """Replace path (a .gz file) by the same file decompressed; return the new path."""
+    plain = path.with_suffix("")
+    plain.write_bytes(gzip.decompress(path.read_bytes()))
+    path.unlink()
+    return plain
+
+
+def test_the_fingerprint_is_of_the_decoded_data_not_of_the_files(
+    fmnist_dir: Path, copy_dir: Path, tmp_path: Path
+) -> None:
+    """Gunzipped, or gzipped again at another level with a file name and a timestamp in its
+    header: other bytes, the same data, the same fingerprint."""
+    gunzip(copy_dir / "train-labels-idx1-ubyte.gz")
+    images = copy_dir / TEST_IMAGES
+    with images.open("wb") as raw, gzip.GzipFile(images.name, "wb", 1, raw, mtime=1234) as out:
+        out.write(gzip.decompress((fmnist_dir / TEST_IMAGES).read_bytes()))
+    assert images.read_bytes() != (fmnist_dir / TEST_IMAGES).read_bytes()
+    original = fingerprint(read_source(str(fmnist_dir), "", None, tmp_path / "a")[1])
+    assert fingerprint(read_source(str(copy_dir), "", None, tmp_path / "b")[1]) == original
+    assert set(original["arrays"]) == {f"{s}/{r}" for s in IDX_FILES for r in ("images", "labels")}
+    assert original["arrays"]["test/images"] | {"sha256": ""} == {
+        "dtype": "uint8", "shape": [10000, 28, 28], "sha256": ""
+    }  # fmt: skip
+
+
+def test_the_fingerprint_changes_with_any_value_shape_or_dtype(fmnist: dict) -> None:
+    test = fmnist["test"]
+    base = fingerprint({"test": test})["sha256"]
+    relabelled = test.labels.copy()
+    relabelled[0] = (relabelled[0] + 1) % 10
+    # the same bytes in another shape, or the same values in another dtype, are other data
+    variants = [
+        Split(test.images, relabelled),
+        Split(test.images.reshape(-1, 14, 56), test.labels),
+        Split(test.images, test.labels.astype(np.int32)),
+    ]
+    assert len({base, *(fingerprint({"test": v})["sha256"] for v in variants)}) == 4
+
+
+def test_the_snapshot_is_the_same_file_however_the_source_was_encoded(
+    fmnist_dir: Path, copy_dir: Path, tmp_path: Path
+) -> None:
+    gunzip(copy_dir / TEST_LABELS)
+    for name, folder in (("a", fmnist_dir), ("b", copy_dir)):
+        write_raw(read_source(str(folder), "", None, tmp_path / "scratch")[1], tmp_path / name)
+    for file in sorted((tmp_path / "a").iterdir()):
+        assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes(), file.name
+    # and it reads back as the same data
+    np.testing.assert_array_equal(
+        read_split(tmp_path / "a", "test").labels, read_split(fmnist_dir, "test").labels
+    )
 
 
 @pytest.fixture
 def mirror(fmnist_dir: Path) -> Iterator[str]:
-    """An HTTP mirror of the files on 127.0.0.1, standing in for the upstream download."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(fmnist_dir))
-    handler.log_message = lambda *_: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    """An HTTP mirror of the files on 127.0.0.1, standing in for the upstream download; any
+    path under /busy/ answers 503 Service Unavailable."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(fmnist_dir), **kwargs)  # type: ignore[misc]
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path.startswith("/busy/"):
+                self.send_error(503)
+            else:
+                super().do_GET()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
-def test_fetch_downloads_from_a_mirror(mirror: str, fmnist_dir: Path, tmp_path: Path) -> None:
-    assert fetch_raw(mirror, "http://unused", None, tmp_path / "out") == mirror
-    assert fingerprint(tmp_path / "out") == fingerprint(fmnist_dir)
+def test_a_mirror_is_downloaded_through_scratch(
+    mirror: str, fmnist_dir: Path, tmp_path: Path
+) -> None:
+    resolved, splits = read_source(mirror, "http://unused", None, tmp_path / "scratch")
+    assert resolved == mirror and not (tmp_path / "scratch").exists()
+    local = read_source(str(fmnist_dir), "", None, tmp_path / "scratch")[1]
+    assert fingerprint(splits) == fingerprint(local)
 
 
-def test_failed_download_is_a_fetch_error_and_leaves_no_file(mirror: str, tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match="cannot download .*/missing/train-images"):
-        fetch_raw(f"{mirror}/missing", "http://unused", None, tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == []
+def test_a_missing_download_fails_at_once_and_leaves_no_file(mirror: str, tmp_path: Path) -> None:
+    """404: permanent, a DataError (ingest does not retry it) naming the URL."""
+    with pytest.raises(DataError, match="cannot download .*/missing/train-images") as excinfo:
+        read_source(f"{mirror}/missing", "http://unused", None, tmp_path / "scratch")
+    assert not isinstance(excinfo.value, FetchError)
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_a_busy_mirror_is_a_fetch_error(mirror: str, tmp_path: Path) -> None:
+    """503: transient, a FetchError (ingest retries it)."""
+    with pytest.raises(FetchError, match="cannot download .*/busy/train-images.* 503"):
+        read_source(f"{mirror}/busy", "http://unused", None, tmp_path / "scratch")
 
 
 def test_splits_are_stratified_and_deterministic(fmnist: dict) -> None:
