@@ -1,4 +1,13 @@
-"""The `squeeze` command line."""
+"""The `squeeze` command line.
+
+Exit statuses (one line on stderr says why):
+    0  done (for `run`: a model is in production or was kept)
+    1  a failure: a stage failed, the registry or a store could not be used
+    2  invalid parameters (params.yaml, a profile, the command line)
+    3  the workspace is busy: another squeeze run holds it
+    4  the data was refused at ingest (unreadable, corrupt, failing its checks)
+    5  `run` finished but the gates refused every candidate: nothing was promoted
+"""
 
 from __future__ import annotations
 
@@ -8,26 +17,38 @@ import sys
 from pathlib import Path
 
 from squeeze import dvcyaml
+from squeeze.data import DataError
 from squeeze.ops import add_ops_commands
 from squeeze.params import ParamsError, apply_profile, load_params
 from squeeze.workspace import Workspace, read_json
+
+INVALID_PARAMS, WORKSPACE_BUSY, DATA_REFUSED, GATE_REFUSED = 2, 3, 4, 5
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the retrain_and_compress flow on the workspace (ephemeral Prefect API unless
     PREFECT_API_URL points at a server)."""
     root = Path(args.workspace)
-    params = apply_profile(root, args.profile) if args.profile else load_params(root)
     # the ephemeral API server's telemetry logs "database is locked" noise on SQLite
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.compress import retrain_and_compress  # Prefect is slow to import
+    from flows.compress import WorkspaceBusy, retrain_and_compress, workspace_lock
 
+    try:
+        with workspace_lock(root.resolve()):  # refuse before a flow run is even created
+            pass
+    except WorkspaceBusy as err:
+        print(f"squeeze: {err}; wait for it to finish or use another workspace", file=sys.stderr)
+        return WORKSPACE_BUSY
+    params = apply_profile(root, args.profile) if args.profile else load_params(root)
     result = retrain_and_compress(params=params, workspace=str(root))
     print(f"ran: {', '.join(result['ran']) or 'nothing'}; "
           f"skipped (unchanged): {', '.join(result['skipped']) or 'nothing'}")  # fmt: skip
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
     decision = read_json(Workspace(root).metrics("promote"))
     print(f"decision: {decision['outcome']}; production model: {decision['registry']['model']}")
+    if decision["outcome"] == "nothing_passed":
+        print("squeeze: the gates refused every candidate; see metrics/gate.json", file=sys.stderr)
+        return GATE_REFUSED
     return 0
 
 
@@ -83,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ParamsError as err:
         print(f"squeeze: invalid parameters\n{err}", file=sys.stderr)
-        return 2
+        return INVALID_PARAMS
+    except DataError as err:
+        print(f"squeeze: data refused at ingest: {err}", file=sys.stderr)
+        return DATA_REFUSED
 
 
 if __name__ == "__main__":
