@@ -1,6 +1,6 @@
-"""ingest from an s3:// source on a real S3 endpoint (moto's server) that throttles or refuses:
-the Prefect task retries what may succeed later and fails at once, naming bucket and key, on
-what will not."""
+"""ingest from an s3:// source on a real S3 endpoint (moto's server) that throttles, refuses or is
+down: the Prefect task retries what may succeed later and fails at once, naming bucket and key,
+on what will not; `dvc repro` goes on with the last source stamp while the source is down."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from squeeze.data import raw_names, read_split
 from squeeze.params import Params, load_params
 from squeeze.workspace import Workspace, read_json
 from tasks.ingest import ingest
+from tests.conftest import run, stages_ran
 from tests.integration.conftest import S3Endpoint
 
 pytestmark = pytest.mark.slow
@@ -95,3 +97,24 @@ def test_a_key_missing_from_the_prefix_fails_at_once_naming_it(
     assert state.is_failed() and runs == 1
     message = str(state.result(raise_on_failure=False))
     assert f"s3://{s3_endpoint.bucket}/{source}: missing {TRAIN_LABELS}" in message
+
+
+def test_dvc_repro_keeps_the_last_stamp_while_the_source_is_down(
+    s3_endpoint: S3Endpoint, source: str, workspace: Path
+) -> None:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["ingest"] |= s3_params(s3_endpoint, source).ingest.model_dump(
+        include={"source", "endpoint_url"}
+    )
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_ran(run(["dvc", "repro", "ingest"], workspace).stdout) == ["ingest"]
+    stamp = Workspace(workspace).source.read_bytes()
+    s3_endpoint.stop()
+    try:
+        offline = run(["dvc", "repro", "ingest"], workspace)
+    finally:
+        s3_endpoint.start()
+    assert "Running stage 'source'" in offline.stdout and stages_ran(offline.stdout) == []
+    assert f"kept the last {Path('data', 'source.json')}" in offline.stderr
+    assert "cannot reach S3 endpoint" in offline.stderr
+    assert Workspace(workspace).source.read_bytes() == stamp
