@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,10 @@ from squeeze.params import FitParams
 # (logits, pixels, labels) -> scalar loss; distillation passes one that also queries a teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SHIFT = 2  # augmentation: random translations of up to ±2 pixels
+
+
+class TrainingError(ValueError):
+    """Training produced no usable model (a non-finite loss, or a model no better than chance)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,6 +77,10 @@ def fit(
     found there is resumed, so an interrupted run continues where it stopped and ends with the
     same weights as an uninterrupted one. stop_after ends the call after that many epochs (used
     to test resumption). The state file is the caller's to delete once the result is saved.
+
+    Raises TrainingError at the first non-finite training loss (before that step updates the
+    weights) or validation loss: weights that overflowed never recover, so every later epoch would
+    only burn time on a model that is no longer a model.
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -106,19 +115,27 @@ def fit(
             x, y = x.to(device), labels[idx].to(device)
             logits = model(x)
             loss = loss_fn(logits, x, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise diverged(f"the training loss is {value} at epoch {epoch}/{cfg.epochs}, "
+                               f"step {step + 1}/{steps}", cfg, sched.get_last_lr()[0])  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += loss.item() * len(y)
+            total_loss += value * len(y)
             correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
         val_logits = predict(model, val_images)
+        val_loss = F.cross_entropy(val_logits, val_labels).item()
+        if not math.isfinite(val_loss):
+            raise diverged(f"the validation loss is {val_loss} after epoch {epoch}/{cfg.epochs}",
+                           cfg, sched.get_last_lr()[0])  # fmt: skip
         history.append({
             "epoch": epoch,
             "train_loss": round(total_loss / len(labels), 5),
             "train_accuracy": round(correct / len(labels), 5),
-            "val_loss": round(F.cross_entropy(val_logits, val_labels).item(), 5),
+            "val_loss": round(val_loss, 5),
             "val_accuracy": round(accuracy(val_logits, val_labels), 5),
             "seconds": round(time.perf_counter() - start, 2),
         })  # fmt: skip
@@ -129,6 +146,17 @@ def fit(
             break
     model.cpu().eval()
     return history
+
+
+def diverged(where: str, cfg: FitParams, lr_now: float) -> TrainingError:
+    """The error of a training run whose loss left the finite numbers: where, at which lr, and
+    what to change (the step size, or weight decay: SGD multiplies the weights by 1 − lr·wd every
+    step, which grows them without bound once lr·wd > 2)."""
+    return TrainingError(
+        f"training diverged: {where}, at learning rate {lr_now:.4g} of the one-cycle schedule "
+        f"that peaks at fit.lr = {cfg.lr} (fit.weight_decay = {cfg.weight_decay}); lower fit.lr "
+        f"(or fit.weight_decay) in params.yaml"
+    )
 
 
 def save_state(

@@ -1,14 +1,21 @@
-"""Training: a small CNN learns real Fashion-MNIST, and resuming reproduces an uninterrupted run."""
+"""Training: a small CNN learns real Fashion-MNIST, resuming reproduces an uninterrupted run, and
+a run that diverges or ends at chance stops with an error instead of yielding a model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+from squeeze.data import save_split
 from squeeze.models import build_model, load_checkpoint, save_checkpoint
-from squeeze.params import FitParams
-from squeeze.train import accuracy, augment, fit, predict
+from squeeze.params import ArchParams, FitParams, Params, TrainTeacherParams
+from squeeze.train import TrainingError, accuracy, augment, fit, predict
+from squeeze.workspace import Workspace, write_json
+from tasks import train_teacher
+from tasks.train_teacher import CHANCE_FACTOR, chance_accuracy, check_learned, run
 
 ARCH = {"name": "convnet", "channels": [16, 32], "convs_per_stage": 1, "dropout": 0.0,
         "batchnorm": True}  # fmt: skip
@@ -60,3 +67,87 @@ def test_augment_shifts_and_flips_but_keeps_pixels(fmnist: dict) -> None:
     assert not torch.equal(out, batch)
     # a shift moves at most 2 border rows/cols out: most of the ink survives
     assert out.float().sum() > 0.8 * batch.float().sum()
+
+
+# Learning rates that wreck training on this data, found by measurement: lr 10 with weight decay
+# 0.5 multiplies the weights by 1 − lr·wd = −4 each step once the one-cycle schedule nears its
+# peak, so they overflow to inf within the first epoch (a NaN loss); lr 10 alone keeps the loss
+# finite but collapses the BatchNorm net to one class (exactly chance, 10%) on every seed tried.
+DIVERGES = {"lr": 10.0, "weight_decay": 0.5}
+COLLAPSES = {"lr": 10.0}
+
+
+def teacher_params(**fit_changes: object) -> Params:
+    """Params with just a train_teacher section: ARCH trained one thread, 2 epochs."""
+    fit_cfg = FIT.model_copy(update={"epochs": 2, "threads": 1, **fit_changes})
+    section = TrainTeacherParams(arch=ArchParams(**ARCH), fit=fit_cfg)
+    return Params.model_construct(train_teacher=section)
+
+
+def teacher_workspace(root: Path, data: dict) -> Workspace:
+    """What train_teacher reads: the train and val splits and the data fingerprint."""
+    ws = Workspace(root)
+    for name in ("train", "val"):
+        save_split(data[name], ws.split(name))
+    write_json(ws.fingerprint, {"sha256": "0" * 64, "files": {}})
+    return ws
+
+
+def test_fit_stops_at_the_first_non_finite_loss(fmnist: dict) -> None:
+    cfg = FIT.model_copy(update={"epochs": 1, "threads": 1, **DIVERGES})
+    steps = -(-len(fmnist["train"]) // cfg.batch_size)
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at epoch 1/1, step \d+/") as err:
+        fit(tiny_model(), fmnist["train"], fmnist["val"], cfg)
+    assert "fit.lr = 10.0" in str(err.value) and "lower fit.lr" in str(err.value)
+    step = int(str(err.value).split("step ")[1].split("/")[0])
+    assert step < steps  # stopped where it happened, not at the end of the epoch
+
+
+@pytest.mark.parametrize(
+    ("fit_changes", "cause"),
+    [(DIVERGES, r"training diverged: the training loss is (nan|inf)"),
+     (COLLAPSES, r"the teacher ends at 10\.0% validation accuracy, not clearly above chance")],
+    ids=["diverges", "collapses"],
+)  # fmt: skip
+def test_a_teacher_that_fails_stops_the_stage_and_writes_nothing(
+    fmnist: dict, tmp_path: Path, fit_changes: dict, cause: str
+) -> None:
+    ws = teacher_workspace(tmp_path, fmnist)
+    with pytest.raises(TrainingError, match=f"^train_teacher: {cause}") as err:
+        run(ws.root, teacher_params(**fit_changes))
+    assert "lr = 10.0" in str(err.value) or "lr (now 10.0)" in str(err.value)
+    assert not ws.model("teacher").exists() and not ws.plot("train_teacher.csv").exists()
+    assert not list(ws.state("").glob("*"))  # no resume state left to continue a refused run
+
+
+def test_the_stage_command_exits_with_one_line(
+    fmnist: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher_workspace(tmp_path, fmnist)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_teacher, "stage_params", lambda: teacher_params(**COLLAPSES))
+    with pytest.raises(SystemExit) as exit_:
+        train_teacher.main()
+    message = exit_.value.code
+    assert isinstance(message, str) and "\n" not in message  # sys.exit(str): status 1, no traceback
+    assert message.startswith("train_teacher: the teacher ends at 10.0%")
+    assert "train_teacher.fit.lr (now 10.0)" in message and "epochs (now 2)" in message
+
+
+def test_a_normal_teacher_passes_the_check(fmnist: dict, tmp_path: Path) -> None:
+    ws = teacher_workspace(tmp_path, fmnist)
+    run(ws.root, teacher_params())
+    _, record = load_checkpoint(ws.model("teacher"))
+    assert record["val_accuracy"] > CHANCE_FACTOR * 0.1 + 0.3  # far above the floor
+    assert ws.plot("train_teacher.csv").exists() and not list(ws.state("").glob("*"))
+
+
+def test_chance_is_the_majority_share_and_the_floor_is_exclusive() -> None:
+    balanced, skewed = (
+        np.repeat(np.arange(10), 10),
+        np.array([0] * 40 + list(range(1, 10)) * 6 + [1] * 6),
+    )
+    assert chance_accuracy(balanced) == 0.1 and chance_accuracy(skewed) == 0.4
+    with pytest.raises(TrainingError, match=r"must beat 1\.5× chance = 15\.0%"):
+        check_learned(0.15, balanced, FIT)
+    check_learned(0.151, balanced, FIT)
