@@ -6,6 +6,11 @@ whole channels with Torch-Pruning, which follows the dependencies between layers
 output channels, the BatchNorm after it and the next conv's inputs go together), so the network
 really gets smaller and faster. Both prune gradually, fine-tuning between steps, because a
 network recovers from many small cuts far better than from one big one.
+
+Both are checked, not trusted. Torch-Pruning silently leaves a layer unpruned when the ratio
+would empty it (at 0.97 a [16, 32, 64] net came out [16, 32, 1]), so the widths it will aim at
+are planned first, and a plan or a result off the requested ratio is a PruningError naming the
+layers; global magnitude ranking may zero a whole layer, which is one too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,18 @@ from squeeze.models import weight_layers
 from squeeze.params import PruneParams
 from squeeze.qat import quantization_aware, snap
 from squeeze.train import fit
+
+# Every pruned layer keeps at least this many output channels. Torch-Pruning never empties a
+# layer: a step that would prune all of a layer's channels is skipped for that layer, silently,
+# and a layer down to one channel is never pruned again; so a plan of zero channels comes out
+# unpruned. And one channel is a bottleneck: every later layer sees the image through a single
+# feature map. Two is the least that is still a layer rather than a wire.
+MIN_CHANNELS = 2
+
+
+class PruningError(ValueError):
+    """Pruning cannot give, or did not give, what the sparsity asks of every layer."""
+
 
 IMPORTANCE: dict[str, Callable[[], Any]] = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -55,6 +72,27 @@ def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
 def prunable_names(model: nn.Module) -> list[str]:
     """The state-dict names of the prunable() tensors, for the record (what sparsity covers)."""
     return [f"{n}.weight" for n in weight_layers(model)]
+
+
+def out_channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every weight layer by name (a Conv2d's filters, a Linear's outputs)."""
+    return {name: m.weight.shape[0] for name, m in weight_layers(model).items()}
+
+
+def layer_report(before: dict[str, int], model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per weight layer, for the record: output channels before (out_channels of the upstream)
+    and after, the share of channels removed, and the share of weights that are exactly zero
+    (what unstructured pruning's global ranking left in that layer)."""
+    report = {}
+    for name, module in weight_layers(model).items():
+        weight, width = module.weight.detach(), module.weight.shape[0]
+        report[name] = {
+            "channels_before": before[name],
+            "channels": width,
+            "channels_removed": round(1 - width / before[name], 6),
+            "sparsity": round(int((weight == 0).sum()) / weight.numel(), 6),
+        }
+    return report
 
 
 def conv_channels(model: nn.Module) -> int:
@@ -113,6 +151,21 @@ def fine_tune(
     return {**row, "epoch": step}
 
 
+def check_no_layer_emptied(model: nn.Module, sparsity: float, step: int, steps: int) -> None:
+    """Raise PruningError naming every prunable tensor whose mask is all zeros: the global ranking
+    took the whole layer, so the network's output no longer depends on its input (a [8, 16] net
+    at 0.97 lost its second conv and scored exactly chance), and fine-tuning cannot bring it back
+    since masked weights get no gradient."""
+    empty = [f"{n}.weight ({m.weight_mask.numel()} weights)"
+             for n, m in weight_layers(model).items() if not m.weight_mask.any()]  # fmt: skip
+    if empty:
+        raise PruningError(
+            f"unstructured sparsity {sparsity:g} zeroes every weight of {', '.join(empty)} at "
+            f"step {step} of {steps} (global magnitude ranking took the whole layer, which cuts "
+            f"the network); lower the sparsity"
+        )
+
+
 def prune_unstructured(
     model: nn.Module, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -123,6 +176,9 @@ def prune_unstructured(
     in every forward pass (weight = weight_orig · mask), so pruned weights get no gradient and
     stay zero; at the end the masks are made permanent. The count pruned is round(s · N) of the
     N prunable weights, so the sparsity is exact up to that rounding.
+
+    The global ranking spreads the sparsity unevenly over the layers (layer_report records it),
+    but a step that zeroes every weight of a layer is a PruningError (check_no_layer_emptied).
     """
     tensors = prunable(model)
     total = sum(getattr(m, name).numel() for m, name in tensors)
@@ -136,6 +192,7 @@ def prune_unstructured(
             importance_scores={(m, n): masked_weight(m, n) for m, n in tensors},
         )  # fmt: skip
         pruned = target
+        check_no_layer_emptied(model, cfg.sparsity, step, cfg.steps)
         history.append({**fine_tune(model, parts[step - 1], val, cfg, step, teacher),
                         "sparsity": round(target / total, 6)})  # fmt: skip
     for module, name in tensors:
@@ -161,6 +218,47 @@ def example_input(train: Split) -> torch.Tensor:
     return example
 
 
+def pruned_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of the layers structured pruning shrinks: all but the classifier."""
+    return {n: w for n, w in out_channels(model).items() if n != "classifier"}
+
+
+def planned_widths(widths: dict[str, int], ratio: float) -> dict[str, int]:
+    """The widths Torch-Pruning's local pruning aims at, in its own arithmetic: int(C · (1 − r))
+    of each layer's original C (floor, so each layer keeps within one channel of C · (1 − r))."""
+    return {name: int(width * (1 - ratio)) for name, width in widths.items()}
+
+
+def check_plan(widths: dict[str, int], sparsity: float) -> None:
+    """Raise PruningError, before any work, when the sparsity leaves a layer under MIN_CHANNELS;
+    the message names those layers and the highest sparsity (in hundredths) that fits them all."""
+    plan = planned_widths(widths, sparsity)
+    short = [f"{n} ({widths[n]} → {plan[n]})" for n in widths if plan[n] < MIN_CHANNELS]
+    if not short:
+        return
+    highest = int(100 * sparsity)
+    while highest > 0 and min(planned_widths(widths, highest / 100).values()) < MIN_CHANNELS:
+        highest -= 1
+    fix = f"lower the sparsity to at most {highest / 100:g}" if highest else "prune a wider model"
+    raise PruningError(
+        f"structured sparsity {sparsity:g} leaves too few output channels in {', '.join(short)}: "
+        f"every pruned layer keeps at least {MIN_CHANNELS} (Torch-Pruning would leave a layer "
+        f"it cannot empty unpruned, and one channel is a bottleneck); {fix}"
+    )
+
+
+def check_widths(achieved: dict[str, int], planned: dict[str, int], step: int, steps: int) -> None:
+    """Raise PruningError naming every layer whose width after a pruner step is not the planned
+    one (any other width is more than the one channel of rounding off the requested ratio)."""
+    off = [f"{n} has {achieved[n]} channels, planned {planned[n]}"
+           for n in planned if achieved[n] != planned[n]]  # fmt: skip
+    if off:
+        raise PruningError(
+            f"Torch-Pruning's step {step} of {steps} did not prune as planned: {'; '.join(off)} "
+            f"(a layer it refused or coupled to another); lower the sparsity"
+        )
+
+
 def prune_structured(
     model: nn.Module, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -171,7 +269,15 @@ def prune_structured(
     one calibration batch) and removes them in cfg.steps equal steps, fine-tuning after each.
     The classifier's outputs (the 10 classes) are never pruned. The model is changed in place;
     save it with arch=arch_of(model) so it reloads without the pruner.
+
+    Every layer loses the same share (Torch-Pruning's local pruning). check_plan refuses a
+    sparsity that would leave a layer under MIN_CHANNELS, and each step's widths are checked
+    against the plan. Torch-Pruning's own knobs do not fix a ratio too high for the narrow
+    layers: on [16, 32, 64] at 0.97, global_pruning gave [1, 32, 2] and max_pruning_ratio (a cap
+    on layers already pruned, not on one step) changed nothing (measured).
     """
+    widths = pruned_widths(model)
+    check_plan(widths, cfg.sparsity)
     pruner = tp.pruner.MetaPruner(
         model, example_input(train), importance=IMPORTANCE[cfg.importance](),
         pruning_ratio=cfg.sparsity, iterative_steps=cfg.steps, ignored_layers=[model.classifier],
@@ -184,6 +290,9 @@ def prune_structured(
         if cfg.importance == "taylor":
             taylor_gradients(model, calibration)
         pruner.step()
+        # Torch-Pruning's linear schedule: the ratio after step t is t/steps of the final one
+        planned = planned_widths(widths, step / float(cfg.steps) * cfg.sparsity)
+        check_widths(pruned_widths(model), planned, step, cfg.steps)
         model.zero_grad(set_to_none=True)
         history.append(fine_tune(model, parts[step - 1], val, cfg, step, teacher))
     return model.eval(), history

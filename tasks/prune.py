@@ -3,11 +3,14 @@
 Reads params `prune.NAME`, models/<upstream>/, models/teacher/ (only when distill_alpha > 0:
 fine-tuning then distils from the teacher) and data/splits/{train,val}; writes models/NAME/.
 A structurally pruned network is saved with its real per-conv widths (arch_of), so it reloads
-without the pruner.
+without the pruner, and model.json's `layers` records every weight layer's output channels
+before and after, the share removed and its weight sparsity. A structured sparsity that some
+layer cannot take (squeeze.prune.check_plan) stops the stage with one line naming the layers.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,15 @@ import torch
 from squeeze.data import load_split
 from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
 from squeeze.params import Params
-from squeeze.prune import conv_channels, prunable_names, prune_model, weight_sparsity
+from squeeze.prune import (
+    PruningError,
+    conv_channels,
+    layer_report,
+    out_channels,
+    prunable_names,
+    prune_model,
+    weight_sparsity,
+)
 from squeeze.workspace import Workspace
 from tasks.candidate import base_record, candidate, fresh_folder, main_for
 
@@ -31,11 +42,14 @@ def run(root: Path, params: Params, name: str) -> None:
     model, upstream = load_checkpoint(ws.model(cfg.upstream))
     # a separate copy even when the upstream is the teacher: pruning changes `model` in place
     teacher = load_checkpoint(ws.model(TEACHER))[0] if cfg.distill_alpha > 0 else None
-    before, channels = count_params(model), conv_channels(model)
+    before, channels, widths = count_params(model), conv_channels(model), out_channels(model)
     start = time.perf_counter()
-    pruned, history = prune_model(
-        model, cfg, load_split(ws.split("train")), load_split(ws.split("val")), teacher
-    )
+    try:
+        pruned, history = prune_model(
+            model, cfg, load_split(ws.split("train")), load_split(ws.split("val")), teacher
+        )
+    except PruningError as err:
+        raise PruningError(f"params.yaml prune.{name}: {err}") from err
     record = base_record(ws, name, f"prune_{cfg.kind}", [cfg.upstream], cfg) | {
         "arch": arch_of(pruned),
         "format": "safetensors",
@@ -45,6 +59,7 @@ def run(root: Path, params: Params, name: str) -> None:
         "sparsity": round(weight_sparsity(pruned), 6),  # share of zeros in these tensors:
         "sparsity_over": prunable_names(pruned),
         "channels_removed": round(1 - conv_channels(pruned) / channels, 6),
+        "layers": layer_report(widths, pruned),
         "val_accuracy": history[-1]["val_accuracy"],
         "history": history,
         "wall_seconds": round(time.perf_counter() - start, 1),
@@ -53,7 +68,11 @@ def run(root: Path, params: Params, name: str) -> None:
 
 
 def main() -> None:
-    main_for(run, STAGE)
+    """`python -m tasks.prune NAME`: one line, no traceback, when the sparsity does not fit."""
+    try:
+        main_for(run, STAGE)
+    except PruningError as err:
+        sys.exit(str(err))
 
 
 if __name__ == "__main__":

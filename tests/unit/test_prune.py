@@ -1,5 +1,6 @@
-"""Pruning: exact unstructured sparsity that survives fine-tuning, and structured pruning that
-really shrinks the network and reloads from disk without the pruner."""
+"""Pruning: exact unstructured sparsity that survives fine-tuning, structured pruning that
+really shrinks the network and reloads from disk without the pruner, per-layer widths and
+sparsities on record, and a sparsity some layer cannot take refused, naming the layers."""
 
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ import pytest
 import torch
 from torch import nn
 
+from squeeze import prune as prune_module
 from squeeze.data import Split
 from squeeze.evaluate import export_onnx, graph_stats
 from squeeze.models import arch_of, build_model, load_checkpoint, save_checkpoint
 from squeeze.params import PruneParams
-from squeeze.prune import agp_sparsity, example_input, prunable, prune_model, weight_sparsity
+from squeeze.prune import (
+    PruningError,
+    agp_sparsity,
+    example_input,
+    prunable,
+    prune_model,
+    weight_sparsity,
+)
 from squeeze.workspace import Workspace
+from tasks import candidate as candidate_module
+from tasks import prune as prune_stage
 from tasks.prune import run
 
 Data = dict[str, Split]
@@ -137,5 +148,109 @@ def test_stage_saves_a_structurally_pruned_model_that_reloads(
     model, record = load_checkpoint(workspace.model("ch50"))
     assert record["arch"]["channels"] == [4, 8] and record["method"] == "prune_structured"
     assert record["parameters"] < record["parameters_before"] / 2
+    assert record["layers"] == {  # every pruned layer at the requested ratio, the classes kept
+        "features.0": {"channels_before": 8, "channels": 4, "channels_removed": 0.5, "sparsity": 0},
+        "features.4": {
+            "channels_before": 16,
+            "channels": 8,
+            "channels_removed": 0.5,
+            "sparsity": 0,
+        },
+        "classifier": {"channels_before": 10, "channels": 10, "channels_removed": 0, "sparsity": 0},
+    }
     teacher, _ = load_checkpoint(workspace.model("teacher"))
     assert arch_of(teacher)["channels"] == [8, 16]  # the upstream on disk is untouched
+
+
+def test_stage_records_the_sparsity_of_every_layer(
+    workspace: Workspace, stage_params: Callable, tiny_fit: Callable
+) -> None:
+    """Global ranking spreads the sparsity unevenly: the record shows each layer's share."""
+    cfg = prune_cfg(tiny_fit, steps=1, upstream="teacher", fit=tiny_fit(epochs=1, lr=0.02))
+    run(workspace.root, stage_params(prune={"sp70": cfg}), "sp70")
+    model, record = load_checkpoint(workspace.model("sp70"))
+    layers, modules = record["layers"], dict(model.named_modules())
+    assert set(layers) == {"features.0", "features.4", "classifier"}
+    zeros = 0.0
+    for name, row in layers.items():
+        weight = modules[name].weight
+        assert row["sparsity"] == round(float((weight == 0).float().mean()), 6)
+        assert row["channels"] == row["channels_before"] and row["channels_removed"] == 0
+        zeros += row["sparsity"] * weight.numel()
+    total = sum(modules[name].weight.numel() for name in layers)
+    assert zeros / total == pytest.approx(record["sparsity"], abs=1e-5)
+    assert len({row["sparsity"] for row in layers.values()}) > 1  # not one shared ratio
+
+
+# The tiny net's convs have 8 and 16 channels. Torch-Pruning keeps int(C · (1 − s)) of each and
+# silently skips a layer that would keep none: unchecked, 0.97 came out [8, 16] (nothing pruned)
+# and 0.9 came out [8, 1] (one layer skipped, the other a one-channel bottleneck).
+@pytest.mark.parametrize(
+    ("sparsity", "layers"),
+    [(0.9, r"features\.0 \(8 → 0\), features\.4 \(16 → 1\)"),
+     (0.97, r"features\.0 \(8 → 0\), features\.4 \(16 → 0\)")],
+)  # fmt: skip
+def test_structured_sparsity_a_layer_cannot_take_is_refused_naming_the_layers(
+    small_fmnist: Data, tiny_trained: nn.Module, tiny_fit: Callable, sparsity: float, layers: str
+) -> None:
+    cfg = prune_cfg(tiny_fit, kind="structured", sparsity=sparsity, steps=1)
+    model = copy.deepcopy(tiny_trained)
+    with pytest.raises(PruningError, match=f"sparsity {sparsity} leaves too few .* in {layers}:"):
+        prune_model(model, cfg, small_fmnist["train"], small_fmnist["val"])
+    assert arch_of(model)["channels"] == [8, 16]  # refused before the pruner touched it
+
+
+def test_the_highest_sparsity_the_error_suggests_prunes_as_planned(
+    small_fmnist: Data, tiny_trained: nn.Module, tiny_fit: Callable
+) -> None:
+    cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.9, steps=1)
+    with pytest.raises(PruningError, match="lower the sparsity to at most 0.75$"):
+        prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
+    cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.75, steps=3,
+                    fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
+    pruned, _ = prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"],
+                            small_fmnist["val"])  # fmt: skip
+    assert arch_of(pruned)["channels"] == [2, 4]  # MIN_CHANNELS in the narrowest layer
+
+
+def test_a_layer_torch_pruning_skips_is_caught_after_its_step(
+    small_fmnist: Data,
+    tiny_trained: nn.Module,
+    tiny_fit: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the plan check, Torch-Pruning's silent skip is still caught, by the widths."""
+    monkeypatch.setattr(prune_module, "check_plan", lambda widths, sparsity: None)
+    cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.97, steps=1)
+    with pytest.raises(PruningError, match="step 1 of 1 did not prune as planned: features.0 has "
+                       "8 channels, planned 0; features.4 has 16 channels, planned 0"):  # fmt: skip
+        prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
+
+
+def test_unstructured_pruning_that_empties_a_layer_is_refused(
+    small_fmnist: Data, tiny_trained: nn.Module, tiny_fit: Callable
+) -> None:
+    """At 0.97 global ranking takes all 1,152 weights of the second conv: a cut network that
+    scored exactly chance (10%) when unchecked."""
+    cfg = prune_cfg(tiny_fit, sparsity=0.97, steps=3, fit=tiny_fit(epochs=1, lr=0.02))
+    with pytest.raises(PruningError, match=r"zeroes every weight of features\.4\.weight \(1152"):
+        prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
+
+
+def test_the_stage_stops_with_one_line_and_writes_nothing(
+    workspace: Workspace,
+    stage_params: Callable,
+    tiny_fit: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.97, upstream="teacher")
+    params = stage_params(prune={"ch97": cfg})
+    monkeypatch.chdir(workspace.root)
+    monkeypatch.setattr(candidate_module, "stage_params", lambda: params)
+    monkeypatch.setattr("sys.argv", ["tasks.prune", "ch97"])
+    with pytest.raises(SystemExit) as exit_:
+        prune_stage.main()
+    message = exit_.value.code
+    assert isinstance(message, str) and "\n" not in message  # sys.exit(str): status 1, no traceback
+    assert message.startswith("params.yaml prune.ch97: structured sparsity 0.97 leaves too few")
+    assert not workspace.model("ch97").exists()
