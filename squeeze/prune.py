@@ -27,6 +27,7 @@ from torch.nn.utils import prune as torch_prune
 
 from squeeze.data import Split, subset
 from squeeze.distill import distillation_loss
+from squeeze.errors import StageRefused
 from squeeze.models import weight_layers
 from squeeze.params import PruneParams
 from squeeze.qat import quantization_aware, snap
@@ -40,7 +41,7 @@ from squeeze.train import fit
 MIN_CHANNELS = 2
 
 
-class PruningError(ValueError):
+class PruningError(StageRefused):
     """Pruning cannot give, or did not give, what the sparsity asks of every layer."""
 
 

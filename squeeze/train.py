@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from squeeze.data import Split
+from squeeze.errors import StageRefused
 from squeeze.params import FitParams
 
 # (logits, pixels, labels) -> scalar loss; distillation passes one that also queries a teacher.
@@ -21,7 +22,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SHIFT = 2  # augmentation: random translations of up to ±2 pixels
 
 
-class TrainingError(ValueError):
+class TrainingError(StageRefused):
     """Training produced no usable model (a non-finite loss, or a model no better than chance)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from squeeze.dvcyaml import check_synced
+from squeeze.errors import StageRefused
 from squeeze.params import Params, ParamsError, load_params
 from squeeze.workspace import Workspace, read_json
 
@@ -72,7 +73,10 @@ def main_for(run: Callable[[Path, Params, str], None], stage: str) -> None:
         candidate(params, stage, sys.argv[1])
     except KeyError as err:
         sys.exit(str(err.args[0]))
-    run(Path("."), params, sys.argv[1])
+    try:
+        run(Path("."), params, sys.argv[1])
+    except StageRefused as err:  # one line that names the key, not a traceback
+        sys.exit(str(err))
 
 
 def stage_params() -> Params:

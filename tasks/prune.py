@@ -10,7 +10,6 @@ layer cannot take (squeeze.prune.check_plan) stops the stage with one line namin
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -68,11 +67,7 @@ def run(root: Path, params: Params, name: str) -> None:
 
 
 def main() -> None:
-    """`python -m tasks.prune NAME`: one line, no traceback, when the sparsity does not fit."""
-    try:
-        main_for(run, STAGE)
-    except PruningError as err:
-        sys.exit(str(err))
+    main_for(run, STAGE)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from squeeze.data import load_split
+from squeeze.errors import StageRefused
 from squeeze.models import build_model, count_params, save_checkpoint
 from squeeze.params import FitParams, Params
 from squeeze.train import TrainingError, fit
@@ -105,7 +106,7 @@ def main() -> None:
     params = stage_params()
     try:
         run(Path("."), params)
-    except TrainingError as err:
+    except StageRefused as err:
         sys.exit(str(err))
 
 
