@@ -34,6 +34,7 @@ from torch import nn
 from benchmarks import choose, peers, report
 from benchmarks.anchors import anchors
 from squeeze.data import Split, load_split
+from squeeze.dvcyaml import stages_ran
 from squeeze.evaluate import export_onnx, measure_logits, predicted_classes
 from squeeze.models import load_checkpoint
 from squeeze.params import EvaluateParams, Params, load_params
@@ -215,7 +216,8 @@ def noop_timings(root: Path) -> list[dict[str, Any]]:
     repro = {
         "run": "second `dvc repro`",
         "seconds": round(seconds, 2),
-        "stages": f"{out.count('Running stage')} stages ran",
+        # `source` stamps the data at the source on every run (always_changed in dvc.yaml)
+        "stages": f"{len(stages_ran(out))} stages ran besides `source`",
         "target": "≤ 10 s, 0 stages",
     }
     seconds, out = timed(["squeeze", "run"], root)

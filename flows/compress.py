@@ -79,10 +79,10 @@ def workspace_lock(root: Path) -> Iterator[None]:
 
 
 @task(name="stage", task_run_name="{dvc_stage}")
-def build(dvc_stage: str, root: Path, params: Params, force: bool = False) -> bool:
-    """Run one DVC stage (`distill@kd_small`, `merge-kd_ensemble` for candidates) if stale or
-    forced; True if it ran."""
-    if not force and not is_stale(root, dvc_stage):
+def build(dvc_stage: str, root: Path, params: Params) -> bool:
+    """Run one DVC stage (`distill@kd_small`, `merge-kd_ensemble` for candidates) if stale;
+    True if it ran."""
+    if not is_stale(root, dvc_stage):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
         return False
     stage, _ = parse_stage(dvc_stage)

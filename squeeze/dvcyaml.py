@@ -53,6 +53,13 @@ def parse_stage(dvc_name: str) -> tuple[str, str | None]:
     return match["stage"], match["name"]
 
 
+def stages_ran(repro_output: str) -> list[str]:
+    """The stages a `dvc repro` printed as run, less `source`, which DVC runs every time
+    (always_changed: it stamps the data at the source, see dvc.yaml)."""
+    names = [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
+    return [name for name in names if name != "source"]
+
+
 def merge_stages(params: Params) -> dict[str, dict[str, Any]]:
     """The dvc.yaml stage of every merge candidate, its upstreams' model folders among its deps."""
     return {

@@ -31,7 +31,7 @@ from squeeze.package import SHIPPED, pack, unpack
 from squeeze.params import Params, load_params
 from squeeze.registry import Damaged, Registry, open_registry
 from squeeze.stats import paired_table
-from squeeze.storage import NotFound, StoreError
+from squeeze.storage import NotFound, StoreError, Unavailable
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import link_for, publish, say
 from tasks.retrying import io_task
@@ -233,10 +233,10 @@ def publish_artifacts(root: Path, params: Params, result: dict[str, Any]) -> Non
 
 
 def store_unavailable(err: BaseException) -> bool:
-    """Transient store failures (unreachable S3, throttling) are retried; a missing object, a
-    refused gate, a corrupt version or a lost compare-and-swap is a decision or a fault that
-    retrying would not change."""
-    return isinstance(err, StoreError) and not isinstance(err, NotFound)
+    """Transient store failures (unreachable S3, throttling, 5xx) are retried; a missing object,
+    refused credentials, a refused gate, a corrupt version or a lost compare-and-swap is a
+    decision or a fault that retrying would not change."""
+    return isinstance(err, Unavailable)
 
 
 promote = io_task(run, "promote", store_unavailable, timeout_seconds=1800)

@@ -64,12 +64,6 @@ def dvc_up_to_date(root: Path, *targets: str) -> bool:
     return status in ({}, {"source": ["always changed"]})
 
 
-def stages_ran(repro_output: str) -> list[str]:
-    """The stages a `dvc repro` ran, less `source`, which runs every time (dvc.yaml)."""
-    names = [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
-    return [name for name in names if name != "source"]
-
-
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A fresh git + DVC repo holding the project's pipeline, on the smoke profile."""

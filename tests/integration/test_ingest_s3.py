@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from squeeze.data import raw_names, read_split
+from squeeze.dvcyaml import stages_ran
 from squeeze.params import Params, load_params
 from squeeze.workspace import Workspace, read_json
 from tasks.ingest import ingest
-from tests.conftest import run, stages_ran
+from tests.conftest import run
 from tests.integration.conftest import S3Endpoint
 
 pytestmark = pytest.mark.slow

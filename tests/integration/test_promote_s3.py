@@ -503,16 +503,17 @@ def test_cli_refused_credentials_never_show_the_secret(
     assert secret not in captured.err + captured.out
 
 
-def test_store_error_alone_is_retried() -> None:
+def test_an_unavailable_store_alone_is_retried() -> None:
     from prefect.states import Failed
 
-    from squeeze.storage import NotFound
+    from squeeze.storage import NotFound, Unavailable
 
     retry = promote_stage.promote.retry_condition_fn
-    assert retry(None, None, Failed(data=StoreError("endpoint down")))
+    assert retry(None, None, Failed(data=Unavailable("endpoint down")))
     wrapped = RegistryError("pointer not moved")
-    wrapped.__cause__ = StoreError("endpoint down")
+    wrapped.__cause__ = Unavailable("endpoint down")
     assert retry(None, None, Failed(data=wrapped))
+    assert not retry(None, None, Failed(data=StoreError("AccessDenied: credentials refused")))
     assert not retry(None, None, Failed(data=RegistryError("checksum mismatch")))
     assert not retry(None, None, Failed(data=NotFound("gone")))
     assert not retry(None, None, Failed(data=ValueError("bug")))
