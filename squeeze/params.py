@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
@@ -168,6 +176,17 @@ class MergeParams(Section):
     alpha: float = Field(ge=0, le=1, description="distill_ensemble: weight of the soft loss.")
     fit: FitParams
 
+    @model_validator(mode="after")
+    def check_kind(self) -> MergeParams:
+        if self.kind == "distill_ensemble" and self.student is None:
+            raise ValueError("student: kind distill_ensemble needs a student architecture")
+        if self.kind.startswith("soup") and len(self.upstreams) != 1:
+            raise ValueError(
+                f"upstreams: kind {self.kind} fine-tunes one shared starting point, got "
+                f"{self.upstreams}; list one model (or use kind ensemble)"
+            )
+        return self
+
 
 class GateParams(Section):
     """Thresholds every candidate must pass before it may be promoted, and the statistics of
@@ -220,8 +239,19 @@ class FlowParams(Section):
     dask_address: str | None = Field(
         description="dask: scheduler address of an existing cluster; null starts a LocalCluster."
     )
-    cron: str = Field(min_length=9, description="Schedule of `squeeze serve` (cron, 5 fields).")
-    timezone: str = Field(description="Time zone of the cron schedule.")
+    cron: str = Field(
+        pattern=r"^\S+(\s+\S+){4}$", description="Schedule of `squeeze serve` (cron, 5 fields)."
+    )
+    timezone: str = Field(description="Time zone of the cron schedule (IANA, e.g. UTC).")
+
+    @field_validator("timezone")
+    @classmethod
+    def known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as UTC") from None
+        return value
 
 
 COMPRESSION_STAGES = ("distill", "prune", "quantize", "merge")
@@ -336,8 +366,13 @@ def format_errors(err: ValidationError, origin: str) -> str:
             e["msg"] = f"name must match {NAME_PATTERN}"
             path = path[:-1]
         key = ".".join(str(p) for p in (*path, last) if p != "[key]")
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-        lines.append(f"{origin}: {key}: {e['msg']}{got}")
+        # a whole section's check names its key itself; its "input" is the whole section
+        got = (
+            ""
+            if e["type"] == "missing" or isinstance(e["input"], dict)
+            else f" (got {e['input']!r})"
+        )
+        lines.append(f"{origin}: {key}: {e['msg'].removeprefix('Value error, ')}{got}")
     return "\n".join(lines)
 
 

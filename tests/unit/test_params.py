@@ -84,7 +84,7 @@ def test_non_positive_temperature_is_rejected(raw: dict) -> None:
 def test_int4_dynamic_quantization_is_rejected(raw: dict) -> None:
     name, cfg = candidate(raw, "quantize")
     cfg.update(mode="dynamic", weights="int4")
-    assert f"quantize.{name}: Value error, weights int4 needs mode static" in error_of(raw)
+    assert f"quantize.{name}: weights int4 needs mode static" in error_of(raw)
 
 
 def test_unknown_upstream_is_rejected(raw: dict) -> None:
@@ -236,3 +236,25 @@ def test_every_leaf_can_be_overridden_alone(file: str, tmp_path: Path) -> None:
         changed = [k for (k, v), (_, w) in zip(leaves(original), leaves(read_yaml(path)),
                                                   strict=True) if v != w]  # fmt: skip
         assert changed == [key], f"-S {'.'.join(key)} changed {changed}"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("flow", "cron", "every day", "flow.cron: String should match pattern"),
+        ("flow", "timezone", "Mars/Olympus", "flow.timezone: unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_schedule_fields_are_checked(
+    raw: dict, section: str, key: str, value: str, message: str
+) -> None:
+    raw[section][key] = value
+    assert message in error_of(raw)
+
+
+def test_merge_kinds_get_the_upstreams_and_student_they_need(raw: dict) -> None:
+    raw["merge"]["teacher_ch50_soup"]["upstreams"] = ["teacher_ch50", "teacher"]
+    raw["merge"]["kd_ensemble"]["kind"] = "distill_ensemble"
+    message = error_of(raw)
+    assert "merge.teacher_ch50_soup: upstreams: kind soup_greedy fine-tunes one shared" in message
+    assert "merge.kd_ensemble: student: kind distill_ensemble needs a student" in message
