@@ -5,7 +5,7 @@ Exit statuses (one line on stderr says why):
     1  a failure: a stage failed, the registry or a store could not be used
     2  invalid parameters (params.yaml, a profile, the command line)
     3  the workspace is busy: another squeeze run holds it
-    4  the data was refused at ingest (unreadable, corrupt, failing its checks)
+    4  the data was refused (source or ingest: unreadable, corrupt, failing its checks)
     5  `run` finished but the gates refused every candidate: nothing was promoted
 """
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"squeeze: invalid parameters\n{err}", file=sys.stderr)
         return INVALID_PARAMS
     except DataError as err:
-        print(f"squeeze: data refused at ingest: {err}", file=sys.stderr)
+        print(f"squeeze: data refused: {err}", file=sys.stderr)
         return DATA_REFUSED
 
 

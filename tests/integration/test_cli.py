@@ -1,5 +1,5 @@
 """`squeeze run` refusals: one clear line on stderr and a distinct exit status for each kind
-(invalid params 2, busy workspace 3, data refused at ingest 4; a gate refusal, 5, is checked
+(invalid params 2, busy workspace 3, data refused 4; a gate refusal, 5, is checked
 at the end of the pipeline test, where the pipeline has already run)."""
 
 from __future__ import annotations
@@ -52,5 +52,5 @@ def test_data_refused_at_ingest_exits_4_naming_the_file(
     set_param(workspace, "ingest", "source", str(source))
     assert cli.main(["-w", str(workspace), "run"]) == cli.DATA_REFUSED
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("squeeze: data refused at ingest: ") and labels.name in last
+    assert last.startswith("squeeze: data refused: ") and labels.name in last
     assert not (workspace / "models").exists()  # stopped before any training

@@ -380,10 +380,11 @@ def test_failed_run_alerts_with_the_stage_and_the_run_url(
         alerting(params=params, workspace=str(workspace))
 
     (payload,) = webhook
-    assert payload["stages"] == ["ingest"] and payload["state"] == "Failed"
+    # `source` is the first stage that reads ingest.source (it stamps the data there)
+    assert payload["stages"] == ["source"] and payload["state"] == "Failed"
     assert f"{missing} is not a folder" in payload["message"]
     assert payload["url"].endswith(f"/runs/flow-run/{payload['flow_run_id']}")
-    assert payload["text"].startswith(f"{FLOW} run {payload['flow_run']!r} failed at ingest: ")
+    assert payload["text"].startswith(f"{FLOW} run {payload['flow_run']!r} failed at source: ")
     assert payload["url"] in payload["text"]
     assert outputs(workspace) == []
     logged = "\n".join(r.getMessage() for r in prefect_logs.records)
