@@ -1,7 +1,8 @@
 """The Prefect flow `retrain_and_compress`: every stage of dvc.yaml, through the same tasks/ code.
 
 A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
-run leaves `dvc status` clean and a `dvc repro` leaves the flow nothing to do. Candidates are
+run leaves `dvc status` clean (but for the always-changed `source` stamp) and a `dvc repro`
+leaves the flow nothing to do. Candidates are
 submitted to the task runner as soon as their upstreams are built, so independent ones run
 concurrently. A stage that builds a model runs as its own process, with dvc.yaml's command: its
 weights do not depend on the entry point nor on what is built beside it (see MODEL_STAGES).
