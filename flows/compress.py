@@ -59,16 +59,34 @@ TAIL_LINES = 40  # of a failed stage's output, in the error
 
 
 class StageFailed(RuntimeError):
-    """A stage's process exited non-zero or ran out of time."""
+    """A stage's process exited non-zero or ran out of time; `stage` names it and `last_line`
+    is its last line of output (a refusal's one-line reason)."""
+
+    def __init__(self, message: str, stage: str, last_line: str) -> None:
+        super().__init__(message)
+        self.stage, self.last_line = stage, last_line
+
+    def __reduce__(self) -> tuple:  # Prefect pickles a failed task's exception
+        return (type(self), (str(self), self.stage, self.last_line))
 
 
 class WorkspaceBusy(RuntimeError):
     """Another flow run holds the workspace."""
 
 
+_HELD: set[Path] = set()  # workspaces this process holds: `squeeze run` locks before the flow
+
+
 @contextmanager
 def workspace_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the workspace, so two runs never write into each other."""
+    """Hold an exclusive lock on the workspace, so two runs never write into each other.
+
+    Re-entrant within a process (flock would refuse a second open of the same file): the CLI
+    takes the lock before it starts the flow, which then finds it already held.
+    """
+    if root in _HELD:
+        yield
+        return
     path = Workspace(root).state("flow.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
@@ -76,7 +94,11 @@ def workspace_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise WorkspaceBusy(f"{root} is in use by another squeeze run") from None
-        yield
+        _HELD.add(root)
+        try:
+            yield
+        finally:
+            _HELD.discard(root)
 
 
 @task(name="stage", task_run_name="{dvc_stage}")
@@ -123,7 +145,9 @@ def run_process(dvc_stage: str, cmd: str, root: Path, timeout_s: int) -> None:
         why = f"ran out of its {timeout_s} s" if timed_out.is_set() else f"exited with {code}"
         raise StageFailed(
             f"{dvc_stage}: `{cmd}` (in {root}) {why}; rerun it there to debug. Its last output:\n"
-            + "\n".join(tail)
+            + "\n".join(tail),
+            dvc_stage,
+            tail[-1] if tail else why,
         )
 
 

@@ -31,21 +31,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = Path(args.workspace)
     # the ephemeral API server's telemetry logs "database is locked" noise on SQLite
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.compress import WorkspaceBusy, retrain_and_compress, workspace_lock
+    from flows.compress import StageFailed, WorkspaceBusy, retrain_and_compress, workspace_lock
 
     try:
-        with workspace_lock(root.resolve()):  # refuse before a flow run is even created
-            pass
+        # held across the whole run (the flow finds it held), and refused before a flow run is
+        # even created, so a second run neither starts nor raises an alert
+        with workspace_lock(root.resolve()):
+            params = apply_profile(root, args.profile) if args.profile else load_params(root)
+            result = retrain_and_compress(params=params, workspace=str(root))
     except WorkspaceBusy as err:
         print(f"squeeze: {err}; wait for it to finish or use another workspace", file=sys.stderr)
         return WORKSPACE_BUSY
-    params = apply_profile(root, args.profile) if args.profile else load_params(root)
-    result = retrain_and_compress(params=params, workspace=str(root))
+    except StageFailed as err:  # the run log has its whole output
+        print(f"squeeze: {err.stage} failed: {err.last_line}", file=sys.stderr)
+        return 1
     print(f"ran: {', '.join(result['ran']) or 'nothing'}; "
           f"skipped (unchanged): {', '.join(result['skipped']) or 'nothing'}")  # fmt: skip
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
     decision = read_json(Workspace(root).metrics("promote"))
-    print(f"decision: {decision['outcome']}; production model: {decision['registry']['model']}")
+    when = "this run" if "promote" in result["ran"] else "unchanged since the last run"
+    print(f"decision ({when}): {decision['outcome']}; production model: "
+          f"{decision['registry']['model']}")  # fmt: skip
     if decision["outcome"] == "nothing_passed":
         print("squeeze: the gates refused every candidate; see metrics/gate.json", file=sys.stderr)
         return GATE_REFUSED

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from squeeze.errors import StageRefused
+
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -36,7 +38,7 @@ GZIP_LEVEL = 6  # of the snapshot in data/raw: zlib's default; 9 takes twice as 
 TRANSIENT_HTTP = {408, 425, 429}  # client-error statuses that mean "not now" rather than "no"
 
 
-class DataError(ValueError):
+class DataError(StageRefused):
     """A raw data file is missing, corrupt, truncated or inconsistent."""
 
 

@@ -100,7 +100,8 @@ def candidate_row(
         ACCURACY: record.get(ACCURACY),
         "accuracy_drop": _drop(teacher.get(ACCURACY), record.get(ACCURACY)),
         # the drop's one-sided (1 - alpha) upper bound: what non-inferiority is judged on
-        "accuracy_drop_bound": None if paired is None else round(-paired["lower_bound"], 5),
+        # + 0.0: the teacher's own bound is 0.0, not -0.0
+        "accuracy_drop_bound": None if paired is None else round(-paired["lower_bound"], 5) + 0.0,
         "drop_p_value": None if paired is None else paired["p_value"],
         "worst_class_drop": known[worst] if worst else None,
         "worst_class": worst,
@@ -298,7 +299,9 @@ def select(
     reasons = [
         f"{len(ranking)} of {len(per_candidate)} candidates passed every gate",
         f"challenger {best}: policy {cfg.policy!r} ranks it first "
-        f"({metric} {candidates[best][metric]}, {ACCURACY} {candidates[best][ACCURACY]})",
+        f"({metric} {candidates[best][metric]}"
+        + ("" if metric == ACCURACY else f", {ACCURACY} {candidates[best][ACCURACY]}")
+        + ")",
     ]
     return best, reasons
 

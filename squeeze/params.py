@@ -362,6 +362,8 @@ def format_errors(err: ValidationError, origin: str) -> str:
             lines.append(f"{origin}: {e['msg'].removeprefix('Value error, ')}")
             continue
         *path, last = e["loc"]
+        if e["type"] == "string_too_short" and e["input"] == "":  # a cleared UI form field
+            e["msg"] = "empty; give a value, or null where the key allows none"
         if last == "[key]":  # a bad name under distill/prune/quantize/merge: the key itself
             e["msg"] = f"name must match {NAME_PATTERN}"
             path = path[:-1]

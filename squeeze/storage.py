@@ -29,6 +29,8 @@ __all__ = ["LocalStore", "NotFound", "S3Store", "Store", "StoreError", "Unavaila
 # that listing never shows a half-written object.
 _HIDDEN = "."
 
+FILE_MODE = 0o644  # what open() gives under the usual umask 022
+
 
 class StoreError(RuntimeError):
     """An object-store operation failed; the message says what, where and what to do."""
@@ -128,6 +130,9 @@ class LocalStore(Store):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_HIDDEN}{path.name}.", suffix=".tmp")
         try:
+            # mkstemp makes the file private (0600); a stored model is meant to be read by
+            # others (a server running as another user), as a file written with open() would be
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()

@@ -12,7 +12,8 @@ import hashlib
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,24 @@ def main_for(run: Callable[[Path, Params, str], None], stage: str) -> None:
         candidate(params, stage, sys.argv[1])
     except KeyError as err:
         sys.exit(str(err.args[0]))
-    try:
+    with refusals_in_one_line():
         run(Path("."), params, sys.argv[1])
-    except StageRefused as err:  # one line that names the key, not a traceback
+
+
+def stage_main(run: Callable[[Path, Params], None]) -> None:
+    """`python -m tasks.<stage>` for a stage without a NAME (what dvc.yaml runs)."""
+    params = stage_params()
+    with refusals_in_one_line():
+        run(Path("."), params)
+
+
+@contextmanager
+def refusals_in_one_line() -> Iterator[None]:
+    """A stage that refuses its params or data (StageRefused: bad data, a teacher that learned
+    nothing, a sparsity a layer cannot take) exits non-zero with one line naming the key."""
+    try:
+        yield
+    except StageRefused as err:
         sys.exit(str(err))
 
 

@@ -32,7 +32,7 @@ from squeeze.stats import paired_table
 from squeeze.train import predict
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import publish
-from tasks.candidate import stage_params
+from tasks.candidate import stage_main
 
 PARETO_COLUMNS = ("name", "method", "test_accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50")
 ARTIFACT_COLUMNS = (
@@ -116,7 +116,7 @@ evaluate = task(run, name="evaluate", timeout_seconds=3600)
 
 
 def main() -> None:
-    run(Path("."), stage_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ from typing import Any
 from prefect import task
 
 from squeeze.gate import check, gates
-from squeeze.params import Params, load_params
+from squeeze.params import Params
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import publish, say
+from tasks.candidate import stage_main
 
 DOCS = "reports/gate"
 
@@ -100,7 +101,7 @@ gate = task(run, name="gate", timeout_seconds=600)
 
 
 def main() -> None:
-    run(Path("."), load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

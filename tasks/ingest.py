@@ -24,8 +24,9 @@ from squeeze.data import (
     write_raw,
 )
 from squeeze.expectations import validate
-from squeeze.params import Params, load_params
+from squeeze.params import Params
 from squeeze.workspace import Workspace, write_json
+from tasks.candidate import stage_main
 from tasks.retrying import io_task
 from tasks.source import fetch_failed
 
@@ -72,7 +73,7 @@ ingest = io_task(run, "ingest", fetch_failed, timeout_seconds=1800)
 
 
 def main() -> None:
-    run(Path("."), load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ from squeeze.data import Split, load_split
 from squeeze.evaluate import measure_logits, predicted_classes
 from squeeze.gate import COMPARED, check, decide
 from squeeze.package import SHIPPED, pack, unpack
-from squeeze.params import Params, load_params
+from squeeze.params import Params
 from squeeze.registry import Damaged, Registry, open_registry
 from squeeze.stats import paired_table
 from squeeze.storage import NotFound, StoreError, Unavailable
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import link_for, publish, say
+from tasks.candidate import stage_main
 from tasks.retrying import io_task
 
 
@@ -152,8 +153,11 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
 
 
 def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> dict[str, Any]:
-    """promote.json when no candidate passed: the registry is not touched."""
-    registry = registry_of(root, params)  # opening touches nothing: the registry stays as is
+    """promote.json when no candidate passed: the registry is not touched (only read: what
+    stays in production)."""
+    registry = registry_of(root, params)
+    pointer = registry.production()
+    now = pointer["version"] if pointer else None
     return {
         "outcome": "nothing_passed",
         "promoted": False,
@@ -163,7 +167,7 @@ def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> d
         "challenger": None,
         "champion": None,
         "registry": {"url": registry.store.url, "family": registry.family, "published": None,
-                     "production": None, "model": None},
+                     "production": now, "model": registry.url(now, SHIPPED) if now else None},
     }  # fmt: skip
 
 
@@ -243,7 +247,7 @@ promote = io_task(run, "promote", store_unavailable, timeout_seconds=1800)
 
 
 def main() -> None:
-    run(Path("."), load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

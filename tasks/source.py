@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 from squeeze.data import FetchError, fingerprint, read_source
-from squeeze.params import Params, load_params
+from squeeze.params import Params
 from squeeze.workspace import Workspace, write_json
+from tasks.candidate import refusals_in_one_line, stage_params
 from tasks.retrying import io_task
 
 
@@ -45,17 +46,19 @@ def main() -> None:
     stamp, with a warning, so that local work goes on: DVC leaves the file in place (persist)
     and ingest stays current. The flow's task retries instead, then fails the run."""
     root = Path(".")
-    try:
-        run(root, load_params())
-    except FetchError as err:
-        stamp = Workspace(root).source
-        if not stamp.exists():
-            raise
-        print(
-            f"warning: {err}; kept the last {stamp}: data the source holds now is seen once it "
-            "can be read again",
-            file=sys.stderr,
-        )
+    params = stage_params()
+    with refusals_in_one_line():
+        try:
+            run(root, params)
+        except FetchError as err:
+            stamp = Workspace(root).source
+            if not stamp.exists():
+                raise
+            print(
+                f"warning: {err}; kept the last {stamp}: data the source holds now is seen once "
+                "it can be read again",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from it, and nothing is written to models/teacher.
 from __future__ import annotations
 
 import csv
-import sys
 import time
 from pathlib import Path
 
@@ -18,12 +17,11 @@ import numpy as np
 import torch
 
 from squeeze.data import load_split
-from squeeze.errors import StageRefused
 from squeeze.models import build_model, count_params, save_checkpoint
 from squeeze.params import FitParams, Params
 from squeeze.train import TrainingError, fit
 from squeeze.workspace import Workspace, read_json
-from tasks.candidate import resume_key, stage_params
+from tasks.candidate import resume_key, stage_main
 
 NAME = "teacher"
 # A teacher must end clearly above chance on validation: at most CHANCE_FACTOR × chance it has
@@ -102,12 +100,7 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
 
 
 def main() -> None:
-    """`python -m tasks.train_teacher` (what dvc.yaml runs): one line, no traceback, on failure."""
-    params = stage_params()
-    try:
-        run(Path("."), params)
-    except StageRefused as err:
-        sys.exit(str(err))
+    stage_main(run)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """`squeeze run` refusals: one clear line on stderr and a distinct exit status for each kind
-(invalid params 2, busy workspace 3, data refused 4; a gate refusal, 5, is checked
+(a failed stage 1, invalid params 2, busy workspace 3, data refused 4; a gate refusal, 5, is checked
 at the end of the pipeline test, where the pipeline has already run)."""
 
 from __future__ import annotations
 
 import gzip
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from squeeze import cli
+from tests.conftest import run
 
 
 def set_param(root: Path, section: str, key: str, value: object) -> None:
@@ -31,26 +34,62 @@ def test_invalid_params_exit_2_naming_the_key(
     assert "Traceback" not in err
 
 
+HOLD_LOCK = """
+import fcntl, sys, time
+from pathlib import Path
+from squeeze.workspace import Workspace
+path = Workspace(Path(sys.argv[1])).state("flow.lock")
+path.parent.mkdir(parents=True, exist_ok=True)
+handle = path.open("w")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
 def test_busy_workspace_exits_3_in_one_line(
     workspace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flows.compress import workspace_lock
-
-    with workspace_lock(workspace.resolve()):
+    """Another process (another `squeeze run`) holds the workspace's lock."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(workspace.resolve())],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         assert cli.main(["-w", str(workspace), "run"]) == cli.WORKSPACE_BUSY
+    finally:
+        holder.kill()
+        holder.wait()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is in use by another squeeze run" in err
 
 
-def test_data_refused_at_ingest_exits_4_naming_the_file(
-    workspace: Path, fmnist_dir: Path, prefect_api: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def squeeze_run(workspace: Path) -> tuple[int, str]:
+    """`squeeze run` as a user runs it (its own process, the ephemeral Prefect API): the exit
+    status and squeeze's own lines on stderr (Prefect's log lines there are left out)."""
+    proc = run(["squeeze", "-w", str(workspace), "run"], workspace, check=False)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("squeeze: ")]
+    return proc.returncode, "\n".join(ours)
+
+
+def test_data_refused_exits_4_naming_the_file(workspace: Path, fmnist_dir: Path) -> None:
     source = workspace.parent / "source"
     shutil.copytree(fmnist_dir, source)
     labels = source / "train-labels-idx1-ubyte.gz"
     labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:1000]))  # truncated
     set_param(workspace, "ingest", "source", str(source))
-    assert cli.main(["-w", str(workspace), "run"]) == cli.DATA_REFUSED
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("squeeze: data refused: ") and labels.name in last
+    status, ours = squeeze_run(workspace)
+    assert status == cli.DATA_REFUSED and ours.count("\n") == 0
+    assert ours.startswith("squeeze: data refused: ") and labels.name in ours
     assert not (workspace / "models").exists()  # stopped before any training
+
+
+def test_a_failed_stage_exits_1_with_its_reason_in_one_line(workspace: Path) -> None:
+    """A teacher whose loss turns NaN (lr × weight decay > 2 makes SGD's weights grow without
+    bound) stops at train_teacher; squeeze's line gives its reason, naming the lr."""
+    data = yaml.safe_load((workspace / "params.yaml").read_text())
+    data["train_teacher"]["fit"] |= {"lr": 10.0, "weight_decay": 0.5}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    status, ours = squeeze_run(workspace)
+    assert status == 1 and ours.count("\n") == 0
+    assert ours.startswith("squeeze: train_teacher failed: ") and "lr" in ours
+    assert not (workspace / "models" / "teacher").exists()

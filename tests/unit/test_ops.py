@@ -81,6 +81,8 @@ def test_pull_production_into_the_current_folder_and_a_new_one(
     assert (here / "model.onnx").read_bytes() == ONNX
     assert squeeze(workspace, "pull-production", "new/nested") == 0  # created
     assert (here / "new" / "nested" / "model.onnx").read_bytes() == ONNX
+    for name in ("model.onnx", "card.json"):  # readable by a server running as another user
+        assert (here / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_pull_production_into_a_file_fails_in_one_line(

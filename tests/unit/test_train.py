@@ -14,7 +14,7 @@ from squeeze.models import build_model, load_checkpoint, save_checkpoint
 from squeeze.params import ArchParams, FitParams, Params, TrainTeacherParams
 from squeeze.train import TrainingError, accuracy, augment, fit, predict
 from squeeze.workspace import Workspace, write_json
-from tasks import train_teacher
+from tasks import candidate, train_teacher
 from tasks.train_teacher import CHANCE_FACTOR, chance_accuracy, check_learned, run
 
 ARCH = {"name": "convnet", "channels": [16, 32], "convs_per_stage": 1, "dropout": 0.0,
@@ -125,7 +125,8 @@ def test_the_stage_command_exits_with_one_line(
 ) -> None:
     teacher_workspace(tmp_path, fmnist)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_teacher, "stage_params", lambda: teacher_params(**COLLAPSES))
+    # the stage entry (tasks.candidate.stage_main) reads params.yaml through stage_params
+    monkeypatch.setattr(candidate, "stage_params", lambda: teacher_params(**COLLAPSES))
     with pytest.raises(SystemExit) as exit_:
         train_teacher.main()
     message = exit_.value.code
