@@ -215,13 +215,3 @@ def measure_logits(
         "agreement": agreement,
     }
     return record, logits
-
-
-def measure(
-    path: Path,
-    splits: dict[str, Split],
-    cfg: EvaluateParams,
-    reference: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """The record of measure_logits, without the logits."""
-    return measure_logits(path, splits, cfg, reference)[0]

@@ -6,12 +6,12 @@ metrics/promote.json. The production model is downloaded (checksums verified) an
 this process next to the challenger's export, so the comparison is like for like: the decision
 is a paired comparison on validation (squeeze.gate.decide); the test figures of both are
 measured for the report only. A production version that fails its checksums is a champion
-that fails the gates: a valid challenger replaces it, and the log names the damaged file. A
-promotion
-uploads model.onnx.gz (squeeze.package) + card.json + metrics.json, verifies every checksum,
-and only then moves the production pointer by compare-and-swap against the champion that was
-measured here: if someone else promoted meanwhile, nothing moves and the stage fails, to be
-re-run on the new champion.
+that fails the gates: a valid challenger replaces it, and the log names the damaged file.
+
+A promotion uploads model.onnx.gz (squeeze.package) + card.json + metrics.json, verifies every
+checksum, and only then moves the production pointer by compare-and-swap against the champion
+that was measured here: if someone else promoted meanwhile, nothing moves and the stage fails,
+to be re-run on the new champion.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from squeeze.evaluate import export_onnx, graph_stats, measure, session
+from squeeze.evaluate import export_onnx, graph_stats, measure_logits, session
 from squeeze.models import build_model
 from squeeze.params import EvaluateParams
 from squeeze.train import predict
@@ -51,7 +51,7 @@ def test_measure_scores_val_and_test_with_intervals(tmp_path: Path, fmnist: dict
     model, path = exported(tmp_path)
     splits = {"val": fmnist["val"], "test": fmnist["test"]}
     reference = predict(model, torch.from_numpy(splits["val"].images)).argmax(1).numpy()
-    record = measure(path, splits, CFG, reference)
+    record, _ = measure_logits(path, splits, CFG, reference)
     assert record["agreement"] == 1.0  # on val, against the torch source
     assert record["size_bytes"] == path.stat().st_size > record["gzip_bytes"] > 0
     assert 0 < record["latency_ms_p50"] <= record["latency_ms_p95"]
@@ -67,4 +67,5 @@ def test_measure_scores_val_and_test_with_intervals(tmp_path: Path, fmnist: dict
             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
         }  # fmt: skip
     # a wrong reference shows as disagreement, whatever the accuracy
-    assert measure(path, splits, CFG, (reference + 1) % 10)["agreement"] == 0.0
+    wrong, _ = measure_logits(path, splits, CFG, (reference + 1) % 10)
+    assert wrong["agreement"] == 0.0
