@@ -17,8 +17,11 @@ model was fine-tuned on, and otherwise picks by validation accuracy (choose_int4
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,27 @@ WEIGHT_TYPES = {"int8": QuantType.QInt8, "int4": QuantType.QInt4}
 # per-channel int4 weight scales: onnxruntime's MinMax ([-8, 7], scale 2·max|w| / 15) or
 # squeeze.qat's grid ([-7, 7], scale max|w| / 7, int4_overrides); the first wins ties
 INT4_SCHEMES = ("onnxruntime", "grid")
+
+
+# onnxruntime announces on the root logger, at WARNING, every int4 model it writes below opset 21:
+# nothing a user can act on (stock onnxruntime runs the com.microsoft Q/DQ, and evaluate counts
+# through them), so that one notice is dropped while quantize_static runs; all others still show
+OPSET_NOTICE = "ONNX QuantizeLinear and DequantizeLinear operators do not support"
+
+
+@contextlib.contextmanager
+def quiet_opset_notice() -> Iterator[None]:
+    """Drop onnxruntime's int4 opset notice (OPSET_NOTICE) from the root logger meanwhile."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(OPSET_NOTICE)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 class PixelBatches(CalibrationDataReader):
@@ -139,19 +163,20 @@ def quantize_onnx(
         if cfg.mode == "static":
             if calibration is None or len(calibration) == 0:
                 raise ValueError("static quantization needs calibration images")
-            quantize_static(
-                str(prepared), str(out), PixelBatches(calibration),
-                quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                activation_type=QuantType.QInt8, weight_type=WEIGHT_TYPES[cfg.weights],
-                nodes_to_exclude=excluded,
-                extra_options={
-                    "ActivationSymmetric": False, "WeightSymmetric": True,
-                    "TensorQuantOverrides": int4_overrides(prepared_model)
-                    if cfg.weights == "int4" and int4_scheme == "grid" else {},
-                    # the logits stay fp32: 256 levels would turn near-ties into wrong answers
-                    "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
-                },
-            )  # fmt: skip
+            with quiet_opset_notice():
+                quantize_static(
+                    str(prepared), str(out), PixelBatches(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    activation_type=QuantType.QInt8, weight_type=WEIGHT_TYPES[cfg.weights],
+                    nodes_to_exclude=excluded,
+                    extra_options={
+                        "ActivationSymmetric": False, "WeightSymmetric": True,
+                        "TensorQuantOverrides": int4_overrides(prepared_model)
+                        if cfg.weights == "int4" and int4_scheme == "grid" else {},
+                        # the logits stay fp32: 256 levels would turn near-ties into wrong answers
+                        "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
+                    },
+                )  # fmt: skip
         else:
             # symmetric int8 weights: a pruned (zero) weight stays exactly 0, which gzip sees
             quantize_dynamic(

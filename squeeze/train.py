@@ -104,7 +104,8 @@ def fit(
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history = state["history"]
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+    began = time.perf_counter()  # this call's own epochs (done_here) time the estimate
+    for done_here, epoch in enumerate(range(len(history) + 1, cfg.epochs + 1), start=1):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(len(labels), generator=gen)
@@ -140,13 +141,39 @@ def fit(
             "val_accuracy": round(accuracy(val_logits, val_labels), 5),
             "seconds": round(time.perf_counter() - start, 2),
         })  # fmt: skip
-        tqdm.write(", ".join(f"{k}={v}" for k, v in history[-1].items()))
+        tqdm.write(progress_line(history[-1], cfg.epochs, time.perf_counter() - began, done_here))
         if state_path is not None:
             save_state(state_path, model, opt, sched, gen, history)
         if stop_after is not None and epoch >= stop_after:
             break
     model.cpu().eval()
     return history
+
+
+def progress_line(row: dict[str, Any], epochs: int, elapsed_s: float, done_here: int) -> str:
+    """One log line per epoch that reads well in a non-interactive log (Prefect, CI, dvc repro):
+    the epoch's curve row, the time this call has trained, and the time left at its mean pace.
+
+    Args:
+        row: the epoch's history row (its "epoch" key is 1-based).
+        epochs: the run's total epochs.
+        elapsed_s: seconds since this call started training (a resumed run counts from there).
+        done_here: epochs this call trained, the last included (>= 1).
+    """
+    left_s = elapsed_s / done_here * (epochs - row["epoch"])
+    metrics = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("epoch", "seconds"))
+    return (f"epoch {row['epoch']}/{epochs}: {metrics}; {row['seconds']:.1f} s, "
+            f"elapsed {duration(elapsed_s)}, about {duration(left_s)} left")  # fmt: skip
+
+
+def duration(seconds: float) -> str:
+    """A duration as people read it: 42s, 3m05s, 1h02m."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def diverged(where: str, cfg: FitParams, lr_now: float) -> TrainingError:

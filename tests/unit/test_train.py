@@ -12,7 +12,15 @@ import torch
 from squeeze.data import save_split
 from squeeze.models import build_model, load_checkpoint, save_checkpoint
 from squeeze.params import ArchParams, FitParams, Params, TrainTeacherParams
-from squeeze.train import TrainingError, accuracy, augment, fit, predict
+from squeeze.train import (
+    TrainingError,
+    accuracy,
+    augment,
+    duration,
+    fit,
+    predict,
+    progress_line,
+)
 from squeeze.workspace import Workspace, write_json
 from tasks import candidate, train_teacher
 from tasks.train_teacher import CHANCE_FACTOR, chance_accuracy, check_learned, run
@@ -152,3 +160,14 @@ def test_chance_is_the_majority_share_and_the_floor_is_exclusive() -> None:
     with pytest.raises(TrainingError, match=r"must beat 1\.5× chance = 15\.0%"):
         check_learned(0.15, balanced, FIT)
     check_learned(0.151, balanced, FIT)
+
+
+def test_progress_line_gives_elapsed_and_remaining_time_for_a_plain_log() -> None:
+    row = {"epoch": 3, "train_loss": 0.5, "val_accuracy": 0.9, "seconds": 40.04}
+    line = progress_line(row, epochs=12, elapsed_s=120.0, done_here=3)
+    assert line == ("epoch 3/12: train_loss=0.5, val_accuracy=0.9; 40.0 s, elapsed 2m00s, "
+                    "about 6m00s left")  # fmt: skip
+    # a resumed run estimates from its own epochs: 2 done here in 50 s, 10 to go -> 250 s
+    assert progress_line({**row, "epoch": 2}, 12, 50.0, 2).endswith("about 4m10s left")
+    assert [duration(s) for s in (0.4, 59.6, 61, 3599, 3600, 7322)] == [
+        "0s", "1m00s", "1m01s", "59m59s", "1h00m", "2h02m"]  # fmt: skip
