@@ -2,29 +2,31 @@
 
 A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
 run leaves `dvc status` clean (but for the always-changed `source` stamp) and a `dvc repro`
-leaves the flow nothing to do. Candidates are
-submitted to the task runner as soon as their upstreams are built, so independent ones run
-concurrently. A stage that builds a model runs as its own process, with dvc.yaml's command: its
-weights do not depend on the entry point nor on what is built beside it (see MODEL_STAGES).
+leaves the flow nothing to do. The flow builds each candidate as soon as its upstreams are
+current, on the task runner, so independent ones run concurrently: on local threads in the
+workspace, or on Dask workers that share no disk with it and exchange inputs and outputs with the
+flow through the DVC remote (flows.builds). A stage that builds a model runs as its own process,
+with dvc.yaml's command: its weights do not depend on the entry point nor on what is built beside
+it (see MODEL_STAGES).
 """
 
 import fcntl
-import os
-import shlex
-import subprocess
-import sys
-import threading
-from collections import deque
+import queue
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.alerts import alert
+from flows.builds import Built, adopt, build_here, build_remote, bundle, run_process
+from flows.builds import StageFailed as StageFailed  # squeeze.cli catches it from here
 from flows.dvcstate import command, is_stale, record
-from flows.remote import default_remote, push_remote
+from flows.remote import default_remote, push_remote, shared_remote
 from squeeze.dvcyaml import dvc_stage, parse_stage, sync
 from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace, read_json
@@ -55,19 +57,6 @@ IN_PROCESS: dict[str, Callable] = {
     "source": source, "ingest": ingest, "evaluate": evaluate, "gate": gate, "promote": promote,
 }  # fmt: skip
 STAGES = (*IN_PROCESS, *MODEL_STAGES)
-TAIL_LINES = 40  # of a failed stage's output, in the error
-
-
-class StageFailed(RuntimeError):
-    """A stage's process exited non-zero or ran out of time; `stage` names it and `last_line`
-    is its last line of output (a refusal's one-line reason)."""
-
-    def __init__(self, message: str, stage: str, last_line: str) -> None:
-        super().__init__(message)
-        self.stage, self.last_line = stage, last_line
-
-    def __reduce__(self) -> tuple:  # Prefect pickles a failed task's exception
-        return (type(self), (str(self), self.stage, self.last_line))
 
 
 class WorkspaceBusy(RuntimeError):
@@ -103,7 +92,7 @@ def workspace_lock(root: Path) -> Iterator[None]:
 
 @task(name="stage", task_run_name="{dvc_stage}")
 def build(dvc_stage: str, root: Path, params: Params) -> bool:
-    """Run one DVC stage (`distill@kd_small`, `merge-kd_ensemble` for candidates) if stale;
+    """Run one DVC stage (`ingest`, `train_teacher`, `evaluate`...) in the workspace if stale;
     True if it ran."""
     if not is_stale(root, dvc_stage):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
@@ -117,40 +106,6 @@ def build(dvc_stage: str, root: Path, params: Params) -> bool:
     return True
 
 
-def run_process(dvc_stage: str, cmd: str, root: Path, timeout_s: int) -> None:
-    """Run a stage's dvc.yaml command in root, its `python` being this interpreter; every output
-    line goes to the run's log. Raises StageFailed on a non-zero exit or after timeout_s."""
-    logger, tail = get_run_logger(), deque[str](maxlen=TAIL_LINES)
-    argv = shlex.split(cmd)
-    argv[0] = sys.executable if argv[0] == "python" else argv[0]
-    proc = subprocess.Popen(
-        argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines reach the log as they are printed
-    )  # fmt: skip
-    timed_out = threading.Event()
-    timer = threading.Timer(timeout_s, lambda: (timed_out.set(), proc.kill()))
-    timer.start()
-    try:
-        for line in proc.stdout:
-            if line := line.rstrip():
-                tail.append(line)
-                logger.info("%s", line)
-        code = proc.wait()
-    finally:  # also when the run is cancelled: no build outlives its task
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if code != 0:
-        why = f"ran out of its {timeout_s} s" if timed_out.is_set() else f"exited with {code}"
-        raise StageFailed(
-            f"{dvc_stage}: `{cmd}` (in {root}) {why}; rerun it there to debug. Its last output:\n"
-            + "\n".join(tail),
-            dvc_stage,
-            tail[-1] if tail else why,
-        )
-
-
 @flow(name="retrain_and_compress", on_failure=[alert])
 def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> dict:
     """Ingest → train_teacher → candidates → evaluate → gate → promote, skipping what is current.
@@ -160,33 +115,33 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             written to params.yaml first, so that DVC sees what the run used.
         workspace: the DVC repo to run in.
     Returns:
-        {"ran": [...], "skipped": [...]}: DVC stage names.
+        {"ran": [...], "skipped": [...], "seconds": {stage: wall seconds}}: DVC stage names;
+        "seconds" has every stage the run looked at (`source` too), skipped ones included.
     """
     logger = get_run_logger()
     root = Path(workspace).resolve()  # absolute: DVC calls switch the cwd briefly
     with workspace_lock(root):
         if params is None:
             params = load_params(root)
-        elif write_params(root, params):
+        # Dask workers see no disk of the workspace: without a remote to meet at, refuse now
+        remote = shared_remote(root) if params.flow.task_runner == "dask" else None
+        if write_params(root, params):
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
         if sync(root, params):
             logger.info("rewrote the merge stages of %s/dvc.yaml from the run's params", root)
+        seconds: dict[str, float] = {}
         # always changed (dvc.yaml): stamps the data at the source; ingest is stale if it changed
-        build("source", root, params)
-        done = {"ingest": build("ingest", root, params)}
-        done["train_teacher"] = build("train_teacher", root, params)
-        stage_of = {name: dvc_stage(params, name) for name in params.upstreams()}
+        timed(seconds, "source", build, root, params)
+        done = {name: timed(seconds, name, build, root, params)
+                for name in ("ingest", "train_teacher")}  # fmt: skip
+        if remote:  # the workers' inputs: the data and the teacher
+            logger.info("pushed %d files to the DVC remote for the workers", push_remote(root))
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run
         # can choose threads or Dask like `squeeze run` does
         with task_runner(params.flow) as runner:
-            futures = {}
-            for name in params.model_names()[1:]:  # topological: upstreams are submitted first
-                ups = [futures[up] for up in params.upstreams()[name] if up in futures]
-                args = {"dvc_stage": stage_of[name], "root": root, "params": params}
-                futures[name] = runner.submit(build, args, wait_for=ups)
-            done |= {stage_of[name]: future.result() for name, future in futures.items()}
+            done |= fan_out(root, params, runner, remote, seconds)
         for name in ("evaluate", "gate", "promote"):
-            done[name] = build(name, root, params)
+            done[name] = timed(seconds, name, build, root, params)
         if default_remote(root):
             logger.info("pushed %d files to the DVC remote", push_remote(root))
         else:
@@ -195,7 +150,84 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
     skipped = [name for name, did in done.items() if not did]
     logger.info("ran %s; skipped %s", ran or "nothing", skipped or "nothing")
     name_run(run_summary(root, ran))
-    return {"ran": ran, "skipped": skipped}
+    return {"ran": ran, "skipped": skipped, "seconds": seconds}
+
+
+def timed(seconds: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(name, *args), its wall seconds stored under name."""
+    start = time.perf_counter()
+    try:
+        return fn(name, *args)
+    finally:
+        seconds[name] = round(time.perf_counter() - start, 2)
+
+
+def fan_out(
+    root: Path,
+    params: Params,
+    runner: TaskRunner,
+    remote: tuple[str, dict[str, Any]] | None,
+    seconds: dict[str, float],
+) -> dict[str, bool]:
+    """Build every candidate that is stale, each as soon as its upstreams are current; return
+    {dvc stage: ran}.
+
+    The flow checks staleness and records builds in the workspace; the runner only builds
+    (`build_here` on threads, `build_remote` on Dask workers through the DVC remote, when remote
+    is its (name, settings)), so independent candidates build concurrently. After a failed build
+    nothing new starts; the builds under way finish and are recorded, then the failure is raised.
+    """
+    logger = get_run_logger()
+    upstreams = params.upstreams()
+    waiting = params.model_names()[1:]  # topological: upstreams first
+    current = {params.model_names()[0]}  # the teacher
+    running: dict[PrefectFuture, tuple[str, float]] = {}
+    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
+    done: dict[str, bool] = {}
+    failure: BaseException | None = None
+    while True:
+        ready = [n for n in waiting if set(upstreams[n]) <= current] if failure is None else []
+        for name in ready:  # a skipped one may make others ready: look again after these
+            waiting.remove(name)
+            stage, start = dvc_stage(params, name), time.perf_counter()
+            if not is_stale(root, stage):
+                logger.info("skip %s: code, params and data unchanged", stage)
+                done[stage], seconds[stage] = False, round(time.perf_counter() - start, 2)
+                current.add(name)
+                continue
+            future = runner.submit(*submission(root, stage, remote))
+            future.add_done_callback(finished.put)
+            running[future] = name, time.perf_counter() - start
+        if ready:
+            continue
+        if not running:
+            break
+        future = finished.get()
+        name, overhead = running.pop(future)
+        stage, start = dvc_stage(params, name), time.perf_counter()
+        try:
+            built: Built = future.result()
+            record(root, stage) if built.lock is None else adopt(root, stage, built.lock)
+        except Exception as err:
+            failure = failure or err
+            continue
+        done[stage] = True
+        seconds[stage] = round(overhead + built.seconds + time.perf_counter() - start, 2)
+        current.add(name)
+    if failure is not None:
+        raise failure
+    return done
+
+
+def submission(
+    root: Path, dvc_stage: str, remote: tuple[str, dict[str, Any]] | None
+) -> tuple[Callable, dict[str, Any]]:
+    """The task and its arguments that build a candidate stage: in the workspace, or (remote
+    given) on a worker, from a bundle of the workspace's files as of now."""
+    args = {"dvc_stage": dvc_stage, "timeout_s": MODEL_STAGES[parse_stage(dvc_stage)[0]]}
+    if remote is None:
+        return build_here, args | {"cmd": command(root, dvc_stage), "root": root}
+    return build_remote, args | {"bundle": bundle(root, dvc_stage, *remote)}
 
 
 def run_summary(root: Path, ran: list[str]) -> str:

@@ -1,5 +1,5 @@
 """What DVC knows about the workspace: which stages are stale, what a stage runs, and recording
-a stage as run.
+a stage as run (built here, or built elsewhere and written in by its dvc.lock entry).
 
 The flow runs a stage only when DVC says it is stale and records it in dvc.lock afterwards, so
 `dvc repro` and the flow share one notion of "up to date" (invariant 1).
@@ -12,6 +12,7 @@ import fcntl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dvc.repo import Repo
 
@@ -63,3 +64,13 @@ def record(root: Path, stage: str) -> None:
     """Write the stage's current deps/outs hashes to dvc.lock and its outs to the DVC cache."""
     with open_repo(root) as repo:
         repo.commit(stage, force=True)
+
+
+def write_lock_entry(root: Path, stage: str, entry: dict[str, Any]) -> None:
+    """Put a stage's dvc.lock entry, as DVC wrote it in another checkout, into the workspace's
+    dvc.lock (DVC's own round trip, so the file reads as if `dvc commit` had written it)."""
+    from dvc.utils.serialize import modify_yaml
+
+    with _LOCK, dvc_lock(root), modify_yaml(root / "dvc.lock") as data:
+        data.setdefault("schema", "2.0")
+        data.setdefault("stages", {})[stage] = entry

@@ -1,9 +1,11 @@
-"""A model-building stage of the flow runs as its own process (flows.compress.run_process):
+"""A model-building stage of the flow runs as its own process (flows.builds.run_process):
 dvc.yaml's command, this interpreter, the workspace as cwd, its output in the run's log, failures
-named."""
+named. A remote build (flows.builds) gets the workspace's files and deps through the DVC remote,
+never its credentials, and its dvc.lock entry makes the stage current in the workspace."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from flows import compress
-from flows.compress import StageFailed, run_process
+from flows import builds
+from flows.builds import StageFailed, adopt, build_remote, bundle, run_process
+from flows.dvcstate import open_repo
+from flows.remote import RemoteError, shared_remote
+from tests.conftest import run
 
 LOGGER = "squeeze.test.stage"
 
@@ -20,7 +25,7 @@ LOGGER = "squeeze.test.stage"
 @pytest.fixture(autouse=True)
 def plain_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain logger in place of the Prefect run logger (no run context in a unit test)."""
-    monkeypatch.setattr(compress, "get_run_logger", lambda: logging.getLogger(LOGGER))
+    monkeypatch.setattr(builds, "get_run_logger", lambda: logging.getLogger(LOGGER))
 
 
 def test_the_command_runs_on_this_interpreter_in_the_workspace_and_logs_its_lines(
@@ -44,3 +49,99 @@ def test_a_failing_stage_raises_with_its_name_and_last_output(tmp_path: Path) ->
 def test_a_stage_past_its_time_is_killed(tmp_path: Path) -> None:
     with pytest.raises(StageFailed, match=r"distill@x: .* ran out of its 1 s"):
         run_process("distill@x", 'python -c "import time; time.sleep(60)"', tmp_path, 1)
+
+
+# A two-stage pipeline in the shape of squeeze's: `python -m tasks.<module>`, a code dep, a
+# params key, the upstream stage's out as a dep.
+PIPELINE = {
+    "dvc.yaml": """stages:
+  first:
+    cmd: python -m tasks.scale first
+    deps: [tasks/scale.py]
+    params: [first]
+    outs: [out/first]
+  second:
+    cmd: python -m tasks.scale second first
+    deps: [tasks/scale.py, out/first/value.json]
+    params: [second]
+    outs: [out/second]
+""",
+    "params.yaml": "first: {factor: 2}\nsecond: {factor: 3}\n",
+    "tasks/__init__.py": "",
+    "tasks/scale.py": """import json, os, sys, yaml
+name, up = sys.argv[1], (sys.argv[2:] or [None])[0]
+start = json.load(open(f"out/{up}/value.json"))["value"] if up else 1
+factor = yaml.safe_load(open("params.yaml"))[name]["factor"]
+os.makedirs(f"out/{name}", exist_ok=True)
+json.dump({"value": start * factor, "cwd": os.getcwd()}, open(f"out/{name}/value.json", "w"))
+print(f"{name} = {start * factor}")
+""",
+}
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Path:
+    """A DVC repo (no git) running that pipeline, `first` built and pushed to its local remote."""
+    root = tmp_path / "workspace"
+    for rel, text in PIPELINE.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    run(["dvc", "init", "-q", "--no-scm"], root)
+    run(["dvc", "remote", "add", "-d", "shared", "../remote"], root)  # relative on purpose
+    with open_repo(root) as repo:
+        repo.reproduce("first")
+        repo.push()
+    return root
+
+
+def test_a_remote_build_moves_through_the_remote_and_leaves_the_stage_current(
+    pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, config = shared_remote(pipeline)
+    assert (name, config["url"]) == ("shared", str(tmp_path / "remote"))  # absolute for a worker
+    packed = bundle(pipeline, "second", name, config)
+    assert packed.cmd == "python -m tasks.scale second first"
+    assert packed.pull == ("out/first/value.json",)  # a file inside a tracked folder
+    assert set(packed.files) == {"dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore",
+                                 "tasks/__init__.py", "tasks/scale.py"}  # fmt: skip
+    # the worker: elsewhere, its own temp dir, the workspace's path never given to it
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("TMPDIR", str(elsewhere))
+    built = build_remote.fn("second", packed, timeout_s=60)
+    assert list(elsewhere.iterdir()) == []  # the scratch repo is gone
+    assert [out["path"] for out in built.lock["outs"]] == ["out/second"]
+
+    adopt(pipeline, "second", built.lock)
+    value = json.loads((pipeline / "out/second/value.json").read_text())
+    assert value["value"] == 6 and not value["cwd"].startswith(str(pipeline))
+    assert json.loads(run(["dvc", "status", "--json"], pipeline).stdout) == {}
+
+
+def test_a_remote_build_from_other_inputs_than_the_workspace_has_is_refused(
+    pipeline: Path,
+) -> None:
+    packed = bundle(pipeline, "second", *shared_remote(pipeline))
+    built = build_remote.fn("second", packed, timeout_s=60)
+    (pipeline / "params.yaml").write_text("first: {factor: 2}\nsecond: {factor: 5}\n")
+    with pytest.raises(StageFailed, match=r"second: its inputs in the workspace differ"):
+        adopt(pipeline, "second", built.lock)
+
+
+def test_the_workers_get_the_remote_without_its_credentials(pipeline: Path) -> None:
+    run(["dvc", "remote", "add", "-d", "s3", "s3://bucket/dvc"], pipeline)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", "http://127.0.0.1:9"], pipeline)
+    for key in ("access_key_id", "secret_access_key", "session_token"):
+        run(["dvc", "remote", "modify", "--local", "s3", key, "SECRET-" + key], pipeline)
+    name, config = shared_remote(pipeline)
+    assert name == "s3" and config["endpointurl"] == "http://127.0.0.1:9"
+    assert "SECRET" not in repr(bundle(pipeline, "second", name, config))
+
+
+def test_dask_without_a_default_remote_is_refused_with_the_fix(pipeline: Path) -> None:
+    run(["dvc", "remote", "default", "--unset"], pipeline)
+    with pytest.raises(
+        RemoteError, match=r"flow.task_runner is dask.*`dvc remote add -d NAME URL`"
+    ):
+        shared_remote(pipeline)
