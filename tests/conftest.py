@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,10 +90,52 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A real Prefect API server (temporary database) for the whole session; ~25 s to start."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_db() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster for the session (tests/prefect_server.py): its URL."""
+    from tests.prefect_server import postgres
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    # not pytest's tmp_path: under root its 0700 parents would keep the `postgres` user out
+    pg_dir = Path(tempfile.mkdtemp(prefix="squeeze-postgres-"))
+    try:
+        with postgres(pg_dir) as db_url:
+            yield db_url
+    finally:
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect API server on PostgreSQL for the whole session, as in production
+    (infra/docker-compose.yml); yields its API URL (the UI is that URL without /api).
+
+    `prefect server start` on prefect_db (tests/prefect_server.py), stopped at the end; both
+    start in about 6 s. PREFECT_API_URL points at it, in the environment (for CLI subprocesses:
+    prefect, squeeze) and in Prefect's settings context (for flows run in this process, whose
+    settings were read when prefect was imported).
+    """
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.prefect_server import prefect_server
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    with (
+        prefect_server(prefect_db, home) as api_url,
+        pytest.MonkeyPatch.context() as mp,
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        # also for contexts copied before this fixture ran (as prefect_test_harness does)
+        prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()),
+    ):
+        mp.setenv("PREFECT_API_URL", api_url)
+        yield api_url
+        drain_prefect_workers()
+
+
+def drain_prefect_workers() -> None:
+    """Send the logs and events still queued in this process before the server stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for drain in (APILogWorker.drain_all, EventsWorker.drain_all):
+        with contextlib.suppress(Exception):
+            drain(timeout=10)

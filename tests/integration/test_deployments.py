@@ -4,6 +4,7 @@ engine in the tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -172,11 +173,76 @@ def api(prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
+@pytest.mark.slow
+def test_the_api_server_keeps_runs_in_postgresql(prefect_api: str, prefect_db: str) -> None:
+    """A flow run in this process goes to the session's server, which stores it in PostgreSQL
+    (not in a SQLite file of an ephemeral server, Prefect's fallback without PREFECT_API_URL)."""
+    import asyncpg
+    from prefect import flow, get_client
+    from prefect.settings import PREFECT_API_URL
+
+    @flow(name="postgres-probe")
+    def probe() -> int:
+        return 7
+
+    state = probe(return_state=True)
+    assert state.is_completed() and PREFECT_API_URL.value() == prefect_api
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        assert str(client.api_url).rstrip("/") == prefect_api
+        assert client.read_flow_run(flow_run_id).name
+
+    async def stored() -> Any:
+        conn = await asyncpg.connect(prefect_db)
+        try:
+            return await conn.fetchrow(
+                "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id "
+                "WHERE r.id = $1",
+                flow_run_id,
+            )
+        finally:
+            await conn.close()
+
+    row = asyncio.run(stored())
+    assert row is not None, f"flow run {flow_run_id} is not in {prefect_db}"
+    assert (row["name"], row["state_type"]) == ("postgres-probe", "COMPLETED")
+
+
 def read_deployment(name: str) -> Any:
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
         return client.read_deployment_by_name(f"{FLOW}/{name}")
+
+
+def quick_params(params: Params) -> dict[str, Any]:
+    """params with no candidates (the teacher alone) and fewer timing runs: a quick full run."""
+    quick = merge(params.model_dump(mode="json"), {"evaluate": {"runs": 20}})
+    return quick | {stage: {} for stage in COMPRESSION_STAGES}
+
+
+def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts a flow run filed with the API server, by key."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    only_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return {a.key: a for a in client.read_artifacts(artifact_filter=only_run)}
+
+
+def assert_run_report(flow_run_id: Any, models: set[str]) -> None:
+    """The run's artifacts, read back through the server: the candidates table (exactly
+    `models`), the Pareto plot (an inline PNG), the gate's verdicts and decision, promote's."""
+    found = artifacts_of(flow_run_id)
+    expected = {"candidates", "pareto", "gate-verdicts", "gate-decision", "promote-decision"}
+    assert expected <= set(found), sorted(found)
+    table = found["candidates"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert {row["name"] for row in rows} == models
+    assert found["pareto"].type == "markdown"
+    assert "data:image/png;base64," in found["pareto"].data
+    assert found["gate-verdicts"].type == "table" and found["gate-decision"].data.strip()
 
 
 def wait_for_deployments(names: list[str], proc: subprocess.Popen, timeout_s: float) -> dict:
@@ -270,8 +336,7 @@ def test_serve_deploys_a_typed_form_refuses_bad_params_and_runs_custom_ones(
         assert load_params(workspace) == params  # and params.yaml is untouched
 
         # custom parameters, as from the form: no candidates (quick), fewer timing runs
-        custom = merge(params.model_dump(mode="json"), {"evaluate": {"runs": 20}})
-        custom |= {stage: {} for stage in COMPRESSION_STAGES}
+        custom = quick_params(params)
         done = run_deployment(
             f"{FLOW}/manual", parameters={"params": custom}, timeout=600, poll_interval=2
         )
@@ -279,6 +344,74 @@ def test_serve_deploys_a_typed_form_refuses_bad_params_and_runs_custom_ones(
     assert load_params(workspace).model_dump(mode="json") == custom  # what the run used
     assert set(read_json(Workspace(workspace).metrics("candidates"))) == {"teacher"}
     assert dvc_up_to_date(workspace)
+    assert_run_report(done.id, {"teacher"})
+
+
+def wait_for_a_scheduled_run(deployment_id: Any, proc: subprocess.Popen, timeout_s: float) -> Any:
+    """The first run of the deployment that the server's scheduler created and the runner
+    started; then the deployment is paused, which deletes its other auto-scheduled runs (one
+    a minute), so that no second run follows this one into the workspace."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    started = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])),
+    )
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"squeeze serve exited ({proc.returncode})")
+            runs = client.read_flow_runs(
+                flow_run_filter=started, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1
+            )
+            if runs:
+                client.pause_deployment(deployment_id)
+                return runs[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no scheduled run started within {timeout_s:.0f} s")
+            time.sleep(1)
+
+
+def wait_for_final_state(flow_run_id: Any, timeout_s: float) -> Any:
+    """The flow run, once it is completed, failed, crashed or cancelled."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{flow_run.name} is still {flow_run.state.name}")
+            time.sleep(2)
+    return flow_run
+
+
+@pytest.mark.slow
+def test_the_scheduled_deployment_runs_on_its_cron_from_params_yaml(
+    workspace: Path, api: str
+) -> None:
+    quick = quick_params(load_params(workspace))
+    (workspace / "params.yaml").write_text(yaml.safe_dump(validate(quick, "quick").model_dump(
+        mode="json"), sort_keys=False))  # fmt: skip
+    with serving(workspace, "--cron", "* * * * *") as proc:  # due within a minute
+        scheduled = wait_for_deployments(["scheduled"], proc, timeout_s=120)["scheduled"]
+        started = wait_for_a_scheduled_run(scheduled.id, proc, timeout_s=150)
+        flow_run = wait_for_final_state(started.id, timeout_s=240)
+        assert flow_run.state.is_completed(), flow_run.state
+    # made by the server's scheduler on the cron; params: none, so params.yaml at run time
+    assert flow_run.auto_scheduled and flow_run.parameters == {"workspace": str(workspace)}
+    assert set(read_json(Workspace(workspace).metrics("candidates"))) == {"teacher"}
+    assert load_params(workspace).model_dump(mode="json") == quick
+    assert dvc_up_to_date(workspace)
+    assert_run_report(flow_run.id, {"teacher"})
 
 
 @pytest.mark.slow
