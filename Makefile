@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data run test test-fast lint bench
+.PHONY: setup packages data run test test-fast lint bench
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed packages
 
 # pinned: requirements.lock holds every package version the tests ran with (torch 2.13.0 CPU)
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -15,10 +15,25 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
-# the system copy of Fashion-MNIST, which the tests read: installed if missing, else an error
+# Debian packages the tests need, each with the check that it is there: the system copy of
+# Fashion-MNIST (the data the tests read), PostgreSQL's server binaries (the Prefect API server's
+# database in the integration tests, see tests/prefect_server.py) and Chromium (the UI test's
+# browser). Those missing are installed with one quiet apt-get; if that fails, an error says
+# what to install.
+PACKAGES ?= dataset-fashion-mnist postgresql chromium
+HAVE.dataset-fashion-mnist := [ -e $(FMNIST) ]
+HAVE.postgresql := [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+HAVE.chromium := [ -x /usr/bin/chromium ]
+MISSING = $(foreach p,$(PACKAGES),$$({ $(HAVE.$(p)); } || echo $(p)))
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+packages:
+	@missing=$$(echo $(MISSING)); if [ -n "$$missing" ]; then echo "installing $$missing"; \
+	  $(APT) update -qq && $(APT) install -y -qq $$missing >/dev/null || true; fi
+	@missing=$$(echo $(MISSING)); [ -z "$$missing" ] || { echo "make: Debian packages missing: $$missing, and apt-get could not install them; install them as root (apt-get install $$missing) and rerun" >&2; exit 1; }
+
 data:
-	@[ -e $(FMNIST) ] || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist) || true
-	@[ -e $(FMNIST) ] || { echo "make data: $(FMNIST) is missing and the package dataset-fashion-mnist could not be installed; install it (apt-get install dataset-fashion-mnist) and rerun" >&2; exit 1; }
+	@$(MAKE) --no-print-directory packages PACKAGES=dataset-fashion-mnist
 
 # the pipeline does not need the package: without it, ingest downloads from ingest.mirror
 run: $(VENV)/.installed
