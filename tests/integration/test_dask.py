@@ -1,43 +1,187 @@
-"""Scale-out: the candidate fan-out of the flow on a Dask LocalCluster (two worker processes),
-in a fresh git+DVC workspace on the smoke profile, against a real Prefect API."""
+"""Scale-out: the candidate fan-out of the flow on Dask workers that share no disk with it.
+
+A Dask scheduler (LocalCluster, no workers of its own) and two `dask worker` processes, each in a
+temporary directory of its own, with the test's whole tmp_path (the workspace, its twin) hidden
+from them: a private mount namespace with an empty tmpfs over it, or, where `unshare` is not
+allowed, workers running as `nobody` below a 0700 folder. The workspace's DVC remote is on the
+moto S3 server, which is all the workers and the flow share. The workers' models, and the
+candidates table, must equal those of a threaded run on the same params in a second clone.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flows.compress import retrain_and_compress
 from squeeze.dvcyaml import dvc_stage, parse_stage
-from squeeze.params import load_params, merge, validate
+from squeeze.params import Params, load_params, merge, validate
 from squeeze.workspace import Workspace, read_json
-from tests.conftest import dvc_up_to_date
+from tests.conftest import dvc_up_to_date, run
+from tests.integration.conftest import S3Endpoint
+from tests.integration.test_reproducible import accuracies, digests
 
 pytestmark = pytest.mark.slow
 
+WORKERS = 2
 
-def test_candidate_fan_out_completes_on_a_dask_local_cluster(workspace: Path, prefect_api) -> None:
+
+def can_unshare() -> bool:
+    """Whether this process may make a private mount namespace and mount in it (root, or a
+    container that allows it)."""
+    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs none /mnt"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+
+
+def start_worker(address: str, hide: Path, home: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A `dask worker` process in its own folder `home` (cwd, TMPDIR) that cannot see `hide`."""
+    argv = [str(Path(sys.executable).parent / "dask"), "worker", address, "--nthreads", "1",
+            "--no-nanny", "--no-dashboard", "--local-directory", str(home)]  # fmt: skip
+    env = {**env, "TMPDIR": str(home), "HOME": str(home)}
+    if can_unshare():  # an empty tmpfs over `hide`, in a mount namespace of the worker's own
+        mount = 'mount -t tmpfs none "$0" && exec "$@"'
+        return subprocess.Popen(["unshare", "-m", "sh", "-c", mount, str(hide), *argv],
+                                cwd=home, env=env)  # fmt: skip
+    if os.geteuid() != 0:
+        pytest.skip("hiding the workspace from a worker needs `unshare -m` or root")
+    hide.chmod(0o700)  # root's; nobody cannot enter it
+    shutil.chown(home, "nobody")
+    return subprocess.Popen(argv, cwd=home, env=env, user="nobody", group="nogroup",
+                            extra_groups=[])  # fmt: skip
+
+
+@pytest.fixture
+def hidden_workers(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: S3Endpoint, prefect_api
+) -> Iterator[tuple[str, list[str]]]:
+    """(scheduler address, worker addresses): WORKERS workers that cannot see tmp_path."""
+    from distributed import Client, LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    # workers read the remote's credentials from their own environment (here moto's fakes, set
+    # by s3_endpoint) and reach the Prefect API the flow reports to
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
+    cluster = LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None)
+    homes = [tmp_path_factory.mktemp(f"worker{i}") for i in range(WORKERS)]
+    procs = [start_worker(cluster.scheduler_address, tmp_path, home, env) for home in homes]
+    try:
+        with Client(cluster.scheduler_address) as client:
+            client.wait_for_workers(WORKERS, timeout=120)
+            addresses = sorted(client.scheduler_info()["workers"])
+            # prove it: no worker finds the workspace, each runs in its own folder (builtins
+            # only: a function of this module would not unpickle where `tests` is not importable)
+            params = client.run(os.path.exists, str(tmp_path / "repo" / "params.yaml"))
+            listing = client.run(os.listdir, str(tmp_path), on_error="return")
+            cwds = client.run(os.getcwd)
+        assert len(addresses) == WORKERS and params == dict.fromkeys(addresses, False), params
+        # an empty tmpfs over tmp_path, or no entry for nobody
+        assert all(seen == [] or isinstance(seen, PermissionError) for seen in listing.values())
+        assert sorted(cwds.values()) == sorted(map(str, homes)), cwds
+        yield cluster.scheduler_address, addresses
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        cluster.close()
+
+
+def with_runner(root: Path, runner: dict) -> Params:
+    smoke = load_params(root).model_dump(mode="json")
+    return validate(merge(smoke, {"flow": runner}), "test")
+
+
+def worker_lines(flow_run_id, candidates: list[str]) -> dict[str, str]:
+    """{stage: its "building STAGE on dask worker ..." log line} of a flow run; waits a little
+    for workers' logs, which reach the API in batches."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    lines: dict[str, str] = {}
+    for _ in range(30):
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        for log in logs:
+            stage = log.message.removeprefix("building ").split(" on ")[0]
+            if stage in candidates and log.message.startswith("building "):
+                lines[stage] = log.message
+        if len(lines) == len(candidates):
+            break
+        time.sleep(1)
+    return lines
+
+
+def test_candidates_build_on_workers_that_share_no_disk(
+    workspace: Path, tmp_path: Path, s3_endpoint: S3Endpoint, s3_prefix: str,
+    hidden_workers: tuple[str, list[str]], prefect_api,
+) -> None:  # fmt: skip
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    smoke = load_params(workspace).model_dump(mode="json")
-    params = validate(merge(smoke, {"flow": {"task_runner": "dask", "workers": 2}}), "test")
+    twin = tmp_path / "twin"
+    shutil.copytree(workspace, twin)
+    run(["dvc", "remote", "add", "-d", "s3", f"s3://{s3_endpoint.bucket}/{s3_prefix}/dvc"],
+        workspace)  # fmt: skip
+    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint.url], workspace)
+    address, workers = hidden_workers
+    params = with_runner(workspace, {"task_runner": "dask", "dask_address": address,
+                                     "workers": WORKERS})  # fmt: skip
     candidates = [dvc_stage(params, name) for name in params.model_names()[1:]]
 
     state = retrain_and_compress(params=params, workspace=str(workspace), return_state=True)
     result = state.result()
     assert set(result["ran"]) == {"ingest", "train_teacher", *candidates, "evaluate", "gate",
                                   "promote"}  # fmt: skip
-    # every worker process recorded its stage in dvc.lock: DVC agrees that all is current
+    assert set(result["seconds"]) == {"source", *result["ran"]}
+    # the workers' dvc.lock entries, taken into the workspace: DVC agrees that all is current
     assert dvc_up_to_date(workspace)
-    measured = read_json(Workspace(workspace).metrics("candidates"))
-    assert set(measured) == set(params.model_names())
+    flow_run_id = state.state_details.flow_run_id
+    built_on = worker_lines(flow_run_id, candidates)
+    assert set(built_on) == set(candidates), "a candidate's worker log did not reach the run"
+    for line in built_on.values():
+        assert any(f"dask worker {w}," in line for w in workers), line
+
+    # the same params on local threads, in a clone: the same models and the same accuracies
+    threaded = retrain_and_compress(
+        params=with_runner(twin, {"task_runner": "threads", "workers": WORKERS}),
+        workspace=str(twin),
+    )
+    on_dask, on_threads = digests(workspace), digests(twin)
+    assert {key.split("/")[1] for key in on_dask if key.startswith("models/")} == set(
+        params.model_names()
+    )
+    differ = sorted(k for k in on_dask.keys() | on_threads.keys()
+                    if on_dask.get(k) != on_threads.get(k))  # fmt: skip
+    assert differ == [], f"Dask workers and threads built different files: {differ}"
+    dask_table = read_json(Workspace(workspace).metrics("candidates"))
+    threads_table = read_json(Workspace(twin).metrics("candidates"))
+    assert set(dask_table) == set(threads_table) == set(params.model_names())
+    dask_acc, threads_acc = dict(accuracies(dask_table)), dict(accuracies(threads_table))
+    assert dask_acc and dask_acc == threads_acc
+    print("seconds per stage, dask vs threads:")
+    for stage in result["seconds"]:
+        print(f"  {stage}: {result['seconds'][stage]} {threaded['seconds'].get(stage)}")
 
     # two candidates built from the teacher alone are ready at once: on two workers they overlap
     first, second = [c for c in candidates if params.upstreams()[parse_stage(c)[1]] == ["teacher"]][
         :2
     ]
-    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
         runs = {r.name: r for r in client.read_task_runs(flow_run_filter=this_run)}
     a, b = runs[first], runs[second]
