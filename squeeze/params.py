@@ -233,11 +233,14 @@ class FlowParams(Section):
     """How the Prefect flow runs: where the candidate fan-out executes and when it is scheduled."""
 
     task_runner: Literal["threads", "dask"] = Field(
-        description="threads: a local thread pool; dask: a Dask cluster (prefect-dask)."
+        description="threads: a local thread pool; dask: a Dask cluster (prefect-dask), whose "
+        "workers get inputs from and send models to the default DVC remote (dvc remote add -d)."
     )
     workers: int = Field(ge=1, le=256, description="Concurrent candidate builds (threads/workers).")
     dask_address: str | None = Field(
-        description="dask: scheduler address of an existing cluster; null starts a LocalCluster."
+        description="dask: scheduler address of an existing cluster (tcp://host:8786); its workers "
+        "need the project installed, the remote's credentials and PREFECT_API_URL. null starts a "
+        "LocalCluster of `workers` processes."
     )
     cron: str = Field(
         pattern=r"^\S+(\s+\S+){4}$", description="Schedule of `squeeze serve` (cron, 5 fields)."
