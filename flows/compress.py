@@ -11,6 +11,7 @@ it (see MODEL_STAGES).
 """
 
 import fcntl
+import importlib
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,6 @@ from flows.remote import default_remote, push_remote, shared_remote
 from squeeze.dvcyaml import dvc_stage, parse_stage, sync
 from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace, read_json
-from tasks.evaluate import evaluate
-from tasks.gate import gate
-from tasks.ingest import ingest
-from tasks.promote import promote
-from tasks.source import source
 
 # Stages that build a model, and how long one build may take (seconds). Each runs as a child
 # process with exactly the command dvc.yaml gives it (`python -m tasks.prune NAME`, cwd the
@@ -52,10 +48,12 @@ MODEL_STAGES: dict[str, int] = {
     "train_teacher": 4 * 3600, "distill": 4 * 3600, "prune": 4 * 3600, "merge": 4 * 3600,
     "quantize": 3600,
 }  # fmt: skip
-# stages that publish artifacts or retry I/O run inside the flow (the Prefect run context)
-IN_PROCESS: dict[str, Callable] = {
-    "source": source, "ingest": ingest, "evaluate": evaluate, "gate": gate, "promote": promote,
-}  # fmt: skip
+# Stages that publish artifacts or retry I/O run inside the flow (the Prefect run context): the
+# function named like the stage in tasks/<stage>.py. Imported when the stage runs, not with this
+# module: a Dask worker imports this module to restore a run's context, on its event loop, and
+# importing torch and Great Expectations there stalled it for seconds (Dask logged "Event loop was
+# unresponsive in Worker") for stages it never runs.
+IN_PROCESS = ("source", "ingest", "evaluate", "gate", "promote")
 STAGES = (*IN_PROCESS, *MODEL_STAGES)
 
 
@@ -99,7 +97,7 @@ def build(dvc_stage: str, root: Path, params: Params) -> bool:
         return False
     stage, _ = parse_stage(dvc_stage)
     if stage in IN_PROCESS:
-        IN_PROCESS[stage](root, params)
+        getattr(importlib.import_module(f"tasks.{stage}"), stage)(root, params)
     else:
         run_process(dvc_stage, command(root, dvc_stage), root, MODEL_STAGES[stage])
     record(root, dvc_stage)
@@ -207,7 +205,10 @@ def fan_out(
         stage, start = dvc_stage(params, name), time.perf_counter()
         try:
             built: Built = future.result()
-            record(root, stage) if built.lock is None else adopt(root, stage, built.lock)
+            if built.lock is None:  # built in the workspace
+                record(root, stage)
+            else:  # built on a worker: its dvc.lock entry, its outs from the remote
+                adopt(root, stage, built.lock)
         except Exception as err:
             failure = failure or err
             continue
