@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from squeeze import dvcyaml
@@ -38,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # even created, so a second run neither starts nor raises an alert
         with workspace_lock(root.resolve()):
             params = apply_profile(root, args.profile) if args.profile else load_params(root)
+            start = time.perf_counter()
             result = retrain_and_compress(params=params, workspace=str(root))
     except WorkspaceBusy as err:
         print(f"squeeze: {err}; wait for it to finish or use another workspace", file=sys.stderr)
@@ -45,17 +47,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StageFailed as err:  # the run log has its whole output
         print(f"squeeze: {err.stage} failed: {err.last_line}", file=sys.stderr)
         return 1
-    print(f"ran: {', '.join(result['ran']) or 'nothing'}; "
-          f"skipped (unchanged): {', '.join(result['skipped']) or 'nothing'}")  # fmt: skip
+    print(stage_table(result, time.perf_counter() - start))
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
     decision = read_json(Workspace(root).metrics("promote"))
     when = "this run" if "promote" in result["ran"] else "unchanged since the last run"
-    print(f"decision ({when}): {decision['outcome']}; production model: "
-          f"{decision['registry']['model']}")  # fmt: skip
+    challenger = (decision.get("challenger") or {}).get("name")
+    print(f"decision ({when}): {decision['outcome']}" + (f" {challenger}" if challenger else "")
+          + f"; production model: {decision['registry']['model']}")  # fmt: skip
     if decision["outcome"] == "nothing_passed":
         print("squeeze: the gates refused every candidate; see metrics/gate.json", file=sys.stderr)
         return GATE_REFUSED
     return 0
+
+
+def stage_table(result: dict, wall_s: float) -> str:
+    """The run's stages, one row each: name, ran or skipped (unchanged), wall seconds; then the
+    run's own wall time (less than the sum: candidates build side by side).
+
+    Args:
+        result: the flow's return value; "seconds" maps every stage, in run order, to its wall
+            time in seconds (a skipped stage's is DVC's staleness check), "skipped" lists the
+            stages DVC found current. `source` stamps the data on every run: it shows as ran.
+        wall_s: the whole run's wall time, in seconds.
+    """
+    seconds = result["seconds"]
+    ran = [stage for stage in seconds if stage not in result["skipped"]]
+    rows = [(stage, "ran" if stage in ran else "skipped", took) for stage, took in seconds.items()]
+    rows.append((f"total: {len(ran)} of {len(seconds)} ran", "wall", wall_s))
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{'stage':<{width}}  {'':<7}  {'seconds':>8}"]
+    lines += [f"{stage:<{width}}  {done:<7}  {took:>8.1f}" for stage, done, took in rows]
+    return "\n".join(lines)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -44,6 +44,8 @@ class Section(BaseModel):
 
 
 class IngestParams(Section):
+    """Where the data comes from and how it is split into train / validation / test."""
+
     source: str = Field(
         description="Where the Fashion-MNIST IDX files come from: 'auto' (the system copy of the "
         "Debian package dataset-fashion-mnist, else the upstream download), a local folder, "
@@ -98,11 +100,16 @@ class FitParams(Section):
 
 
 class TrainTeacherParams(Section):
+    """The teacher: the full-size model every candidate is compressed from."""
+
     arch: ArchParams
     fit: FitParams
 
 
 class EvaluateParams(Section):
+    """How every model's ONNX export is timed in onnxruntime (accuracy is measured on all of
+    validation and test)."""
+
     threads: int = Field(ge=1, le=256, description="onnxruntime intra-op threads for latency.")
     warmup: int = Field(ge=0, description="Batch-1 runs discarded before timing.")
     runs: int = Field(ge=10, description="Timed batch-1 runs (median and p95 are reported).")
@@ -165,7 +172,10 @@ class QuantizeParams(Section):
 class MergeParams(Section):
     """Model merging: logit ensemble, weight soups, or an ensemble distilled into one student."""
 
-    kind: Literal["ensemble", "soup_uniform", "soup_greedy", "distill_ensemble"]
+    kind: Literal["ensemble", "soup_uniform", "soup_greedy", "distill_ensemble"] = Field(
+        description="ensemble: averaged logits; soup_uniform/soup_greedy: averaged weights of "
+        "fine-tuned copies (Wortsman et al. 2022); distill_ensemble: the ensemble distilled."
+    )
     upstreams: list[Name] = Field(
         min_length=1,
         description="ensemble/distill_ensemble: the members; soups: the one shared starting point.",
@@ -224,6 +234,8 @@ class GateParams(Section):
 
 
 class PromoteParams(Section):
+    """The model registry the gated challenger is published to."""
+
     registry: str = Field(description="Registry root: a local folder or s3://bucket/prefix.")
     endpoint_url: str | None = Field(description="S3 endpoint (MinIO, moto); null for AWS.")
     family: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model family name.")
@@ -265,10 +277,18 @@ class Params(Section):
 
     ingest: IngestParams
     train_teacher: TrainTeacherParams
-    distill: dict[Name, DistillParams]
-    prune: dict[Name, PruneParams]
-    quantize: dict[Name, QuantizeParams]
-    merge: dict[Name, MergeParams]
+    distill: dict[Name, DistillParams] = Field(
+        description="Candidates distilled into a smaller student, by name ({} = none)."
+    )
+    prune: dict[Name, PruneParams] = Field(
+        description="Candidates pruned (unstructured or structured) and fine-tuned, by name."
+    )
+    quantize: dict[Name, QuantizeParams] = Field(
+        description="Candidates quantized to int8 or int4 in onnxruntime, by name."
+    )
+    merge: dict[Name, MergeParams] = Field(
+        description="Candidates merged from others (ensembles, weight soups), by name."
+    )
     evaluate: EvaluateParams
     gate: GateParams
     promote: PromoteParams

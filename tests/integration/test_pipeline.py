@@ -56,7 +56,7 @@ def run_name_and_artifacts(flow_run_id) -> tuple[str, set[str]]:
 
 
 def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
-    workspace: Path, fmnist_dir: Path, prefect_api
+    workspace: Path, fmnist_dir: Path, prefect_api, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = workspace.parent / "source"
     shutil.copytree(fmnist_dir, source)
@@ -122,13 +122,31 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     # re-run: their params changed)
     smoke_min = load_params(workspace).gate.min_accuracy
     set_param(workspace, "gate", "min_accuracy", 0.999)
+    capsys.readouterr()
     assert cli.main(["-w", str(workspace), "run"]) == cli.GATE_REFUSED
+    # it ends with a table of every stage (ran or skipped, seconds) and the decision
+    current = ["source", *(s for s in stages if s != "quantize@kd_small_ch50_int8")]
+    table = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in table[1 : len(current) + 1]}
+    assert table[0].split() == ["stage", "seconds"] and set(rows) == set(current)
+    assert list(rows)[:3] == current[:3] and list(rows)[-3:] == downstream  # in run order
+    assert {name for name, row in rows.items() if row[0] == "ran"} == {"source", "gate", "promote"}
+    assert all(float(row[1]) >= 0 for row in rows.values())
+    assert table[len(current) + 1].split()[:6] == [
+        "total:",
+        "3",
+        "of",
+        str(len(current)),
+        "ran",
+        "wall",
+    ]
+    assert table[-1].startswith("decision (this run): nothing_passed; production model: ")
     assert read_json(Workspace(workspace).metrics("promote"))["outcome"] == "nothing_passed"
     set_param(workspace, "gate", "min_accuracy", smoke_min)
 
     # new data at the source: the next (scheduled) run ingests it and retrains everything
     shuffle_training_files(source)
-    rebuilt = set(stages) - {"quantize@kd_small_ch50_int8"}  # removed from params.yaml above
+    rebuilt = set(current) - {"source"}  # kd_small_ch50_int8 was removed from params.yaml above
     assert set(retrain_and_compress(workspace=str(workspace))["ran"]) == rebuilt
     assert dvc_up_to_date(workspace)
 

@@ -72,8 +72,8 @@ def field(scope: Any, label: str) -> Any:
     )
 
 
-def sections() -> dict[str, str | None]:
-    """Every Params section as the form labels it -> its description in the schema (or None).
+def sections() -> dict[str, str]:
+    """Every Params section as the form labels it -> its description in the schema.
 
     The form labels a property by its key, title-cased; a section's description is the one of
     its model ($ref) or of the field itself. Markdown code spans render without backticks.
@@ -84,7 +84,8 @@ def sections() -> dict[str, str | None]:
         ref = prop.get("$ref", "").rsplit("/", 1)[-1]
         text = prop.get("description") or schema["$defs"].get(ref, {}).get("description")
         label = prop.get("title") or key.replace("_", " ").title()
-        found[label] = " ".join(text.replace("`", "").split()) if text else None
+        assert text, f"params section {key!r} has no description for the form"
+        found[label] = " ".join(text.replace("`", "").split())
     return found
 
 
@@ -141,8 +142,7 @@ def test_a_person_runs_the_manual_deployment_from_the_ui_form_and_reads_the_repo
         for label, description in sections().items():
             section = field(form, label)
             expect(section).to_be_visible()
-            if description:
-                expect(section.locator(".p-label__description").first).to_have_text(description)
+            expect(section.locator(".p-label__description").first).to_have_text(description)
         shot(page, "1-form")
 
         # 2. a value out of range is refused: a message names the field, no run is created
