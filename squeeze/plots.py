@@ -12,6 +12,7 @@ def pareto_png(records: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")  # headless: no display on CI or workers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for ax, key, label in (
@@ -27,6 +28,11 @@ def pareto_png(records: list[dict[str, Any]], path: Path) -> None:
             ax.annotate(rec["name"], (rec[key], acc), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
+        # ticks at 1, 2, 5 × 10^k as plain numbers: within one decade matplotlib's default
+        # labels every minor tick in scientific notation, and the labels overlap
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy, % (95% CI)")
         ax.grid(alpha=0.3)
