@@ -49,10 +49,9 @@ MODEL_STAGES: dict[str, int] = {
     "quantize": 3600,
 }  # fmt: skip
 # Stages that publish artifacts or retry I/O run inside the flow (the Prefect run context): the
-# function named like the stage in tasks/<stage>.py. Imported when the stage runs, not with this
-# module: a Dask worker imports this module to restore a run's context, on its event loop, and
-# importing torch and Great Expectations there stalled it for seconds (Dask logged "Event loop was
-# unresponsive in Worker") for stages it never runs.
+# function named like the stage in tasks/<stage>.py, imported when the stage runs. A Dask worker
+# imports this module to restore a run's context and needs none of their libraries (torch, Great
+# Expectations): importing them took it seconds.
 IN_PROCESS = ("source", "ingest", "evaluate", "gate", "promote")
 STAGES = (*IN_PROCESS, *MODEL_STAGES)
 
@@ -217,7 +216,8 @@ def fan_out(
         current.add(name)
     if failure is not None:
         raise failure
-    return done
+    in_order = [dvc_stage(params, name) for name in params.model_names()[1:]]
+    return {stage: done[stage] for stage in in_order}  # as declared, not as finished
 
 
 def submission(
@@ -261,8 +261,12 @@ def task_runner(cfg: FlowParams) -> TaskRunner:
 
     if cfg.dask_address:
         return DaskTaskRunner(address=cfg.dask_address)
-    # one thread per worker process: each build already uses its own torch threads
-    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1})
+    # One thread per worker process: each build already uses its own torch threads. Workers
+    # import this module (a run's context refers to the flow) at start, not on their event loop
+    # when the first build arrives, which stalled it for seconds ("Event loop was unresponsive");
+    # workers of an existing cluster take the same `--preload flows.compress` (README).
+    cluster = {"n_workers": cfg.workers, "threads_per_worker": 1, "preload": ["flows.compress"]}
+    return DaskTaskRunner(cluster_kwargs=cluster)
 
 
 if __name__ == "__main__":
