@@ -77,9 +77,12 @@ class Built:
     lock: dict[str, Any] | None = None
 
 
-def run_process(dvc_stage: str, cmd: str, root: Path, timeout_s: int) -> None:
+def run_process(
+    dvc_stage: str, cmd: str, root: Path, timeout_s: int, debug: str = "rerun it there to debug"
+) -> None:
     """Run a stage's dvc.yaml command in root, its `python` being this interpreter; every output
-    line goes to the run's log. Raises StageFailed on a non-zero exit or after timeout_s."""
+    line goes to the run's log. Raises StageFailed on a non-zero exit or after timeout_s, saying
+    how to `debug` it."""
     logger, tail = get_run_logger(), deque[str](maxlen=TAIL_LINES)
     argv = shlex.split(cmd)
     argv[0] = sys.executable if argv[0] == "python" else argv[0]
@@ -104,7 +107,7 @@ def run_process(dvc_stage: str, cmd: str, root: Path, timeout_s: int) -> None:
     if code != 0:
         why = f"ran out of its {timeout_s} s" if timed_out.is_set() else f"exited with {code}"
         raise StageFailed(
-            f"{dvc_stage}: `{cmd}` (in {root}) {why}; rerun it there to debug. Its last output:\n"
+            f"{dvc_stage}: `{cmd}` (in {root}) {why}; {debug}. Its last output:\n"
             + "\n".join(tail),
             dvc_stage,
             tail[-1] if tail else why,
@@ -157,7 +160,8 @@ def build_remote(dvc_stage: str, bundle: Bundle, timeout_s: int) -> Built:
         scratch = Path(tmp)
         logger.info("building %s on %s in %s", dvc_stage, where(), scratch)
         checkout(scratch, bundle)
-        run_process(dvc_stage, bundle.cmd, scratch, timeout_s)
+        debug = f"on {where()}, whose scratch repo is gone: `dvc repro {dvc_stage}` runs it"
+        run_process(dvc_stage, bundle.cmd, scratch, timeout_s, debug)
         with open_repo(scratch) as repo:
             repo.commit(dvc_stage, force=True)
         pushed = push(scratch, targets=[dvc_stage])

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,16 @@ def test_dask_without_a_default_remote_is_refused_with_the_fix(pipeline: Path) -
         RemoteError, match=r"flow.task_runner is dask.*`dvc remote add -d NAME URL`"
     ):
         shared_remote(pipeline)
+
+
+def test_a_failed_remote_build_says_where_it_ran_and_how_to_rerun_it(
+    pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed = bundle(pipeline, "second", *shared_remote(pipeline))
+    failing = replace(packed, cmd="python -c \"import sys; sys.exit('second: refused')\"")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with pytest.raises(StageFailed) as err:
+        build_remote.fn("second", failing, timeout_s=60)
+    assert err.value.stage == "second" and err.value.last_line == "second: refused"
+    assert f"pid {os.getpid()}, whose scratch repo is gone: `dvc repro second`" in str(err.value)
+    assert not list(tmp_path.glob("squeeze-build-*"))
