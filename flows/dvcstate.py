@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,10 @@ from squeeze.workspace import Workspace
 # the lock keeps concurrent flow threads from interleaving those cwd switches. Everything else
 # in the flow uses absolute paths, so the switch is invisible to it.
 _LOCK = threading.Lock()
+# DVC's API logs its own INFO lines ("Updating lock file 'dvc.lock'") to stdout and, through the
+# root logger, into the run log: twice per stage, and nothing a user acts on; the flow logs what
+# it ran and recorded itself. DVC's warnings and errors still show.
+logging.getLogger("dvc").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
