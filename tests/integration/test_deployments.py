@@ -245,20 +245,34 @@ def assert_run_report(flow_run_id: Any, models: set[str]) -> None:
     assert found["gate-verdicts"].type == "table" and found["gate-decision"].data.strip()
 
 
-def wait_for_deployments(names: list[str], proc: subprocess.Popen, timeout_s: float) -> dict:
-    """Poll the API until every deployment exists (serve registers them after it starts)."""
+def wait_for_deployments(
+    names: list[str], proc: subprocess.Popen, workspace: Path, timeout_s: float
+) -> dict:
+    """Poll the API until serve has registered every deployment for this workspace.
+
+    A deployment of the same name may already exist in the session's server (an earlier test's
+    serve or `prefect deploy`): it counts only once serve has updated it, i.e. it is served (no
+    work pool) and its parameters name this workspace.
+    """
     from prefect.exceptions import ObjectNotFound
+
+    def ours(deployment: Any) -> bool:
+        served = deployment.work_pool_name is None
+        return served and deployment.parameters.get("workspace") == str(workspace)
 
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"squeeze serve exited ({proc.returncode}):\n{proc.stdout.read()}")
         try:
-            return {name: read_deployment(name) for name in names}
+            found = {name: read_deployment(name) for name in names}
+            if all(map(ours, found.values())):
+                return found
         except ObjectNotFound:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"serve did not register {names} for {workspace} in {timeout_s} s")
+        time.sleep(1)
 
 
 @contextlib.contextmanager
@@ -295,7 +309,7 @@ def test_serve_deploys_a_typed_form_refuses_bad_params_and_runs_custom_ones(
     set_params(workspace, {"flow": {"timezone": "Europe/Berlin"}})
     params = load_params(workspace)
     with serving(workspace, "--cron", "30 4 * * 1-5") as proc:
-        found = wait_for_deployments(["scheduled", "manual"], proc, timeout_s=120)
+        found = wait_for_deployments(["scheduled", "manual"], proc, workspace, timeout_s=120)
         scheduled, manual = found["scheduled"], found["manual"]
 
         (schedule,) = scheduled.schedules
@@ -402,7 +416,7 @@ def test_the_scheduled_deployment_runs_on_its_cron_from_params_yaml(
     (workspace / "params.yaml").write_text(yaml.safe_dump(validate(quick, "quick").model_dump(
         mode="json"), sort_keys=False))  # fmt: skip
     with serving(workspace, "--cron", "* * * * *") as proc:  # due within a minute
-        scheduled = wait_for_deployments(["scheduled"], proc, timeout_s=120)["scheduled"]
+        scheduled = wait_for_deployments(["scheduled"], proc, workspace, timeout_s=120)["scheduled"]
         started = wait_for_a_scheduled_run(scheduled.id, proc, timeout_s=150)
         flow_run = wait_for_final_state(started.id, timeout_s=240)
         assert flow_run.state.is_completed(), flow_run.state
