@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, load_file, save_file
 from torch import nn
 
+from squeeze.errors import StageRefused
 from squeeze.workspace import read_json, write_json
 
 # Fashion-MNIST pixel statistics over the 60k training images, on the 0..1 scale. They live in
@@ -129,3 +133,71 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     model = build_model(record["arch"])
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval(), record
+
+
+class InitError(StageRefused):
+    """train_teacher.init names weights that cannot start the teacher: missing, not safetensors,
+    or not the state_dict of train_teacher.arch."""
+
+
+def read_init(init: str, root: Path, endpoint_url: str | None = None) -> bytes:
+    """The bytes of a weights file: s3://bucket/key through squeeze.storage, else a local path
+    (relative to the workspace root, or absolute)."""
+    if init.startswith("s3://"):
+        from squeeze.storage import StoreError, open_store  # boto3 only for s3:// weights
+
+        parts = urlsplit(init)
+        prefix, _, key = parts.path.strip("/").rpartition("/")
+        try:
+            return open_store(f"s3://{parts.netloc}/{prefix}", endpoint_url).get(key)
+        except StoreError as err:
+            raise InitError(f"train_teacher.init: cannot read {init}: {err}") from err
+    path = root / init
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise InitError(
+            f"train_teacher.init: cannot read {path} ({err.strerror}); give the path of a "
+            "safetensors file (relative to the workspace, absolute, or s3://bucket/key)"
+        ) from err
+
+
+def load_init(model: nn.Module, init: str, root: Path, endpoint_url: str | None = None) -> str:
+    """Load the safetensors weights named by train_teacher.init into model; return their sha256.
+
+    The file is parsed by safetensors only (never unpickled, so a .pt/pickle file cannot run
+    code). Every missing, unexpected and mis-shaped key is listed in one InitError.
+    """
+    data = read_init(init, root, endpoint_url)
+    try:
+        state = load(data)
+    except (SafetensorError, ValueError) as err:
+        raise InitError(
+            f"train_teacher.init: {init} is not a safetensors file ({err}); save the teacher's "
+            "state_dict with safetensors.torch.save_file (pickled .pt/.pth files are not read)"
+        ) from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} (file {list(state[k].shape)}, model {list(v.shape)})"
+        for k, v in sorted(expected.items())
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or misshaped:
+        problems = [
+            f"{label}: {', '.join(keys)}"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("mis-shaped keys", misshaped),
+            )  # fmt: skip
+            if keys
+        ]
+        raise InitError(
+            f"train_teacher.init: {init} does not fit train_teacher.arch ({'; '.join(problems)}); "
+            "set train_teacher.arch to the architecture these weights were trained with, or "
+            "save that model's state_dict"
+        )
+    model.load_state_dict(state)
+    return hashlib.sha256(data).hexdigest()

@@ -99,11 +99,40 @@ class FitParams(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(description="'auto' uses CUDA when present.")
 
 
+class TeacherFitParams(FitParams):
+    """How the teacher is trained: as FitParams, but 0 epochs (no training) is allowed when the
+    teacher starts from a weights file (train_teacher.init)."""
+
+    epochs: int = Field(
+        ge=0, le=500, description="Training epochs; 0 with init: evaluate and compress it as is."
+    )
+
+
 class TrainTeacherParams(Section):
     """The teacher: the full-size model every candidate is compressed from."""
 
     arch: ArchParams
-    fit: FitParams
+    fit: TeacherFitParams
+    init: str | None = Field(
+        description="Start from a teacher you already have: a safetensors file of the arch's "
+        "state_dict (a path relative to the workspace, absolute, or s3://bucket/key); null "
+        "trains from scratch. dvc repro sees a change of this key, not of the file's content "
+        "(its sha256 is recorded in models/teacher/model.json): give a changed file a new name, "
+        "or run `dvc repro -f train_teacher`."
+    )
+    endpoint_url: str | None = Field(
+        description="S3 endpoint for an s3:// init (MinIO, moto); null for AWS."
+    )
+
+    @model_validator(mode="after")
+    def check_epochs(self) -> TrainTeacherParams:
+        if self.fit.epochs == 0 and self.init is None:
+            raise ValueError(
+                "train_teacher.fit.epochs is 0 with no train_teacher.init: 0 epochs only "
+                "evaluates and compresses an existing teacher; name its safetensors file in "
+                "train_teacher.init, or train at least 1 epoch"
+            )
+        return self
 
 
 class EvaluateParams(Section):

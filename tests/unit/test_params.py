@@ -260,3 +260,17 @@ def test_merge_kinds_get_the_upstreams_and_student_they_need(raw: dict) -> None:
     message = error_of(raw)
     assert "merge.teacher_ch50_soup: upstreams: kind soup_greedy fine-tunes one shared" in message
     assert "merge.kd_ensemble: student: kind distill_ensemble needs a student" in message
+
+
+def test_zero_teacher_epochs_need_an_init_and_only_the_teacher_may_have_them(raw: dict) -> None:
+    raw["train_teacher"]["fit"]["epochs"] = 0
+    assert "train_teacher: train_teacher.fit.epochs is 0 with no train_teacher.init" in error_of(
+        raw
+    )
+    raw["train_teacher"]["init"] = "teacher.safetensors"
+    assert validate(raw, "params.yaml").train_teacher.fit.epochs == 0  # compress-only
+    for stage in ("distill", "prune"):
+        name, cfg = candidate(raw, stage)
+        cfg["fit"]["epochs"] = 0
+        message = f"{stage}.{name}.fit.epochs: Input should be greater than or equal to 1 (got 0)"
+        assert message in error_of(raw)

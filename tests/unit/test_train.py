@@ -11,7 +11,7 @@ import torch
 
 from squeeze.data import save_split
 from squeeze.models import build_model, load_checkpoint, save_checkpoint
-from squeeze.params import ArchParams, FitParams, Params, TrainTeacherParams
+from squeeze.params import ArchParams, FitParams, Params, TeacherFitParams, TrainTeacherParams
 from squeeze.train import (
     TrainingError,
     accuracy,
@@ -85,10 +85,12 @@ DIVERGES = {"lr": 10.0, "weight_decay": 0.5}
 COLLAPSES = {"lr": 10.0}
 
 
-def teacher_params(**fit_changes: object) -> Params:
-    """Params with just a train_teacher section: ARCH trained one thread, 2 epochs."""
-    fit_cfg = FIT.model_copy(update={"epochs": 2, "threads": 1, **fit_changes})
-    section = TrainTeacherParams(arch=ArchParams(**ARCH), fit=fit_cfg)
+def teacher_params(init: str | None = None, **fit_changes: object) -> Params:
+    """Params with just a train_teacher section: ARCH trained one thread, 2 epochs (from the
+    weights file init, if given)."""
+    fit_cfg = TeacherFitParams(**{**FIT.model_dump(), "epochs": 2, "threads": 1, **fit_changes})
+    section = TrainTeacherParams(arch=ArchParams(**ARCH), fit=fit_cfg, init=init,
+                                 endpoint_url=None)  # fmt: skip
     return Params.model_construct(train_teacher=section)
 
 
