@@ -234,3 +234,13 @@ class StopBeforePointerMove:
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> bool:
         self._endpoint.stop()
         return self._store.put_if_match(key, data, etag)
+
+
+def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts a flow run filed with the API server, by key."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    only_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return {a.key: a for a in client.read_artifacts(artifact_filter=only_run)}

@@ -26,6 +26,7 @@ import yaml
 from squeeze.params import COMPRESSION_STAGES, Params, load_params, merge, validate
 from squeeze.workspace import Workspace, read_json
 from tests.conftest import PROJECT, dvc_up_to_date, run
+from tests.integration.conftest import artifacts_of
 
 INFRA = PROJECT / "infra"
 FLOW = "retrain_and_compress"
@@ -219,16 +220,6 @@ def quick_params(params: Params) -> dict[str, Any]:
     """params with no candidates (the teacher alone) and fewer timing runs: a quick full run."""
     quick = merge(params.model_dump(mode="json"), {"evaluate": {"runs": 20}})
     return quick | {stage: {} for stage in COMPRESSION_STAGES}
-
-
-def artifacts_of(flow_run_id: Any) -> dict[str, Any]:
-    """The artifacts a flow run filed with the API server, by key."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    only_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-    with get_client(sync_client=True) as client:
-        return {a.key: a for a in client.read_artifacts(artifact_filter=only_run)}
 
 
 def assert_run_report(flow_run_id: Any, models: set[str]) -> None:

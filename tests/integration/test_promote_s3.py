@@ -36,7 +36,7 @@ from squeeze.storage import StoreError
 from squeeze.workspace import Workspace, read_json, write_json
 from tasks import gate as gate_stage
 from tasks import promote as promote_stage
-from tests.integration.conftest import S3Endpoint, StopBeforePointerMove
+from tests.integration.conftest import S3Endpoint, StopBeforePointerMove, artifacts_of
 
 PROJECT = Path(__file__).resolve().parents[2]
 FAMILY = "fmnist"
@@ -592,8 +592,6 @@ def test_push_without_a_remote_says_what_to_do(tmp_path: Path) -> None:
 def test_gate_and_promote_publish_artifacts_in_a_flow(bench: Bench, prefect_api: None) -> None:
     """Inside a flow both tasks publish their table, Markdown and (promote) link artifacts."""
     from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     @flow
     def gate_and_promote(root: str) -> None:
@@ -603,10 +601,7 @@ def test_gate_and_promote_publish_artifacts_in_a_flow(bench: Bench, prefect_api:
 
     state = gate_and_promote(str(bench.root), return_state=True)
     assert state.is_completed(), state
-    run_filter = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run_filter))
-    by_key = {a.key: a for a in found}
+    by_key = artifacts_of(state.state_details.flow_run_id)
     assert set(by_key) == {"gate-verdicts", "gate-decision", "promote-comparison",
                            "promote-decision", "registry-production"}  # fmt: skip
     assert "challenger **kd**" in by_key["gate-decision"].data
