@@ -32,7 +32,7 @@ SECRET_KEYS = frozenset({
     "password", "ask_password", "passphrase", "ask_passphrase", "keyfile", "token",
     "bearer_token_command", "connection_string", "sas_token", "account_key", "client_secret",
     "oss_key_id", "oss_key_secret", "gdrive_client_secret", "gdrive_user_credentials_file",
-    "gdrive_service_account_json_file_path",
+    "gdrive_service_account_json_file_path", "key_path", "cert_path", "kerb_ticket",
 })  # fmt: skip
 
 

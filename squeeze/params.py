@@ -280,8 +280,9 @@ class FlowParams(Section):
     workers: int = Field(ge=1, le=256, description="Concurrent candidate builds (threads/workers).")
     dask_address: str | None = Field(
         description="dask: scheduler address of an existing cluster (tcp://host:8786); its workers "
-        "need the project installed, the remote's credentials and PREFECT_API_URL. null starts a "
-        "LocalCluster of `workers` processes."
+        "need the project installed and the remote's credentials, and the flow's PREFECT_API_URL "
+        "(which Prefect sends them) must be reachable from them. null starts a LocalCluster of "
+        "`workers` processes."
     )
     cron: str = Field(
         pattern=r"^\S+(\s+\S+){4}$", description="Schedule of `squeeze serve` (cron, 5 fields)."
