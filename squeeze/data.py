@@ -55,6 +55,42 @@ class Split:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know of its data (data/profile.json, written by ingest): the
+    image size and channels of the (N, H, W, C) uint8 splits, the class names (label k is
+    classes[k]) and the per-channel pixel mean and standard deviation of the training split on
+    the 0..1 scale, which the model standardises its raw input with."""
+
+    classes: tuple[str, ...]
+    height: int
+    width: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "height": self.height, "width": self.width,
+                "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DataSpec:
+        return cls(tuple(data["classes"]), int(data["height"]), int(data["width"]),
+                   int(data["channels"]), tuple(data["mean"]), tuple(data["std"]))  # fmt: skip
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def read_spec(path: Path) -> DataSpec:
+    """The DataSpec ingest wrote to path (data/profile.json); DataError when there is none."""
+    try:
+        return DataSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: run the ingest stage first (dvc repro ingest)") from None
+
+
 def raw_names() -> list[str]:
     return [name for pair in IDX_FILES.values() for name in pair]
 

@@ -44,17 +44,47 @@ class Section(BaseModel):
 
 
 class IngestParams(Section):
-    """Where the data comes from and how it is split into train / validation / test."""
+    """Where the data comes from, how its images are read, and how it is split into train /
+    validation / test."""
 
+    format: Literal["idx", "imagefolder"] = Field(
+        description="idx: the four MNIST-style IDX files (train/t10k images and labels); "
+        "imagefolder: one folder per class (train/<class>/*, test/<class>/*, or only <class>/* "
+        "split by test_fraction), images in any format Pillow reads."
+    )
     source: str = Field(
-        description="Where the Fashion-MNIST IDX files come from: 'auto' (the system copy of the "
-        "Debian package dataset-fashion-mnist, else the upstream download), a local folder, "
-        "s3://bucket/prefix or an http(s):// base URL."
+        description="Where the data comes from: a local folder, s3://bucket/prefix, an http(s):// "
+        "base URL (idx only), or 'auto' (idx: the system copy of the Debian package "
+        "dataset-fashion-mnist, else the mirror)."
     )
     endpoint_url: str | None = Field(
         description="S3 endpoint for an s3:// source (MinIO, moto); null for AWS."
     )
     mirror: str = Field(description="Base URL of the upstream download used by source 'auto'.")
+    classes: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        description="idx: the names of labels 0..K-1 (null: '0'..'K-1'); imagefolder: null, "
+        "the names are the class folders' names, sorted."
+    )
+    channels: Literal[1, 3] = Field(
+        description="Image channels the model sees: 1 (grayscale) or 3 (RGB); images in "
+        "another mode are converted (Pillow) and counted."
+    )
+    image_size: list[Annotated[int, Field(ge=4, le=4096)]] = Field(
+        min_length=2, max_length=2, description="[height, width] the model sees, in pixels."
+    )
+    resize: Literal["exact", "shorter_side_crop"] = Field(
+        description="How an image of another size is brought to image_size: exact (stretch to "
+        "it) or shorter_side_crop (scale the shorter side to fit, then crop the centre)."
+    )
+    test_fraction: float | None = Field(
+        gt=0, lt=0.5,
+        description="imagefolder without train/ and test/ folders: share of every class held "
+        "out as the test split (seeded); null otherwise.",
+    )  # fmt: skip
+    on_bad_image: Literal["fail", "skip"] = Field(
+        description="A file that is not a readable image: fail (stop ingest naming it) or skip "
+        "(leave it out and count it in the ingest report)."
+    )
     val_fraction: float = Field(
         gt=0, lt=0.5, description="Share of the training images held out for validation."
     )
@@ -64,24 +94,60 @@ class IngestParams(Section):
     test_per_class: int | None = Field(
         ge=10, description="Stratified subset: test images per class (null = all)."
     )
-    expected_train: int = Field(ge=1, description="Images the raw training file must hold.")
-    expected_test: int = Field(ge=1, description="Images the raw test file must hold.")
+    expected_train: int | None = Field(
+        ge=1, description="Training images the source must hold (null: no check)."
+    )
+    expected_test: int | None = Field(
+        ge=1, description="Test images the source must hold (null: no check)."
+    )
     balance_tolerance: float = Field(
         gt=0,
         lt=1,
-        description="Each class's share may deviate from 1/10 by at most this fraction of it.",
+        description="Each class's share may deviate from 1/K (K classes) by at most this "
+        "fraction of it.",
     )
     seed: int = Field(ge=0, description="Seed of the splits and subsets.")
 
+    @model_validator(mode="after")
+    def check_format(self) -> IngestParams:
+        if self.format == "imagefolder" and self.classes is not None:
+            raise ValueError(
+                "ingest.classes: imagefolder takes the class names from the folder names; "
+                "set ingest.classes to null (rename the folders to rename the classes)"
+            )
+        if self.format == "idx" and self.test_fraction is not None:
+            raise ValueError(
+                "ingest.test_fraction: idx files hold their own test split; set it to null"
+            )
+        return self
 
-class ArchParams(Section):
-    name: Literal["convnet"] = Field(description="Architecture family.")
+
+class ConvNetArch(Section):
+    """squeeze's built-in VGG-style CNN (any channels, image size and number of classes)."""
+
+    name: Literal["convnet"] = Field(description="The built-in architecture.")
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         min_length=1, max_length=4, description="Output channels of each stage (2×2 pool between)."
     )
     convs_per_stage: int = Field(ge=1, le=4, description="3×3 conv blocks per stage.")
     dropout: float = Field(ge=0, lt=1, description="Dropout before the classifier.")
     batchnorm: bool = Field(description="BatchNorm after every conv.")
+
+
+class ClassPathArch(Section):
+    """Your own network: an importable class or function (LightningCLI's class_path/init_args
+    convention) that builds an nn.Module mapping normalised float (B, C, H, W) to (B, K)
+    logits. Only modules the workspace allows ([tool.squeeze] allowed_modules in its
+    pyproject.toml, or SQUEEZE_ALLOWED_MODULES) are imported."""
+
+    class_path: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        description="package.module.ClassOrFunction that builds the network.",
+    )
+    init_args: dict[str, Any] = Field(description="Keyword arguments it is called with.")
+
+
+ArchParams = ConvNetArch | ClassPathArch
 
 
 class FitParams(Section):
@@ -168,6 +234,11 @@ class PruneParams(Section):
     )
     steps: int = Field(ge=1, le=100, description="Pruning steps of the gradual (AGP) schedule.")
     importance: Literal["l1", "l2", "taylor"] = Field(description="Structured: channel criterion.")
+    round_to: int | None = Field(
+        ge=1, le=512,
+        description="Structured: every pruned layer keeps a multiple of this many channels "
+        "(Torch-Pruning's round_to), widths the CPU kernels run fast; null: no rounding.",
+    )  # fmt: skip
     distill_alpha: float = Field(
         ge=0, le=1, description="Fine-tune with this weight on distillation from the teacher."
     )

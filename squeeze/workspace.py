@@ -24,6 +24,11 @@ class Workspace:
         return self.root / "data" / "fingerprint.json"
 
     @property
+    def profile(self) -> Path:
+        """What models need to know of the data (squeeze.data.DataSpec): written by ingest."""
+        return self.root / "data" / "profile.json"
+
+    @property
     def source(self) -> Path:
         """The `source` stage's stamp: the fingerprint of the data ingest.source holds now."""
         return self.root / "data" / "source.json"
