@@ -33,7 +33,7 @@ from torch import nn
 
 from benchmarks import choose, peers, report
 from benchmarks.anchors import anchors
-from squeeze.data import Split, load_split
+from squeeze.data import Split, load_split, read_spec
 from squeeze.dvcyaml import stages_ran
 from squeeze.evaluate import export_onnx, measure_logits, predicted_classes
 from squeeze.models import load_checkpoint
@@ -54,6 +54,7 @@ class Bench:
     predicted classes per split (the paired comparisons read those)."""
 
     splits: dict[str, Split]
+    classes: list[str]
     cfg: EvaluateParams
     rows: list[dict[str, Any]] = field(default_factory=list)
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -63,7 +64,7 @@ class Bench:
 
         reference: what the file was made from, its predicted classes on val (agreement).
         Per-class accuracies stay in metrics/candidates.json; the benchmark reports overall."""
-        record, logits = measure_logits(path, self.splits, self.cfg, reference)
+        record, logits = measure_logits(path, self.splits, self.classes, self.cfg, reference)
         self.predictions[about["name"]] = {split: x.argmax(1) for split, x in logits.items()}
         record = {k: v for k, v in record.items() if not k.endswith("per_class_accuracy")}
         self.rows.append({**about, **record})
@@ -185,7 +186,8 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
     """Measure every row and compare the pairs; returns (rows with ratios, comparisons)."""
     torch.set_num_threads(params.evaluate.threads)
-    bench = Bench({s: load_split(ws.split(s)) for s in SPLITS}, params.evaluate)
+    splits = {s: load_split(ws.split(s)) for s in SPLITS}
+    bench = Bench(splits, list(read_spec(ws.profile).classes), params.evaluate)
     records = measure_models(bench, ws, params)
     measure_anchors(bench, load_checkpoint(ws.model("teacher"))[0], tmp)
     if unstructured := choose.best_unstructured(records, params):

@@ -67,7 +67,7 @@ def nncf_quantized(source: Path, dest: Path, calibration: np.ndarray) -> None:
     """NNCF post-training quantization of the fp32 ONNX file `source`, default preset.
 
     The export's input is raw uint8 pixels named INPUT, so the calibration set yields
-    {INPUT: (1, 28, 28) uint8} feeds: one image per item, so that subset_size counts images and
+    {INPUT: (1, H, W, C) uint8} feeds: one image per item, so that subset_size counts images and
     all len(calibration) of them are used (NNCF's own default is 300).
     """
     import nncf  # an optional (dev) dependency, needed by this peer only

@@ -29,6 +29,7 @@ from flows.builds import StageFailed as StageFailed  # squeeze.cli catches it fr
 from flows.dvcstate import command, is_stale, record
 from flows.remote import default_remote, push_remote, shared_remote
 from squeeze.dvcyaml import dvc_stage, parse_stage, sync
+from squeeze.factory import check_class_paths
 from squeeze.params import FlowParams, Params, load_params, write_params
 from squeeze.workspace import Workspace, read_json
 
@@ -120,6 +121,9 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
     with workspace_lock(root):
         if params is None:
             params = load_params(root)
+        # params from the UI or API name code to import: refuse a module the workspace does not
+        # allow before anything runs (or is written to params.yaml)
+        check_class_paths(params, root)
         # Dask workers see no disk of the workspace: without a remote to meet at, refuse now
         remote = shared_remote(root) if params.flow.task_runner == "dask" else None
         if write_params(root, params):

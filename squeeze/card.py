@@ -13,26 +13,36 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from squeeze.data import CLASSES
+from squeeze.data import DataSpec, read_spec
 from squeeze.package import SHIPPED
 from squeeze.params import Params
 from squeeze.workspace import Workspace, read_json
 
-CARD_SCHEMA = 1
-# What the exported graph takes and returns (squeeze.evaluate.export_onnx, squeeze.models).
-INPUT = {
-    "name": "pixels",
-    "dtype": "uint8",
-    "shape": ["N", 28, 28],
-    "scaling": "raw 0..255 grayscale pixels, white garment on black, as in the IDX files",
-    "preprocessing": "none outside the model: scaling and standardisation are inside the graph",
-}
-OUTPUT = {
-    "name": "logits",
-    "dtype": "float32",
-    "shape": ["N", 10],
-    "meaning": "unnormalised class scores; argmax indexes classes (softmax for probabilities)",
-}
+CARD_SCHEMA = 2  # 2: input and output shapes, classes and pixel statistics come from the data
+
+
+def contract(spec: DataSpec) -> dict[str, dict[str, Any]]:
+    """What the exported graph takes and returns (squeeze.evaluate.export_onnx,
+    squeeze.models.Classifier), for the data the model was trained on."""
+    mode = {1: "grayscale", 3: "RGB"}[spec.channels]
+    return {
+        "input": {
+            "name": "pixels",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "shape": ["N", spec.height, spec.width, spec.channels],
+            "scaling": f"raw 0..255 {mode} pixels, as ingest stored them",
+            "preprocessing": "none outside the model: scaling and standardisation (per-channel "
+            f"mean {list(spec.mean)}, std {list(spec.std)} on the 0..1 scale) are in the graph",
+        },
+        "output": {
+            "name": "logits",
+            "dtype": "float32",
+            "shape": ["N", spec.num_classes],
+            "meaning": "unnormalised class scores; argmax indexes classes (softmax for "
+            "probabilities)",
+        },
+    }
 
 
 def git_revision(root: Path) -> str:
@@ -130,12 +140,12 @@ def build_card(
     """
     ws = Workspace(root)
     chain = upstream_chain(root, name, params)
+    spec = read_spec(ws.profile)
     return {
         "schema": CARD_SCHEMA,
         "model": {"name": name, "method": chain[0]["method"], "format": "onnx", "file": SHIPPED},
-        "input": INPUT,
-        "output": OUTPUT,
-        "classes": list(CLASSES),
+        **contract(spec),
+        "classes": list(spec.classes),
         "metrics": metrics,
         "evaluation": {
             # validation chose this model (gates, policy, champion vs challenger); test reports
@@ -202,8 +212,10 @@ def summary_markdown(card: dict[str, Any]) -> str:
         f"| latency p50 / p95 (ms) | {m.get('latency_ms_p50')} / {m.get('latency_ms_p95')} |",
         f"| parameters (non-zero) | {m.get('params')} ({m.get('nonzero_params')}) |",
         "",
-        f"- input: `{INPUT['name']}` {INPUT['dtype']} {INPUT['shape']}, {INPUT['scaling']}",
-        f"- output: `{OUTPUT['name']}` {OUTPUT['dtype']} {OUTPUT['shape']}",
+        f"- input: `{card['input']['name']}` {card['input']['dtype']} {card['input']['layout']} "
+        f"{card['input']['shape']}, {card['input']['scaling']}",
+        f"- output: `{card['output']['name']}` {card['output']['dtype']} {card['output']['shape']}",
+        f"- classes: {', '.join(card['classes'])}",
         f"- lineage: {chain_text(card)}",
         f"- decision: {decision_text(card.get('decision'))}",
         f"- git {lineage.get('git_revision')}, dvc.lock sha256 "

@@ -26,21 +26,32 @@ from squeeze.params import ArchParams, DistillParams, FitParams
 from squeeze.train import cross_entropy, fit
 
 
-class PooledEmbedding:
-    """Keeps the latest output of a model's `pool` layer, flattened to (B, C), via a hook.
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The network's last nn.Linear (registration order), whose input is the embedding that
+    feature distillation matches; ValueError when the network has none."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear output layer whose input features "
+            "could be matched; set feature_weight to 0 for this network"
+        )
+    return linears[-1]
+
+
+class Embedding:
+    """Keeps the latest input of a model's output layer, (B, D), via a forward pre-hook: the
+    embedding the classifier reads (for squeeze's ConvNet, the pooled features).
 
     A hook instead of a second forward path: the model's own forward stays the only one, and
     the embedding keeps its graph when the model trains (so the feature loss reaches it).
     """
 
     def __init__(self, model: nn.Module) -> None:
-        if not hasattr(model, "pool"):
-            raise ValueError(f"{type(model).__name__} has no `pool` layer to match features at")
         self.value: torch.Tensor | None = None
-        self.handle = model.pool.register_forward_hook(self.keep)
+        self.handle = output_layer(model).register_forward_pre_hook(self.keep)
 
-    def keep(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        self.value = output.flatten(1)  # (B, C, 1, 1) -> (B, C)
+    def keep(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.value = inputs[0].flatten(1)
 
     def remove(self) -> None:
         self.handle.remove()
@@ -87,9 +98,9 @@ class DistillationLoss:
         self.teacher = teacher.eval()
         self.temperature, self.alpha, self.feature_weight = temperature, alpha, feature_weight
         self.label_smoothing, self.student = label_smoothing, student
-        self.hooks: tuple[PooledEmbedding, PooledEmbedding] | None = None
+        self.hooks: tuple[Embedding, Embedding] | None = None
         if feature_weight > 0 and student is not None:  # (student, teacher) embeddings
-            self.hooks = (PooledEmbedding(student.student), PooledEmbedding(teacher))
+            self.hooks = (Embedding(student.student), Embedding(teacher))
 
     def __call__(
         self, logits: torch.Tensor, pixels: torch.Tensor, labels: torch.Tensor
@@ -122,19 +133,19 @@ def distillation_loss(
     """A LossFn for train.fit that queries the frozen teacher on every batch.
 
     Args:
-        teacher: any (B, 28, 28) -> (B, 10) model; run in eval mode under no_grad, so no
+        teacher: any (B, H, W, C) uint8 -> (B, K) model; run in eval mode under no_grad, so no
             gradient ever reaches it.
         temperature, alpha: Hinton's T and the weight of the (T²-scaled) soft term.
         label_smoothing: of the (1 − α)-weighted hard cross-entropy term.
         feature_weight: > 0 adds the pooled-embedding MSE; needs `student` (the module fit
-            trains, holding the projection) and a teacher with a `pool` layer.
+            trains, holding the projection) and a teacher with an nn.Linear output layer.
     """
     return DistillationLoss(teacher, temperature, alpha, label_smoothing, feature_weight, student)
 
 
 def embedding_dim(model: nn.Module) -> int:
-    """Width of the pooled embedding: the classifier's input features."""
-    return model.classifier.in_features
+    """Width D of the embedding Embedding keeps: the output layer's input features."""
+    return output_layer(model).in_features
 
 
 def train_student(
@@ -156,7 +167,7 @@ def train_student(
     """
     arch = student_arch if isinstance(student_arch, dict) else student_arch.model_dump(mode="json")
     torch.manual_seed(cfg.seed)
-    student = build_model(arch)
+    student = build_model(arch, teacher.spec)
     if alpha == 0 and feature_weight == 0:
         history = fit(student, train, val, cfg, state_path, cross_entropy(cfg.label_smoothing))
         return student.eval(), history

@@ -26,6 +26,8 @@ MERGE_DEPS = [
     "squeeze/distill.py",
     "squeeze/evaluate.py",
     "squeeze/models.py",
+    "squeeze/factory.py",
+    "squeeze/structure.py",
     "squeeze/train.py",
     "data/splits/train.safetensors",
     "data/splits/val.safetensors",

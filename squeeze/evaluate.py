@@ -17,7 +17,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from squeeze.data import CLASSES, Split
+from squeeze.data import Split
+from squeeze.models import example_input
 from squeeze.package import pack
 from squeeze.params import EvaluateParams
 from squeeze.stats import accuracy_ci
@@ -35,12 +36,13 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def export_onnx(model: nn.Module, path: Path) -> None:
-    """Export a (B, 28, 28) uint8 -> (B, 10) logits model with a dynamic batch axis."""
+    """Export a model (a Classifier or Ensemble: its .spec gives H, W, C) taking (B, H, W, C)
+    uint8 "pixels" to (B, K) float32 "logits", with a dynamic batch axis."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
     torch.onnx.export(
         model.eval(),
-        (torch.zeros(1, 28, 28, dtype=torch.uint8),),
+        (example_input(model.spec),),
         str(tmp),
         input_names=[INPUT],
         output_names=[OUTPUT],
@@ -158,15 +160,18 @@ def predict_onnx(sess: ort.InferenceSession, images: np.ndarray, batch: int) -> 
 
 
 def predicted_classes(path: Path, images: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Predicted class (N,) int64 of an ONNX model for (N, 28, 28) uint8 images."""
+    """Predicted class (N,) int64 of an ONNX model for (N, H, W, C) uint8 images."""
     return predict_onnx(session(path, threads), images, 512)[0].argmax(1)
 
 
-def split_scores(split: str, pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """`<split>_accuracy` with its Wilson 95% interval and `<split>_per_class_accuracy`."""
+def split_scores(
+    split: str, pred: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """`<split>_accuracy` with its Wilson 95% interval and `<split>_per_class_accuracy` (by
+    class name; label k is classes[k])."""
     correct = pred == labels
     per_class = {
-        name: round(float(correct[labels == c].mean()), 5) for c, name in enumerate(CLASSES)
+        name: round(float(correct[labels == c].mean()), 5) for c, name in enumerate(classes)
     }
     return {
         f"{split}_accuracy": round(float(correct.mean()), 5),
@@ -178,6 +183,7 @@ def split_scores(split: str, pred: np.ndarray, labels: np.ndarray) -> dict[str, 
 def measure_logits(
     path: Path,
     splits: dict[str, Split],
+    classes: list[str],
     cfg: EvaluateParams,
     reference: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -187,6 +193,7 @@ def measure_logits(
         path: the exported model.
         splits: {"val": ..., "test": ...}: every split is scored (`val_accuracy`, its CI and
             per-class accuracies; the same for test). Decisions read val; test is reported.
+        classes: the class names, label k is classes[k] (DataSpec.classes).
         cfg: params.evaluate (threads, latency runs, throughput batch).
         reference: the source model's predicted classes (N,) on the val split; the share the
             export agrees with is `agreement` (a broken export shows here even when accuracy
@@ -201,7 +208,7 @@ def measure_logits(
     throughput = 0.0
     for split, data in splits.items():
         logits[split], throughput = predict_onnx(sess, data.images, cfg.throughput_batch)
-        record |= split_scores(split, logits[split].argmax(1), data.labels)
+        record |= split_scores(split, logits[split].argmax(1), data.labels, classes)
     first = next(iter(splits.values()))
     agreement = None
     if reference is not None:

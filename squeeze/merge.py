@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from squeeze.data import Split
+from squeeze.data import DataSpec, Split
 from squeeze.distill import train_student
 from squeeze.params import ArchParams, FitParams
 from squeeze.train import accuracy, fit, predict
@@ -35,8 +35,13 @@ class Ensemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
 
+    @property
+    def spec(self) -> DataSpec:
+        """The members' data spec (they were all trained on the same data)."""
+        return self.members[0].spec
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # n × (B, 10) -> (n, B, 10) -> (B, 10)
+        # n × (B, K) -> (n, B, K) -> (B, K)
         return torch.stack([member(pixels) for member in self.members]).mean(0)
 
 

@@ -1,4 +1,5 @@
-"""Model architectures and self-describing checkpoints (safetensors weights + JSON record)."""
+"""Models: the raw-pixel Classifier around a built-in or user network, and self-describing
+checkpoints (safetensors weights + JSON record)."""
 
 from __future__ import annotations
 
@@ -12,98 +13,105 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 from torch import nn
 
+from squeeze.data import DataSpec
 from squeeze.errors import StageRefused
+from squeeze.structure import apply_structure, structure_of
 from squeeze.workspace import read_json, write_json
 
-# Fashion-MNIST pixel statistics over the 60k training images, on the 0..1 scale. They live in
-# the network so that the exported ONNX graph takes raw uint8 pixels (the input contract).
-PIXEL_MEAN = 0.2860
-PIXEL_STD = 0.3530
-NUM_CLASSES = 10
+class Classifier(nn.Module):
+    """Raw pixels in, logits out: the input contract of every squeeze model and its exports.
+
+    Takes (B, H, W, C) uint8 pixels (or floats on the 0..255 scale), moves channels first,
+    standardises them with the training split's per-channel mean and standard deviation
+    (DataSpec, from data/profile.json) and returns `net`'s (B, K) logits. The statistics are
+    buffers that are not saved in the state_dict (the checkpoint's record holds the spec), so a
+    state_dict's keys are `net.` + the keys of the network the user wrote. `arch` is the
+    record that built net (params' arch), which save_checkpoint writes beside the weights.
+    """
+
+    def __init__(self, net: nn.Module, spec: DataSpec, arch: dict[str, Any]) -> None:
+        super().__init__()
+        self.net, self.spec, self.arch = net, spec, arch
+        shape = (1, spec.channels, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(shape) * 255.0
+        std = torch.tensor(spec.std, dtype=torch.float32).view(shape) * 255.0
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float().permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        return self.net((x - self.mean) / self.std)
 
 
 class ConvNet(nn.Module):
-    """A VGG-style CNN: stages of 3×3 conv-BN-ReLU blocks, 2×2 max-pool between stages,
-    global average pooling and one linear classifier.
+    """squeeze's built-in network, VGG-style: stages of 3×3 conv-BN-ReLU blocks, 2×2 max-pool
+    between stages, global average pooling and one linear classifier.
 
-    Input is raw pixels, (B, 28, 28) uint8 or float in 0..255; output is (B, 10) logits.
-    A stage's entry in `channels` is either one width (repeated convs_per_stage times) or the
-    explicit list of its convs' widths, which is what a structurally pruned network needs.
+    Maps normalised float (B, in_channels, H, W) to (B, num_classes) logits, for any image size
+    (global pooling); each stage's entry in `channels` is the width of its convs_per_stage convs.
     """
 
     def __init__(
         self,
-        channels: list[int | list[int]],
+        in_channels: int,
+        num_classes: int,
+        channels: list[int],
         convs_per_stage: int,
         dropout: float,
         batchnorm: bool,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        in_ch = 1
-        for i, widths in enumerate(stage_widths(channels, convs_per_stage)):
+        in_ch = in_channels
+        for i, width in enumerate(channels):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
-            for out_ch in widths:
-                layers.append(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=not batchnorm))
+            for _ in range(convs_per_stage):
+                layers.append(nn.Conv2d(in_ch, width, 3, padding=1, bias=not batchnorm))
                 if batchnorm:
-                    layers.append(nn.BatchNorm2d(out_ch))
+                    layers.append(nn.BatchNorm2d(width))
                 layers.append(nn.ReLU(inplace=True))
-                in_ch = out_ch
-        self.convs_per_stage = convs_per_stage
+                in_ch = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(in_ch, NUM_CLASSES)
+        self.classifier = nn.Linear(in_ch, num_classes)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # (B, 28, 28) raw 0..255 -> (B, 1, 28, 28) standardised floats
-        x = (pixels.float().unsqueeze(1) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)  # (B, C, h, w) -> (B, C)
         return self.classifier(self.dropout(x))
 
 
-def stage_widths(channels: list[int | list[int]], convs_per_stage: int) -> list[list[int]]:
-    """Per-stage lists of conv widths: an int stage repeats, a list stage is taken as is."""
-    stages = []
-    for i, entry in enumerate(channels):
-        widths = [entry] * convs_per_stage if isinstance(entry, int) else list(entry)
-        if not widths or any(w < 1 for w in widths):
-            raise ValueError(f"channels[{i}]: widths must be positive, got {entry!r}")
-        stages.append(widths)
-    return stages
+def build_net(arch: dict[str, Any], spec: DataSpec) -> nn.Module:
+    """The network an arch record names, for spec's channels and classes, output checked.
 
-
-def arch_of(model: ConvNet) -> dict[str, Any]:
-    """The architecture record of a ConvNet as it is now, read from its layers.
-
-    After structured pruning the widths no longer match the params that built the network, so
-    the checkpoint records the real ones (explicit per-conv lists, one per stage), and
-    load_checkpoint rebuilds the pruned network without running the pruner again.
+    arch is the built-in {"name": "convnet", ...} (squeeze/params.py ConvNetArch) or a user's
+    {"class_path": ..., "init_args": ...}, imported only if the workspace allows its module
+    (squeeze.factory); raises squeeze.factory's errors naming class_path when it cannot be
+    built or does not map (B, C, H, W) to (B, K).
     """
-    stages: list[list[int]] = [[]]
-    for layer in model.features:
-        if isinstance(layer, nn.MaxPool2d):
-            stages.append([])
-        elif isinstance(layer, nn.Conv2d):
-            stages[-1].append(layer.out_channels)
-    uniform = all(len(set(w)) == 1 and len(w) == model.convs_per_stage for w in stages)
-    return {
-        "name": "convnet",
-        "channels": [w[0] for w in stages] if uniform else stages,
-        "convs_per_stage": model.convs_per_stage,
-        "dropout": model.dropout.p,
-        "batchnorm": any(isinstance(m, nn.BatchNorm2d) for m in model.features),
-    }
+    from squeeze import factory  # imports user code: only when a record names a class_path
 
-
-ARCHITECTURES = {"convnet": ConvNet}
-
-
-def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Build a model from its architecture record: {"name": ..., **constructor kwargs}."""
     kwargs = dict(arch)
-    return ARCHITECTURES[kwargs.pop("name")](**kwargs)
+    if "class_path" in kwargs:
+        net = factory.build_net(kwargs["class_path"], kwargs["init_args"], Path.cwd())
+        where = kwargs["class_path"]
+    else:
+        kwargs.pop("name")
+        net = ConvNet(spec.channels, spec.num_classes, **kwargs)
+        where = "convnet"
+    factory.check_output(net, spec.channels, spec.height, spec.width, spec.num_classes, where)
+    return net
+
+
+def build_model(arch: dict[str, Any], spec: DataSpec) -> Classifier:
+    """The model an arch record names, taking raw (B, H, W, C) uint8 pixels (Classifier)."""
+    return Classifier(build_net(arch, spec), spec, arch)
+
+
+def example_input(spec: DataSpec) -> torch.Tensor:
+    """One raw image of zeros, (1, H, W, C) uint8: the shape a model and its export are fed."""
+    return torch.zeros(1, spec.height, spec.width, spec.channels, dtype=torch.uint8)
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -116,21 +124,27 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_checkpoint(model: nn.Module, folder: Path, record: dict[str, Any]) -> None:
-    """Write `model.safetensors` and `model.json` (architecture, params, metrics) to folder.
+def save_checkpoint(model: Classifier, folder: Path, record: dict[str, Any]) -> None:
+    """Write `model.safetensors` and `model.json` (architecture, data spec, structure, params,
+    metrics) to folder.
 
-    The record must hold "arch" so that load_checkpoint can rebuild the model without guessing.
+    The model's arch, data spec and the network's structure as it is now (squeeze.structure:
+    widths after structured pruning) are added to record, so load_checkpoint rebuilds any
+    architecture, pruned or not, without running the pruner.
     """
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, folder / "model.safetensors")
-    write_json(folder / "model.json", record)
+    identity = {"arch": model.arch, "data": model.spec.to_json(),
+                "structure": structure_of(model.net)}  # fmt: skip
+    write_json(folder / "model.json", record | identity)
 
 
-def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(folder: Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild a model saved by save_checkpoint; returns (model in eval mode, record)."""
     record = read_json(folder / "model.json")
-    model = build_model(record["arch"])
+    model = build_model(record["arch"], DataSpec.from_json(record["data"]))
+    apply_structure(model.net, record["structure"])
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval(), record
 

@@ -524,9 +524,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_params(root: Path = Path(".")) -> Params:
-    """Load and validate `<root>/params.yaml`."""
+    """Load and validate `<root>/params.yaml`, refusing (before any import) a class_path the
+    workspace does not allow (squeeze.factory.check_class_paths)."""
+    from squeeze.factory import check_class_paths  # factory's errors derive from ParamsError
+
     path = root / PARAMS_FILE
-    return validate(read_yaml(path), str(path))
+    params = validate(read_yaml(path), str(path))
+    check_class_paths(params, root)
+    return params
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

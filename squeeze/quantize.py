@@ -71,7 +71,7 @@ def quiet_opset_notice() -> Iterator[None]:
 
 
 class PixelBatches(CalibrationDataReader):
-    """Feeds calibration images to onnxruntime's calibrator in (B, 28, 28) uint8 batches."""
+    """Feeds calibration images to onnxruntime's calibrator in (B, H, W, C) uint8 batches."""
 
     def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
         self.batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
@@ -145,7 +145,7 @@ def quantize_onnx(
     Args:
         cfg: mode "static" (QDQ, activations calibrated with MinMax on `calibration`) or
             "dynamic"; weights int8 or int4 (static); per_channel weight scales.
-        calibration: (N, 28, 28) uint8 training images, N = cfg.calibration_samples; unused in
+        calibration: (N, H, W, C) uint8 training images, N = cfg.calibration_samples; unused in
             dynamic mode.
         int4_scheme: one of INT4_SCHEMES, for int4 weights (int8's symmetric range [-127, 127]
             already is squeeze.qat's int8 grid).

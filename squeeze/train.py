@@ -33,20 +33,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random ±SHIFT translation (zero fill) and horizontal flip of a (B, 28, 28) batch."""
-    b, h, w = pixels.shape
-    padded = F.pad(pixels, (SHIFT, SHIFT, SHIFT, SHIFT))
+    """Random ±SHIFT translation (zero fill) and horizontal flip of a (B, H, W, C) batch."""
+    b, h, w, _ = pixels.shape
+    padded = F.pad(pixels, (0, 0, SHIFT, SHIFT, SHIFT, SHIFT))  # pads W, then H; not C
     dy, dx = torch.randint(0, 2 * SHIFT + 1, (2, b), generator=gen)
     rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, h, 1)
     cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, w)
-    out = padded[torch.arange(b)[:, None, None], rows, cols]
+    out = padded[torch.arange(b)[:, None, None], rows, cols]  # (B, h, w, C)
     flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None], out.flip(-1), out)
+    return torch.where(flip[:, None, None, None], out.flip(2), out)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """Logits of a model over (N, 28, 28) pixels, in eval mode, batched."""
+    """Logits (N, K) of a model over (N, H, W, C) pixels, in eval mode, batched."""
     model.eval()
     device = next(model.parameters()).device
     chunks = [images[i : i + batch].to(device) for i in range(0, len(images), batch)]

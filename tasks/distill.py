@@ -14,7 +14,7 @@ import torch
 
 from squeeze.data import load_split
 from squeeze.distill import distill_student
-from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
+from squeeze.models import count_params, load_checkpoint, save_checkpoint
 from squeeze.params import Params
 from squeeze.workspace import Workspace
 from tasks.candidate import base_record, candidate, fresh_folder, main_for, resume_key
@@ -34,7 +34,6 @@ def run(root: Path, params: Params, name: str) -> None:
         teacher, cfg, load_split(ws.split("train")), load_split(ws.split("val")), state
     )
     record |= {
-        "arch": arch_of(student),
         "format": "safetensors",
         "parameters": count_params(student),
         "val_accuracy": history[-1]["val_accuracy"],

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from prefect import task
 
-from squeeze.data import Split, load_split
+from squeeze.data import Split, load_split, read_spec
 from squeeze.evaluate import export_onnx, measure_logits
 from squeeze.gate import TEACHER
 from squeeze.models import load_checkpoint
@@ -89,11 +89,12 @@ def run(root: Path, params: Params) -> None:
     (root / "exports").mkdir()
     records: dict[str, dict[str, Any]] = {}
     val_logits: dict[str, np.ndarray] = {}
+    classes = list(read_spec(ws.profile).classes)
     # one process, one loop: every model is measured under the same conditions
     for name in params.model_names():  # topological: upstreams before what is made from them
         record = read_json(ws.model(name) / "model.json")
         reference = export(ws, name, splits["val"], val_logits)
-        measured, logits = measure_logits(ws.export(name), splits, cfg, reference)
+        measured, logits = measure_logits(ws.export(name), splits, classes, cfg, reference)
         val_logits[name] = logits["val"]
         records[name] = {
             "name": name,

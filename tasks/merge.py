@@ -28,7 +28,7 @@ from squeeze.merge import (
     uniform_soup,
     val_accuracy,
 )
-from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
+from squeeze.models import count_params, load_checkpoint, save_checkpoint
 from squeeze.params import MergeParams, Params
 from squeeze.workspace import Workspace, write_json
 from tasks.candidate import base_record, candidate, fresh_folder, main_for
@@ -53,7 +53,7 @@ def soup(cfg: MergeParams, base: nn.Module, train: Split, val: Split) -> tuple[n
 
 
 def build(cfg: MergeParams, ups: list[nn.Module], train: Split, val: Split) -> tuple[Any, dict]:
-    """The merged model (an Ensemble, or one ConvNet) and kind-specific record fields."""
+    """The merged model (an Ensemble, or one Classifier) and kind-specific record fields."""
     if cfg.kind == "ensemble":
         return Ensemble(ups).eval(), {"members": cfg.upstreams}
     if cfg.kind == "distill_ensemble":
@@ -80,10 +80,11 @@ def run(root: Path, params: Params, name: str) -> None:
     folder = fresh_folder(ws.model(name))
     if isinstance(model, Ensemble):
         export_onnx(model, folder / "model.onnx")
-        arch = {"name": "ensemble", "members": [arch_of(m) for m in model.members]}
-        write_json(folder / "model.json", record | {"arch": arch, "format": "onnx"})
+        arch = {"name": "ensemble", "members": [m.arch for m in model.members]}
+        write_json(folder / "model.json",
+                   record | {"arch": arch, "data": model.spec.to_json(), "format": "onnx"})  # fmt: skip
     else:
-        save_checkpoint(model, folder, record | {"arch": arch_of(model), "format": "safetensors"})
+        save_checkpoint(model, folder, record | {"format": "safetensors"})
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from squeeze.card import build_card, summary_markdown
-from squeeze.data import Split, load_split
+from squeeze.data import Split, load_split, read_spec
 from squeeze.evaluate import measure_logits, predicted_classes
 from squeeze.gate import COMPARED, check, decide
 from squeeze.package import SHIPPED, pack, unpack
@@ -76,7 +76,9 @@ def measure_champion(
             summary = {"version": version, "name": None, "measured": None,
                        "damaged": err.key, "failed_gates": ["checksums"]}  # fmt: skip
             return summary, None, None
-        measured, logits = measure_logits(unpack(folder), splits, params.evaluate)
+        measured, logits = measure_logits(
+            unpack(folder), splits, list(read_spec(ws.profile).classes), params.evaluate
+        )
         card = read_json(folder / "card.json")
     # its source is not shipped, so its agreement is the one measured when it was promoted
     measured["agreement"] = card.get("metrics", {}).get("agreement")
@@ -105,7 +107,8 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
     sha = hashlib.sha256(shipped).hexdigest()
     splits = {split: load_split(ws.split(split)) for split in ("val", "test")}
     labels = splits["val"].labels
-    challenger_now, logits = measure_logits(ws.export(name), splits, params.evaluate)
+    classes = list(read_spec(ws.profile).classes)
+    challenger_now, logits = measure_logits(ws.export(name), splits, classes, params.evaluate)
     challenger_correct = logits["val"].argmax(1) == labels
     teacher_pred = predicted_classes(ws.export(gate_report["teacher"]), splits["val"].images)
     pointer = registry.production()

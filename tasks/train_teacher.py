@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from squeeze.data import Split, load_split
+from squeeze.data import Split, load_split, read_spec
 from squeeze.models import build_model, count_params, load_init, save_checkpoint
 from squeeze.params import FitParams, Params
 from squeeze.train import TrainingError, accuracy, fit, predict
@@ -91,8 +91,8 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
     torch.manual_seed(cfg.seed)
     data_sha = read_json(ws.fingerprint)["sha256"]
     arch = arch_cfg.model_dump(mode="json")
-    model = build_model(arch)
-    init_sha = None if section.init is None else load_init(model, section.init, root,
+    model = build_model(arch, read_spec(ws.profile))
+    init_sha = None if section.init is None else load_init(model.net, section.init, root,
                                                             section.endpoint_url)  # fmt: skip
     # a changed init file under the same name must not resume a run started from the old one
     key = resume_key(section, data_sha, []) + ("" if init_sha is None else f"-{init_sha[:12]}")

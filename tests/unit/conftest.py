@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from squeeze.data import Split, read_split, save_split, stratified_indices, subset
+from squeeze.data import DataSpec, Split, read_split, save_split, stratified_indices, subset
 from squeeze.models import build_model, save_checkpoint
-from squeeze.params import FitParams, Params
+from squeeze.params import FitParams, Params, load_params
 from squeeze.train import accuracy, fit, predict
 from squeeze.workspace import Workspace, write_json
 
@@ -35,7 +35,7 @@ def small_fmnist(fmnist_dir: Path) -> dict[str, Split]:
     rng = np.random.default_rng(0)
     full = read_split(fmnist_dir, "train")
     both = subset(full, stratified_indices(full.labels, TRAIN_PER_CLASS + VAL_PER_CLASS, rng))
-    first = np.concatenate([np.flatnonzero(both.labels == c)[:VAL_PER_CLASS] for c in range(10)])
+    first = np.concatenate([np.flatnonzero(both.labels == c)[:VAL_PER_CLASS] for c in np.unique(both.labels)])
     is_val = np.zeros(len(both), bool)
     is_val[first] = True
     test = read_split(fmnist_dir, "test")
@@ -44,6 +44,13 @@ def small_fmnist(fmnist_dir: Path) -> dict[str, Split]:
         "val": subset(both, np.flatnonzero(is_val)),
         "test": subset(test, stratified_indices(test.labels, TEST_PER_CLASS, rng)),
     }
+
+
+@pytest.fixture(scope="session")
+def fmnist_spec(small_fmnist: dict[str, Split]) -> DataSpec:
+    """The data spec of small_fmnist (28×28×1, the class names of the repo's params.yaml)."""
+    classes = load_params(Path(__file__).parents[2]).ingest.classes
+    return DataSpec.measure(small_fmnist["train"], classes)
 
 
 TINY_ARCH = {"name": "convnet", "channels": [8, 16], "convs_per_stage": 1, "dropout": 0.0,
@@ -59,10 +66,10 @@ def make_tiny_fit(epochs: int = 8, seed: int = 0, lr: float = 0.1) -> FitParams:
 
 
 @pytest.fixture(scope="session")
-def tiny_trained(small_fmnist: dict[str, Split]) -> nn.Module:
+def tiny_trained(small_fmnist: dict[str, Split], fmnist_spec: DataSpec) -> nn.Module:
     """A [8, 16] ConvNet trained on small_fmnist (≈ 75% test accuracy); copy before changing."""
     torch.manual_seed(0)
-    model = build_model(TINY_ARCH)
+    model = build_model(TINY_ARCH, fmnist_spec)
     fit(model, small_fmnist["train"], small_fmnist["val"], make_tiny_fit())
     return model.eval()
 
@@ -93,16 +100,19 @@ def split_accuracy() -> Callable[[nn.Module, Split], float]:
 @pytest.fixture(scope="session")
 def workspace(
     small_fmnist: dict[str, Split],
+    fmnist_spec: DataSpec,
     tiny_trained: nn.Module,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Workspace:
-    """A pipeline workspace as train_teacher leaves it: splits, fingerprint, models/teacher
-    (the tiny trained ConvNet). Stage tests write their candidates next to it, one name each."""
+    """A pipeline workspace as train_teacher leaves it: splits, fingerprint, data profile,
+    models/teacher (the tiny trained ConvNet). Stage tests write their candidates next to it,
+    one name each."""
     ws = Workspace(tmp_path_factory.mktemp("workspace"))
     for name, split in small_fmnist.items():
         save_split(split, ws.split(name))
     write_json(ws.fingerprint, {"sha256": "0" * 64, "files": {}})
-    save_checkpoint(tiny_trained, ws.model("teacher"), {"name": "teacher", "arch": TINY_ARCH})
+    write_json(ws.profile, fmnist_spec.to_json())
+    save_checkpoint(tiny_trained, ws.model("teacher"), {"name": "teacher"})
     return ws
 
 
