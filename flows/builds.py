@@ -6,8 +6,9 @@ runs one build. `build_here` runs the command in the workspace (the thread pool)
 runs it on a worker that cannot see the workspace, so everything moves through the DVC remote:
 
 1. the flow packs a `Bundle`: dvc.yaml, dvc.lock, params.yaml, the code (the `squeeze` and
-   `tasks` packages and any other dep DVC does not track), the names of the tracked deps to
-   pull, and the default remote's config without credentials;
+   `tasks` packages, the user packages the workspace allows a class_path to import with its
+   pyproject.toml that allows them, and any other dep DVC does not track), the names of the
+   tracked deps to pull, and the default remote's config without credentials;
 2. the worker writes it into a scratch DVC repo of its own, pulls those deps from the remote,
    runs the same command there, commits the stage and pushes its outs, and returns the stage's
    dvc.lock entry;
@@ -37,6 +38,7 @@ from prefect import get_run_logger, task
 
 from flows.dvcstate import is_stale, open_repo, write_lock_entry
 from flows.remote import pull, push
+from squeeze.factory import PYPROJECT, allowed_modules
 
 TAIL_LINES = 40  # of a failed stage's output, in the error
 # What a stage's `python -m tasks.<stage>` imports: shipped whole, not only the files dvc.yaml
@@ -132,9 +134,24 @@ def bundle(root: Path, dvc_stage: str, remote: str, config: dict[str, Any]) -> B
         deps = [Path(dep.def_path) for dep in stage.deps]
         pulled = [d for d in deps if any(d == out or out in d.parents for out in tracked)]
         pulled = list(dict.fromkeys(pulled))  # prune from the teacher lists models/teacher twice
-        shipped = [*DVC_FILES, *CODE, *(str(d) for d in deps if d not in pulled)]
+        user = [p for p in user_code(root) if not any(overlaps(Path(p), out) for out in tracked)]
+        shipped = [*DVC_FILES, *CODE, PYPROJECT, *user, *(str(d) for d in deps if d not in pulled)]
         files = {rel: (root / rel).read_bytes() for rel in sorted(set(_files(root, shipped)))}
         return Bundle(stage.cmd, files, tuple(map(str, pulled)), remote, config)
+
+
+def user_code(root: Path) -> list[str]:
+    """The workspace's own packages a class_path may import (squeeze.factory's allow-list):
+    the folder or module file in root of each allowed entry's top-level package. A worker
+    imports a user's network from its scratch copy of them, as a stage in the workspace does;
+    an allowed package that is installed instead must be installed on the worker too."""
+    tops = dict.fromkeys(entry.split(".")[0] for entry in allowed_modules(root))
+    return [rel for top in tops for rel in (top, f"{top}.py") if (root / rel).exists()]
+
+
+def overlaps(path: Path, out: Path) -> bool:
+    """path is a DVC out, inside one or holds one: the remote has it, not the bundle."""
+    return path == out or out in path.parents or path in out.parents
 
 
 def _files(root: Path, paths: list[str]) -> list[str]:
@@ -195,7 +212,8 @@ def checkout(scratch: Path, bundle: Bundle) -> None:
     for rel, data in bundle.files.items():
         (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
         (scratch / rel).write_bytes(data)
-    pull(scratch, list(bundle.pull))
+    if bundle.pull:  # none: pull no targets, not every target (what an empty list means to DVC)
+        pull(scratch, list(bundle.pull))
 
 
 def adopt(root: Path, dvc_stage: str, lock: dict[str, Any]) -> None:
