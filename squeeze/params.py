@@ -15,7 +15,9 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -23,6 +25,7 @@ from pydantic import (
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
+REPLACE_KEY = "replace"  # a profile's list of dotted keys it sets whole (apply_profile)
 
 
 class ParamsError(ValueError):
@@ -147,7 +150,18 @@ class ClassPathArch(Section):
     init_args: dict[str, Any] = Field(description="Keyword arguments it is called with.")
 
 
-ArchParams = ConvNetArch | ClassPathArch
+def arch_kind(value: Any) -> str:
+    """Which arch a params value is: one with a class_path is the user's, else the built-in."""
+    data = value if isinstance(value, dict) else vars(value)
+    return "ClassPathArch" if "class_path" in data else "ConvNetArch"
+
+
+# tagged, so an error names the fields of the one arch the value is (not both variants')
+ArchParams = Annotated[
+    Annotated[ConvNetArch, Tag("ConvNetArch")] | Annotated[ClassPathArch, Tag("ClassPathArch")],
+    Discriminator(arch_kind),
+]
+ARCH_TAGS = {"ConvNetArch", "ClassPathArch"}  # in an error's location, left out of the key
 
 
 class FitParams(Section):
@@ -491,7 +505,7 @@ def format_errors(err: ValidationError, origin: str) -> str:
         if last == "[key]":  # a bad name under distill/prune/quantize/merge: the key itself
             e["msg"] = f"name must match {NAME_PATTERN}"
             path = path[:-1]
-        key = ".".join(str(p) for p in (*path, last) if p != "[key]")
+        key = ".".join(str(p) for p in (*path, last) if p != "[key]" and p not in ARCH_TAGS)
         # a whole section's check names its key itself; its "input" is the whole section
         got = (
             ""
@@ -545,13 +559,37 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def replace(merged: dict[str, Any], overlay: dict[str, Any], dotted: str, where: Path) -> None:
+    """Set merged's value at a dotted key to overlay's, whole: a profile's own candidate graph
+    or network, instead of one merged key by key into params.yaml's (which would keep the
+    default candidates, or mix a class_path into the built-in convnet's keys)."""
+    *parents, last = dotted.split(".")
+    source, target = overlay, merged
+    for key in parents:
+        source, target = source.get(key), target.get(key)
+        if not isinstance(source, dict) or not isinstance(target, dict):
+            break
+    else:
+        if last in source:
+            target[last] = source[last]
+            return
+    raise ParamsError(f"{where}: {REPLACE_KEY} names {dotted!r}, which the profile does not set")
+
+
 def apply_profile(root: Path, profile: str) -> Params:
-    """Merge profiles/<profile>.yaml into params.yaml (in place, like `dvc exp run -S`)."""
+    """Merge profiles/<profile>.yaml into params.yaml (in place, like `dvc exp run -S`).
+
+    Mappings merge key by key; a profile's top-level `replace:` lists dotted keys whose value
+    the profile sets whole (e.g. [train_teacher.arch, prune])."""
     overlay_path = root / PROFILES_DIR / f"{profile}.yaml"
     if not overlay_path.exists():
         known = sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
         raise ParamsError(f"{overlay_path}: no such profile (known: {', '.join(known) or 'none'})")
-    merged = merge(read_yaml(root / PARAMS_FILE), read_yaml(overlay_path))
+    overlay = read_yaml(overlay_path)
+    whole = overlay.pop(REPLACE_KEY, None) or []
+    merged = merge(read_yaml(root / PARAMS_FILE), overlay)
+    for dotted in whole:
+        replace(merged, overlay, dotted, overlay_path)
     params = validate(merged, f"{root / PARAMS_FILE} + {overlay_path}")
     write_params(root, params)
     return params

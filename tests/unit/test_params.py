@@ -274,3 +274,34 @@ def test_zero_teacher_epochs_need_an_init_and_only_the_teacher_may_have_them(raw
         cfg["fit"]["epochs"] = 0
         message = f"{stage}.{name}.fit.epochs: Input should be greater than or equal to 1 (got 0)"
         assert message in error_of(raw)
+
+
+def test_a_class_path_arch_is_its_own_variant_and_errors_name_its_keys(raw: dict) -> None:
+    raw["train_teacher"]["arch"] = {"class_path": "mynets.ResNet", "init_args": {"widths": [8]}}
+    assert validate(raw, "params.yaml").train_teacher.arch.class_path == "mynets.ResNet"
+    raw["train_teacher"]["arch"] = {"class_path": "mynets.ResNet", "init_args": {}, "dropout": 0}
+    message = error_of(raw)
+    assert "train_teacher.arch.dropout: Extra inputs are not permitted" in message
+    assert "channels" not in message  # the built-in's keys are not asked of a class_path arch
+    raw["train_teacher"]["arch"] = {"class_path": "os.system; rm", "init_args": {}}
+    assert "train_teacher.arch.class_path: String should match pattern" in error_of(raw)
+
+
+def test_a_profile_replaces_whole_the_keys_it_lists(tmp_path: Path) -> None:
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "profiles").mkdir()
+    arch = {"class_path": "mynets.ResNet", "init_args": {"num_classes": 10}}
+    overlay = {"replace": ["train_teacher.arch", "prune", "quantize", "merge"],
+               "train_teacher": {"arch": arch, "fit": {"epochs": 2}},
+               "distill": {"kd_small": {"fit": {"epochs": 3}}},
+               "prune": {}, "quantize": {}, "merge": {}}  # fmt: skip
+    (tmp_path / "profiles" / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    params = apply_profile(tmp_path, "mine")
+    assert params.train_teacher.arch.model_dump() == arch  # not merged into the convnet's keys
+    assert params.train_teacher.fit.epochs == 2 and params.train_teacher.fit.lr == 0.1  # merged
+    assert params.prune == {} and params.quantize == {} and params.merge == {}
+    assert params.distill["kd_small"].fit.epochs == 3 and "ce_small" in params.distill
+    overlay["replace"] = ["gate.policy"]
+    (tmp_path / "profiles" / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    with pytest.raises(ParamsError, match="replace names 'gate.policy', which the profile does"):
+        apply_profile(tmp_path, "mine")
