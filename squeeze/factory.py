@@ -10,7 +10,9 @@ outside params, where a run's params cannot change it:
   `[tool.setuptools] packages` list (package discovery patterns are not read: name those packages
   in allowed_modules);
 - `[tool.squeeze] allowed_modules = ["mynets", ...]` in the workspace's pyproject.toml;
-- the environment variable SQUEEZE_ALLOWED_MODULES (comma-separated), e.g. on a worker.
+- the environment variable SQUEEZE_ALLOWED_MODULES (comma-separated), e.g. of a Prefect worker;
+  the flow checks params against its own, a stage against its machine's (a Dask worker's
+  environment is its own; pyproject.toml travels to it with the code, flows.builds).
 
 An entry is a module prefix on dotted boundaries: `mynets` allows `mynets` and `mynets.resnet`,
 never `mynetsevil`. Importing `mynets.resnet` also runs `mynets/__init__.py`, as any import does.
@@ -48,8 +50,9 @@ PYPROJECT = "pyproject.toml"
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 HOW_TO_ALLOW = (
     f"add its module (or a package above it) to `[tool.squeeze] allowed_modules` in the "
-    f"workspace's {PYPROJECT}, or to {ENV_VAR} (comma-separated) in the environment of the "
-    "machine that runs the stage"
+    f"workspace's {PYPROJECT} (Dask workers get a copy), or to {ENV_VAR} (comma-separated) "
+    "in the environment of what runs the flow (`squeeze run`, `squeeze serve`, a Prefect "
+    "worker) and of every Dask worker"
 )
 
 
