@@ -362,6 +362,32 @@ def test_the_check_keeps_the_training_mode_and_the_global_rng(workspace: Path) -
     assert int(net[1].num_batches_tracked) == 0  # eval mode: BatchNorm statistics untouched
 
 
+# ---------------------------------------------------------------- through squeeze.models
+
+
+def test_a_stage_builds_a_users_network_behind_the_raw_pixel_contract_or_refuses_it(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from squeeze.data import DataSpec
+    from squeeze.models import build_model
+
+    name = package(workspace, {"nets.py": NETS, "broken.py": "import no_such_dependency_xyz\n"})
+    pyproject(workspace, f'[tool.squeeze]\nallowed_modules = ["{name}"]\n')
+    monkeypatch.chdir(workspace)  # a stage runs in the workspace (`python -m tasks.x`)
+    spec = DataSpec(("a", "b", "c"), 6, 5, 3, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    model = build_model(arch(f"{name}.nets.Tiny", in_channels=3, num_classes=3), spec)
+    logits = model(torch.zeros(4, 6, 5, 3, dtype=torch.uint8))  # raw (B, H, W, C) pixels
+    assert logits.shape == (4, 3)
+    with pytest.raises(ClassPathError, match=rf"class_path '{name}\.broken\.Net': module "
+                       rf"{name}\.broken does not import"):  # fmt: skip
+        build_model(arch(f"{name}.broken.Net"), spec)
+    with pytest.raises(ClassPathError, match=r"output on a float \(2, 3, 6, 5\) batch is "
+                       r"\(2, 90\), expected a tensor of shape \(2, 3\)"):  # fmt: skip
+        build_model(arch(f"{name}.nets.Flat"), spec)
+    with pytest.raises(ClassPathRefused, match="module subprocess is not in the modules"):
+        build_model(arch("subprocess.run", args=["true"]), spec)
+
+
 # ---------------------------------------------------------------- Dask workers: shipped code
 
 PIPELINE = {
