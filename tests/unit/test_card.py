@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
-from squeeze.card import build_card, git_revision, summary_markdown, upstream_chain
-from squeeze.data import CLASSES
+from squeeze.card import build_card, contract, git_revision, summary_markdown, upstream_chain
+from squeeze.data import DataSpec
 from squeeze.params import Params, load_params, read_yaml, validate
-from squeeze.workspace import write_json
+from squeeze.workspace import Workspace, write_json
 
 PROJECT = Path(__file__).resolve().parents[2]
+# the workspace's data profile: nothing like Fashion-MNIST, so every figure of the card's
+# contract that comes from the data shows where it came from
+SPEC = DataSpec(classes=("cat", "dog", "ship"), height=32, width=24, channels=3,
+                mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))  # fmt: skip
 
 
 def chain_params() -> Params:
@@ -32,8 +36,10 @@ def chain_params() -> Params:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A workspace with model records for teacher and kd only (kd_ch50 and kd_ch50_int8 are
-    known from params alone), a data fingerprint and a dvc.lock; not a git repo."""
+    known from params alone), a data fingerprint, the data profile SPEC and a dvc.lock; not a
+    git repo."""
     root = tmp_path / "ws"
+    write_json(Workspace(root).profile, SPEC.to_json())
     teacher = {"name": "teacher", "method": "train", "upstream": [], "arch": {"name": "convnet"}}
     write_json(root / "models" / "teacher" / "model.json", teacher)
     kd = {"name": "kd", "method": "distill", "upstream": ["teacher"]}
@@ -51,15 +57,18 @@ def test_card_holds_contract_metrics_gates_and_lineage(workspace: Path) -> None:
     params = chain_params()
     verdict = {"passed": True, "failed": [], "gates": {"accuracy": {"passed": True}}}
     card = build_card(workspace, "kd_ch50_int8", metrics(), verdict, params, {"outcome": "x"})
-    contract = card["input"]
-    assert (contract["name"], contract["dtype"], contract["shape"]) == (
+    pixels = card["input"]
+    assert (pixels["name"], pixels["dtype"], pixels["layout"], pixels["shape"]) == (
         "pixels",
         "uint8",
-        ["N", 28, 28],
+        "NHWC",
+        ["N", 32, 24, 3],
     )
-    assert "raw 0..255" in contract["scaling"] and "inside the graph" in contract["preprocessing"]
-    assert card["output"]["name"] == "logits" and card["output"]["shape"] == ["N", 10]
-    assert card["classes"] == list(CLASSES)
+    assert "raw 0..255 RGB" in pixels["scaling"] and "in the graph" in pixels["preprocessing"]
+    assert "[0.49, 0.48, 0.45]" in pixels["preprocessing"]  # per-channel mean, then std
+    assert "[0.25, 0.24, 0.26]" in pixels["preprocessing"]
+    assert card["output"]["name"] == "logits" and card["output"]["shape"] == ["N", 3]
+    assert card["classes"] == ["cat", "dog", "ship"]
     assert card["metrics"] == metrics() and card["decision"] == {"outcome": "x"}
     assert card["gate"]["passed"] and card["gate"]["policy"] == params.gate.policy
     lineage = card["lineage"]
@@ -79,6 +88,15 @@ def test_card_holds_contract_metrics_gates_and_lineage(workspace: Path) -> None:
     assert card["params"]["ingest"] == params.ingest.model_dump(mode="json")
     md = summary_markdown(card)
     assert "kd_ch50_int8 (quantize) <- kd_ch50 (prune) <- kd (distill) <- teacher (train)" in md
+    assert "uint8 NHWC ['N', 32, 24, 3]" in md and "classes: cat, dog, ship" in md
+
+
+def test_grayscale_contract_follows_the_spec() -> None:
+    gray = DataSpec(classes=tuple("0123456789"), height=28, width=28, channels=1,
+                    mean=(0.286,), std=(0.353,))  # fmt: skip
+    pixels, logits = contract(gray)["input"], contract(gray)["output"]
+    assert pixels["shape"] == ["N", 28, 28, 1] and "grayscale" in pixels["scaling"]
+    assert logits["shape"] == ["N", 10] and logits["dtype"] == "float32"
 
 
 def test_merged_upstreams_appear_once(workspace: Path) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from squeeze.evaluate import export_onnx, graph_stats, measure_logits, session
-from squeeze.models import build_model
+from squeeze.data import DataSpec, Split
+from squeeze.evaluate import INPUT, OUTPUT, export_onnx, graph_stats, measure_logits, session
+from squeeze.models import build_model, load_checkpoint, save_checkpoint
 from squeeze.params import EvaluateParams
 from squeeze.train import predict
 
@@ -17,9 +19,14 @@ ARCH = {"name": "convnet", "channels": [8, 16], "convs_per_stage": 1, "dropout":
 CFG = EvaluateParams(threads=1, warmup=2, runs=20, throughput_batch=64)
 
 
-def exported(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+# a 3-channel data set unlike Fashion-MNIST in every dimension of the contract
+RGB = DataSpec(classes=("cat", "dog", "ship"), height=32, width=32, channels=3,
+               mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))  # fmt: skip
+
+
+def exported(tmp_path: Path, spec: DataSpec) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(0)
-    model = build_model(ARCH).eval()
+    model = build_model(ARCH, spec).eval()
     # non-trivial BatchNorm statistics, so folding them into the convs is really exercised
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -30,28 +37,36 @@ def exported(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
     return model, path
 
 
-def test_export_predicts_like_torch(tmp_path: Path, fmnist: dict) -> None:
-    model, path = exported(tmp_path)
+def test_export_predicts_like_torch(tmp_path: Path, fmnist: dict, fmnist_spec: DataSpec) -> None:
+    model, path = exported(tmp_path, fmnist_spec)
     images = fmnist["test"].images
     ours = session(path, 1).run(None, {"pixels": images})[0]
     theirs = predict(model, torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_graph_stats_count_params_and_macs(tmp_path: Path) -> None:
-    _, path = exported(tmp_path)
-    stats = graph_stats(path)
-    # BatchNorm is folded into the convs: conv weights + a bias per channel, then the classifier
-    params = (8 * 1 * 9 + 8) + (16 * 8 * 9 + 16) + (16 * 10 + 10)
-    macs = 28 * 28 * 8 * 9 + 14 * 14 * 16 * 8 * 9 + 16 * 10
-    assert stats == {"params": params, "nonzero_params": params, "macs": macs}
+def expected_stats(spec: DataSpec) -> dict[str, int]:
+    """ARCH's parameters and MACs by hand. BatchNorm is folded into the convs: conv weights + a
+    bias per channel, then the classifier; the second stage runs at half the resolution."""
+    c, k, h, w = spec.channels, spec.num_classes, spec.height, spec.width
+    params = (8 * c * 9 + 8) + (16 * 8 * 9 + 16) + (16 * k + k)
+    macs = h * w * 8 * c * 9 + (h // 2) * (w // 2) * 16 * 8 * 9 + 16 * k
+    return {"params": params, "nonzero_params": params, "macs": macs}
 
 
-def test_measure_scores_val_and_test_with_intervals(tmp_path: Path, fmnist: dict) -> None:
-    model, path = exported(tmp_path)
+def test_graph_stats_count_params_and_macs(tmp_path: Path, fmnist_spec: DataSpec) -> None:
+    _, path = exported(tmp_path, fmnist_spec)
+    assert graph_stats(path) == expected_stats(fmnist_spec)
+
+
+def test_measure_scores_val_and_test_with_intervals(
+    tmp_path: Path, fmnist: dict, fmnist_spec: DataSpec
+) -> None:
+    model, path = exported(tmp_path, fmnist_spec)
     splits = {"val": fmnist["val"], "test": fmnist["test"]}
     reference = predict(model, torch.from_numpy(splits["val"].images)).argmax(1).numpy()
-    record, _ = measure_logits(path, splits, CFG, reference)
+    classes = list(fmnist_spec.classes)
+    record, _ = measure_logits(path, splits, classes, CFG, reference)
     assert record["agreement"] == 1.0  # on val, against the torch source
     assert record["size_bytes"] == path.stat().st_size > record["gzip_bytes"] > 0
     assert 0 < record["latency_ms_p50"] <= record["latency_ms_p95"]
@@ -62,10 +77,52 @@ def test_measure_scores_val_and_test_with_intervals(tmp_path: Path, fmnist: dict
         assert abs(record[f"{split}_accuracy"] - expected) < 1e-4
         low, high = record[f"{split}_accuracy_ci"]
         assert low < record[f"{split}_accuracy"] < high and high - low < 0.1
-        assert set(record[f"{split}_per_class_accuracy"]) == {
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-        }  # fmt: skip
+        per_class = record[f"{split}_per_class_accuracy"]
+        assert list(per_class) == classes  # by name, in label order
+        for c, name in enumerate(classes):
+            assert per_class[name] == round(float((pred[data.labels == c] == c).mean()), 5)
     # a wrong reference shows as disagreement, whatever the accuracy
-    wrong, _ = measure_logits(path, splits, CFG, (reference + 1) % 10)
+    wrong, _ = measure_logits(path, splits, classes, CFG, (reference + 1) % len(classes))
     assert wrong["agreement"] == 0.0
+
+
+def rgb_split(n: int, seed: int) -> Split:
+    """n random (N, 32, 32, 3) uint8 images, each brighter in the channel of its label."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % RGB.num_classes
+    images = rng.integers(0, 160, (n, RGB.height, RGB.width, RGB.channels), dtype=np.uint8)
+    images[np.arange(n), :, :, labels] += 90
+    return Split(images, labels.astype(np.int64))
+
+
+def test_a_three_channel_spec_builds_exports_and_evaluates(tmp_path: Path) -> None:
+    """Nothing assumes 28×28 grayscale or 10 classes: an RGB 32×32 3-class model takes raw
+    (N, 32, 32, 3) uint8 pixels in torch, in its checkpoint and in its ONNX export, and is
+    scored by the spec's class names."""
+    model, path = exported(tmp_path, RGB)
+    graph = onnx.load(str(path)).graph
+    pixels, logits = graph.input[0].type.tensor_type, graph.output[0].type.tensor_type
+    assert (graph.input[0].name, graph.output[0].name) == (INPUT, OUTPUT)
+    assert pixels.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in pixels.shape.dim][1:] == [32, 32, 3]  # NHWC, batch dynamic
+    assert [d.dim_value for d in logits.shape.dim][1:] == [3]
+    assert graph_stats(path) == expected_stats(RGB)  # every conv reads 3 channels
+    splits = {"val": rgb_split(60, 1), "test": rgb_split(90, 2)}
+    x = torch.from_numpy(splits["val"].images)
+    # standardised per channel, channel c with mean[c] and std[c]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (RGB.mean, RGB.std))
+    with torch.no_grad():
+        by_hand = model.net((x.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    torch.testing.assert_close(predict(model, x), by_hand, rtol=1e-4, atol=1e-4)
+    ours = session(path, 1).run(None, {INPUT: splits["val"].images})[0]
+    np.testing.assert_allclose(ours, predict(model, x).numpy(), rtol=1e-4, atol=1e-4)
+    reference = predict(model, x).argmax(1).numpy()
+    record, _ = measure_logits(path, splits, list(RGB.classes), CFG, reference)
+    assert record["agreement"] == 1.0
+    assert list(record["test_per_class_accuracy"]) == ["cat", "dog", "ship"]
+    test_pred = predict(model, torch.from_numpy(splits["test"].images)).argmax(1).numpy()
+    assert abs(record["test_accuracy"] - (test_pred == splits["test"].labels).mean()) < 1e-4
+    save_checkpoint(model, tmp_path / "rgb", {"name": "rgb"})
+    loaded, record = load_checkpoint(tmp_path / "rgb")
+    assert loaded.spec == RGB and DataSpec.from_json(record["data"]) == RGB
+    torch.testing.assert_close(loaded(x), model(x))
