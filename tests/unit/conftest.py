@@ -35,7 +35,9 @@ def small_fmnist(fmnist_dir: Path) -> dict[str, Split]:
     rng = np.random.default_rng(0)
     full = read_split(fmnist_dir, "train")
     both = subset(full, stratified_indices(full.labels, TRAIN_PER_CLASS + VAL_PER_CLASS, rng))
-    first = np.concatenate([np.flatnonzero(both.labels == c)[:VAL_PER_CLASS] for c in np.unique(both.labels)])
+    first = np.concatenate(
+        [np.flatnonzero(both.labels == c)[:VAL_PER_CLASS] for c in np.unique(both.labels)]
+    )
     is_val = np.zeros(len(both), bool)
     is_val[first] = True
     test = read_split(fmnist_dir, "test")
@@ -46,11 +48,22 @@ def small_fmnist(fmnist_dir: Path) -> dict[str, Split]:
     }
 
 
+def project_classes() -> list[str]:
+    """The class names of the repo's params.yaml (Fashion-MNIST's, label k is classes[k])."""
+    return load_params(Path(__file__).parents[2]).ingest.classes
+
+
 @pytest.fixture(scope="session")
 def fmnist_spec(small_fmnist: dict[str, Split]) -> DataSpec:
     """The data spec of small_fmnist (28×28×1, the class names of the repo's params.yaml)."""
-    classes = load_params(Path(__file__).parents[2]).ingest.classes
-    return DataSpec.measure(small_fmnist["train"], classes)
+    return DataSpec.measure(small_fmnist["train"], project_classes())
+
+
+@pytest.fixture(scope="session")
+def fmnist_profile(fmnist: dict[str, Split]) -> DataSpec:
+    """The data spec of the fmnist subset (tests/conftest.py), measured on its training split
+    as ingest measures data/profile.json: what a model trained on that subset is built for."""
+    return DataSpec.measure(fmnist["train"], project_classes())
 
 
 TINY_ARCH = {"name": "convnet", "channels": [8, 16], "convs_per_stage": 1, "dropout": 0.0,

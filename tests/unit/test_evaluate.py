@@ -37,8 +37,8 @@ def exported(tmp_path: Path, spec: DataSpec) -> tuple[torch.nn.Module, Path]:
     return model, path
 
 
-def test_export_predicts_like_torch(tmp_path: Path, fmnist: dict, fmnist_spec: DataSpec) -> None:
-    model, path = exported(tmp_path, fmnist_spec)
+def test_export_predicts_like_torch(tmp_path: Path, fmnist: dict, fmnist_profile: DataSpec) -> None:
+    model, path = exported(tmp_path, fmnist_profile)
     images = fmnist["test"].images
     ours = session(path, 1).run(None, {"pixels": images})[0]
     theirs = predict(model, torch.from_numpy(images)).numpy()
@@ -54,18 +54,18 @@ def expected_stats(spec: DataSpec) -> dict[str, int]:
     return {"params": params, "nonzero_params": params, "macs": macs}
 
 
-def test_graph_stats_count_params_and_macs(tmp_path: Path, fmnist_spec: DataSpec) -> None:
-    _, path = exported(tmp_path, fmnist_spec)
-    assert graph_stats(path) == expected_stats(fmnist_spec)
+def test_graph_stats_count_params_and_macs(tmp_path: Path, fmnist_profile: DataSpec) -> None:
+    _, path = exported(tmp_path, fmnist_profile)
+    assert graph_stats(path) == expected_stats(fmnist_profile)
 
 
 def test_measure_scores_val_and_test_with_intervals(
-    tmp_path: Path, fmnist: dict, fmnist_spec: DataSpec
+    tmp_path: Path, fmnist: dict, fmnist_profile: DataSpec
 ) -> None:
-    model, path = exported(tmp_path, fmnist_spec)
+    model, path = exported(tmp_path, fmnist_profile)
     splits = {"val": fmnist["val"], "test": fmnist["test"]}
     reference = predict(model, torch.from_numpy(splits["val"].images)).argmax(1).numpy()
-    classes = list(fmnist_spec.classes)
+    classes = list(fmnist_profile.classes)
     record, _ = measure_logits(path, splits, classes, CFG, reference)
     assert record["agreement"] == 1.0  # on val, against the torch source
     assert record["size_bytes"] == path.stat().st_size > record["gzip_bytes"] > 0

@@ -15,6 +15,7 @@ import torch
 from moto import mock_aws
 from safetensors.torch import load_file, save_file
 
+from squeeze.data import DataSpec
 from squeeze.models import InitError, build_model, read_init
 from squeeze.train import TrainingError, accuracy, fit, predict
 from squeeze.workspace import read_json
@@ -24,12 +25,13 @@ from tests.unit.test_train import ARCH, FIT, teacher_params, teacher_workspace
 
 
 @pytest.fixture(scope="module")
-def trained_state(fmnist: dict) -> dict[str, torch.Tensor]:
-    """The state_dict of ARCH trained 2 epochs on the fmnist subset (far above chance)."""
+def trained_state(fmnist: dict, fmnist_profile: DataSpec) -> dict[str, torch.Tensor]:
+    """The state_dict of ARCH's network trained 2 epochs on the fmnist subset (far above chance):
+    what a user saves of the network they trained, keys without squeeze's `net.` prefix."""
     torch.manual_seed(1)
-    model = build_model(ARCH)
+    model = build_model(ARCH, fmnist_profile)
     fit(model, fmnist["train"], fmnist["val"], FIT.model_copy(update={"epochs": 2, "threads": 1}))
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return {k: v.detach().clone().contiguous() for k, v in model.net.state_dict().items()}
 
 
 @pytest.fixture
@@ -46,15 +48,15 @@ def curve_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_epochs_0_saves_the_init_weights_as_they_are(
-    fmnist: dict, tmp_path: Path, init_file: Path
+    fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path, init_file: Path
 ) -> None:
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     run(ws.root, teacher_params(init=str(init_file), epochs=0))
     saved, given = load_file(ws.model("teacher") / "model.safetensors"), load_file(init_file)
-    assert saved.keys() == given.keys()
-    assert all(torch.equal(saved[k], given[k]) for k in given)  # bit for bit, nothing trained
-    model = build_model(ARCH)
-    model.load_state_dict(given)
+    assert saved.keys() == {f"net.{k}" for k in given}  # the network's weights, in the Classifier
+    assert all(torch.equal(saved[f"net.{k}"], given[k]) for k in given)  # bit for bit, untrained
+    model = build_model(ARCH, fmnist_profile)
+    model.net.load_state_dict(given)
     logits = predict(model, torch.from_numpy(fmnist["val"].images))
     record = read_json(ws.model("teacher") / "model.json")
     expected = round(accuracy(logits, torch.from_numpy(fmnist["val"].labels)), 5)
@@ -66,33 +68,37 @@ def test_epochs_0_saves_the_init_weights_as_they_are(
 
 
 def test_a_relative_init_is_read_from_the_workspace(
-    fmnist: dict, tmp_path: Path, init_file: Path
+    fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path, init_file: Path
 ) -> None:
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     (ws.root / "teacher.safetensors").write_bytes(init_file.read_bytes())
     run(ws.root, teacher_params(init="teacher.safetensors", epochs=0))
     saved = load_file(ws.model("teacher") / "model.safetensors")
-    assert all(torch.equal(saved[k], v) for k, v in load_file(init_file).items())
+    assert all(torch.equal(saved[f"net.{k}"], v) for k, v in load_file(init_file).items())
 
 
 def test_epochs_1_fine_tunes_from_the_init_weights(
-    fmnist: dict, tmp_path: Path, init_file: Path
+    fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path, init_file: Path
 ) -> None:
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     # a small lr moves the weights by at most ~0.01 in an epoch, where a random start differs
     # from the trained file by 0.3 to 1 in every layer: ending near the file means starting there
     run(ws.root, teacher_params(init=str(init_file), epochs=1, lr=0.001))
     saved, given = load_file(ws.model("teacher") / "model.safetensors"), load_file(init_file)
-    weights = [name for name, _ in build_model(ARCH).named_parameters()]
-    assert all((saved[k] - given[k]).abs().max() < 0.05 for k in weights)
-    assert not all(torch.equal(saved[k], given[k]) for k in weights)  # and it did train
+    weights = [name for name, _ in build_model(ARCH, fmnist_profile).net.named_parameters()]
+    assert all((saved[f"net.{k}"] - given[k]).abs().max() < 0.05 for k in weights)
+    assert not all(torch.equal(saved[f"net.{k}"], given[k]) for k in weights)  # and it did train
     record = read_json(ws.model("teacher") / "model.json")
     assert record["method"] == "finetune" and record["init"]["source"] == str(init_file)
     assert len(curve_rows(ws.plot("train_teacher.csv"))) == 1
 
 
 def test_mismatched_keys_are_all_listed_in_one_line(
-    fmnist: dict, tmp_path: Path, trained_state: dict, monkeypatch: pytest.MonkeyPatch
+    fmnist: dict,
+    fmnist_profile: DataSpec,
+    tmp_path: Path,
+    trained_state: dict,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     state = dict(trained_state)
     del state["classifier.bias"]
@@ -100,7 +106,7 @@ def test_mismatched_keys_are_all_listed_in_one_line(
     state["features.0.weight"] = torch.zeros(8, 1, 3, 3)
     path = tmp_path / "other.safetensors"
     save_file(state, path)
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     monkeypatch.chdir(ws.root)
     monkeypatch.setattr(candidate, "stage_params", lambda: teacher_params(str(path), epochs=0))
     with pytest.raises(SystemExit) as exit_:
@@ -126,21 +132,21 @@ class Payload:
 
 @pytest.mark.parametrize("kind", ["pickle", "torch.save"])
 def test_a_pickled_file_is_refused_and_never_unpickled(
-    fmnist: dict, tmp_path: Path, kind: str
+    fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path, kind: str
 ) -> None:
     marker, path = tmp_path / "unpickled", tmp_path / "teacher.pt"
     if kind == "pickle":
         path.write_bytes(pickle.dumps(Payload(marker)))
     else:
         torch.save({"payload": Payload(marker)}, path)
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     with pytest.raises(InitError, match=f"^train_teacher.init: {path} is not a safetensors file"):
         run(ws.root, teacher_params(init=str(path), epochs=0))
     assert not marker.exists() and not ws.model("teacher").exists()
 
 
-def test_a_missing_file_is_named(fmnist: dict, tmp_path: Path) -> None:
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+def test_a_missing_file_is_named(fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path) -> None:
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     with pytest.raises(
         InitError, match="train_teacher.init: cannot read .*/ws/nowhere.safetensors"
     ):
@@ -166,14 +172,14 @@ def test_an_s3_init_is_read_through_the_store(
 
 
 def test_init_weights_no_better_than_chance_are_refused(
-    fmnist: dict, tmp_path: Path, trained_state: dict
+    fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path, trained_state: dict
 ) -> None:
     # a zero classifier gives every class the same logit: argmax is class 0, exactly chance
-    state = {**trained_state, "classifier.weight": torch.zeros(10, 32),
-             "classifier.bias": torch.zeros(10)}  # fmt: skip
+    state = {**trained_state, "classifier.weight": trained_state["classifier.weight"] * 0,
+             "classifier.bias": trained_state["classifier.bias"] * 0}  # fmt: skip
     path = tmp_path / "blank.safetensors"
     save_file(state, path)
-    ws = teacher_workspace(tmp_path / "ws", fmnist)
+    ws = teacher_workspace(tmp_path / "ws", fmnist, fmnist_profile)
     with pytest.raises(TrainingError, match=r"^train_teacher: the teacher ends at 10\.0%") as e:
         run(ws.root, teacher_params(init=str(path), epochs=0))
     assert "check that train_teacher.init holds trained weights" in str(e.value)
