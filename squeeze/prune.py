@@ -1,21 +1,26 @@
 """Pruning: unstructured global magnitude pruning (AGP schedule) and structured channel pruning.
 
-Unstructured pruning zeroes individual weights; the network keeps its shape, so the gain shows
-in the compressed (gzip) size of the export, not in its latency. Structured pruning removes
-whole channels with Torch-Pruning, which follows the dependencies between layers (a conv's
-output channels, the BatchNorm after it and the next conv's inputs go together), so the network
-really gets smaller and faster. Both prune gradually, fine-tuning between steps, because a
-network recovers from many small cuts far better than from one big one.
+Unstructured pruning zeroes individual weights of every Conv and Linear; the network keeps its
+shape, so the gain shows in the compressed (gzip) size of the export, not in its latency.
+Structured pruning removes whole channels with Torch-Pruning, of any network: its dependency
+graph, traced through the model, couples the layers whose channels must go together (a conv's
+output channels, the BatchNorm after it and the next layer's inputs; the convs and shortcuts
+that a residual sum adds up; a depthwise conv and the conv feeding it; the slices of a
+concatenation), so the network really gets smaller and faster. Both prune gradually,
+fine-tuning between steps, because a network recovers from many small cuts far better than from
+one big one.
 
 Both are checked, not trusted. Torch-Pruning silently leaves a layer unpruned when the ratio
 would empty it (at 0.97 a [16, 32, 64] net came out [16, 32, 1]), so the widths it will aim at
-are planned first, and a plan or a result off the requested ratio is a PruningError naming the
-layers; global magnitude ranking may zero a whole layer, which is one too.
+are planned first, per channel group, and a plan or a result off the requested ratio is a
+PruningError naming the layers; global magnitude ranking may zero a whole layer, which is one
+too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,11 +29,12 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
 from squeeze.data import Split, subset
 from squeeze.distill import distillation_loss
 from squeeze.errors import StageRefused
-from squeeze.models import weight_layers
+from squeeze.models import Classifier, example_input, weight_layers
 from squeeze.params import PruneParams
 from squeeze.qat import quantization_aware, snap
 from squeeze.train import fit
@@ -211,40 +217,116 @@ def taylor_gradients(model: nn.Module, batch: Split) -> None:
     F.cross_entropy(logits, torch.from_numpy(batch.labels)).backward()
 
 
-def example_input(train: Split) -> torch.Tensor:
-    """One raw image, (1, 28, 28) uint8: exactly what the model (and its export) is fed."""
-    example = torch.from_numpy(train.images[:1])
-    if example.dtype != torch.uint8 or tuple(example.shape) != (1, 28, 28):
-        raise ValueError(f"expected (1, 28, 28) uint8 pixels, got {example.dtype} {example.shape}")
-    return example
+def output_layers(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The weight layers whose outputs are the logits, by name: found in the traced graph by
+    walking back from the model's output through every op that is not a Conv or Linear (a
+    flatten, a pooling, a sum of two heads), whatever the layers are called. Their outputs are
+    the K classes, which pruning must never remove."""
+    graph = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+    names = {module: name for name, module in model.named_modules()}
+    weights = set(weight_layers(model).values())
+    found: dict[str, nn.Module] = {}
+    stack = [node for node in graph.module2node.values() if not node.outputs]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.module in weights:
+            found[names[node.module]] = node.module
+        else:
+            stack.extend(node.inputs)
+    return found
 
 
-def pruned_widths(model: nn.Module) -> dict[str, int]:
-    """Output channels of the layers structured pruning shrinks: all but the classifier."""
-    return {n: w for n, w in out_channels(model).items() if n != "classifier"}
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels Torch-Pruning removes together, `width` of them: `layers` are the weight
+    layers whose output channels are exactly these (the convs a residual sum adds, a depthwise
+    conv and the conv feeding it), which all keep the same number; `parts` > 1 for grouped
+    channels (a grouped conv, GroupNorm), pruned alike in each of the parts."""
+
+    layers: tuple[str, ...]
+    width: int
+    parts: int = 1
 
 
-def planned_widths(widths: dict[str, int], ratio: float) -> dict[str, int]:
-    """The widths Torch-Pruning's local pruning aims at, in its own arithmetic: int(C · (1 − r))
-    of each layer's original C (floor, so each layer keeps within one channel of C · (1 − r))."""
-    return {name: int(width * (1 - ratio)) for name, width in widths.items()}
+def channel_groups(pruner: tp.pruner.MetaPruner) -> list[ChannelGroup]:
+    """The pruner's channel groups read from its dependency graph, in network order.
+
+    A layer coupled to a group's channels other than one to one (one branch of a
+    concatenation that a residual sum adds up, a torch.split) is left out of `layers`: how
+    many channels it loses depends on the ranking, so its group is checked by its root."""
+    graph = pruner.DG
+    order = {name: i for i, (name, _) in enumerate(graph.model.named_modules())}
+    weights = set(weight_layers(graph.model).values())
+    groups = []
+    for group in graph.get_all_groups(pruner.ignored_layers, pruner.root_module_types):
+        width = graph.get_out_channels(group[0].dep.target.module)
+        layers = {graph._module2name[dep.target.module] for dep, idxs in group
+                  if dep.target.module in weights and graph.is_out_channel_pruning_fn(dep.handler)
+                  and len(idxs) == graph.get_out_channels(dep.target.module) == width}  # fmt: skip
+        if layers:  # (else rooted in a layer that is no Conv2d or Linear, e.g. an LSTM)
+            # the pruner's own reading of grouped channels (torch_pruning 1.6.1, BasePruner)
+            parts = pruner._get_channel_groups(group)
+            groups.append(ChannelGroup(tuple(sorted(layers, key=order.get)), width, parts))
+    return sorted(groups, key=lambda g: order[g.layers[0]])
 
 
-def check_plan(widths: dict[str, int], sparsity: float) -> None:
-    """Raise PruningError, before any work, when the sparsity leaves a layer under MIN_CHANNELS;
-    the message names those layers and the highest sparsity (in hundredths) that fits them all."""
-    plan = planned_widths(widths, sparsity)
-    short = [f"{n} ({widths[n]} → {plan[n]})" for n in widths if plan[n] < MIN_CHANNELS]
-    if not short:
+def next_width(group: ChannelGroup, current: int, ratio: float, round_to: int | None) -> int:
+    """A group's width after a pruner step at cumulative `ratio`, in Torch-Pruning's own local
+    arithmetic (BasePruner._prune): keep int(C₀ · (1 − ratio)) of the original C₀ per part,
+    nothing when that is not fewer than now, and with round_to the kept count rounded down to
+    a multiple of it (so zero when it is under round_to)."""
+    per_part, now = group.width // group.parts, current // group.parts
+    removed = now - int(per_part * (1 - ratio))
+    if removed <= 0:
+        return current
+    if round_to:
+        kept = current - removed
+        removed = min(current - (kept - kept % round_to), now)
+    return current - removed * group.parts
+
+
+def width_plan(
+    groups: list[ChannelGroup], sparsity: float, steps: int, round_to: int | None
+) -> list[dict[str, int]]:
+    """Every grouped layer's planned output channels after each of the steps (linear schedule:
+    step t prunes to t/steps of the sparsity, as the pruner is configured)."""
+    widths = [group.width for group in groups]
+    plan = []
+    for ratio in linear_scheduler(sparsity, steps)[1:]:
+        widths = [next_width(g, w, ratio, round_to) for g, w in zip(groups, widths, strict=True)]
+        plan.append({layer: w for g, w in zip(groups, widths, strict=True) for layer in g.layers})
+    return plan
+
+
+def check_plan(
+    groups: list[ChannelGroup], sparsity: float, steps: int, round_to: int | None
+) -> None:
+    """Raise PruningError, before any work, when the sparsity leaves a channel group under
+    MIN_CHANNELS; the message names the group's layers and the highest sparsity (in hundredths)
+    that fits them all."""
+
+    def short(ratio: float) -> list[str]:
+        final = width_plan(groups, ratio, steps, round_to)[-1]
+        return [f"{' + '.join(g.layers)} ({g.width} → {final[g.layers[0]]})"
+                for g in groups if final[g.layers[0]] < MIN_CHANNELS]  # fmt: skip
+
+    problems = short(sparsity)
+    if not problems:
         return
     highest = int(100 * sparsity)
-    while highest > 0 and min(planned_widths(widths, highest / 100).values()) < MIN_CHANNELS:
+    while highest > 0 and short(highest / 100):
         highest -= 1
     fix = f"lower the sparsity to at most {highest / 100:g}" if highest else "prune a wider model"
+    rounding = f" (widths rounded down to a multiple of round_to {round_to})" if round_to else ""
     raise PruningError(
-        f"structured sparsity {sparsity:g} leaves too few output channels in {', '.join(short)}: "
-        f"every pruned layer keeps at least {MIN_CHANNELS} (Torch-Pruning would leave a layer "
-        f"it cannot empty unpruned, and one channel is a bottleneck); {fix}"
+        f"structured sparsity {sparsity:g} leaves too few output channels in "
+        f"{', '.join(problems)}{rounding}: every pruned layer keeps at least {MIN_CHANNELS} "
+        f"(Torch-Pruning would leave a layer it cannot empty unpruned, and one channel is a "
+        f"bottleneck); {fix}"
     )
 
 
@@ -261,28 +343,34 @@ def check_widths(achieved: dict[str, int], planned: dict[str, int], step: int, s
 
 
 def prune_structured(
-    model: nn.Module, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
-) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Remove cfg.sparsity of every conv's output channels with Torch-Pruning's MetaPruner.
+    model: Classifier, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
+) -> tuple[Classifier, list[dict[str, Any]]]:
+    """Remove cfg.sparsity of the output channels of every channel group with Torch-Pruning.
 
-    The pruner traces the model on a raw uint8 example (its input contract), ranks channel
-    groups by cfg.importance (L1/L2 weight magnitude, or first-order Taylor |w · ∂L/∂w| from
-    one calibration batch) and removes them in cfg.steps equal steps, fine-tuning after each.
-    The classifier's outputs (the 10 classes) are never pruned. The model is changed in place;
-    save it with arch=arch_of(model) so it reloads without the pruner.
+    The pruner traces the model on a raw (1, H, W, C) uint8 example (its input contract) into a
+    dependency graph, so layers whose channels must go together are pruned together: a
+    residual sum's convs and shortcuts, a depthwise conv and the conv feeding it, the slices of
+    a concatenation. It ranks channels by cfg.importance (L1/L2 weight magnitude, or first-order
+    Taylor |w · ∂L/∂w| from one calibration batch) and removes them in cfg.steps equal steps,
+    fine-tuning after each; with cfg.round_to every kept width is a multiple of it. The output
+    layers (output_layers: the K classes) are never pruned. The model is changed in place;
+    save_checkpoint records its structure, so it reloads without the pruner.
 
-    Every layer loses the same share (Torch-Pruning's local pruning). check_plan refuses a
-    sparsity that would leave a layer under MIN_CHANNELS, and each step's widths are checked
+    Every group loses the same share (Torch-Pruning's local pruning). check_plan refuses a
+    sparsity that would leave a group under MIN_CHANNELS, and each step's widths are checked
     against the plan. Torch-Pruning's own knobs do not fix a ratio too high for the narrow
     layers: on [16, 32, 64] at 0.97, global_pruning gave [1, 32, 2] and max_pruning_ratio (a cap
     on layers already pruned, not on one step) changed nothing (measured).
     """
-    widths = pruned_widths(model)
-    check_plan(widths, cfg.sparsity)
+    example = example_input(model.spec)
     pruner = tp.pruner.MetaPruner(
-        model, example_input(train), importance=IMPORTANCE[cfg.importance](),
-        pruning_ratio=cfg.sparsity, iterative_steps=cfg.steps, ignored_layers=[model.classifier],
+        model, example, importance=IMPORTANCE[cfg.importance](), pruning_ratio=cfg.sparsity,
+        iterative_steps=cfg.steps, iterative_pruning_ratio_scheduler=linear_scheduler,
+        ignored_layers=list(output_layers(model, example).values()), round_to=cfg.round_to,
     )  # fmt: skip
+    groups = channel_groups(pruner)
+    check_plan(groups, cfg.sparsity, cfg.steps, cfg.round_to)
+    plan = width_plan(groups, cfg.sparsity, cfg.steps, cfg.round_to)
     rng = np.random.default_rng(cfg.fit.seed)
     calibration = subset(train, rng.choice(len(train), cfg.fit.batch_size, replace=False))
     parts = step_splits(train, cfg.fit.epochs, cfg.steps, cfg.fit.seed)
@@ -291,9 +379,7 @@ def prune_structured(
         if cfg.importance == "taylor":
             taylor_gradients(model, calibration)
         pruner.step()
-        # Torch-Pruning's linear schedule: the ratio after step t is t/steps of the final one
-        planned = planned_widths(widths, step / float(cfg.steps) * cfg.sparsity)
-        check_widths(pruned_widths(model), planned, step, cfg.steps)
+        check_widths(out_channels(model), plan[step - 1], step, cfg.steps)
         model.zero_grad(set_to_none=True)
         history.append(fine_tune(model, parts[step - 1], val, cfg, step, teacher))
     return model.eval(), history

@@ -2,10 +2,12 @@
 
 Reads params `prune.NAME`, models/<upstream>/, models/teacher/ (only when distill_alpha > 0:
 fine-tuning then distils from the teacher) and data/splits/{train,val}; writes models/NAME/.
-A structurally pruned network is saved with its real per-conv widths (arch_of), so it reloads
-without the pruner, and model.json's `layers` records every weight layer's output channels
+The network may be any architecture. A structurally pruned one keeps its upstream's `arch`;
+save_checkpoint adds its structure (squeeze.structure: every resized module's shapes), so it
+reloads without the pruner. model.json's `layers` records every weight layer's output channels
 before and after, the share removed and its weight sparsity. A structured sparsity that some
-layer cannot take (squeeze.prune.check_plan) stops the stage with one line naming the layers.
+channel group cannot take (squeeze.prune.check_plan) stops the stage with one line naming the
+layers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from squeeze.data import load_split
-from squeeze.models import arch_of, count_params, load_checkpoint, save_checkpoint
+from squeeze.models import count_params, load_checkpoint, save_checkpoint
 from squeeze.params import Params
 from squeeze.prune import (
     PruningError,
@@ -38,7 +40,7 @@ def run(root: Path, params: Params, name: str) -> None:
     ws, cfg = Workspace(root), candidate(params, STAGE, name)
     torch.set_num_threads(cfg.fit.threads)  # deliberate: the default may oversubscribe shared CPUs
     torch.manual_seed(cfg.fit.seed)
-    model, upstream = load_checkpoint(ws.model(cfg.upstream))
+    model, _ = load_checkpoint(ws.model(cfg.upstream))
     # a separate copy even when the upstream is the teacher: pruning changes `model` in place
     teacher = load_checkpoint(ws.model(TEACHER))[0] if cfg.distill_alpha > 0 else None
     before, channels, widths = count_params(model), conv_channels(model), out_channels(model)
@@ -50,11 +52,9 @@ def run(root: Path, params: Params, name: str) -> None:
     except PruningError as err:
         raise PruningError(f"params.yaml prune.{name}: {err}") from err
     record = base_record(ws, name, f"prune_{cfg.kind}", [cfg.upstream], cfg) | {
-        "arch": arch_of(pruned),
         "format": "safetensors",
         "parameters": count_params(pruned),
         "parameters_before": before,
-        "arch_before": upstream["arch"],
         "sparsity": round(weight_sparsity(pruned), 6),  # share of zeros in these tensors:
         "sparsity_over": prunable_names(pruned),
         "channels_removed": round(1 - conv_channels(pruned) / channels, 6),

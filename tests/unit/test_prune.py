@@ -1,6 +1,7 @@
-"""Pruning: exact unstructured sparsity that survives fine-tuning, structured pruning that
-really shrinks the network and reloads from disk without the pruner, per-layer widths and
-sparsities on record, and a sparsity some layer cannot take refused, naming the layers."""
+"""Pruning squeeze's ConvNet: exact unstructured sparsity that survives fine-tuning, structured
+pruning that really shrinks the network and reloads from disk without the pruner, per-layer
+widths and sparsities on record, and a sparsity some layer cannot take refused, naming the
+layers. (Other architectures: test_prune_networks.py.)"""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from torch import nn
 from squeeze import prune as prune_module
 from squeeze.data import Split
 from squeeze.evaluate import export_onnx, graph_stats
-from squeeze.models import arch_of, build_model, load_checkpoint, save_checkpoint
+from squeeze.models import load_checkpoint, save_checkpoint
 from squeeze.params import PruneParams
 from squeeze.prune import (
     PruningError,
     agp_sparsity,
-    example_input,
     prunable,
     prune_model,
     weight_sparsity,
@@ -40,9 +40,14 @@ SPARSITY, MAX_DROP = 0.7, 0.05
 
 def prune_cfg(tiny_fit: Callable, **changes: object) -> PruneParams:
     base = {"upstream": "tiny", "kind": "unstructured", "sparsity": SPARSITY, "steps": 3,
-            "importance": "l1", "distill_alpha": 0.0, "temperature": 4.0, "qat": None,
-            "fit": tiny_fit(epochs=2, lr=0.02)}  # fmt: skip
+            "importance": "l1", "round_to": None, "distill_alpha": 0.0, "temperature": 4.0,
+            "qat": None, "fit": tiny_fit(epochs=2, lr=0.02)}  # fmt: skip
     return PruneParams(**(base | changes))
+
+
+def conv_widths(model: nn.Module) -> list[int]:
+    """Output channels of the model's convs in order: [8, 16] for the tiny ConvNet."""
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
 def test_agp_schedule_is_cubic_and_ends_on_target() -> None:
@@ -106,8 +111,8 @@ def test_structured_shrinks_the_network_and_reloads_without_the_pruner(
         copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"]
     )
     assert len(history) == 2
-    assert arch_of(pruned)["channels"] == [4, 8]  # half the channels of [8, 16]
-    save_checkpoint(pruned, tmp_path / "pruned", {"arch": arch_of(pruned)})
+    assert conv_widths(pruned) == [4, 8]  # half the channels of [8, 16]
+    save_checkpoint(pruned, tmp_path / "pruned", {"name": "pruned"})
     reloaded, _ = load_checkpoint(tmp_path / "pruned")
     x = torch.from_numpy(small_fmnist["test"].images[:256])
     with torch.no_grad():
@@ -119,47 +124,24 @@ def test_structured_shrinks_the_network_and_reloads_without_the_pruner(
     assert after["macs"] < 0.5 * before["macs"]
 
 
-def test_uneven_widths_round_trip(tmp_path: Path, tiny_arch: dict) -> None:
-    """Per-conv width lists (what global or uneven pruning leaves) rebuild exactly."""
-    arch = {**tiny_arch, "channels": [[5, 7], 9], "convs_per_stage": 2}
-    model = build_model(arch).eval()
-    assert arch_of(model)["channels"] == [[5, 7], [9, 9]]
-    assert arch_of(build_model(tiny_arch)) == tiny_arch
-    save_checkpoint(model, tmp_path / "m", {"arch": arch_of(model)})
-    x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
-    with torch.no_grad():
-        assert torch.equal(load_checkpoint(tmp_path / "m")[0](x), model(x))
-
-
-def test_the_pruner_is_traced_on_raw_pixels(small_fmnist: Data) -> None:
-    example = example_input(small_fmnist["train"])
-    assert example.dtype == torch.uint8 and tuple(example.shape) == (1, 28, 28)
-    wrong = Split(small_fmnist["train"].images[:2].astype(np.float32), np.zeros(2, np.int64))
-    with pytest.raises(ValueError, match="uint8"):
-        example_input(wrong)
-
-
 def test_stage_saves_a_structurally_pruned_model_that_reloads(
-    workspace: Workspace, stage_params: Callable, tiny_fit: Callable
+    workspace: Workspace, stage_params: Callable, tiny_fit: Callable, tiny_arch: dict
 ) -> None:
     cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.5, steps=1, distill_alpha=0.5,
                     upstream="teacher", fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
     run(workspace.root, stage_params(prune={"ch50": cfg}), "ch50")
     model, record = load_checkpoint(workspace.model("ch50"))
-    assert record["arch"]["channels"] == [4, 8] and record["method"] == "prune_structured"
+    assert conv_widths(model) == [4, 8] and record["method"] == "prune_structured"
+    assert record["arch"] == tiny_arch  # as given: the widths are in record["structure"]
     assert record["parameters"] < record["parameters_before"] / 2
+    row = {"channels_before": 8, "channels": 4, "channels_removed": 0.5, "sparsity": 0}
     assert record["layers"] == {  # every pruned layer at the requested ratio, the classes kept
-        "features.0": {"channels_before": 8, "channels": 4, "channels_removed": 0.5, "sparsity": 0},
-        "features.4": {
-            "channels_before": 16,
-            "channels": 8,
-            "channels_removed": 0.5,
-            "sparsity": 0,
-        },
-        "classifier": {"channels_before": 10, "channels": 10, "channels_removed": 0, "sparsity": 0},
+        "net.features.0": row,
+        "net.features.4": row | {"channels_before": 16, "channels": 8},
+        "net.classifier": row | {"channels_before": 10, "channels": 10, "channels_removed": 0},
     }
     teacher, _ = load_checkpoint(workspace.model("teacher"))
-    assert arch_of(teacher)["channels"] == [8, 16]  # the upstream on disk is untouched
+    assert conv_widths(teacher) == [8, 16]  # the upstream on disk is untouched
 
 
 def test_stage_records_the_sparsity_of_every_layer(
@@ -170,7 +152,7 @@ def test_stage_records_the_sparsity_of_every_layer(
     run(workspace.root, stage_params(prune={"sp70": cfg}), "sp70")
     model, record = load_checkpoint(workspace.model("sp70"))
     layers, modules = record["layers"], dict(model.named_modules())
-    assert set(layers) == {"features.0", "features.4", "classifier"}
+    assert set(layers) == {"net.features.0", "net.features.4", "net.classifier"}
     zeros = 0.0
     for name, row in layers.items():
         weight = modules[name].weight
@@ -187,8 +169,8 @@ def test_stage_records_the_sparsity_of_every_layer(
 # and 0.9 came out [8, 1] (one layer skipped, the other a one-channel bottleneck).
 @pytest.mark.parametrize(
     ("sparsity", "layers"),
-    [(0.9, r"features\.0 \(8 → 0\), features\.4 \(16 → 1\)"),
-     (0.97, r"features\.0 \(8 → 0\), features\.4 \(16 → 0\)")],
+    [(0.9, r"net\.features\.0 \(8 → 0\), net\.features\.4 \(16 → 1\)"),
+     (0.97, r"net\.features\.0 \(8 → 0\), net\.features\.4 \(16 → 0\)")],
 )  # fmt: skip
 def test_structured_sparsity_a_layer_cannot_take_is_refused_naming_the_layers(
     small_fmnist: Data, tiny_trained: nn.Module, tiny_fit: Callable, sparsity: float, layers: str
@@ -197,7 +179,7 @@ def test_structured_sparsity_a_layer_cannot_take_is_refused_naming_the_layers(
     model = copy.deepcopy(tiny_trained)
     with pytest.raises(PruningError, match=f"sparsity {sparsity} leaves too few .* in {layers}:"):
         prune_model(model, cfg, small_fmnist["train"], small_fmnist["val"])
-    assert arch_of(model)["channels"] == [8, 16]  # refused before the pruner touched it
+    assert conv_widths(model) == [8, 16]  # refused before the pruner touched it
 
 
 def test_the_highest_sparsity_the_error_suggests_prunes_as_planned(
@@ -210,7 +192,7 @@ def test_the_highest_sparsity_the_error_suggests_prunes_as_planned(
                     fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
     pruned, _ = prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"],
                             small_fmnist["val"])  # fmt: skip
-    assert arch_of(pruned)["channels"] == [2, 4]  # MIN_CHANNELS in the narrowest layer
+    assert conv_widths(pruned) == [2, 4]  # MIN_CHANNELS in the narrowest layer
 
 
 def test_a_layer_torch_pruning_skips_is_caught_after_its_step(
@@ -220,10 +202,11 @@ def test_a_layer_torch_pruning_skips_is_caught_after_its_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without the plan check, Torch-Pruning's silent skip is still caught, by the widths."""
-    monkeypatch.setattr(prune_module, "check_plan", lambda widths, sparsity: None)
+    monkeypatch.setattr(prune_module, "check_plan", lambda *args: None)
     cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.97, steps=1)
-    with pytest.raises(PruningError, match="step 1 of 1 did not prune as planned: features.0 has "
-                       "8 channels, planned 0; features.4 has 16 channels, planned 0"):  # fmt: skip
+    with pytest.raises(PruningError, match="step 1 of 1 did not prune as planned: net.features.0 "
+                       "has 8 channels, planned 0; net.features.4 has 16 channels, planned "
+                       "0"):  # fmt: skip
         prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
 
 
@@ -233,7 +216,7 @@ def test_unstructured_pruning_that_empties_a_layer_is_refused(
     """At 0.97 global ranking takes all 1,152 weights of the second conv: a cut network that
     scored exactly chance (10%) when unchecked."""
     cfg = prune_cfg(tiny_fit, sparsity=0.97, steps=3, fit=tiny_fit(epochs=1, lr=0.02))
-    with pytest.raises(PruningError, match=r"zeroes every weight of features\.4\.weight \(1152"):
+    with pytest.raises(PruningError, match=r"weight of net\.features\.4\.weight \(1152"):
         prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
 
 
