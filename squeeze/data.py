@@ -1,7 +1,14 @@
-"""Fashion-MNIST: fetch the raw IDX files from a source, parse them strictly, split and subset.
+"""The data: read a source (IDX files, or an ImageFolder via squeeze.imagefolder), parse it
+strictly, split and subset it, and describe it (DataSpec, data/profile.json).
 
 Every parse error names the file and the problem, because a bad download or a truncated copy
-must stop the pipeline before anything trains on it.
+must stop the pipeline before anything trains on it. Images are uint8 (N, H, W, C) everywhere
+after reading: IDX images get a trailing channel axis, and when ingest.channels or
+ingest.image_size differ from what the source holds, images are converted by the same Pillow
+path as an ImageFolder's (squeeze.imagefolder.to_pixels).
+
+The whole dataset is held in memory (see check_memory): ingest reads a dataset that fits in
+half of this machine's memory, and refuses a larger one before decoding it.
 """
 
 from __future__ import annotations
@@ -9,24 +16,24 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from squeeze.errors import StageRefused
 
-CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+if TYPE_CHECKING:
+    from squeeze.params import IngestParams
+
 # split -> (images file, labels file), the names upstream uses (each may also end in .gz)
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -37,6 +44,10 @@ IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only one Fashion-MNIST 
 GZIP_LEVEL = 6  # of the snapshot in data/raw: zlib's default; 9 takes twice as long for 1% less
 STATS_CHUNK = 4096  # images per step of DataSpec.measure's sums: bounds its memory
 TRANSIENT_HTTP = {408, 425, 429}  # client-error statuses that mean "not now" rather than "no"
+# Memory ingest needs per image, as a multiple of its H*W*C pixel bytes: the source's arrays, the
+# stratified subsets, the train/val split and the copy safetensors makes while saving a split.
+COPIES_IN_MEMORY = 4
+PER_IMAGE_OVERHEAD = 1024  # bytes: its path, list entries and GX's row of statistics
 
 
 class DataError(StageRefused):
@@ -49,8 +60,8 @@ class FetchError(DataError):
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # (N, 28, 28) uint8
-    labels: np.ndarray  # (N,) int64
+    images: np.ndarray  # (N, H, W, C) uint8, C = 1 or 3
+    labels: np.ndarray  # (N,) int64, class k is DataSpec.classes[k]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -150,20 +161,26 @@ def find_raw(folder: Path, name: str) -> Path:
     for candidate in (folder / f"{name}.gz", folder / name):
         if candidate.exists():
             return candidate
-    raise DataError(f"{folder}: missing {name}.gz (or {name}), one of the four Fashion-MNIST files")
+    raise DataError(f"{folder}: missing {name}.gz (or {name}), one of the four IDX files")
 
 
 def read_split(folder: Path, split: str, shown: str | None = None) -> Split:
     """Read the images and labels of one split from a folder of IDX files.
 
-    shown: how errors name the folder (the source the files were fetched from).
+    Images come as (N, rows, cols), given a channel axis here, or as (N, rows, cols, C) with C
+    1 or 3. shown: how errors name the folder (the source the files were fetched from).
     """
     paths = [find_raw(folder, name) for name in IDX_FILES[split]]
     # strings, not Paths: a Path would collapse the // of s3:// and http:// sources
     images_path, labels_path = (f"{(shown or str(folder)).rstrip('/')}/{p.name}" for p in paths)
     images, labels = read_idx(paths[0], images_path), read_idx(paths[1], labels_path)
-    if images.ndim != 3:
-        raise DataError(f"{images_path}: expected (N, rows, cols) images, got shape {images.shape}")
+    if images.ndim == 3:
+        images = images[..., np.newaxis]  # (N, H, W) -> (N, H, W, 1)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(
+            f"{images_path}: expected (N, rows, cols) or (N, rows, cols, 1|3) images, "
+            f"got shape {images.shape}"
+        )
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: expected (N,) labels, got shape {labels.shape}")
     if len(images) != len(labels):
@@ -172,6 +189,20 @@ def read_split(folder: Path, split: str, shown: str | None = None) -> Split:
             "labels: the files do not belong together"
         )
     return Split(images, labels.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Source:
+    """The data ingest.source holds now, decoded to ingest.channels and ingest.image_size: what
+    ingest splits and snapshots, and what the `source` stamp fingerprints."""
+
+    location: str  # the source read, 'auto' resolved
+    format: str  # ingest.format: idx or imagefolder
+    splits: dict[str, Split]  # "train" and "test"; or "all": one folder of class folders
+    classes: tuple[str, ...] | None = None  # imagefolder: the class folders' names, sorted
+    converted: int = 0  # images whose mode or size was changed to the configured ones
+    skipped: tuple[str, ...] = field(default=())  # files left out (on_bad_image: skip): "path: why"
+    ignored: tuple[str, ...] = field(default=())  # imagefolder: files outside the class folders
 
 
 def resolve_source(source: str, mirror: str) -> str:
@@ -244,33 +275,79 @@ def download(url: str, dest: Path, timeout_s: float = 60) -> None:
     tmp.replace(dest)
 
 
-def read_source(
-    source: str, mirror: str, endpoint_url: str | None, scratch: Path
-) -> tuple[str, dict[str, Split]]:
-    """The resolved source and the train and test splits it holds now, decoded.
+def read_source(cfg: IngestParams, scratch: Path) -> Source:
+    """The data at cfg.source, decoded and converted to cfg.channels and cfg.image_size.
 
-    source is 'auto' (see resolve_source), a local folder, s3://bucket/prefix or an http(s)://
-    base URL. A folder is read in place; remote files pass through scratch, removed afterwards.
-    ingest and the `source` stamp both read the source here, so they see the same data.
+    idx: cfg.source is 'auto' (see resolve_source), a local folder, s3://bucket/prefix or an
+    http(s):// base URL; a folder is read in place, remote files pass through scratch, removed
+    afterwards. imagefolder: a local folder or s3:// prefix (squeeze.imagefolder). ingest and
+    the `source` stamp both read the source here, so they see the same data.
     """
-    resolved = resolve_source(source, mirror)
+    from squeeze import imagefolder  # it imports this module
+
+    if cfg.format == "imagefolder":
+        return imagefolder.read_source(cfg)
+    resolved = resolve_source(cfg.source, cfg.mirror)
     try:
         if is_remote(resolved):
-            fetch_raw(resolved, endpoint_url, scratch)
+            fetch_raw(resolved, cfg.endpoint_url, scratch)
             folder = scratch
         else:
             folder = Path(resolved)
             if not folder.is_dir():
                 raise DataError(f"ingest.source: {resolved} is not a folder, s3:// prefix or URL")
-        return resolved, {name: read_split(folder, name, resolved) for name in IDX_FILES}
+        splits = {name: read_split(folder, name, resolved) for name in IDX_FILES}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    height, width = cfg.image_size
+    check_memory(sum(map(len, splits.values())), height, width, cfg.channels, resolved)
+    converted = 0
+    for name, split in splits.items():
+        splits[name], count = imagefolder.conform(split, cfg.channels, (height, width), cfg.resize)
+        converted += count
+    return Source(resolved, "idx", splits, converted=converted)
 
 
-def fingerprint(splits: Mapping[str, Split]) -> dict[str, Any]:
+def memory_limit() -> int:
+    """Bytes ingest may hold: half of this machine's physical memory, or half of its
+    container's limit (cgroup v2 memory.max) when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        cap = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        cap = "max"
+    if cap.isdigit():
+        total = min(total, int(cap))
+    return total // 2
+
+
+def bytes_per_image(height: int, width: int, channels: int) -> int:
+    """Rough memory ingest needs per image of the configured size."""
+    return height * width * channels * COPIES_IN_MEMORY + PER_IMAGE_OVERHEAD
+
+
+def check_memory(count: int, height: int, width: int, channels: int, where: str) -> None:
+    """Refuse, before decoding, a dataset that would not fit in memory_limit(): squeeze holds
+    the whole dataset in memory (a dataset larger than that is out of scope for now)."""
+    per_image = bytes_per_image(height, width, channels)
+    need, limit = count * per_image, memory_limit()
+    if need > limit:
+        raise DataError(
+            f"{where}: {count} images of {height}x{width}x{channels} need about "
+            f"{need / 2**30:.1f} GiB in memory (~{per_image} bytes per image), more than "
+            f"ingest's limit of {limit / 2**30:.1f} GiB (half of this machine's memory): squeeze "
+            "holds the whole dataset in memory; use a smaller ingest.image_size, a source with "
+            "fewer images, or a machine with more memory"
+        )
+
+
+def fingerprint(
+    splits: Mapping[str, Split], classes: Sequence[str] | None = None
+) -> dict[str, Any]:
     """sha256 of the decoded data: per array (dtype, shape, little-endian bytes) and one over
-    all of them. Gzipped or raw, renamed or re-uploaded, the same images and labels give the
-    same fingerprint; so DVC and the flow re-run nothing unless the data itself changed."""
+    all of them and the class names (an ImageFolder's folder names; None for IDX, whose names
+    are params). Gzipped or raw, re-encoded, renamed or re-uploaded, the same images and labels
+    give the same fingerprint; so DVC and the flow re-run nothing unless the data changed."""
     arrays = {}
     for name, split in sorted(splits.items()):
         for role, array in (("images", split.images), ("labels", split.labels)):
@@ -280,22 +357,77 @@ def fingerprint(splits: Mapping[str, Split]) -> dict[str, Any]:
                 "shape": list(array.shape),
                 "sha256": hashlib.sha256(data.data).hexdigest(),
             }
-    overall = hashlib.sha256(json.dumps(arrays, sort_keys=True).encode()).hexdigest()
-    return {"sha256": overall, "arrays": arrays}
+    named = {} if classes is None else {"classes": list(classes)}
+    overall = hashlib.sha256(json.dumps(arrays | named, sort_keys=True).encode()).hexdigest()
+    return {"sha256": overall, "arrays": arrays} | named
+
+
+def write_snapshot(source: Source, folder: Path) -> None:
+    """data/raw: the source's decoded data, encoded one fixed way, so the snapshot's bytes
+    depend on the data only, not on how it arrived. IDX: the IDX gz files (write_raw);
+    ImageFolder: one safetensors file per split (train and test, or all) and classes.json."""
+    if source.format == "idx":
+        write_raw(source.splits, folder)
+        return
+    for name, split in source.splits.items():
+        save_split(split, folder / f"{name}.safetensors")
+    (folder / "classes.json").write_text(json.dumps(list(source.classes or ()), indent=2) + "\n")
 
 
 def write_raw(splits: Mapping[str, Split], folder: Path) -> None:
     """Write the splits as the four upstream IDX gz files, encoded one fixed way (no timestamp,
-    fixed level), so the snapshot's bytes depend on the data only, not on how it arrived."""
+    fixed level). One-channel images are written as upstream's (N, rows, cols)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         images_name, labels_name = IDX_FILES[name]
-        for file, array in ((images_name, split.images), (labels_name, split.labels)):
+        images = split.images[..., 0] if split.images.shape[-1] == 1 else split.images
+        for file, array in ((images_name, images), (labels_name, split.labels)):
             # IDX: two zero bytes, the type code, ndim, then each dim as big-endian uint32
             header = bytes([0, 0, IDX_UBYTE, array.ndim]) + np.array(array.shape, ">u4").tobytes()
             # labels were decoded from uint8 (Split widens them to int64): the cast is exact
             blob = header + np.ascontiguousarray(array, np.uint8).tobytes()
             (folder / f"{file}.gz").write_bytes(gzip.compress(blob, GZIP_LEVEL, mtime=0))
+
+
+def class_names(source: Source, configured: list[str] | None) -> tuple[str, ...]:
+    """The names of labels 0..K-1: an ImageFolder's folder names; for IDX, ingest.classes, or
+    "0".."K-1" when that is null, K being one more than the largest label the source holds."""
+    if source.classes is not None:
+        return source.classes
+    k = 1 + max((int(s.labels.max()) for s in source.splits.values() if len(s)), default=-1)
+    if configured is None:
+        return tuple(str(label) for label in range(k))
+    if len(configured) < k:
+        raise DataError(
+            f"ingest.classes names {len(configured)} classes but {source.location} holds labels "
+            f"up to {k - 1}: name all {k} (label k is ingest.classes[k]), or set it to null"
+        )
+    twice = sorted({name for name in configured if configured.count(name) > 1})
+    if twice:
+        raise DataError(f"ingest.classes: {', '.join(twice)} named more than once")
+    return tuple(configured)
+
+
+def train_test(
+    source: Source, test_fraction: float | None, rng: np.random.Generator
+) -> dict[str, Split]:
+    """The source's train and test splits: as it holds them, or, for one folder of class
+    folders, with test_fraction of every class held out as test (stratified, seeded)."""
+    if "all" in source.splits:
+        if test_fraction is None:
+            raise DataError(
+                f"{source.location} holds class folders but no train/ and test/ folders: set "
+                "ingest.test_fraction (e.g. 0.2) to hold out a test split, or sort the images "
+                "into train/<class>/ and test/<class>/"
+            )
+        train, test = hold_out(source.splits["all"], test_fraction, rng)
+        return {"train": train, "test": test}
+    if test_fraction is not None:
+        raise DataError(
+            f"ingest.test_fraction is {test_fraction} but {source.location} holds its own test "
+            "split (test/): set ingest.test_fraction to null"
+        )
+    return {"train": source.splits["train"], "test": source.splits["test"]}
 
 
 def stratified_indices(
@@ -308,17 +440,16 @@ def stratified_indices(
     return np.sort(np.concatenate(picks))
 
 
-def split_train_val(
-    train: Split, val_fraction: float, rng: np.random.Generator
-) -> tuple[Split, Split]:
-    """Hold out val_fraction of every class for validation (stratified, deterministic)."""
-    val_idx = []
-    for c in np.unique(train.labels):
-        members = rng.permutation(np.flatnonzero(train.labels == c))
-        val_idx.append(members[: round(len(members) * val_fraction)])
-    is_val = np.zeros(len(train), bool)
-    is_val[np.concatenate(val_idx)] = True
-    return subset(train, np.flatnonzero(~is_val)), subset(train, np.flatnonzero(is_val))
+def hold_out(split: Split, fraction: float, rng: np.random.Generator) -> tuple[Split, Split]:
+    """(the rest, fraction of every class held out): stratified, deterministic. Used for the
+    validation split, and for the test split of a source that holds none."""
+    held = []
+    for c in np.unique(split.labels):
+        members = rng.permutation(np.flatnonzero(split.labels == c))
+        held.append(members[: round(len(members) * fraction)])
+    is_held = np.zeros(len(split), bool)
+    is_held[np.concatenate(held)] = True
+    return subset(split, np.flatnonzero(~is_held)), subset(split, np.flatnonzero(is_held))
 
 
 def subset(split: Split, idx: np.ndarray) -> Split:

@@ -1,48 +1,78 @@
-"""The Great Expectations data suite of ingest and the data profile it reports."""
+"""The Great Expectations data suite of ingest and the data profile it reports.
+
+Nothing in it is specific to one dataset: K is the number of classes the data holds (its class
+folders, or ingest.classes for IDX), H, W and C the image size and channels the images were
+converted to (ingest.image_size, ingest.channels). The suites run on the train, val and test
+splits ingest is about to write (and on the source's image counts), before anything is written.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from squeeze.data import CLASSES, Split, image_hashes
+from squeeze.data import Split, image_hashes
 from squeeze.params import IngestParams
 
 Spec = tuple[str, dict[str, Any]]
-IMAGE_SIDE = 28
 
 
 def image_stats(split: Split) -> pd.DataFrame:
     """One row per image: its label, shape, dtype and pixel statistics."""
-    n, rows, cols = split.images.shape
+    n, height, width, channels = split.images.shape
     flat = split.images.reshape(n, -1)
     return pd.DataFrame({
         "label": split.labels,
-        "rows": np.full(n, rows),
-        "cols": np.full(n, cols),
+        "height": np.full(n, height),
+        "width": np.full(n, width),
+        "channels": np.full(n, channels),
         "dtype": np.full(n, str(split.images.dtype)),
         "pixel_min": flat.min(1),
         "pixel_max": flat.max(1),
-        # float mean: NaN would show here if the pixels were ever decoded as floats
-        "pixel_mean": flat.astype(np.float64).mean(1),
+        # a float mean (summed in float64 without a float copy of the images): NaN would show
+        # here if the pixels were ever decoded as floats
+        "pixel_mean": flat.mean(1, dtype=np.float64),
     })  # fmt: skip
 
 
-def class_shares(split: Split) -> pd.DataFrame:
+def class_shares(split: Split, num_classes: int) -> pd.DataFrame:
     """One row per class: its share of the split's images."""
-    counts = np.bincount(split.labels, minlength=len(CLASSES))
-    return pd.DataFrame({"label": np.arange(len(counts)), "share": counts / counts.sum()})
+    counts = np.bincount(split.labels, minlength=num_classes)
+    return pd.DataFrame({"label": np.arange(len(counts)), "share": counts / max(1, counts.sum())})
 
 
-def image_suite(expected_count: int) -> list[Spec]:
-    """Expectations on image_stats of one raw split."""
-    labels = list(range(len(CLASSES)))
+def duplicates(splits: Mapping[str, Split]) -> pd.DataFrame:
+    """One row per image of every split: "test#5 = train#12" where it repeats an earlier image
+    (pixel for pixel) of its own split (duplicate_within) or of an earlier split
+    (duplicate_across), else null. Images are named split#index, the index in the split."""
+    split_of, within, across = [], [], []
+    earlier: dict[str, str] = {}  # image digest -> where it first appeared, in earlier splits
+    for name, split in splits.items():
+        first: dict[str, str] = {}
+        for i, digest in enumerate(image_hashes(split.images)):
+            here = f"{name}#{i}"
+            within.append(f"{here} = {first[digest]}" if digest in first else None)
+            across.append(f"{here} = {earlier[digest]}" if digest in earlier else None)
+            first.setdefault(digest, here)
+        for digest, where in first.items():
+            earlier.setdefault(digest, where)
+        split_of += [name] * len(split)
+    return pd.DataFrame(
+        {"split": split_of, "duplicate_within": within, "duplicate_across": across}, dtype=object
+    )
+
+
+def image_suite(num_classes: int, height: int, width: int, channels: int) -> list[Spec]:
+    """Expectations on image_stats of one split: shape, dtype, pixel range, labels in 0..K-1,
+    and every class present."""
+    labels = list(range(num_classes))
     return [
-        ("expect_table_row_count_to_equal", {"value": expected_count}),
-        ("expect_column_values_to_be_in_set", {"column": "rows", "value_set": [IMAGE_SIDE]}),
-        ("expect_column_values_to_be_in_set", {"column": "cols", "value_set": [IMAGE_SIDE]}),
+        ("expect_column_values_to_be_in_set", {"column": "height", "value_set": [height]}),
+        ("expect_column_values_to_be_in_set", {"column": "width", "value_set": [width]}),
+        ("expect_column_values_to_be_in_set", {"column": "channels", "value_set": [channels]}),
         ("expect_column_values_to_be_in_set", {"column": "dtype", "value_set": ["uint8"]}),
         ("expect_column_values_to_be_between", {"column": "pixel_min", "min_value": 0}),
         ("expect_column_values_to_be_between", {"column": "pixel_max", "max_value": 255}),
@@ -53,40 +83,74 @@ def image_suite(expected_count: int) -> list[Spec]:
     ]
 
 
-def balance_suite(tolerance: float) -> list[Spec]:
-    """Expectations on class_shares: every class holds 1/10 ± tolerance·1/10 of the images."""
-    fair = 1 / len(CLASSES)
+def balance_suite(num_classes: int, tolerance: float) -> list[Spec]:
+    """Expectations on class_shares: every class holds 1/K ± tolerance·1/K of the images."""
+    fair = 1 / num_classes
     bounds = {"min_value": fair * (1 - tolerance), "max_value": fair * (1 + tolerance)}
     return [
-        ("expect_table_row_count_to_equal", {"value": len(CLASSES)}),
+        ("expect_table_row_count_to_equal", {"value": num_classes}),
         ("expect_column_values_to_be_between", {"column": "share", **bounds}),
     ]
 
 
-def suites(raw: dict[str, Split], cfg: IngestParams) -> list[tuple[str, pd.DataFrame, list[Spec]]]:
-    """(suite name, data frame, expectations) for every check ingest runs on the raw splits."""
-    expected = {"train": cfg.expected_train, "test": cfg.expected_test}
+def duplicate_suite() -> list[Spec]:
+    """Expectations on duplicates: no image repeats within a split or across splits (a test
+    image also seen in training would flatter every model measured on it)."""
+    return [
+        ("expect_column_values_to_be_null", {"column": "duplicate_within"}),
+        ("expect_column_values_to_be_null", {"column": "duplicate_across"}),
+    ]
+
+
+def count_suite(expected: Mapping[str, int | None]) -> list[Spec]:
+    """Expectations on the one-row frame of the source's image counts (column "<split>")."""
+    return [
+        ("expect_column_values_to_be_in_set", {"column": name, "value_set": [count]})
+        for name, count in expected.items()
+        if count is not None
+    ]
+
+
+def suites(
+    full: Mapping[str, Split],
+    splits: Mapping[str, Split],
+    classes: Sequence[str],
+    cfg: IngestParams,
+) -> list[tuple[str, pd.DataFrame, list[Spec]]]:
+    """(suite name, data frame, expectations) for every check ingest runs.
+
+    full: the source's train and test splits before any subset (their counts are checked
+    against ingest.expected_train/test); splits: the train, val and test splits ingest writes.
+    """
+    height, width = cfg.image_size
     out = []
-    for name, split in raw.items():
-        out.append((f"{name}_images", image_stats(split), image_suite(expected[name])))
-        out.append((f"{name}_balance", class_shares(split), balance_suite(cfg.balance_tolerance)))
+    counts = count_suite({"train": cfg.expected_train, "test": cfg.expected_test})
+    if counts:
+        frame = pd.DataFrame({name: [len(split)] for name, split in full.items()})
+        out.append(("source_counts", frame, counts))
+    for name, split in splits.items():
+        out.append((
+            f"{name}_images", image_stats(split),
+            image_suite(len(classes), height, width, cfg.channels),
+        ))  # fmt: skip
+        out.append((
+            f"{name}_balance", class_shares(split, len(classes)),
+            balance_suite(len(classes), cfg.balance_tolerance),
+        ))  # fmt: skip
+    out.append(("duplicates", duplicates(splits), duplicate_suite()))
     return out
 
 
-def profile(raw: dict[str, Split], splits: dict[str, Split]) -> dict[str, Any]:
-    """Counts per class and split, pixel statistics and exact duplicates (within and across)."""
-    hashes = {name: image_hashes(split.images) for name, split in raw.items()}
-    train, test = set(hashes["train"]), set(hashes["test"])
+def profile(
+    full: Mapping[str, Split], splits: Mapping[str, Split], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Images in the source (before subsets) and per split, and per class and split."""
     return {
-        "raw_images": {name: len(split) for name, split in raw.items()},
+        "raw_images": {name: len(split) for name, split in full.items()},
         "split_images": {name: len(split) for name, split in splits.items()},
         "class_counts": {
-            name: dict(zip(CLASSES, np.bincount(s.labels, minlength=10).tolist(), strict=True))
+            name: dict(zip(classes, np.bincount(s.labels, minlength=len(classes)).tolist(),
+                           strict=True))
             for name, s in splits.items()
         },
-        "pixel_mean": round(float(raw["train"].images.mean()) / 255, 5),
-        "pixel_std": round(float(raw["train"].images.std()) / 255, 5),
-        "duplicates_within_train": len(hashes["train"]) - len(train),
-        "duplicates_within_test": len(hashes["test"]) - len(test),
-        "duplicates_train_test": sum(h in train for h in hashes["test"]),
-    }
+    }  # fmt: skip

@@ -1,9 +1,11 @@
-"""IDX parsing and source fetching, on the real Fashion-MNIST files and broken copies of them."""
+"""IDX parsing, source fetching, splitting and the memory limit, on the real Fashion-MNIST files
+and broken copies of them."""
 
 from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -11,23 +13,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from squeeze import data
 from squeeze.data import (
     IDX_FILES,
     DataError,
     FetchError,
+    Source,
     Split,
+    class_names,
     fingerprint,
+    hold_out,
     read_idx,
-    read_source,
     read_split,
-    split_train_val,
     stratified_indices,
+    subset,
+    train_test,
     write_raw,
 )
+from squeeze.imagefolder import conform, to_pixels
+from squeeze.params import IngestParams, load_params
+
+PROJECT = Path(__file__).resolve().parents[2]
 
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
+
+
+def idx_params(source: str | Path, **changes: object) -> IngestParams:
+    """The project's ingest params reading IDX files from source."""
+    return load_params(PROJECT).ingest.model_copy(update={"source": str(source), **changes})
+
+
+def read_source(source: str | Path, scratch: Path, **changes: object) -> Source:
+    return data.read_source(idx_params(source, **changes), scratch)
 
 
 @pytest.fixture
@@ -40,7 +60,7 @@ def copy_dir(fmnist_dir: Path, tmp_path: Path) -> Path:
 
 def test_reads_real_files(fmnist_dir: Path) -> None:
     test = read_split(fmnist_dir, "test")
-    assert test.images.shape == (10000, 28, 28) and test.images.dtype == np.uint8
+    assert test.images.shape == (10000, 28, 28, 1) and test.images.dtype == np.uint8
     assert sorted(np.unique(test.labels)) == list(range(10))
 
 
@@ -86,14 +106,15 @@ def test_missing_file_is_named(copy_dir: Path) -> None:
 
 def test_a_folder_is_read_in_place(fmnist_dir: Path, tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
-    resolved, splits = read_source(str(fmnist_dir), "http://unused", None, scratch)
-    assert resolved == str(fmnist_dir) and not scratch.exists()
-    assert splits["train"].images.shape == (60000, 28, 28) and len(splits["test"]) == 10000
+    source = read_source(fmnist_dir, scratch)
+    assert source.location == str(fmnist_dir) and not scratch.exists()
+    assert source.splits["train"].images.shape == (60000, 28, 28, 1)
+    assert len(source.splits["test"]) == 10000 and source.converted == 0
 
 
 def test_a_missing_folder_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="ingest.source: .* is not a folder"):
-        read_source(str(tmp_path / "nope"), "http://unused", None, tmp_path / "scratch")
+        read_source(tmp_path / "nope", tmp_path / "scratch")
 
 
 def gunzip(path: Path) -> Path:
@@ -114,11 +135,11 @@ def test_the_fingerprint_is_of_the_decoded_data_not_of_the_files(
     with images.open("wb") as raw, gzip.GzipFile(images.name, "wb", 1, raw, mtime=1234) as out:
         out.write(gzip.decompress((fmnist_dir / TEST_IMAGES).read_bytes()))
     assert images.read_bytes() != (fmnist_dir / TEST_IMAGES).read_bytes()
-    original = fingerprint(read_source(str(fmnist_dir), "", None, tmp_path / "a")[1])
-    assert fingerprint(read_source(str(copy_dir), "", None, tmp_path / "b")[1]) == original
+    original = fingerprint(read_source(fmnist_dir, tmp_path / "a").splits)
+    assert fingerprint(read_source(copy_dir, tmp_path / "b").splits) == original
     assert set(original["arrays"]) == {f"{s}/{r}" for s in IDX_FILES for r in ("images", "labels")}
     assert original["arrays"]["test/images"] | {"sha256": ""} == {
-        "dtype": "uint8", "shape": [10000, 28, 28], "sha256": ""
+        "dtype": "uint8", "shape": [10000, 28, 28, 1], "sha256": ""
     }  # fmt: skip
 
 
@@ -130,7 +151,7 @@ def test_the_fingerprint_changes_with_any_value_shape_or_dtype(fmnist: dict) -> 
     # the same bytes in another shape, or the same values in another dtype, are other data
     variants = [
         Split(test.images, relabelled),
-        Split(test.images.reshape(-1, 14, 56), test.labels),
+        Split(test.images.reshape(-1, 14, 56, 1), test.labels),
         Split(test.images, test.labels.astype(np.int32)),
     ]
     assert len({base, *(fingerprint({"test": v})["sha256"] for v in variants)}) == 4
@@ -141,7 +162,7 @@ def test_the_snapshot_is_the_same_file_however_the_source_was_encoded(
 ) -> None:
     gunzip(copy_dir / TEST_LABELS)
     for name, folder in (("a", fmnist_dir), ("b", copy_dir)):
-        write_raw(read_source(str(folder), "", None, tmp_path / "scratch")[1], tmp_path / name)
+        write_raw(read_source(folder, tmp_path / "scratch").splits, tmp_path / name)
     for file in sorted((tmp_path / "a").iterdir()):
         assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes(), file.name
     # and it reads back as the same data
@@ -177,16 +198,16 @@ def mirror(fmnist_dir: Path) -> Iterator[str]:
 def test_a_mirror_is_downloaded_through_scratch(
     mirror: str, fmnist_dir: Path, tmp_path: Path
 ) -> None:
-    resolved, splits = read_source(mirror, "http://unused", None, tmp_path / "scratch")
-    assert resolved == mirror and not (tmp_path / "scratch").exists()
-    local = read_source(str(fmnist_dir), "", None, tmp_path / "scratch")[1]
-    assert fingerprint(splits) == fingerprint(local)
+    source = read_source(mirror, tmp_path / "scratch")
+    assert source.location == mirror and not (tmp_path / "scratch").exists()
+    local = read_source(fmnist_dir, tmp_path / "scratch").splits
+    assert fingerprint(source.splits) == fingerprint(local)
 
 
 def test_a_missing_download_fails_at_once_and_leaves_no_file(mirror: str, tmp_path: Path) -> None:
     """404: permanent, a DataError (ingest does not retry it) naming the URL."""
     with pytest.raises(DataError, match="cannot download .*/missing/train-images") as excinfo:
-        read_source(f"{mirror}/missing", "http://unused", None, tmp_path / "scratch")
+        read_source(f"{mirror}/missing", tmp_path / "scratch")
     assert not isinstance(excinfo.value, FetchError)
     assert not (tmp_path / "scratch").exists()
 
@@ -194,15 +215,86 @@ def test_a_missing_download_fails_at_once_and_leaves_no_file(mirror: str, tmp_pa
 def test_a_busy_mirror_is_a_fetch_error(mirror: str, tmp_path: Path) -> None:
     """503: transient, a FetchError (ingest retries it)."""
     with pytest.raises(FetchError, match="cannot download .*/busy/train-images.* 503"):
-        read_source(f"{mirror}/busy", "http://unused", None, tmp_path / "scratch")
+        read_source(f"{mirror}/busy", tmp_path / "scratch")
 
 
 def test_splits_are_stratified_and_deterministic(fmnist: dict) -> None:
     train = fmnist["train"]
     idx = stratified_indices(train.labels, 20, np.random.default_rng(1))
     assert np.bincount(train.labels[idx]).tolist() == [20] * 10
-    a = split_train_val(train, 0.2, np.random.default_rng(3))
-    b = split_train_val(train, 0.2, np.random.default_rng(3))
+    a = hold_out(train, 0.2, np.random.default_rng(3))
+    b = hold_out(train, 0.2, np.random.default_rng(3))
     np.testing.assert_array_equal(a[1].labels, b[1].labels)
     assert np.bincount(a[1].labels).tolist() == [60] * 10
     assert len(a[0]) + len(a[1]) == len(train)
+
+
+def test_idx_images_of_another_size_or_channels_are_converted_by_pillow(fmnist: dict) -> None:
+    """IDX images go through the ImageFolder path (to_pixels) when ingest.channels or
+    ingest.image_size differ: every image counted, each equal to its own Pillow conversion."""
+    test = subset(fmnist["test"], np.arange(50))
+    same, none = conform(test, 1, (28, 28), "shorter_side_crop")
+    assert same is test and none == 0
+    wide, count = conform(test, 3, (32, 40), "exact")
+    assert wide.images.shape == (50, 32, 40, 3) and wide.images.dtype == np.uint8 and count == 50
+    np.testing.assert_array_equal(wide.labels, test.labels)
+    image = Image.fromarray(test.images[7, ..., 0], "L")
+    np.testing.assert_array_equal(wide.images[7], to_pixels(image, 3, (32, 40), "exact")[0])
+    # grey to RGB keeps the grey: the three channels are equal
+    assert (wide.images[..., 0] == wide.images[..., 2]).all()
+
+
+def test_read_source_converts_idx_to_the_configured_images(
+    fmnist_dir: Path, tmp_path: Path
+) -> None:
+    source = read_source(fmnist_dir, tmp_path / "scratch", channels=3, image_size=[32, 32])
+    assert source.splits["test"].images.shape == (10000, 32, 32, 3)
+    assert source.converted == 70000
+
+
+def test_a_dataset_too_large_for_memory_fails_before_decoding(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "memory_limit", lambda: 2**30)
+    # 70,000 images of 224x224x3 would need ~39 GiB: refused, saying how much per image
+    with pytest.raises(DataError, match=r"70000 images of 224x224x3 need about 39\.3 GiB") as err:
+        read_source(fmnist_dir, tmp_path / "scratch", channels=3, image_size=[224, 224])
+    per_image = data.bytes_per_image(224, 224, 3)
+    assert f"~{per_image} bytes per image" in str(err.value) and "1.0 GiB" in str(err.value)
+    assert per_image == 224 * 224 * 3 * data.COPIES_IN_MEMORY + data.PER_IMAGE_OVERHEAD
+
+
+def test_the_memory_limit_is_half_of_this_machine() -> None:
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < data.memory_limit() <= physical // 2
+
+
+def idx_source(*splits: Split) -> Source:
+    return Source("somewhere", "idx", dict(zip(("train", "test"), splits, strict=True)))
+
+
+def test_idx_class_names_come_from_params_or_are_the_labels(fmnist: dict) -> None:
+    source = idx_source(fmnist["train"], fmnist["test"])
+    assert class_names(source, None) == tuple("0123456789")
+    names = [f"class {k}" for k in range(10)]
+    assert class_names(source, names) == tuple(names)
+    with pytest.raises(
+        DataError, match="ingest.classes names 9 classes but somewhere holds labels up to 9"
+    ):
+        class_names(source, names[:9])
+    with pytest.raises(DataError, match="ingest.classes: class 1 named more than once"):
+        class_names(source, [*names[:9], "class 1"])
+
+
+def test_one_folder_of_classes_is_split_by_test_fraction(fmnist: dict) -> None:
+    train = fmnist["train"]  # 300 per class
+    source = Source("somewhere", "imagefolder", {"all": train}, tuple("abcdefghij"))
+    with pytest.raises(DataError, match="set ingest.test_fraction"):
+        train_test(source, None, np.random.default_rng(0))
+    split = train_test(source, 0.2, np.random.default_rng(0))
+    assert np.bincount(split["test"].labels).tolist() == [60] * 10
+    assert len(split["train"]) == 2400
+    again = train_test(source, 0.2, np.random.default_rng(0))
+    np.testing.assert_array_equal(again["test"].images, split["test"].images)
+    with pytest.raises(DataError, match="holds its own test split"):
+        train_test(idx_source(train, fmnist["test"]), 0.2, np.random.default_rng(0))
