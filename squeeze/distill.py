@@ -31,8 +31,9 @@ def output_layer(model: nn.Module) -> nn.Linear:
     feature distillation matches; ValueError when the network has none."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
+        net = getattr(model, "net", model)  # name the user's network, not the Classifier
         raise ValueError(
-            f"{type(model).__name__} has no nn.Linear output layer whose input features "
+            f"{type(net).__name__} has no nn.Linear output layer whose input features "
             "could be matched; set feature_weight to 0 for this network"
         )
     return linears[-1]
@@ -100,6 +101,7 @@ class DistillationLoss:
         self.label_smoothing, self.student = label_smoothing, student
         self.hooks: tuple[Embedding, Embedding] | None = None
         if feature_weight > 0 and student is not None:  # (student, teacher) embeddings
+            output_layer(teacher)  # refuse before hooking the student: no hook left behind
             self.hooks = (Embedding(student.student), Embedding(teacher))
 
     def __call__(

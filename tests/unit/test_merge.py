@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 import squeeze.merge
-from squeeze.data import Split, subset
+from squeeze.data import DataSpec, Split, subset
 from squeeze.evaluate import INPUT, export_onnx, session
 from squeeze.merge import (
+    BN_BATCH,
     Ensemble,
     average_state_dicts,
     distill_ensemble,
@@ -24,7 +25,7 @@ from squeeze.merge import (
     uniform_soup,
     val_accuracy,
 )
-from squeeze.models import build_model
+from squeeze.models import Classifier, build_model
 from squeeze.params import MergeParams
 from squeeze.workspace import Workspace, read_json
 from tasks.merge import run
@@ -32,12 +33,12 @@ from tasks.merge import run
 Data = dict[str, Split]
 
 
-def members(arch: dict, n: int = 3) -> list[nn.Module]:
+def members(arch: dict, spec: DataSpec, n: int = 3) -> list[nn.Module]:
     """n differently initialised ConvNets with non-trivial BatchNorm statistics."""
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        model = build_model(arch).eval()
+        model = build_model(arch, spec).eval()
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-1, 1)
@@ -47,9 +48,9 @@ def members(arch: dict, n: int = 3) -> list[nn.Module]:
 
 
 def test_ensemble_onnx_is_the_mean_of_member_logits(
-    small_fmnist: Data, tiny_arch: dict, tmp_path
+    small_fmnist: Data, fmnist_spec: DataSpec, tiny_arch: dict, tmp_path
 ) -> None:
-    models = members(tiny_arch)
+    models = members(tiny_arch, fmnist_spec)
     export_onnx(Ensemble(models), tmp_path / "ensemble.onnx")
     images = small_fmnist["test"].images[:256]
     ours = session(tmp_path / "ensemble.onnx", 1).run(None, {INPUT: images})[0]
@@ -75,25 +76,35 @@ def test_soup_of_identical_models_is_the_model(
         torch.testing.assert_close(soup(x), tiny_trained(x), rtol=tol, atol=tol)
 
 
-def test_average_state_dicts_means_floats_and_keeps_counters(tiny_arch: dict) -> None:
-    a, b = (m.state_dict() for m in members(tiny_arch, 2))
+def test_average_state_dicts_means_floats_and_keeps_counters(
+    tiny_arch: dict, fmnist_spec: DataSpec
+) -> None:
+    a, b = (m.state_dict() for m in members(tiny_arch, fmnist_spec, 2))
     avg = average_state_dicts([a, b])
-    key = "features.0.weight"
+    key = "net.features.0.weight"
     torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
     counter = next(k for k in a if k.endswith("num_batches_tracked"))
     assert torch.equal(avg[counter], a[counter])
 
 
-def test_bn_reestimation_gives_the_exact_statistics(tiny_arch: dict, small_fmnist: Data) -> None:
+def test_bn_reestimation_gives_the_exact_statistics(
+    tiny_arch: dict, fmnist_spec: DataSpec, small_fmnist: Data
+) -> None:
     """momentum=None: the running mean is the plain average over all images, not an EMA."""
-    model = members(tiny_arch, 1)[0]
+    model = members(tiny_arch, fmnist_spec, 1)[0]
     images = small_fmnist["train"].images[:1536]  # three equal batches of BN_BATCH
     reestimate_bn(model, images)
-    conv, bn = model.features[0], model.features[1]
+    conv, bn = model.net.features[0], model.net.features[1]
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (fmnist_spec.mean, fmnist_spec.std))
     with torch.no_grad():
-        x = torch.from_numpy(images).float().unsqueeze(1) / 255.0
-        out = conv((x - 0.2860) / 0.3530)  # (N, C, 28, 28)
-    torch.testing.assert_close(bn.running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+        x = torch.from_numpy(images).double().permute(0, 3, 1, 2) / 255.0  # (N, C, H, W)
+        out = copy.deepcopy(conv).double()((x - mean) / std)  # (N, 8, H, W), exact enough
+    exact, last = out.mean((0, 2, 3)), out[-BN_BATCH:].mean((0, 2, 3))
+    # torch's float32 batch statistics are themselves off by up to ~5e-5 here; an estimate that
+    # leaned on the last batch (an EMA) would be off by its distance from the whole, far more
+    tol = 2e-4
+    assert (last - exact).abs().max() > 10 * tol
+    torch.testing.assert_close(bn.running_mean.double(), exact, rtol=0, atol=tol)
     assert not model.training
 
 
@@ -102,7 +113,7 @@ def permuted(model: nn.Module) -> nn.Module:
     next conv that read them) in reverse order. Its accuracy is the model's, but averaging it with
     the model mixes unrelated filters."""
     model = copy.deepcopy(model)
-    conv, bn, after = model.features[0], model.features[1], model.features[4]
+    conv, bn, after = model.net.features[0], model.net.features[1], model.net.features[4]
     order = torch.arange(conv.out_channels - 1, -1, -1)
     with torch.no_grad():
         for tensor in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
@@ -119,7 +130,7 @@ def test_greedy_soup_tries_by_val_accuracy_and_rejects_what_hurts(
         tiny_trained, tiny_fit(epochs=1, lr=0.05), 3, train, val
     )
     assert len(histories) == 3
-    assert not torch.equal(tuned[0].features[0].weight, tuned[1].features[0].weight)
+    assert not torch.equal(tuned[0].net.features[0].weight, tuned[1].net.features[0].weight)
     # listed worst first, so trying them in list order would not be trying them by accuracy
     tuned.sort(key=lambda m: val_accuracy(m, val))
     scores = [val_accuracy(m, val) for m in tuned]
@@ -147,13 +158,15 @@ def test_greedy_soup_tries_by_val_accuracy_and_rejects_what_hurts(
 
 
 def test_distill_ensemble_trains_the_student(
-    small_fmnist: Data, tiny_arch: dict, tiny_fit: Callable
+    small_fmnist: Data, fmnist_spec: DataSpec, tiny_arch: dict, tiny_fit: Callable
 ) -> None:
     train = subset(small_fmnist["train"], np.arange(512))
+    teachers = members(tiny_arch, fmnist_spec, 2)
     student, history = distill_ensemble(
-        members(tiny_arch, 2), tiny_arch, tiny_fit(epochs=1), 4.0, 0.9, train, small_fmnist["val"]
+        teachers, tiny_arch, tiny_fit(epochs=1), 4.0, 0.9, train, small_fmnist["val"]
     )
-    assert len(history) == 1 and type(student).__name__ == "ConvNet"
+    assert len(history) == 1 and isinstance(student, Classifier)
+    assert type(student.net).__name__ == "ConvNet" and student.spec == fmnist_spec
 
 
 def merge_params(kind: str, upstreams: list[str], tiny_fit: Callable) -> MergeParams:
@@ -162,7 +175,7 @@ def merge_params(kind: str, upstreams: list[str], tiny_fit: Callable) -> MergePa
 
 
 def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
-    workspace: Workspace, stage_params: Callable, tiny_fit: Callable
+    workspace: Workspace, fmnist_spec: DataSpec, stage_params: Callable, tiny_fit: Callable
 ) -> None:
     params = stage_params(merge={
         "ens": merge_params("ensemble", ["teacher", "teacher"], tiny_fit),
@@ -173,6 +186,7 @@ def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
     assert record["format"] == "onnx" and (workspace.model("ens") / "model.onnx").exists()
     assert record["method"] == "ensemble" and record["upstream"] == ["teacher", "teacher"]
     assert record["arch"]["name"] == "ensemble" and record["data_sha256"] == "0" * 64
+    assert record["data"] == fmnist_spec.to_json()  # what the ONNX graph expects, recorded
     run(workspace.root, params, "soup")
     record = read_json(workspace.model("soup") / "model.json")
     assert record["method"] == "soup_greedy" and record["format"] == "safetensors"
