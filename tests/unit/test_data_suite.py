@@ -1,4 +1,5 @@
-"""The GX data suite of ingest passes on the real files and fails on broken data."""
+"""The GX data suite of ingest passes on real data and fails on broken data: K, H, W and C come
+from the data and params, never from Fashion-MNIST."""
 
 from __future__ import annotations
 
@@ -8,79 +9,152 @@ import numpy as np
 import pytest
 
 from squeeze import data_suite
-from squeeze.data import Split, read_split
+from squeeze.data import Split, read_split, subset
 from squeeze.expectations import SuiteResult, validate
-from squeeze.params import load_params
+from squeeze.params import IngestParams, load_params
 
 PROJECT = Path(__file__).resolve().parents[2]
+CLASSES = tuple(f"class {k}" for k in range(10))
 
 
 @pytest.fixture(scope="module")
-def raw(fmnist_dir: Path) -> dict[str, Split]:
+def full(fmnist_dir: Path) -> dict[str, Split]:
+    """The source's splits, as ingest reads them."""
     return {name: read_split(fmnist_dir, name) for name in ("train", "test")}
 
 
-def run_suites(raw: dict[str, Split], docs: Path | None = None) -> dict[str, SuiteResult]:
-    cfg = load_params(PROJECT).ingest
-    return {
-        name: validate(df, name, specs, docs) for name, df, specs in data_suite.suites(raw, cfg)
-    }
+@pytest.fixture(scope="module")
+def splits(fmnist: dict[str, Split]) -> dict[str, Split]:
+    """train, val and test as ingest writes them (small real subsets)."""
+    return dict(fmnist)
+
+
+def params(**changes: object) -> IngestParams:
+    return load_params(PROJECT).ingest.model_copy(update=changes)
+
+
+def run_suites(
+    splits: dict[str, Split],
+    full: dict[str, Split] | None = None,
+    classes: tuple[str, ...] = CLASSES,
+    docs: Path | None = None,
+    **changes: object,
+) -> dict[str, SuiteResult]:
+    cfg = params(**({"expected_train": None, "expected_test": None} if full is None else {}),
+                 **changes)  # fmt: skip
+    suites = data_suite.suites(full or {}, splits, classes, cfg)
+    return {name: validate(df, name, specs, docs) for name, df, specs in suites}
 
 
 def failed(results: dict[str, SuiteResult]) -> set[tuple[str, str, str | None]]:
     return {(s, f.expectation, f.column) for s, r in results.items() for f in r.failures()}
 
 
-def test_real_data_passes_and_writes_docs(raw: dict[str, Split], tmp_path: Path) -> None:
-    results = run_suites(raw, tmp_path)
+def test_real_data_passes_and_writes_docs(
+    full: dict[str, Split], splits: dict[str, Split], tmp_path: Path
+) -> None:
+    results = run_suites(splits, full, docs=tmp_path)
+    assert set(results) == {"source_counts", "duplicates"} | {
+        f"{s}_{suite}" for s in ("train", "val", "test") for suite in ("images", "balance")
+    }
     assert all(r.success for r in results.values()), failed(results)
     assert "train_images" in (tmp_path / "index.html").read_text()
 
 
-def test_labels_out_of_range_fail(raw: dict[str, Split]) -> None:
-    labels = raw["test"].labels.copy()
+def test_source_counts_are_checked_only_when_expected(
+    full: dict[str, Split], splits: dict[str, Split]
+) -> None:
+    fails = failed(run_suites(splits, full, expected_train=59999))
+    assert fails == {("source_counts", "expect_column_values_to_be_in_set", "train")}
+    assert "source_counts" not in run_suites(splits)
+
+
+def test_labels_out_of_range_fail(splits: dict[str, Split]) -> None:
+    labels = splits["test"].labels.copy()
     labels[:5] = 12
-    bad = {**raw, "test": Split(raw["test"].images, labels)}
+    bad = {**splits, "test": Split(splits["test"].images, labels)}
     assert ("test_images", "expect_column_values_to_be_in_set", "label") in failed(run_suites(bad))
 
 
-def test_wrong_image_shape_fails(raw: dict[str, Split]) -> None:
-    images = np.zeros((len(raw["test"]), 32, 32), np.uint8)
-    bad = {**raw, "test": Split(images, raw["test"].labels)}
+def test_k_comes_from_the_classes(splits: dict[str, Split]) -> None:
+    """The same labels against 11 classes: class 10 is missing from every split."""
+    fails = failed(run_suites(splits, classes=(*CLASSES, "class 10")))
+    for split in ("train", "val", "test"):
+        assert (f"{split}_images", "expect_column_distinct_values_to_equal_set", "label") in fails
+        assert (f"{split}_balance", "expect_column_values_to_be_between", "share") in fails
+
+
+def test_wrong_image_shape_fails(splits: dict[str, Split]) -> None:
+    images = np.zeros((len(splits["test"]), 32, 32, 3), np.uint8)
+    bad = {**splits, "test": Split(images, splits["test"].labels)}
     fails = failed(run_suites(bad))
-    assert ("test_images", "expect_column_values_to_be_in_set", "rows") in fails
-    assert ("test_images", "expect_column_values_to_be_in_set", "cols") in fails
+    for column in ("height", "width", "channels"):
+        assert ("test_images", "expect_column_values_to_be_in_set", column) in fails
+    # and the same images pass where params say 32x32x3
+    ok = failed(run_suites(bad, channels=3, image_size=[32, 32]))
+    assert not {f for f in ok if f[0] == "test_images"}
 
 
-def test_wrong_dtype_fails(raw: dict[str, Split]) -> None:
-    bad = {**raw, "test": Split(raw["test"].images.astype(np.int16), raw["test"].labels)}
+def test_wrong_dtype_fails(splits: dict[str, Split]) -> None:
+    bad = {**splits, "test": Split(splits["test"].images.astype(np.int16), splits["test"].labels)}
     assert ("test_images", "expect_column_values_to_be_in_set", "dtype") in failed(run_suites(bad))
 
 
-def test_nan_pixels_fail(raw: dict[str, Split]) -> None:
-    images = raw["test"].images.astype(np.float32)
-    images[3, 4, 5] = np.nan
-    bad = {**raw, "test": Split(images, raw["test"].labels)}
+def test_nan_pixels_fail(splits: dict[str, Split]) -> None:
+    images = splits["test"].images.astype(np.float32)
+    images[3, 4, 5, 0] = np.nan
+    bad = {**splits, "test": Split(images, splits["test"].labels)}
     fails = failed(run_suites(bad))
     assert ("test_images", "expect_column_values_to_not_be_null", "pixel_mean") in fails
 
 
-def test_missing_class_and_imbalance_fail(raw: dict[str, Split]) -> None:
-    keep = raw["train"].labels != 3
-    bad = {**raw, "train": Split(raw["train"].images[keep], raw["train"].labels[keep])}
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_class_missing_from_any_split_fails(splits: dict[str, Split], split: str) -> None:
+    keep = np.flatnonzero(splits[split].labels != 3)
+    bad = {**splits, split: subset(splits[split], keep)}
     fails = failed(run_suites(bad))
-    assert ("train_images", "expect_column_distinct_values_to_equal_set", "label") in fails
-    assert ("train_images", "expect_table_row_count_to_equal", None) in fails
-    assert ("train_balance", "expect_column_values_to_be_between", "share") in fails
+    assert (f"{split}_images", "expect_column_distinct_values_to_equal_set", "label") in fails
+    assert (f"{split}_balance", "expect_column_values_to_be_between", "share") in fails
 
 
-def test_profile_counts_duplicates(raw: dict[str, Split]) -> None:
-    test = raw["test"]
-    # plant two test images into train: two cross-split duplicates, one within train
-    images = np.concatenate([raw["train"].images, test.images[:2], test.images[:1]])
-    labels = np.concatenate([raw["train"].labels, test.labels[:2], test.labels[:1]])
-    planted = {"train": Split(images, labels), "test": test}
-    profile = data_suite.profile(planted, planted)
-    assert profile["duplicates_train_test"] == 2
-    assert profile["duplicates_within_train"] == 1
-    assert profile["class_counts"]["test"]["Bag"] == 1000
+def test_balance_tolerance_is_relative_to_one_over_k(splits: dict[str, Split]) -> None:
+    """Class 0 cut to a third of its images: share ≈ 0.036 against fair 0.1, inside ±70%
+    of it but not inside ±50%."""
+    train = splits["train"]
+    keep = np.flatnonzero((train.labels != 0) | (np.arange(len(train)) % 3 == 0))
+    bad = {**splits, "train": subset(train, keep)}
+    share = ("train_balance", "expect_column_values_to_be_between", "share")
+    assert share in failed(run_suites(bad, balance_tolerance=0.5))
+    assert share not in failed(run_suites(bad, balance_tolerance=0.7))
+
+
+def test_duplicates_within_and_across_splits_fail_naming_them(splits: dict[str, Split]) -> None:
+    train, test = splits["train"], splits["test"]
+    # test image 0 twice more in train (within train, and across train/test), once in val
+    images = np.concatenate([train.images, test.images[:1], test.images[:1]])
+    labels = np.concatenate([train.labels, test.labels[:1], test.labels[:1]])
+    n = len(train)
+    val = splits["val"]
+    planted = {
+        "train": Split(images, labels),
+        "val": Split(np.concatenate([val.images, test.images[:1]]),
+                     np.concatenate([val.labels, test.labels[:1]])),
+        "test": test,
+    }  # fmt: skip
+    frame = data_suite.duplicates(planted)
+    assert frame["duplicate_within"].dropna().tolist() == [f"train#{n + 1} = train#{n}"]
+    assert frame["duplicate_across"].dropna().tolist() == [
+        f"val#{len(val)} = train#{n}",
+        f"test#0 = train#{n}",
+    ]
+    result = run_suites(planted)["duplicates"]
+    assert {f.column for f in result.failures()} == {"duplicate_within", "duplicate_across"}
+
+
+def test_profile_counts_images_per_split_and_class(
+    full: dict[str, Split], splits: dict[str, Split]
+) -> None:
+    profile = data_suite.profile(full, splits, CLASSES)
+    assert profile["raw_images"] == {"train": 60000, "test": 10000}
+    assert profile["split_images"] == {"train": 3000, "val": 500, "test": 1000}
+    assert profile["class_counts"]["test"]["class 8"] == 100
