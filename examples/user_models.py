@@ -1,7 +1,7 @@
-"""Networks as a user would write them, for the tests: a small ResNet and a MobileNet-style
+"""Networks as a user would write them: a small ResNet and a MobileNet-style
 network, plain PyTorch modules that know nothing of squeeze.
 
-Each is a class named by `class_path` (tests.user_models.ResNet, tests.user_models.MobileNet)
+Each is a class named by `class_path` (examples.user_models.ResNet, examples.user_models.MobileNet)
 and built from keyword `init_args`: `in_channels` and `num_classes` (what the data says) and its
 widths. Each maps normalised float (B, in_channels, H, W) to (B, num_classes) logits for any
 image size (global average pooling). Between them they hold what structured pruning must treat

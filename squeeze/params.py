@@ -250,8 +250,9 @@ class PruneParams(Section):
     importance: Literal["l1", "l2", "taylor"] = Field(description="Structured: channel criterion.")
     round_to: int | None = Field(
         ge=1, le=512,
-        description="Structured: every pruned layer keeps a multiple of this many channels "
-        "(Torch-Pruning's round_to), widths the CPU kernels run fast; null: no rounding.",
+        description="Structured: every pruned layer keeps a multiple of this many channels, "
+        "rounded down (Torch-Pruning's round_to: 16 channels at sparsity 0.3 keep 8 with 8), "
+        "widths the CPU kernels run fast; null: no rounding.",
     )  # fmt: skip
     distill_alpha: float = Field(
         ge=0, le=1, description="Fine-tune with this weight on distillation from the teacher."

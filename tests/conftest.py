@@ -19,8 +19,8 @@ from squeeze.data import SYSTEM_DIR, Split, read_split, stratified_indices, subs
 
 PROJECT = Path(__file__).resolve().parents[1]
 # what a workspace needs to run the pipeline (no data, no outputs)
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles", "squeeze", "tasks", "flows", ".dvcignore",
-                 ".gitignore")  # fmt: skip
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles", "squeeze", "tasks", "flows", "examples",
+                 "pyproject.toml", ".dvcignore", ".gitignore")  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -42,10 +42,10 @@ from squeeze.train import fit
 
 Data = dict[str, Split]
 ARCHS = {
-    "resnet": {"class_path": "tests.user_models.ResNet",
+    "resnet": {"class_path": "examples.user_models.ResNet",
                "init_args": {"in_channels": 3, "num_classes": 10, "widths": [8, 16],
                              "blocks": [1, 1]}},
-    "mobilenet": {"class_path": "tests.user_models.MobileNet",
+    "mobilenet": {"class_path": "examples.user_models.MobileNet",
                   "init_args": {"in_channels": 3, "num_classes": 10, "widths": [8, 16],
                                 "head": 32}},
 }  # fmt: skip
@@ -57,7 +57,7 @@ SPEC = DataSpec(tuple("abcdefghij"), 16, 16, 3, (0.5,) * 3, (0.25,) * 3)  # for 
 @pytest.fixture(autouse=True)
 def allow_test_networks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The workspace owner's allow-list, as a worker's environment would hold it."""
-    monkeypatch.setenv("SQUEEZE_ALLOWED_MODULES", "tests.user_models")
+    monkeypatch.setenv("SQUEEZE_ALLOWED_MODULES", "examples.user_models")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def trained(rgb32: tuple[Data, DataSpec], tiny_fit: Callable) -> Iterator[dict[s
     """Both networks trained for 2 epochs (about 65% validation accuracy); copy before use."""
     (data, spec), models = rgb32, {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SQUEEZE_ALLOWED_MODULES", "tests.user_models")
+        patch.setenv("SQUEEZE_ALLOWED_MODULES", "examples.user_models")
         for name, arch in ARCHS.items():
             torch.manual_seed(0)
             models[name] = build_model(arch, spec)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from squeeze.structure import StructureError, apply_structure, structure_of
-from tests.user_models import MobileNet, ResNet
+from examples.user_models import MobileNet, ResNet
 
 
 class Zoo(nn.Module):
