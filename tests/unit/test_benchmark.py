@@ -101,7 +101,7 @@ def params_with(prune: dict[str, str], quantize: dict[str, tuple[str, str]], fit
 
     prune_cfg = {
         n: PruneParams(upstream="teacher", kind=kind, sparsity=0.5, steps=1, importance="l1",
-                       distill_alpha=0.0, temperature=4.0, qat=None, fit=fit)
+                       round_to=None, distill_alpha=0.0, temperature=4.0, qat=None, fit=fit)
         for n, kind in prune.items()
     }  # fmt: skip
     quant_cfg = {

@@ -56,17 +56,17 @@ def test_the_context_leaves_no_masks_or_hooks(tiny_trained: nn.Module) -> None:
 
 
 def partly_pruned(model: nn.Module) -> nn.Module:
-    """A copy with features.4 pruned by a mask (half its weights): the hook must see both a layer
-    torch.nn.utils.prune recomputes and layers it does not."""
+    """A copy with net.features.4 pruned by a mask (half its weights): the hook must see both a
+    layer torch.nn.utils.prune recomputes and layers it does not."""
     model = copy.deepcopy(model)
-    torch_prune.l1_unstructured(model.features[4], "weight", amount=0.5)
+    torch_prune.l1_unstructured(model.net.features[4], "weight", amount=0.5)
     return model
 
 
 def snapped(model: nn.Module, weights: str) -> nn.Module:
     """partly_pruned(model) with its mask made permanent and every weight put on the grid."""
     reference = partly_pruned(model)
-    torch_prune.remove(reference.features[4], "weight")
+    torch_prune.remove(reference.net.features[4], "weight")
     return snap(reference, weights)
 
 
@@ -127,7 +127,7 @@ def test_int4_quantization_of_a_qat_model_agrees_with_it(
 ) -> None:
     train, val, test = small_fmnist["train"], small_fmnist["val"], small_fmnist["test"]
     cfg = PruneParams(upstream="tiny", kind=kind, sparsity=0.5, steps=1, importance="l1",
-                      distill_alpha=0.0, temperature=4.0, qat="int4",
+                      round_to=None, distill_alpha=0.0, temperature=4.0, qat="int4",
                       fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
     torch.manual_seed(0)
     model, history = prune_model(copy.deepcopy(tiny_trained), cfg, train, val)
