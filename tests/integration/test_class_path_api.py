@@ -43,7 +43,7 @@ def test_an_api_run_naming_subprocess_run_fails_naming_the_key_and_builds_nothin
         assert refused.state.is_failed(), refused.state
         assert (
             "train_teacher.arch.class_path: 'subprocess.run' is not in the modules the workspace "
-            "allows (squeeze)" in refused.state.message
+            "allows (squeeze, examples)" in refused.state.message
         )
         assert "[tool.squeeze] allowed_modules" in refused.state.message  # and how to allow one
         assert outputs(workspace) == []  # no stage ran: no data, no models/teacher
@@ -51,9 +51,9 @@ def test_an_api_run_naming_subprocess_run_fails_naming_the_key_and_builds_nothin
 
         # the owner allows subprocess (pyproject.toml, read at run time): the teacher's stage
         # imports it, then refuses a function that is not annotated to build a network
-        (workspace / "pyproject.toml").write_text(
-            '[tool.squeeze]\nallowed_modules = ["subprocess"]\n'
-        )
+        pyproject, allowed = workspace / "pyproject.toml", 'allowed_modules = ["examples"]'
+        assert allowed in (text := pyproject.read_text())
+        pyproject.write_text(text.replace(allowed, 'allowed_modules = ["examples", "subprocess"]'))
         uncalled = run_deployment(
             f"{FLOW}/manual", parameters={"params": hostile}, timeout=600, poll_interval=2
         )

@@ -145,7 +145,7 @@ def test_by_default_squeeze_and_the_workspaces_own_package(workspace: Path) -> N
         packages = ["lab", "lab.vision"]
     """)  # fmt: skip
     assert allowed_modules(workspace) == ("squeeze", "my_nets", "lab", "lab.vision")
-    assert allowed_modules(PROJECT) == ("squeeze",)  # squeeze's own workspace
+    assert allowed_modules(PROJECT) == ("squeeze", "examples")  # squeeze's, with its examples/
 
 
 def test_pyproject_and_the_environment_add_entries(
