@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from squeeze.data import Split, save_split
+from squeeze.data import DataSpec, Split, save_split
 from squeeze.models import save_checkpoint
 from squeeze.params import Params, PruneParams, QuantizeParams, load_params
 from squeeze.workspace import Workspace, read_json, write_json
@@ -23,13 +23,14 @@ LOOSE_GATES = {"min_accuracy": 0.3, "max_accuracy_drop": 0.3, "max_class_drop": 
                "max_latency_ms": 100.0, "min_agreement": 0.9}  # fmt: skip
 
 
-def params_for(registry: Path, tiny_arch: dict, tiny_fit: Any, policy: str) -> Params:
+def params_for(registry: Path, tiny_fit: Any, policy: str) -> Params:
     """The project's params with a three-candidate graph built from the tiny teacher."""
     base = load_params(PROJECT)
     int8 = {"mode": "static", "weights": "int8", "per_channel": True, "calibration_samples": 64}
     pruned = PruneParams(
         upstream="teacher", kind="structured", sparsity=0.5, steps=1, importance="l1",
-        distill_alpha=0.0, temperature=4.0, qat=None, fit=tiny_fit(epochs=1, lr=0.02),
+        round_to=None, distill_alpha=0.0, temperature=4.0, qat=None,
+        fit=tiny_fit(epochs=1, lr=0.02),
     )  # fmt: skip
     return base.model_copy(
         update={
@@ -47,14 +48,16 @@ def params_for(registry: Path, tiny_arch: dict, tiny_fit: Any, policy: str) -> P
 
 
 def build_workspace(
-    root: Path, data: dict[str, Split], teacher: nn.Module, tiny_arch: dict, params: Params
+    root: Path, data: dict[str, Split], spec: DataSpec, teacher: nn.Module, params: Params
 ) -> None:
-    """Splits, fingerprint, the teacher and every candidate, built by the stage code."""
+    """Splits, fingerprint, data profile, the teacher and every candidate, built by the stage
+    code."""
     ws = Workspace(root)
     for name, split in data.items():
         save_split(split, ws.split(name))
     write_json(ws.fingerprint, {"sha256": "0" * 64, "files": {}})
-    record = {"name": "teacher", "method": "train", "upstream": [], "arch": tiny_arch}
+    write_json(ws.profile, spec.to_json())
+    record = {"name": "teacher", "method": "train", "upstream": []}
     save_checkpoint(teacher, ws.model("teacher"), record)
     prune.run(root, params, "t_ch50")
     for name in ("t_int8", "t_ch50_int8"):
@@ -94,8 +97,8 @@ def permute_test_labels(root: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(
     small_fmnist: dict[str, Split],
+    fmnist_spec: DataSpec,
     tiny_trained: nn.Module,
-    tiny_arch: dict,
     tiny_fit: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, list[dict[str, Any]]]:
@@ -105,11 +108,11 @@ def runs(
     for variant in ("as_is", "permuted"):
         root = tmp_path_factory.mktemp(variant)
         registry = root.parent / f"{variant}-registry"
-        first = params_for(registry, tiny_arch, tiny_fit, "most_accurate")
-        build_workspace(root, small_fmnist, tiny_trained, tiny_arch, first)
+        first = params_for(registry, tiny_fit, "most_accurate")
+        build_workspace(root, small_fmnist, fmnist_spec, tiny_trained, first)
         if variant == "permuted":
             permute_test_labels(root)
-        second = params_for(registry, tiny_arch, tiny_fit, "smallest")
+        second = params_for(registry, tiny_fit, "smallest")
         out[variant] = [decisions(root, first), decisions(root, second)]
     return out
 
