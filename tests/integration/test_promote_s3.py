@@ -2,9 +2,9 @@
 
 A tiny ConvNet is trained for a few hundred steps on real Fashion-MNIST; its ONNX export is
 the teacher and the `kd` candidate, and its dynamic int8 quantization is `kd_int8` (smaller,
-no torch source). Workspaces hold just what gate and promote read: params.yaml, the val split
-(decisions) and the test split (the first TEST_IMAGES images of t10k, so a consumer can rebuild
-it from the raw files), the exports, metrics/candidates.json and model records.
+no torch source). Workspaces hold just what gate and promote read: params.yaml, the data profile,
+the val split (decisions) and the test split (the first TEST_IMAGES images of t10k, so a consumer
+can rebuild it from the raw files), the exports, metrics/candidates.json and model records.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from squeeze import cli
-from squeeze.data import Split, read_split, save_split
+from squeeze.data import DataSpec, Split, read_split, save_split
 from squeeze.evaluate import export_onnx, measure_logits
 from squeeze.models import build_model
 from squeeze.params import Params, load_params, read_yaml
@@ -55,20 +55,22 @@ class Model:
 
 @dataclass(frozen=True)
 class Lab:
-    """The trained models and the splits they were measured on."""
+    """The trained models, the data spec they were trained for and the splits they were
+    measured on."""
 
     fp32: Model
     int8: Model
+    spec: DataSpec
     val: Split
     test: Split
     data_dir: Path
 
 
-def train_tiny(train: Split, steps: int = 300) -> torch.nn.Module:
+def train_tiny(train: Split, spec: DataSpec, steps: int = 300) -> torch.nn.Module:
     """A 16/32-channel ConvNet, Adam for a few hundred steps: about 60 % test accuracy."""
     torch.manual_seed(0)
     model = build_model({"name": "convnet", "channels": [16, 32], "convs_per_stage": 1,
-                         "dropout": 0.0, "batchnorm": True})  # fmt: skip
+                         "dropout": 0.0, "batchnorm": True}, spec)  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     images, labels = torch.tensor(train.images), torch.tensor(train.labels)
     gen = torch.Generator().manual_seed(0)
@@ -90,7 +92,8 @@ def lab(
 
     folder = tmp_path_factory.mktemp("models")
     torch.set_num_threads(1)
-    model = train_tiny(fmnist["train"])
+    spec = DataSpec.measure(fmnist["train"], load_params(PROJECT).ingest.classes)
+    model = train_tiny(fmnist["train"], spec)
     full = read_split(fmnist_dir, "test")
     test = Split(full.images[:TEST_IMAGES], full.labels[:TEST_IMAGES])
     export_onnx(model, folder / "fp32.onnx")
@@ -101,12 +104,14 @@ def lab(
     cfg = workspace_params("unused", None).evaluate
     models = {}
     for name in ("fp32", "int8"):  # int8's source is the fp32 export, fp32's the torch model
-        record, logits = measure_logits(folder / f"{name}.onnx", splits, cfg, reference)
+        record, logits = measure_logits(
+            folder / f"{name}.onnx", splits, list(spec.classes), cfg, reference
+        )
         models[name] = Model(
             folder / f"{name}.onnx", record, logits["val"].argmax(1) == splits["val"].labels
         )
         reference = logits["val"].argmax(1)
-    return Lab(models["fp32"], models["int8"], splits["val"], test, fmnist_dir)
+    return Lab(models["fp32"], models["int8"], spec, splits["val"], test, fmnist_dir)
 
 
 def workspace_params(registry: str, endpoint: str | None, **gate: Any) -> Params:
@@ -142,6 +147,7 @@ class Bench:
         save_split(lab.val, self.ws.split("val"))
         save_split(lab.test, self.ws.split("test"))
         write_json(self.ws.fingerprint, {"sha256": "d" * 64, "files": {}})
+        write_json(self.ws.profile, lab.spec.to_json())
         self.candidates: dict[str, dict[str, Any]] = {}
         self.add("teacher", lab.fp32, "train", [])
         self.add("kd", lab.fp32, "distill", ["teacher"])
@@ -388,10 +394,11 @@ def idx(name):  # an IDX file: zero, zero, type, ndim, big-endian dims, data
     blob = gzip.decompress(open(f"{data_dir}/{name}", "rb").read())
     dims = np.frombuffer(blob, ">u4", blob[3], offset=4)
     return np.frombuffer(blob, np.uint8, offset=4 + 4 * blob[3]).reshape(dims)
-images = idx("t10k-images-idx3-ubyte.gz")[: int(count)]
+inp, out = card["input"], card["output"]
+assert inp["layout"] == "NHWC", inp
+images = idx("t10k-images-idx3-ubyte.gz")[: int(count)].reshape(-1, *inp["shape"][1:])
 labels = idx("t10k-labels-idx1-ubyte.gz")[: int(count)]
 sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-inp, out = card["input"], card["output"]
 assert sess.get_inputs()[0].name == inp["name"], sess.get_inputs()[0].name
 batch = card["evaluation"]["batch"]  # dynamic int8 scales activations per batch
 logits = np.concatenate([
