@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 TRAIN_LABELS = "train-labels-idx1-ubyte"
 # what ingest writes that later stages, the DVC cache and the registry's lineage see
-INGESTED = ("data/raw/*", "data/splits/*", "data/fingerprint.json")
+INGESTED = ("data/raw/*", "data/splits/*", "data/fingerprint.json", "data/profile.json")
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -134,7 +134,8 @@ def test_ingest_writes_the_same_bytes_whatever_the_encoding(
         ingest_stage.run(root, params.model_copy(update={"ingest": cfg}))
         written[name] = digests(root)
     assert written["original"] == written["reencoded"]
-    assert len(written["original"]) == 4 + 3 + 1  # four raw files, three splits, fingerprint
+    # four raw files, three splits, fingerprint, profile
+    assert len(written["original"]) == 4 + 3 + 1 + 1
     # the snapshot is the data: it reads back as the system copy's arrays
     snapshot = read_split(tmp_path / "reencoded" / "data" / "raw", "train")
     np.testing.assert_array_equal(snapshot.labels, read_split(fmnist_dir, "train").labels)
