@@ -18,6 +18,7 @@ from squeeze.errors import StageRefused
 from squeeze.structure import apply_structure, structure_of
 from squeeze.workspace import read_json, write_json
 
+
 class Classifier(nn.Module):
     """Raw pixels in, logits out: the input contract of every squeeze model and its exports.
 

@@ -81,8 +81,8 @@ def run(root: Path, params: Params, name: str) -> None:
     if isinstance(model, Ensemble):
         export_onnx(model, folder / "model.onnx")
         arch = {"name": "ensemble", "members": [m.arch for m in model.members]}
-        write_json(folder / "model.json",
-                   record | {"arch": arch, "data": model.spec.to_json(), "format": "onnx"})  # fmt: skip
+        identity = {"arch": arch, "data": model.spec.to_json(), "format": "onnx"}
+        write_json(folder / "model.json", record | identity)
     else:
         save_checkpoint(model, folder, record | {"format": "safetensors"})
 

@@ -31,8 +31,18 @@ from tests.integration.test_reproducible import accuracies, digests
 
 pytestmark = pytest.mark.slow
 
-TINY_FIT = {"epochs": 1, "batch_size": 32, "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0,
-            "label_smoothing": 0.0, "augment": True, "seed": 0, "threads": 1, "device": "auto"}
+TINY_FIT = {
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.02,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "augment": True,
+    "seed": 0,
+    "threads": 1,
+    "device": "auto",
+}
 GRAPH: dict[str, Any] = {
     "distill": {
         "kd_convnet": {
@@ -132,7 +142,12 @@ def test_own_data_and_network_through_dvc_repro_and_the_flow(
 
     flow_built, dvc_built = digests(workspace), digests(twin)
     assert {k.split("/")[1] for k in flow_built if k.startswith("models/")} >= {
-        "teacher", *GRAPH["distill"], *GRAPH["prune"], *GRAPH["quantize"], *GRAPH["merge"]}
+        "teacher",
+        *GRAPH["distill"],
+        *GRAPH["prune"],
+        *GRAPH["quantize"],
+        *GRAPH["merge"],
+    }
     differ = sorted(k for k in flow_built.keys() | dvc_built.keys()
                     if flow_built.get(k) != dvc_built.get(k))  # fmt: skip
     assert differ == [], f"the flow and dvc repro wrote different files: {differ}"

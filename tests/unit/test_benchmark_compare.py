@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import compare, report
 from squeeze.params import (
-    ArchParams,
+    ConvNetArch,
     DistillParams,
     EvaluateParams,
     Params,
@@ -134,7 +134,7 @@ def test_outputs_are_written_from_one_results_dict(
 def test_distillation_is_compared_with_its_twin_without_soft_targets(
     tiny_arch: dict, tiny_fit: Callable
 ) -> None:
-    arch = ArchParams(**tiny_arch)
+    arch = ConvNetArch(**tiny_arch)
 
     def student(alpha: float, epochs: int = 1) -> DistillParams:
         return DistillParams(upstream="teacher", student=arch, temperature=4.0, alpha=alpha,

@@ -14,8 +14,8 @@ import torch_pruning as tp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from squeeze.structure import StructureError, apply_structure, structure_of
 from examples.user_models import MobileNet, ResNet
+from squeeze.structure import StructureError, apply_structure, structure_of
 
 
 class Zoo(nn.Module):
