@@ -5,6 +5,7 @@ re-encoded ones."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from safetensors.numpy import load
 
 from squeeze.data import DataError, load_split, read_spec
 from squeeze.dvcyaml import stages_ran
@@ -84,9 +86,11 @@ def test_ingest_writes_the_profile_of_the_training_split(pngs: Path, tmp_path: P
     assert all(metrics["checks"].values()) and "duplicates" in metrics["checks"]
     # the snapshot: the decoded arrays and the class names, enough to ingest again
     assert sorted(p.name for p in ws.raw.iterdir()) == [
-        "classes.json", "test.safetensors", "train.safetensors"
+        "classes.json", "test.safetensors.gz", "train.safetensors.gz"
     ]  # fmt: skip
     assert read_json(ws.raw / "classes.json") == list(spec.classes)
+    snapshot = load(gzip.decompress((ws.raw / "train.safetensors.gz").read_bytes()))
+    assert snapshot["images"].shape == (300, 32, 32, 3) and snapshot["labels"].shape == (300,)
 
 
 def test_bad_data_stops_ingest_and_keeps_the_last_good_data(pngs: Path, tmp_path: Path) -> None:
