@@ -146,11 +146,18 @@ def find_layout(location: str, keys: list[str], folders: set[str]) -> Listing:
     hidden = {k for k in {*keys, *folders} if any(p.startswith(".") for p in k.split("/"))}
     keys = [k for k in keys if k not in hidden]
     folders = {f for f in folders if f not in hidden}
-    # every folder that holds a file, however deep, is a folder too
-    for key in keys:
+    for key in keys:  # every folder that holds a file, however deep, is a folder too
         parts = key.split("/")
         folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    top = {f for f in folders if "/" not in f}
+    splits = split_folders(location, {f for f in folders if "/" not in f})
+    classes = class_folders(location, folders, splits)
+    files, ignored = assign_files(location, keys, classes, splits)
+    return Listing(classes, files, ignored)
+
+
+def split_folders(location: str, top: set[str]) -> list[str]:
+    """["train", "test"] when the source's top folders are train/ and test/, ["all"] when
+    they are class folders; DataError for one of train/ and test/ only, or a third folder."""
     has = [name for name in SPLIT_FOLDERS if name in top]
     if len(has) == 1:
         other = next(name for name in SPLIT_FOLDERS if name not in has)
@@ -158,7 +165,6 @@ def find_layout(location: str, keys: list[str], folders: set[str]) -> Listing:
             f"{location} has {has[0]}/ but no {other}/: the split layout needs train/<class>/ "
             "and test/<class>/ (or put the class folders at the top and set ingest.test_fraction)"
         )
-    splits = list(SPLIT_FOLDERS) if has else ["all"]
     if has and top - set(SPLIT_FOLDERS):
         extra = sorted(top - set(SPLIT_FOLDERS))[0]
         raise DataError(
@@ -166,46 +172,55 @@ def find_layout(location: str, keys: list[str], folders: set[str]) -> Listing:
             "train/<class>/ and test/<class>/ (ingest holds the validation split out of train/, "
             "ingest.val_fraction): move it away or merge it into train/"
         )
-    classes_of = {
-        split: sorted({f.split("/")[depth] for f in folders
-                       if f.count("/") >= depth and (split == "all" or f.startswith(f"{split}/"))})
-        for split, depth in ((s, 0 if s == "all" else 1) for s in splits)
-    }  # fmt: skip
-    if has:
-        train, test = (set(classes_of[s]) for s in SPLIT_FOLDERS)
-        for missing, other, where in (
-            (train - test, "train", "test"),
-            (test - train, "test", "train"),
-        ):
-            if missing:
-                name = sorted(missing)[0]
+    return list(SPLIT_FOLDERS) if has else ["all"]
+
+
+def class_folders(location: str, folders: set[str], splits: list[str]) -> tuple[str, ...]:
+    """The class names, sorted: the same class folders in train/ and test/, at least 2."""
+    parts = [f.split("/") for f in folders]
+    if splits == ["all"]:
+        found = {"all": {p[0] for p in parts}}
+    else:
+        found = {split: {p[1] for p in parts if p[0] == split and len(p) > 1} for split in splits}
+    if splits == list(SPLIT_FOLDERS):
+        for split, other in (("train", "test"), ("test", "train")):
+            if found[split] - found[other]:
+                name = sorted(found[split] - found[other])[0]
                 raise DataError(
-                    f"{location}/{where}/{name}/ is missing but {other}/{name}/ exists: every "
+                    f"{location}/{other}/{name}/ is missing but {split}/{name}/ exists: every "
                     "class needs a folder in both train/ and test/"
                 )
-    classes = classes_of[splits[0]]
+    classes = tuple(sorted(found[splits[0]]))
     if len(classes) < 2:
         raise DataError(
             f"{location}: {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
             "an ImageFolder dataset needs one folder per class, at least 2"
         )
+    return classes
+
+
+def assign_files(
+    location: str, keys: list[str], classes: tuple[str, ...], splits: list[str]
+) -> tuple[dict[str, list[tuple[str, int]]], tuple[str, ...]]:
+    """(split -> [(key, label)] by class then path, the files outside any class folder);
+    DataError for a class folder that holds no file."""
     label = {name: k for k, name in enumerate(classes)}
     files: dict[str, list[tuple[str, int]]] = {split: [] for split in splits}
     ignored = []
     for key in keys:
         parts = key.split("/")
-        split, rest = ("all", parts) if not has else (parts[0], parts[1:])
+        split, rest = ("all", parts) if splits == ["all"] else (parts[0], parts[1:])
         if split not in files or len(rest) < 2:
             ignored.append(key)  # at the top, or directly in train/ or test/
             continue
         files[split].append((key, label[rest[0]]))
     for split, members in files.items():
-        counts = np.bincount([lab for _, lab in members], minlength=len(classes))
+        counts = np.bincount(np.array([k for _, k in members], np.int64), minlength=len(classes))
         for name in (classes[k] for k in np.flatnonzero(counts == 0)):
             folder = name if split == "all" else f"{split}/{name}"
             raise DataError(f"{location}/{folder}/ holds no files: add its images or remove it")
-        members.sort(key=lambda item: (item[1], item[0]))  # by class, then by path
-    return Listing(tuple(classes), files, tuple(ignored))
+        members.sort(key=lambda item: (item[1], item[0]))
+    return files, tuple(ignored)
 
 
 def read_source(cfg: IngestParams) -> Source:
