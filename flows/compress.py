@@ -129,7 +129,7 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         if write_params(root, params):
             logger.info("wrote the run's parameters to %s", root / "params.yaml")
         if sync(root, params):
-            logger.info("rewrote the merge stages of %s/dvc.yaml from the run's params", root)
+            logger.info("rewrote merge stages / code deps of %s/dvc.yaml from the params", root)
         seconds: dict[str, float] = {}
         # always changed (dvc.yaml): stamps the data at the source; ingest is stale if it changed
         timed(seconds, "source", build, root, params)

@@ -101,7 +101,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Regenerate dvc.yaml's merge stages from params.yaml (after editing params.yaml by hand)."""
     root = Path(args.workspace)
     changed = dvcyaml.sync(root, load_params(root))
-    print(f"{root / dvcyaml.DVC_FILE}: " + ("merge stages rewritten" if changed else "in sync"))
+    print(f"{root / dvcyaml.DVC_FILE}: " + ("generated parts rewritten" if changed else "in sync"))
     return 0
 
 
@@ -120,7 +120,9 @@ def parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="apply profiles/NAME.yaml to params.yaml")
     prof.add_argument("name")
     prof.set_defaults(func=cmd_profile)
-    sync = sub.add_parser("sync", help="regenerate dvc.yaml's merge stages from params.yaml")
+    sync = sub.add_parser(
+        "sync", help="regenerate dvc.yaml's generated parts from params.yaml"
+    )
     sync.set_defaults(func=cmd_sync)
     add_ops_commands(sub)
     return p

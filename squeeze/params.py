@@ -196,9 +196,9 @@ class TrainTeacherParams(Section):
     init: str | None = Field(
         description="Start from a teacher you already have: a safetensors file of the arch's "
         "state_dict (a path relative to the workspace, absolute, or s3://bucket/key); null "
-        "trains from scratch. dvc repro sees a change of this key, not of the file's content "
-        "(its sha256 is recorded in models/teacher/model.json): give a changed file a new name, "
-        "or run `dvc repro -f train_teacher`."
+        "trains from scratch. A file in the workspace is a dependency of train_teacher (squeeze "
+        "sync); for one elsewhere dvc repro sees a change of this key only: give a changed "
+        "file a new name, or run `dvc repro -f train_teacher`."
     )
     endpoint_url: str | None = Field(
         description="S3 endpoint for an s3:// init (MinIO, moto); null for AWS."

@@ -1,5 +1,6 @@
-"""dvc.yaml's generated merge stages: in step with params.yaml, rewritten by `squeeze sync`, and a
-stale dvc.yaml refused with the command that fixes it."""
+"""dvc.yaml's generated parts (merge stages, the user's code among the deps): in step with
+params.yaml, rewritten by `squeeze sync`, and a stale dvc.yaml refused with the command that
+fixes it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from squeeze.dvcyaml import (
     dvc_stage,
     merge_stages,
     parse_stage,
+    stale_code_stages,
     stale_merge_stages,
     sync,
 )
@@ -43,6 +45,7 @@ def with_trio(root: Path) -> None:
 
 def test_committed_dvc_yaml_matches_params_and_the_smoke_profile(project: Path) -> None:
     assert stale_merge_stages(PROJECT, load_params(PROJECT)) == []
+    assert stale_code_stages(PROJECT, load_params(PROJECT)) == []
     assert stale_merge_stages(project, apply_profile(project, "smoke")) == []
 
 
@@ -50,7 +53,7 @@ def test_every_member_is_a_dependency() -> None:
     base = load_params(PROJECT).model_dump(mode="json")
     ens = base["merge"]["kd_ensemble"] | {"upstreams": ["kd_small", "ce_small", "kd_small_ch50"]}
     params = validate(merge(base, {"merge": {"big": ens}}), "test")
-    deps = merge_stages(params)["merge-big"]["deps"]
+    deps = merge_stages(PROJECT, params)["merge-big"]["deps"]
     assert [d for d in deps if d.startswith("models/")] == [
         "models/kd_small",
         "models/ce_small",
@@ -109,3 +112,36 @@ def test_stage_names_round_trip() -> None:
     assert parse_stage("evaluate") == ("evaluate", None)
     with pytest.raises(ValueError, match="not a squeeze stage name"):
         parse_stage("evaluate-0a1")  # a nested Prefect task run, not a stage
+
+
+def test_sync_lists_the_users_network_code_and_init_file_among_the_deps(project: Path) -> None:
+    (project / "mynets").mkdir()
+    (project / "mynets" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text('[tool.squeeze]\nallowed_modules = ["mynets"]\n')
+    raw = load_params(project).model_dump(mode="json")
+    raw["train_teacher"]["arch"] = {"class_path": "mynets.resnet.ResNet", "init_args": {}}
+    raw["train_teacher"]["init"] = "weights/teacher.safetensors"
+    raw["distill"]["kd_small"]["student"] = {"class_path": "mynets.Tiny", "init_args": {}}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(project)
+    stale = ["train_teacher", "distill", "prune", "quantize", "evaluate"]
+    assert stale_code_stages(project, params) == stale
+    with pytest.raises(
+        ParamsError, match="merge-kd_ensemble, .*train_teacher.*squeeze sync"
+    ):
+        check_synced(project, params)
+
+    assert sync(project, params) is True
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert stages["train_teacher"]["deps"][-2:] == ["mynets", "weights/teacher.safetensors"]
+    for body in (stages["prune"]["do"], stages["evaluate"], stages["merge-kd_ensemble"]):
+        assert "mynets" in body["deps"] and "weights/teacher.safetensors" not in body["deps"]
+    check_synced(project, params)
+    assert sync(project, params) is False
+
+    # back to the built-in network: the deps go again, and dvc.yaml is the committed one
+    shutil.copy(PROJECT / "params.yaml", project / "params.yaml")
+    assert sync(project, load_params(project)) is True
+    assert yaml.safe_load((project / "dvc.yaml").read_text()) == yaml.safe_load(
+        (PROJECT / "dvc.yaml").read_text()
+    )
