@@ -120,9 +120,7 @@ def parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="apply profiles/NAME.yaml to params.yaml")
     prof.add_argument("name")
     prof.set_defaults(func=cmd_profile)
-    sync = sub.add_parser(
-        "sync", help="regenerate dvc.yaml's generated parts from params.yaml"
-    )
+    sync = sub.add_parser("sync", help="regenerate dvc.yaml's generated parts from params.yaml")
     sync.set_defaults(func=cmd_sync)
     add_ops_commands(sub)
     return p

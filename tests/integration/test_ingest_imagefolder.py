@@ -16,13 +16,13 @@ import yaml
 from PIL import Image
 from safetensors.numpy import load
 
+from examples.fmnist_imagefolder import folder_names, write_imagefolder
 from squeeze.data import DataError, load_split, read_spec
 from squeeze.dvcyaml import stages_ran
 from squeeze.params import Params, load_params
 from squeeze.workspace import Workspace, read_json
 from tasks import ingest as ingest_stage
 from tests.conftest import run
-from tests.imagefolder import folder_names, write_imagefolder
 from tests.integration.conftest import S3Endpoint
 
 pytestmark = pytest.mark.slow

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from examples.fmnist_imagefolder import write_imagefolder
 from flows.compress import retrain_and_compress
 from squeeze.workspace import Workspace, read_json
 from tests.conftest import dvc_up_to_date, run
-from tests.imagefolder import write_imagefolder
 from tests.integration.test_reproducible import accuracies, digests
 
 pytestmark = pytest.mark.slow

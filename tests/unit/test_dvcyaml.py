@@ -126,9 +126,7 @@ def test_sync_lists_the_users_network_code_and_init_file_among_the_deps(project:
     params = load_params(project)
     stale = ["train_teacher", "distill", "prune", "quantize", "evaluate"]
     assert stale_code_stages(project, params) == stale
-    with pytest.raises(
-        ParamsError, match="merge-kd_ensemble, .*train_teacher.*squeeze sync"
-    ):
+    with pytest.raises(ParamsError, match="merge-kd_ensemble, .*train_teacher.*squeeze sync"):
         check_synced(project, params)
 
     assert sync(project, params) is True

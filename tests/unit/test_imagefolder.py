@@ -1,6 +1,7 @@
-"""Reading an ImageFolder: real Fashion-MNIST images written as PNG files (tests/imagefolder.py),
-both layouts, conversion of modes and sizes, and bad data: a corrupt PNG, a non-image file, a
-class folder missing from test, an empty class folder, a dataset too large for memory."""
+"""Reading an ImageFolder: real Fashion-MNIST images written as PNG files
+(examples/fmnist_imagefolder.py), both layouts, conversion of modes and sizes, and bad data: a
+corrupt PNG, a non-image file, a class folder missing from test, an empty class folder, a
+dataset too large for memory."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from examples.fmnist_imagefolder import folder_names, to_png_image, write_imagefolder
 from squeeze import data
 from squeeze.data import DataError, Source, fingerprint, read_source, read_split, train_test
 from squeeze.imagefolder import to_pixels
 from squeeze.params import IngestParams, load_params
-from tests.imagefolder import folder_names, to_png_image, write_imagefolder
 
 PROJECT = Path(__file__).resolve().parents[2]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 10

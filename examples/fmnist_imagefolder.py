@@ -5,8 +5,8 @@ Folder names are the class names of params.yaml's ingest.classes with "/" made "
 ("T-shirt-top"); sorted, they are ImageFolder's label order, not Fashion-MNIST's. Files are
 named by their index in the IDX file, so the same arguments write the same files.
 
-    python -m tests.imagefolder DEST [--train-per-class N] [--test-per-class N] [--rgb32]
-                                     [--flat]
+    python -m examples.fmnist_imagefolder DEST [--train-per-class N] [--test-per-class N] [--rgb32]
+                                               [--flat]
 
 --rgb32 writes 3-channel 32x32 PNGs (the 28x28 grey image scaled bilinearly, in RGB), else
 the 28x28 grayscale originals. Without --train-per-class / --test-per-class every image is
