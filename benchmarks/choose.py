@@ -43,6 +43,11 @@ def speedup(row: Row, teacher: Row) -> float:
     return teacher["latency_ms_p50"] / row["latency_ms_p50"]
 
 
+def macs_ratio(row: Row, teacher: Row) -> float:
+    """Teacher's multiply-accumulates per image ÷ the row's (counted in the ONNX graph)."""
+    return teacher["macs"] / row["macs"]
+
+
 def best(rows: list[Row], tie_break: Callable[[Row], Any]) -> Row | None:
     """The row with the highest validation accuracy; ties go to the smallest tie_break."""
     ranked = sorted(rows, key=lambda r: (-accuracy(r, CHOOSE), tie_break(r), r["name"]))
@@ -83,6 +88,7 @@ class Target:
 
 
 MAX_DROP = 0.01  # "≤ 1 pt drop", as a fraction
+STRICT_DROP = 0.005  # "≤ 0.5 pt drop"
 
 
 TARGETS = (
@@ -97,6 +103,12 @@ TARGETS = (
     Target(
         "latency_3x", "≥ 3× lower batch-1 latency (p50, onnxruntime), ≤ 1 pt drop",
         lambda r, t, s: speedup(r, t) >= 3 and drop(r, t, s) <= MAX_DROP,
+        lambda r: r["latency_ms_p50"],
+    ),
+    Target(
+        "macs_2x", "≥ 2× fewer MACs and ≥ 1.8× lower batch-1 latency (p50), ≤ 0.5 pt drop",
+        lambda r, t, s: (macs_ratio(r, t) >= 2 and speedup(r, t) >= 1.8
+                         and drop(r, t, s) <= STRICT_DROP),
         lambda r: r["latency_ms_p50"],
     ),
 )  # fmt: skip

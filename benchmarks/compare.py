@@ -44,6 +44,7 @@ from squeeze.workspace import Workspace, read_json, write_json
 from tasks.quantize import calibration_images, fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
+DEFAULT = "default"  # the profile name of params.yaml as committed
 SPLITS = ("val", "test")
 ALPHA = 0.05  # significance level of every paired verdict
 
@@ -173,7 +174,8 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         r = {**r, "shipped_ratio": round(choose.shipped_ratio(r, teacher), 3),
              "onnx_ratio": round(choose.onnx_ratio(r, teacher), 3),
-             "speedup_p50": round(choose.speedup(r, teacher), 3)}  # fmt: skip
+             "speedup_p50": round(choose.speedup(r, teacher), 3),
+             "macs_ratio": round(choose.macs_ratio(r, teacher), 3)}  # fmt: skip
         if r["role"] == "peer":
             ours = by_name[r["compared_with"]]
             r["squeeze_over_peer"] = {
@@ -260,13 +262,19 @@ def gate_choice(ws: Workspace, params: Params) -> dict[str, Any] | None:
     return {"challenger": challenger, "policy": params.gate.policy} if challenger else None
 
 
-def results(root: Path, params: Params, noop: bool) -> dict[str, Any]:
-    """Everything the benchmark reports about the workspace at root, as one JSON-ready dict."""
+def results(
+    root: Path, params: Params, noop: bool, profile: str = DEFAULT, command: str = COMMAND
+) -> dict[str, Any]:
+    """Everything the benchmark reports about the workspace at root, as one JSON-ready dict.
+
+    profile names the params the workspace ran (DEFAULT, or a profiles/*.yaml) and command
+    how to reproduce the run and this report; both are printed in the report."""
     ws = Workspace(root)
     with tempfile.TemporaryDirectory() as tmp:
         rows, compared = benchmark(ws, params, Path(tmp))
     return {
-        "command": COMMAND,
+        "command": command,
+        "profile": profile,
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "evaluate": params.evaluate.model_dump(mode="json"),
@@ -300,9 +308,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--json", default="benchmarks/results.json")
     p.add_argument("--readme", default=None, help="also rewrite this README's Figures section")
+    p.add_argument(
+        "--profile", default=DEFAULT, help="the profile the workspace ran, for the report"
+    )
+    p.add_argument(
+        "--command", default=COMMAND, help="the command that reproduces it, for the report"
+    )
     args = p.parse_args(argv)
     root = Path(args.workspace).resolve()
-    data = results(root, load_params(root), args.noop)
+    data = results(root, load_params(root), args.noop, args.profile, args.command)
     readme = Path(args.readme) if args.readme else None
     print(write(data, Path(args.out), Path(args.json), readme))
 

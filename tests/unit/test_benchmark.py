@@ -155,6 +155,19 @@ def test_targets_are_chosen_on_validation_and_reported_on_test() -> None:
     assert choose.choose_target(shipped, drops, teacher)["chosen"] == "val_drop_ok"
 
 
+def test_the_macs_target_needs_fewer_macs_a_real_speed_up_and_half_a_point() -> None:
+    teacher = {**row("teacher", 0.93, 0.93, p50=1.0), "macs": 1000}
+    rows = [
+        {**row("fast_enough", 0.927, 0.92, p50=0.5), "macs": 450},  # holds on val, not on test
+        {**row("too_slow", 0.93, 0.93, p50=0.6), "macs": 450},  # 1.67× is under 1.8×
+        {**row("too_big", 0.93, 0.93, p50=0.5), "macs": 600},  # 1.67× fewer MACs
+        {**row("dropped", 0.92, 0.93, p50=0.4), "macs": 300},  # 1 pt down on validation
+    ]
+    target = next(t for t in choose.TARGETS if t.key == "macs_2x")
+    result = choose.choose_target(target, rows, teacher)
+    assert result["chosen"] == "fast_enough" and result["holds_on_test"] is False
+
+
 def fake_results() -> dict[str, Any]:
     teacher = {**row("teacher", 0.93, 0.92, gzip_bytes=1000, p50=0.2), "role": "teacher"}
     cand = row("cand", 0.91, 0.90, gzip_bytes=20)
@@ -171,6 +184,7 @@ def fake_results() -> dict[str, Any]:
             "shipped_ratio": 1000 / r["gzip_bytes"],
             "onnx_ratio": 1000 / r["gzip_bytes"],
             "speedup_p50": 0.2 / r["latency_ms_p50"],
+            "macs_ratio": 1.0,
         }
     comparison = {
         "a": "cand",
