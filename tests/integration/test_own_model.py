@@ -164,3 +164,9 @@ def test_own_data_and_network_through_dvc_repro_and_the_flow(
         predicted = sess.run(None, {graph_input.name: pixels})[0].argmax(1)
         assert round(float((predicted == labels).mean()), 5) == candidates[name]["test_accuracy"]
     assert candidates["teacher"]["val_accuracy"] > 0.2  # learned something in two epochs
+
+    # the promoted model's card states the contract of this data, not Fashion-MNIST's IDX one
+    (card_path,) = (workspace / "registry").rglob("card.json")
+    card = read_json(card_path)
+    assert card["input"]["shape"] == ["N", 32, 32, 3] and card["input"]["layout"] == "NHWC"
+    assert card["output"]["shape"] == ["N", 10] and card["classes"] == profile["classes"]
