@@ -45,7 +45,7 @@ def bench_ws(
     params = stage_params(
         prune={"sp50": PruneParams(
             upstream="teacher", kind="unstructured", sparsity=0.5, steps=1, importance="l1",
-            distill_alpha=0.0, temperature=4.0, qat=None, fit=tiny_fit(epochs=1))},
+            round_to=None, distill_alpha=0.0, temperature=4.0, qat=None, fit=tiny_fit(epochs=1))},
         quantize={"int8": QuantizeParams(
             upstream="teacher", mode="static", weights="int8", per_channel=True,
             calibration_samples=CALIBRATION)},
