@@ -292,7 +292,8 @@ def results(
 def write(data: dict[str, Any], out: Path, json_path: Path, readme: Path | None) -> str:
     """Write RESULTS.md (keeping its hand-written notes), results.json and, when given, README's
     Figures section; returns the RESULTS.md text."""
-    text = report.results_md(data, report.kept_notes(out.read_text() if out.exists() else ""))
+    notes = report.kept_notes(out.read_text() if out.exists() else "")
+    text = report.results_md(data, notes, json_path.as_posix())
     out.write_text(text)
     write_json(json_path, data)
     if readme is not None:

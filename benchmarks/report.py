@@ -145,14 +145,14 @@ def teacher_line(results: Results) -> str:
     )
 
 
-def header(results: Results) -> list[str]:
+def header(results: Results, json_name: str) -> list[str]:
     ev = results["evaluate"]
     return [
         "# Benchmark results",
         "",
         f"Command: `{results['command']}` ({results.get('profile', 'default')} params). It "
         "regenerates this file and "
-        f"`benchmarks/results.json` (the same figures, one record per model). "
+        f"`{json_name}` (the same figures, one record per model). "
         f"Machine: {results['machine']}.",
         f"Measured {results['measured']}, all rows in one process, onnxruntime with "
         f"{ev['threads']} thread(s), batch-1 latency over {ev['runs']} runs after "
@@ -204,10 +204,13 @@ ANCHORS = (
 )
 
 
-def results_md(results: Results, notes: str = "") -> str:
-    """The whole of RESULTS.md; `notes` (hand-written, from kept_notes) goes at the end."""
+def results_md(
+    results: Results, notes: str = "", json_name: str = "benchmarks/results.json"
+) -> str:
+    """The whole of RESULTS.md; `notes` (hand-written, from kept_notes) goes at the end and
+    json_name is the machine-readable file written beside it."""
     lines = [
-        *header(results), "", *models_table(results), "", "## Targets", "",
+        *header(results, json_name), "", *models_table(results), "", "## Targets", "",
         *targets_table(results), "", *peers_text(results), "", "## Teacher", "",
         teacher_line(results),
     ]  # fmt: skip

@@ -38,7 +38,7 @@ from prefect import get_run_logger, task
 
 from flows.dvcstate import is_stale, open_repo, write_lock_entry
 from flows.remote import pull, push
-from squeeze.factory import PYPROJECT, allowed_modules
+from squeeze.factory import PYPROJECT, allowed_modules, workspace_packages
 
 TAIL_LINES = 40  # of a failed stage's output, in the error
 # What a stage's `python -m tasks.<stage>` imports: shipped whole, not only the files dvc.yaml
@@ -141,12 +141,10 @@ def bundle(root: Path, dvc_stage: str, remote: str, config: dict[str, Any]) -> B
 
 
 def user_code(root: Path) -> list[str]:
-    """The workspace's own packages a class_path may import (squeeze.factory's allow-list):
-    the folder or module file in root of each allowed entry's top-level package. A worker
-    imports a user's network from its scratch copy of them, as a stage in the workspace does;
-    an allowed package that is installed instead must be installed on the worker too."""
-    tops = dict.fromkeys(entry.split(".")[0] for entry in allowed_modules(root))
-    return [rel for top in tops for rel in (top, f"{top}.py") if (root / rel).exists()]
+    """The user's code files (workspace_packages) of every module the allow-list allows. A
+    worker imports a user's network from its scratch copy of them, as a stage in the workspace
+    does; an allowed package that is installed instead must be installed on the worker too."""
+    return workspace_packages(root, allowed_modules(root))
 
 
 def overlaps(path: Path, out: Path) -> bool:

@@ -21,22 +21,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from squeeze.data import Split
-from squeeze.models import build_model
+from squeeze.models import build_model, example_input, output_layers
 from squeeze.params import ArchParams, DistillParams, FitParams
 from squeeze.train import cross_entropy, fit
 
 
 def output_layer(model: nn.Module) -> nn.Linear:
-    """The network's last nn.Linear (registration order), whose input is the embedding that
-    feature distillation matches; ValueError when the network has none."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        net = getattr(model, "net", model)  # name the user's network, not the Classifier
-        raise ValueError(
-            f"{type(net).__name__} has no nn.Linear output layer whose input features "
-            "could be matched; set feature_weight to 0 for this network"
-        )
-    return linears[-1]
+    """The model's one output layer (models.output_layers, found in the traced graph) when it is
+    an nn.Linear: its input is the embedding that feature distillation matches. model is a
+    Classifier or an Ensemble (its .spec gives the example input).
+
+    Raises ValueError naming the network when it has no such layer: an all-convolutional head,
+    or an ensemble, whose several members' embeddings are not one embedding.
+    """
+    layers = list(output_layers(model, example_input(model.spec)).values())
+    if len(layers) == 1 and isinstance(layers[0], nn.Linear):
+        return layers[0]
+    net = getattr(model, "net", model)  # name the user's network, not the Classifier
+    found = ", ".join(type(layer).__name__ for layer in layers)
+    raise ValueError(
+        f"{type(net).__name__} has no single nn.Linear output layer whose input features could "
+        f"be matched (its output layers: {found}); set feature_weight to 0 for this network"
+    )
 
 
 class Embedding:

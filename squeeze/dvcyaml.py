@@ -74,15 +74,10 @@ def stages_ran(repro_output: str) -> list[str]:
 
 
 def user_deps(root: Path, params: Params) -> list[str]:
-    """The workspace folder or .py file of every class_path's top-level package (an installed
-    package is not the workspace's, and DVC cannot track it), sorted."""
-    from squeeze.factory import class_paths  # factory imports params; params cannot import it
+    """The user's code files (workspace_packages) of every class_path, sorted."""
+    from squeeze.factory import class_paths, workspace_packages  # factory imports params
 
-    deps = []
-    for top in sorted({path.split(".")[0] for path in class_paths(params).values()}):
-        found = [c for c in (top, f"{top}.py") if top != "squeeze" and (root / c).exists()]
-        deps += found[:1]
-    return deps
+    return workspace_packages(root, sorted(class_paths(params).values()))
 
 
 def init_deps(params: Params) -> list[str]:

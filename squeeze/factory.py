@@ -134,6 +134,17 @@ def split_class_path(class_path: str) -> tuple[str, str]:
     return module, name
 
 
+def workspace_packages(root: Path, modules: Iterable[str]) -> list[str]:
+    """The folder or .py file in root of each dotted module's top-level package, first seen
+    first; squeeze itself and packages that are installed rather than in root are left out.
+    These are the user's code files: DVC deps of the stages that build networks, and what a
+    remote build ships so a worker imports the same code."""
+    tops = dict.fromkeys(module.split(".")[0] for module in modules)
+    found = [[rel for rel in (top, f"{top}.py") if (root / rel).exists()] for top in tops
+             if top != "squeeze"]  # fmt: skip
+    return [rels[0] for rels in found if rels]
+
+
 def class_paths(params: Params) -> dict[str, str]:
     """Every class_path in params by its key (`distill.kd_small.student.class_path`): the
     teacher's arch, the distilled students and the distilled-ensemble students."""
@@ -292,10 +303,11 @@ def describe(obj: Any) -> str:
 
 
 def check_output(
-    net: nn.Module, channels: int, height: int, width: int, num_classes: int, class_path: str
+    net: nn.Module, channels: int, height: int, width: int, num_classes: int, network: str
 ) -> None:
     """Run a (2, C, H, W) float batch through net (eval mode, no grad) and refuse an output
-    that is not a (2, K) tensor, naming class_path, the shape got and the shape expected.
+    that is not a (2, K) tensor, naming the network (`class_path 'pkg.Net'` or the built-in's
+    name), the shape got and the shape expected.
 
     The batch comes from a generator of its own: the check draws nothing from torch's global
     RNG, so it does not change what a seeded training run does after it.
@@ -311,7 +323,7 @@ def check_output(
             out = net(batch)
     except Exception as err:
         raise ClassPathError(
-            f"class_path {class_path!r}: its forward on a float (2, {channels}, {height}, "
+            f"{network}: its forward on a float (2, {channels}, {height}, "
             f"{width}) batch raised {type(err).__name__}: {err}; it must map (B, C, H, W) "
             f"to (B, {num_classes}) logits"
         ) from err
@@ -320,7 +332,7 @@ def check_output(
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != expected:
         raise ClassPathError(
-            f"class_path {class_path!r}: its output on a float (2, {channels}, {height}, "
+            f"{network}: its output on a float (2, {channels}, {height}, "
             f"{width}) batch is {got}, expected a tensor of shape {expected} (B, K logits "
             f"for {num_classes} classes)"
         )

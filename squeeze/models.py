@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
+import torch_pruning as tp
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 from torch import nn
@@ -96,11 +97,11 @@ def build_net(arch: dict[str, Any], spec: DataSpec) -> nn.Module:
     kwargs = dict(arch)
     if "class_path" in kwargs:
         net = factory.build_net(kwargs["class_path"], kwargs["init_args"], Path.cwd())
-        where = kwargs["class_path"]
+        where = f"class_path {kwargs['class_path']!r}"
     else:
         kwargs.pop("name")
         net = ConvNet(spec.channels, spec.num_classes, **kwargs)
-        where = "convnet"
+        where = "the built-in convnet"
     factory.check_output(net, spec.channels, spec.height, spec.width, spec.num_classes, where)
     return net
 
@@ -119,6 +120,29 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every Conv2d and Linear by name: the layers that hold the weights pruning zeroes and
     quantization rounds (biases and BatchNorm stay dense and fp32)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+def output_layers(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The weight layers whose outputs are the logits, by name: found in the traced graph by
+    walking back from the model's output through every op that is not a Conv or Linear (a
+    flatten, a pooling, a sum of two heads), whatever the layers are called. Their outputs are
+    the K classes, which pruning must never remove."""
+    graph = tp.DependencyGraph().build_dependency(model, example, verbose=False)
+    names = {module: name for name, module in model.named_modules()}
+    weights = set(weight_layers(model).values())
+    found: dict[str, nn.Module] = {}
+    stack = [node for node in graph.module2node.values() if not node.outputs]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.module in weights:
+            found[names[node.module]] = node.module
+        else:
+            stack.extend(node.inputs)
+    return found
 
 
 def count_params(model: nn.Module) -> int:

@@ -34,7 +34,7 @@ from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 from squeeze.data import Split, subset
 from squeeze.distill import distillation_loss
 from squeeze.errors import StageRefused
-from squeeze.models import Classifier, example_input, weight_layers
+from squeeze.models import Classifier, example_input, output_layers, weight_layers
 from squeeze.params import PruneParams
 from squeeze.qat import quantization_aware, snap
 from squeeze.train import fit
@@ -215,29 +215,6 @@ def taylor_gradients(model: nn.Module, batch: Split) -> None:
     model.eval().zero_grad()
     logits = model(torch.from_numpy(batch.images))
     F.cross_entropy(logits, torch.from_numpy(batch.labels)).backward()
-
-
-def output_layers(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
-    """The weight layers whose outputs are the logits, by name: found in the traced graph by
-    walking back from the model's output through every op that is not a Conv or Linear (a
-    flatten, a pooling, a sum of two heads), whatever the layers are called. Their outputs are
-    the K classes, which pruning must never remove."""
-    graph = tp.DependencyGraph().build_dependency(model, example, verbose=False)
-    names = {module: name for name, module in model.named_modules()}
-    weights = set(weight_layers(model).values())
-    found: dict[str, nn.Module] = {}
-    stack = [node for node in graph.module2node.values() if not node.outputs]
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.module in weights:
-            found[names[node.module]] = node.module
-        else:
-            stack.extend(node.inputs)
-    return found
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,8 @@ def fake_results() -> dict[str, Any]:
 def test_report_shows_intervals_comparisons_and_keeps_the_notes() -> None:
     previous = "# old\n\n| stale | figures |\n\n## Budgets\n\nhand-measured: 19 min\n"
     notes = report.kept_notes(previous)
-    text = report.results_md(fake_results(), notes)
+    text = report.results_md(fake_results(), notes, "benchmarks/results-x.json")
+    assert "regenerates this file and `benchmarks/results-x.json`" in text
     assert "92.00 [91.00, 93.00]" in text  # test accuracy with its 95% interval
     assert "+1.00 [-0.20, +2.20] | 0.12 | no significant difference" in text
     assert "| 40× | met | cand |" in text and "| 3× | missed |" in text

@@ -12,6 +12,7 @@ from torch import nn
 
 from squeeze.data import DataSpec, Split, subset
 from squeeze.distill import WithProjection, distillation_loss, train_student
+from squeeze.merge import Ensemble
 from squeeze.models import Classifier, build_model, load_checkpoint
 from squeeze.params import ConvNetArch, DistillParams
 from squeeze.train import fit
@@ -149,7 +150,7 @@ def test_feature_matching_refuses_a_network_without_a_linear_layer(
     _, student, (x, y) = models_and_batch(small_fmnist, fmnist_spec, tiny_arch)
     spec = fmnist_spec
     teacher = Classifier(AllConv(spec.channels, spec.num_classes), spec, {"name": "allconv"})
-    refusal = r"AllConv has no nn\.Linear output layer.*set feature_weight to 0"
+    refusal = r"AllConv has no single nn\.Linear output layer.*set feature_weight to 0"
     with pytest.raises(ValueError, match=refusal):
         distillation_loss(teacher, 4.0, 0.5, feature_weight=1.0,
                           student=WithProjection(student, 16, 16))  # fmt: skip
@@ -209,3 +210,17 @@ def test_stage_writes_a_self_describing_student(
     assert record["upstream"] == ["teacher"] and record["params"]["alpha"] == 0.9
     assert {"data_sha256", "val_accuracy", "parameters", "history"} <= set(record)
     assert not list(workspace.state("x").parent.glob("distill-kd-*"))  # resume state cleaned up
+
+
+def test_feature_matching_refuses_an_ensemble_teacher(
+    small_fmnist: Data, fmnist_spec: DataSpec, tiny_arch: dict
+) -> None:
+    """An ensemble has one output layer per member and no single embedding to match: refused
+    naming it, not matched against whichever member's layer comes last."""
+    teacher, student, _ = models_and_batch(small_fmnist, fmnist_spec, tiny_arch)
+    ensemble = Ensemble([teacher, build_model(tiny_arch, fmnist_spec)])
+    refusal = r"Ensemble has no single nn\.Linear output layer .*layers: Linear, Linear\)"
+    with pytest.raises(ValueError, match=refusal):
+        distillation_loss(ensemble, 4.0, 0.5, feature_weight=1.0,
+                          student=WithProjection(student, 16, 16))  # fmt: skip
+    assert no_hooks(student) and no_hooks(ensemble)

@@ -332,7 +332,7 @@ def test_an_output_of_the_wrong_shape_is_refused_with_the_shape_got_and_expected
         r"expected a tensor of shape \(2, 10\)"
     )
     with pytest.raises(ClassPathError, match=expected):
-        check_output(flat, 3, 4, 4, 10, "x.Flat")
+        check_output(flat, 3, 4, 4, 10, "class_path 'x.Flat'")
     tiny = build_net(f"{name}.nets.Tiny", {"in_channels": 1, "num_classes": 10}, workspace, [name])
     expected = (
         r"its forward on a float \(2, 3, 4, 4\) batch raised RuntimeError: .*; it must map "

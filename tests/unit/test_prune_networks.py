@@ -24,13 +24,13 @@ from squeeze.models import (
     build_model,
     example_input,
     load_checkpoint,
+    output_layers,
     save_checkpoint,
     weight_layers,
 )
 from squeeze.params import PruneParams
 from squeeze.prune import (
     PruningError,
-    output_layers,
     prunable,
     prunable_names,
     prune_model,
