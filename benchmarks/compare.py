@@ -35,7 +35,7 @@ from benchmarks import choose, peers, report
 from benchmarks.anchors import anchors
 from squeeze.data import Split, load_split, read_spec
 from squeeze.dvcyaml import stages_ran
-from squeeze.evaluate import export_onnx, measure_logits, predicted_classes
+from squeeze.evaluate import export_onnx, latencies, measure_logits, predicted_classes
 from squeeze.models import load_checkpoint
 from squeeze.params import EvaluateParams, Params, load_params
 from squeeze.stats import compare, paired_table
@@ -59,6 +59,7 @@ class Bench:
     cfg: EvaluateParams
     rows: list[dict[str, Any]] = field(default_factory=list)
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
 
     def add(self, path: Path, reference: np.ndarray | None = None, **about: Any) -> None:
         """Measure the ONNX file at path as row about["name"] and keep its predicted classes.
@@ -69,6 +70,14 @@ class Bench:
         self.predictions[about["name"]] = {split: x.argmax(1) for split, x in logits.items()}
         record = {k: v for k, v in record.items() if not k.endswith("per_class_accuracy")}
         self.rows.append({**about, **record})
+        self.paths[about["name"]] = path
+
+    def time_all(self) -> None:
+        """Every row's batch-1 latency, all files timed together in interleaved rounds
+        (squeeze.evaluate.latencies), once every row is built."""
+        timed = latencies(self.paths, self.splits["val"].images[0], self.cfg)
+        for row in self.rows:
+            row |= timed[row["name"]]
 
 
 def torch_classes(model: nn.Module, images: np.ndarray) -> np.ndarray:
@@ -196,6 +205,7 @@ def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
         torch_peer(bench, ws, params, unstructured, tmp)
     if static_int8 := choose.best_static_int8(records, params):
         quantization_peers(bench, ws, params, static_int8, tmp)
+    bench.time_all()
     return with_ratios(bench.rows), comparisons(bench, params)
 
 

@@ -156,7 +156,8 @@ def header(results: Results, json_name: str) -> list[str]:
         f"Machine: {results['machine']}.",
         f"Measured {results['measured']}, all rows in one process, onnxruntime with "
         f"{ev['threads']} thread(s), batch-1 latency over {ev['runs']} runs after "
-        f"{ev['warmup']} warm-up runs.",
+        f"{ev['warmup']} warm-up runs, in {ev['rounds']} interleaved rounds (each round times "
+        "every row in turn, so a slow spell of the machine falls on all rows alike).",
         "",
         "Every choice reads validation, every figure reported is test: a peer's squeeze "
         "counterpart and each target's row are the highest validation accuracy among those that "

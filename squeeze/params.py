@@ -222,7 +222,16 @@ class EvaluateParams(Section):
     threads: int = Field(ge=1, le=256, description="onnxruntime intra-op threads for latency.")
     warmup: int = Field(ge=0, description="Batch-1 runs discarded before timing.")
     runs: int = Field(ge=10, description="Timed batch-1 runs (median and p95 are reported).")
+    rounds: int = Field(
+        ge=1, description="Interleaved rounds the runs are split over, every model timed in each."
+    )
     throughput_batch: int = Field(ge=1, le=4096, description="Batch size of the throughput test.")
+
+    @model_validator(mode="after")
+    def check_rounds(self) -> EvaluateParams:
+        if self.rounds > self.runs:
+            raise ValueError(f"rounds: {self.rounds} is more than runs ({self.runs}); lower it")
+        return self
 
 
 class DistillParams(Section):

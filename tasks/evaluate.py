@@ -23,7 +23,7 @@ import torch
 from prefect import task
 
 from squeeze.data import Split, load_split, read_spec
-from squeeze.evaluate import export_onnx, measure_logits
+from squeeze.evaluate import export_onnx, latencies, measure_logits
 from squeeze.gate import TEACHER
 from squeeze.models import load_checkpoint
 from squeeze.params import Params
@@ -90,7 +90,7 @@ def run(root: Path, params: Params) -> None:
     records: dict[str, dict[str, Any]] = {}
     val_logits: dict[str, np.ndarray] = {}
     classes = list(read_spec(ws.profile).classes)
-    # one process, one loop: every model is measured under the same conditions
+    # one process: every model is measured under the same conditions, timed interleaved
     for name in params.model_names():  # topological: upstreams before what is made from them
         record = read_json(ws.model(name) / "model.json")
         reference = export(ws, name, splits["val"], val_logits)
@@ -102,6 +102,9 @@ def run(root: Path, params: Params) -> None:
             "upstream": record["upstream"],
             **measured,
         }
+    timed = latencies({name: ws.export(name) for name in records}, splits["val"].images[0], cfg)
+    for name, record in records.items():
+        record |= timed[name]
     labels = splits["val"].labels
     teacher_correct = val_logits[TEACHER].argmax(1) == labels
     for name, record in records.items():

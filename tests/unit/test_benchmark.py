@@ -200,7 +200,7 @@ def fake_results() -> dict[str, Any]:
     }
     return {
         "command": "python -m benchmarks.compare", "measured": "now", "machine": "test",
-        "evaluate": {"threads": 1, "runs": 10, "warmup": 1},
+        "evaluate": {"threads": 1, "runs": 10, "rounds": 2, "warmup": 1},
         "teacher_training": {"train_seconds": 1.0, "epochs": 1, "parameters": 100, "threads": 1},
         "models": rows, "comparisons": [comparison],
         "targets": [{"target": "shipped_40x", "label": "40×", "chosen": "cand",

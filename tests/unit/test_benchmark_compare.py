@@ -49,7 +49,7 @@ def bench_ws(
         quantize={"int8": QuantizeParams(
             upstream="teacher", mode="static", weights="int8", per_channel=True,
             calibration_samples=CALIBRATION)},
-        evaluate=EvaluateParams(threads=1, warmup=1, runs=10, throughput_batch=256),
+        evaluate=EvaluateParams(threads=1, warmup=1, runs=10, rounds=2, throughput_batch=256),
     )  # fmt: skip
     prune.run(ws.root, params, "sp50")
     quantize.run(ws.root, params, "int8")
