@@ -25,7 +25,7 @@ import numpy as np
 
 from squeeze.card import build_card, summary_markdown
 from squeeze.data import Split, load_split, read_spec
-from squeeze.evaluate import measure_logits, predicted_classes
+from squeeze.evaluate import latencies, measure_logits, predicted_classes
 from squeeze.gate import COMPARED, check, decide
 from squeeze.package import SHIPPED, pack, unpack
 from squeeze.params import Params
@@ -36,6 +36,8 @@ from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import link_for, publish, say
 from tasks.candidate import stage_main
 from tasks.retrying import io_task
+
+CHAMPION, CHALLENGER = "champion", "challenger"  # latency keys of the pair timed together
 
 
 def registry_of(root: Path, params: Params) -> Registry:
@@ -56,16 +58,18 @@ def measure_champion(
     params: Params,
     splits: dict[str, Split],
     teacher_correct: np.ndarray,
-) -> tuple[dict[str, Any], dict[str, Any] | None, np.ndarray | None]:
+    challenger: Path,
+) -> tuple[dict[str, Any], dict[str, Any] | None, np.ndarray | None, dict[str, Any] | None]:
     """Download production (verified) and measure it as evaluate measures a candidate; gate it
-    against today's thresholds with the teacher of this run as the reference.
+    against today's thresholds with the teacher of this run as the reference. Its latency is
+    timed together with the challenger's export (`challenger`), in interleaved rounds.
 
     A version that fails its checksums is not measured: it counts as failing the `checksums`
     gate, and the damaged key is logged.
 
     Returns:
         (the champion's summary for promote.json, its measurement or None when damaged, its
-        per-image correctness on val or None).
+        per-image correctness on val or None, the challenger's latency record or None).
     """
     version = pointer["version"]
     with tempfile.TemporaryDirectory(prefix="squeeze-champion-") as tmp:
@@ -75,10 +79,15 @@ def measure_champion(
             say(f"production version {version} is damaged ({err.key}): it fails the gates")
             summary = {"version": version, "name": None, "measured": None,
                        "damaged": err.key, "failed_gates": ["checksums"]}  # fmt: skip
-            return summary, None, None
+            return summary, None, None, None
+        path = unpack(folder)
         measured, logits = measure_logits(
-            unpack(folder), splits, list(read_spec(ws.profile).classes), params.evaluate
+            path, splits, list(read_spec(ws.profile).classes), params.evaluate
         )
+        # timed together, so that a slow spell of the machine cannot decide between them
+        timed = latencies({CHAMPION: path, CHALLENGER: challenger}, splits["val"].images[0],
+                          params.evaluate)  # fmt: skip
+        measured |= timed[CHAMPION]
         card = read_json(folder / "card.json")
     # its source is not shipped, so its agreement is the one measured when it was promoted
     measured["agreement"] = card.get("metrics", {}).get("agreement")
@@ -94,7 +103,7 @@ def measure_champion(
         "measured": compact(measured),
         "failed_gates": verdict["candidates"][label]["failed"],
     }
-    return summary, measured, correct
+    return summary, measured, correct, timed[CHALLENGER]
 
 
 def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) -> dict[str, Any]:
@@ -112,11 +121,14 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
     challenger_correct = logits["val"].argmax(1) == labels
     teacher_pred = predicted_classes(ws.export(gate_report["teacher"]), splits["val"].images)
     pointer = registry.production()
-    champion, champion_now, champion_correct = None, None, None
+    champion, champion_now, champion_correct, timing = None, None, None, None
     if pointer:
-        champion, champion_now, champion_correct = measure_champion(
-            registry, pointer, ws, params, splits, teacher_pred == labels
+        champion, champion_now, champion_correct, timing = measure_champion(
+            registry, pointer, ws, params, splits, teacher_pred == labels, ws.export(name)
         )
+    if timing is None:  # no champion to time it with
+        timing = latencies({name: ws.export(name)}, splits["val"].images[0], params.evaluate)[name]
+    challenger_now |= timing
     decision = decide(
         challenger_now,
         champion_now,

@@ -27,7 +27,7 @@ import yaml
 
 from squeeze import cli
 from squeeze.data import DataSpec, Split, read_split, save_split
-from squeeze.evaluate import export_onnx, measure_logits
+from squeeze.evaluate import export_onnx, latencies, measure_logits
 from squeeze.models import build_model
 from squeeze.params import Params, load_params, read_yaml
 from squeeze.registry import Registry, RegistryError
@@ -111,6 +111,9 @@ def lab(
             folder / f"{name}.onnx", record, logits["val"].argmax(1) == splits["val"].labels
         )
         reference = logits["val"].argmax(1)
+    timed = latencies({name: m.path for name, m in models.items()}, splits["val"].images[0], cfg)
+    for name, m in models.items():
+        m.record.update(timed[name])  # the record dict, not the frozen field
     return Lab(models["fp32"], models["int8"], spec, splits["val"], test, fmnist_dir)
 
 
