@@ -96,6 +96,19 @@ def measure_models(bench: Bench, ws: Workspace, params: Params) -> dict[str, dic
     return records
 
 
+def measure_variants(bench: Bench, ws: Workspace, params: Params, tmp: Path) -> None:
+    """What each soup is compared with, saved beside it by the merge stage (its best ingredient
+    on validation and the other soup): rows named <soup>/<variant>, never chosen for a target."""
+    for name in params.merge:
+        for variant in read_json(ws.model(name) / "model.json").get("variants", {}):
+            model, _ = load_checkpoint(ws.variant(name, variant))
+            path = tmp / f"{name}-{variant}.onnx"
+            export_onnx(model, path)
+            reference = torch_classes(model, bench.splits["val"].images)
+            bench.add(path, reference, name=f"{name}/{variant}", role="variant", method=variant,
+                      upstream=[name])  # fmt: skip
+
+
 def measure_anchors(bench: Bench, teacher: nn.Module, tmp: Path) -> None:
     """The sketch's anchors, built from the teacher; agreement is with the teacher."""
     reference = torch_classes(teacher, bench.splits["val"].images)
@@ -147,32 +160,48 @@ def quantization_peers(bench: Bench, ws: Workspace, params: Params, name: str, t
               built=f"default preset, {len(images)} calibration images", **about)  # fmt: skip
 
 
-def paired(bench: Bench, a: str, b: str, split: str) -> dict[str, Any]:
-    """Model a against model b on the same images of split (squeeze.stats.compare)."""
+def paired(bench: Bench, method: str, a: str, b: str, split: str) -> dict[str, Any]:
+    """Model a against model b on the same images of split (squeeze.stats.compare); method
+    names what the pair shows."""
     labels = bench.splits[split].labels
     table = paired_table(bench.predictions[a][split] == labels,
                          bench.predictions[b][split] == labels)  # fmt: skip
     result = compare(table, ALPHA, margin=0.0)
     keep = ("difference", "ci95", "p_value", "alpha", "better", "worse", "table")
-    return {"a": a, "b": b, "split": split, **{k: result[k] for k in keep}}
+    return {"method": method, "a": a, "b": b, "split": split, **{k: result[k] for k in keep}}
 
 
 def kd_pairs(params: Params) -> list[tuple[str, str]]:
-    """(distilled, control) for every distill candidate with alpha > 0 that has a twin with
-    alpha 0: the same upstream, student and fit, so the only difference is the soft targets
+    """(distilled, control): every student distilled with alpha > 0, from a model (distill) or
+    from an ensemble (merge kind distill_ensemble), with a distill twin of alpha 0 and no feature
+    matching that has the same student and fit, so the only difference is the soft targets
     (kd_small and ce_small in the default params)."""
-    cfgs = params.distill
-    return [(kd, ce) for kd, k in cfgs.items() for ce, c in cfgs.items()
-            if k.alpha > 0 and c.alpha == 0 and k.upstream == c.upstream
-            and k.student == c.student and k.fit == c.fit]  # fmt: skip
+    controls = [(n, c) for n, c in params.distill.items()
+                if c.alpha == 0 and c.feature_weight == 0]  # fmt: skip
+    students = [(n, k) for n, k in params.distill.items() if k.alpha > 0]
+    students += [(n, m) for n, m in params.merge.items()
+                 if m.kind == "distill_ensemble" and m.alpha > 0]  # fmt: skip
+    return [(kd, ce) for kd, k in students for ce, c in controls
+            if k.student == c.student and k.fit == c.fit]  # fmt: skip
 
 
-def comparisons(bench: Bench, params: Params) -> list[dict[str, Any]]:
-    """Each squeeze candidate vs the peer built against it, then each distilled student vs the
-    same student without distillation; each on validation and on test."""
-    pairs = [(r["compared_with"], r["name"]) for r in bench.rows if r["role"] == "peer"]
-    pairs += kd_pairs(params)
-    return [paired(bench, a, b, split) for a, b in pairs for split in SPLITS]
+def ensemble_pairs(params: Params, records: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(ensemble, its best member on validation) for every logit ensemble."""
+    return [(name, max(m.upstreams, key=lambda up: records[up]["val_accuracy"]))
+            for name, m in params.merge.items() if m.kind == "ensemble"]  # fmt: skip
+
+
+def comparisons(
+    bench: Bench, params: Params, records: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What each method adds, on validation and on test: each squeeze candidate vs the peer
+    built against it, each distilled student vs the same student without distillation, each
+    ensemble vs its best member, and each soup vs its variants (best ingredient, other soup)."""
+    pairs = [("vs peer", r["compared_with"], r["name"]) for r in bench.rows if r["role"] == "peer"]
+    pairs += [("distillation", a, b) for a, b in kd_pairs(params)]
+    pairs += [("ensemble", a, b) for a, b in ensemble_pairs(params, records)]
+    pairs += [("soup", r["upstream"][0], r["name"]) for r in bench.rows if r["role"] == "variant"]
+    return [paired(bench, *pair, split) for pair in pairs for split in SPLITS]
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,13 +229,14 @@ def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
     splits = {s: load_split(ws.split(s)) for s in SPLITS}
     bench = Bench(splits, list(read_spec(ws.profile).classes), params.evaluate)
     records = measure_models(bench, ws, params)
+    measure_variants(bench, ws, params, tmp)
     measure_anchors(bench, load_checkpoint(ws.model("teacher"))[0], tmp)
     if unstructured := choose.best_unstructured(records, params):
         torch_peer(bench, ws, params, unstructured, tmp)
     if static_int8 := choose.best_static_int8(records, params):
         quantization_peers(bench, ws, params, static_int8, tmp)
     bench.time_all()
-    return with_ratios(bench.rows), comparisons(bench, params)
+    return with_ratios(bench.rows), comparisons(bench, params, records)
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -69,15 +69,15 @@ def comparisons_table(results: Results) -> list[str]:
     """Paired comparisons on the same images: McNemar exact p, bootstrap CI of a − b."""
     rows = by_name(results)
     out = [
-        "| a | b | split | a % [95% CI] | b % [95% CI] | a − b pts [95% CI] | McNemar p "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | a | b | split | a % [95% CI] | b % [95% CI] | a − b pts [95% CI] "
+        "| McNemar p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["comparisons"]:
         a, b, s = rows[c["a"]], rows[c["b"]], c["split"]
         low, high = c["ci95"]
         out.append(
-            f"| {c['a']} | {c['b']} | {s} | {with_ci(a, s)} | {with_ci(b, s)} | "
+            f"| {c['method']} | {c['a']} | {c['b']} | {s} | {with_ci(a, s)} | {with_ci(b, s)} | "
             f"{c['difference'] * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}] | "
             f"{p_text(c['p_value'])} | {verdict(c)} |"
         )
@@ -187,10 +187,15 @@ def peers_text(results: Results) -> list[str]:
         "",
         *peers_table(results),
         "",
-        "## Paired comparisons",
+        "## What each method adds: paired comparisons",
         "",
         "a − b on the same images; a verdict other than 'no significant difference' needs "
-        "McNemar's exact p < 0.05.",
+        "McNemar's exact p < 0.05. distillation: a student distilled (from the teacher, or from "
+        "an ensemble) against the same student, fit and seed trained on labels alone; ensemble: "
+        "the logit ensemble against its member most accurate on validation; soup: the soup "
+        "against what the merge stage built beside it from the same ingredients (the ingredient "
+        "most accurate on validation, and the other soup); vs peer: squeeze's candidate against "
+        "the peer built for it.",
         "",
         *comparisons_table(results),
     ]

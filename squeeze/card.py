@@ -81,7 +81,7 @@ def model_record(root: Path, name: str, params: Params) -> dict[str, Any]:
         record = read_json(path)
         upstream = record.get("upstream") or []
         node = {"name": name, "method": record.get("method"), "upstream": list(upstream)}
-        for key in ("arch", "data_sha256", "parameters"):
+        for key in ("arch", "data_sha256", "parameters", "layers"):
             if key in record:
                 node[key] = record[key]
         return node
@@ -194,6 +194,18 @@ def decision_text(decision: dict[str, Any] | None) -> str:
     )
 
 
+def sparsity_text(card: dict[str, Any]) -> str:
+    """'net.features.0 13%, net.features.3 52%, ... (of teacher_ch50_sp60_qat)': the share of
+    zero weights per layer of the nearest pruned model in the chain (prune's `layers` record),
+    or 'no pruned model in the chain'."""
+    chain = card.get("lineage", {}).get("upstream_chain", [])
+    node = next((n for n in chain if n.get("layers")), None)
+    if node is None:
+        return "no pruned model in the chain"
+    layers = ", ".join(f"{k} {v['sparsity']:.0%}" for k, v in node["layers"].items())
+    return f"{layers} (of {node['name']})"
+
+
 def summary_markdown(card: dict[str, Any]) -> str:
     """A short Markdown summary of a card (for Prefect artifacts and `squeeze status`)."""
     m, lineage = card.get("metrics", {}), card.get("lineage", {})
@@ -217,6 +229,7 @@ def summary_markdown(card: dict[str, Any]) -> str:
         f"- output: `{card['output']['name']}` {card['output']['dtype']} {card['output']['shape']}",
         f"- classes: {', '.join(card['classes'])}",
         f"- lineage: {chain_text(card)}",
+        f"- sparsity per layer: {sparsity_text(card)}",
         f"- decision: {decision_text(card.get('decision'))}",
         f"- git {lineage.get('git_revision')}, dvc.lock sha256 "
         f"{(lineage.get('dvc_lock_sha256') or 'none')[:12]}, data "

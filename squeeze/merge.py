@@ -20,7 +20,7 @@ from torch.optim.swa_utils import update_bn
 
 from squeeze.data import DataSpec, Split
 from squeeze.distill import train_student
-from squeeze.params import ArchParams, FitParams
+from squeeze.params import ArchParams, FitParams, IngredientParams
 from squeeze.train import accuracy, fit, predict
 
 BN_BATCH = 512  # images per forward pass while re-estimating BatchNorm; memory only
@@ -106,16 +106,21 @@ def greedy_soup(
 
 
 def fine_tune_ingredients(
-    base: nn.Module, cfg: FitParams, n: int, train: Split, val: Split
+    base: nn.Module,
+    cfg: FitParams,
+    ingredients: list[IngredientParams],
+    train: Split,
+    val: Split,
 ) -> tuple[list[nn.Module], list[list[dict[str, Any]]]]:
-    """n copies of base, each fine-tuned with cfg but seed cfg.seed + i (batch order,
-    augmentation, dropout): different models that share one initialisation, as soups need."""
+    """One copy of base per ingredient, fine-tuned with cfg updated by that ingredient's seed,
+    lr, epochs, augmentation and label smoothing: models that share one initialisation (as
+    soups need) but differ in more than the seed, as Wortsman et al. 2022's ingredients do.
+    Returns (the fine-tuned models in eval mode, their curves), in ingredient order."""
     models, histories = [], []
-    for i in range(n):
-        seed = cfg.seed + i
-        torch.manual_seed(seed)
+    for ingredient in ingredients:
+        torch.manual_seed(ingredient.seed)
         model = copy.deepcopy(base)
-        histories.append(fit(model, train, val, cfg.model_copy(update={"seed": seed})))
+        histories.append(fit(model, train, val, cfg.model_copy(update=ingredient.model_dump())))
         models.append(model.eval())
     return models, histories
 

@@ -293,6 +293,18 @@ class QuantizeParams(Section):
         return self
 
 
+class IngredientParams(Section):
+    """One soup ingredient: how its fine-tune of the shared starting point differs from the
+    others (Wortsman et al. 2022 vary these); batch size, momentum, weight decay, threads and
+    device come from the soup's fit."""
+
+    seed: int = Field(ge=0, description="Batch order, augmentation and dropout.")
+    lr: float = Field(gt=0, le=10, description="Peak learning rate of the one-cycle schedule.")
+    epochs: int = Field(ge=1, le=500, description="Fine-tuning epochs.")
+    augment: bool = Field(description="Random shifts and flips while fine-tuning.")
+    label_smoothing: float = Field(ge=0, lt=1, description="Of the cross-entropy loss.")
+
+
 class MergeParams(Section):
     """Model merging: logit ensemble, weight soups, or an ensemble distilled into one student."""
 
@@ -304,7 +316,11 @@ class MergeParams(Section):
         min_length=1,
         description="ensemble/distill_ensemble: the members; soups: the one shared starting point.",
     )
-    ingredients: int = Field(ge=2, le=16, description="Soups: fine-tuned copies (seeds differ).")
+    ingredients: list[IngredientParams] = Field(
+        max_length=16,
+        description="Soups: the fine-tunes averaged, each with its own seed, lr, epochs, "
+        "augmentation and label smoothing; [] for the other kinds.",
+    )
     student: ArchParams | None = Field(description="distill_ensemble: the student architecture.")
     temperature: float = Field(gt=0, le=100, description="distill_ensemble: temperature.")
     alpha: float = Field(ge=0, le=1, description="distill_ensemble: weight of the soft loss.")
@@ -314,7 +330,16 @@ class MergeParams(Section):
     def check_kind(self) -> MergeParams:
         if self.kind == "distill_ensemble" and self.student is None:
             raise ValueError("student: kind distill_ensemble needs a student architecture")
-        if self.kind.startswith("soup") and len(self.upstreams) != 1:
+        soup = self.kind.startswith("soup")
+        if soup and len(self.ingredients) < 2:
+            raise ValueError(
+                f"ingredients: kind {self.kind} averages at least 2 fine-tunes, got "
+                f"{len(self.ingredients)}; list one entry (seed, lr, epochs, augment, "
+                "label_smoothing) per fine-tune"
+            )
+        if not soup and self.ingredients:
+            raise ValueError(f"ingredients: kind {self.kind} fine-tunes none; set ingredients: []")
+        if soup and len(self.upstreams) != 1:
             raise ValueError(
                 f"upstreams: kind {self.kind} fine-tunes one shared starting point, got "
                 f"{self.upstreams}; list one model (or use kind ensemble)"

@@ -36,6 +36,11 @@ class Workspace:
     def model(self, name: str) -> Path:
         return self.root / "models" / name
 
+    def variant(self, name: str, variant: str) -> Path:
+        """A model merge built beside candidate `name` to compare it with (a soup's best
+        ingredient and its other soup), saved inside the candidate's folder."""
+        return self.model(name) / "variants" / variant
+
     def export(self, name: str) -> Path:
         """The deployable ONNX file of a model, as evaluate measured it."""
         return self.root / "exports" / f"{name}.onnx"

@@ -2,8 +2,10 @@
 
 - ensemble: the members' averaged logits as one ONNX graph -> models/NAME/model.onnx +
   model.json ("format": "onnx"; an ensemble is not one ConvNet).
-- soup_uniform / soup_greedy: `ingredients` fine-tuned copies of the one upstream, weights
-  averaged (all, or greedily on val), BatchNorm re-estimated -> models/NAME/ checkpoint.
+- soup_uniform / soup_greedy: one fine-tuned copy of the one upstream per `ingredients` entry,
+  weights averaged (all, or greedily on val), BatchNorm re-estimated -> models/NAME/ checkpoint,
+  and beside it, in models/NAME/variants/, what the soup is compared with: the best ingredient on
+  val and the other soup (squeeze.workspace.Workspace.variant).
 - distill_ensemble: a student distilled from the members' ensemble -> models/NAME/ checkpoint.
 
 Reads models/<upstreams>/ and data/splits/{train,val}.
@@ -34,6 +36,7 @@ from squeeze.workspace import Workspace, write_json
 from tasks.candidate import base_record, candidate, fresh_folder, main_for
 
 STAGE = "merge"
+BEST_INGREDIENT = "best_ingredient"
 
 
 def members(ws: Workspace, names: list[str]) -> list[nn.Module]:
@@ -41,28 +44,41 @@ def members(ws: Workspace, names: list[str]) -> list[nn.Module]:
     return [load_checkpoint(ws.model(name))[0] for name in names]
 
 
-def soup(cfg: MergeParams, base: nn.Module, train: Split, val: Split) -> tuple[nn.Module, dict]:
-    """Fine-tune the ingredients from base, then average them (uniform or greedy)."""
+def soup(
+    cfg: MergeParams, base: nn.Module, train: Split, val: Split
+) -> tuple[nn.Module, dict, dict[str, nn.Module]]:
+    """Fine-tune the ingredients from base, then average them all (uniform soup) and greedily
+    on val (greedy soup). Returns (the soup cfg.kind names, record fields, the variants it is
+    compared with: the best ingredient on val and the other soup)."""
     ingredients, _ = fine_tune_ingredients(base, cfg.fit, cfg.ingredients, train, val)
     scores = [round(val_accuracy(m, val), 5) for m in ingredients]
-    if cfg.kind == "soup_uniform":
-        model, kept = uniform_soup(ingredients, train.images), list(range(len(ingredients)))
-    else:
-        model, kept, _ = greedy_soup(ingredients, val, train.images)
-    return model, {"ingredient_val_accuracy": scores, "ingredients_kept": kept}
+    greedy, kept, _ = greedy_soup(ingredients, val, train.images)
+    soups = {"uniform_soup": uniform_soup(ingredients, train.images), "greedy_soup": greedy}
+    own = "uniform_soup" if cfg.kind == "soup_uniform" else "greedy_soup"
+    variants = {k: v for k, v in soups.items() if k != own}
+    variants[BEST_INGREDIENT] = ingredients[scores.index(max(scores))]
+    record = {
+        "ingredients": [i.model_dump() | {"val_accuracy": s}
+                        for i, s in zip(cfg.ingredients, scores, strict=True)],
+        "ingredients_kept": kept,
+        "variants": {k: round(val_accuracy(m, val), 5) for k, m in variants.items()},
+    }  # fmt: skip
+    return soups[own], record, variants
 
 
-def build(cfg: MergeParams, ups: list[nn.Module], train: Split, val: Split) -> tuple[Any, dict]:
-    """The merged model (an Ensemble, or one Classifier) and kind-specific record fields."""
+def build(
+    cfg: MergeParams, ups: list[nn.Module], train: Split, val: Split
+) -> tuple[Any, dict, dict[str, nn.Module]]:
+    """The merged model (an Ensemble, or one Classifier), kind-specific record fields, and the
+    variants saved beside it (a soup's; none for the other kinds)."""
     if cfg.kind == "ensemble":
-        return Ensemble(ups).eval(), {"members": cfg.upstreams}
+        return Ensemble(ups).eval(), {"members": cfg.upstreams}, {}
     if cfg.kind == "distill_ensemble":
         torch.manual_seed(cfg.fit.seed)
         student, history = distill_ensemble(
             ups, cfg.student, cfg.fit, cfg.temperature, cfg.alpha, train, val
         )
-        return student, {"history": history}
-    torch.manual_seed(cfg.fit.seed)
+        return student, {"history": history}, {}
     return soup(cfg, ups[0], train, val)
 
 
@@ -71,7 +87,7 @@ def run(root: Path, params: Params, name: str) -> None:
     torch.set_num_threads(cfg.fit.threads)  # deliberate: the default may oversubscribe shared CPUs
     train, val = load_split(ws.split("train")), load_split(ws.split("val"))
     start = time.perf_counter()
-    model, extra = build(cfg, members(ws, cfg.upstreams), train, val)
+    model, extra, variants = build(cfg, members(ws, cfg.upstreams), train, val)
     record = base_record(ws, name, cfg.kind, list(cfg.upstreams), cfg) | extra | {
         "parameters": count_params(model),
         "val_accuracy": round(val_accuracy(model, val), 5),
@@ -85,6 +101,8 @@ def run(root: Path, params: Params, name: str) -> None:
         write_json(folder / "model.json", record | identity)
     else:
         save_checkpoint(model, folder, record | {"format": "safetensors"})
+    for variant, other in variants.items():
+        save_checkpoint(other, ws.variant(name, variant), {"variant_of": name, "format": "safetensors"})
 
 
 def main() -> None:

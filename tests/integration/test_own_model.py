@@ -69,10 +69,14 @@ GRAPH: dict[str, Any] = {
                             "per_channel": False, "calibration_samples": 64},
     },
     "merge": {
-        "pair": {"kind": "ensemble", "upstreams": ["teacher", "res_ch"], "ingredients": 2,
+        "pair": {"kind": "ensemble", "upstreams": ["teacher", "res_ch"], "ingredients": [],
                  "student": None, "temperature": 4.0, "alpha": 0.9, "fit": TINY_FIT},
-        "res_soup": {"kind": "soup_greedy", "upstreams": ["res_ch"], "ingredients": 2,
-                     "student": None, "temperature": 4.0, "alpha": 0.9, "fit": TINY_FIT},
+        "res_soup": {"kind": "soup_greedy", "upstreams": ["res_ch"], "student": None,
+                     "ingredients": [{"seed": 0, "lr": 0.02, "epochs": 1, "augment": True,
+                                      "label_smoothing": 0.0},
+                                     {"seed": 1, "lr": 0.01, "epochs": 1, "augment": False,
+                                      "label_smoothing": 0.1}],
+                     "temperature": 4.0, "alpha": 0.9, "fit": TINY_FIT},
     },
 }  # fmt: skip
 

@@ -16,12 +16,14 @@ from squeeze.params import (
     ConvNetArch,
     DistillParams,
     EvaluateParams,
+    IngredientParams,
+    MergeParams,
     Params,
     PruneParams,
     QuantizeParams,
 )
 from squeeze.workspace import Workspace, read_json, write_json
-from tasks import evaluate, prune, quantize
+from tasks import evaluate, merge, prune, quantize
 
 CALIBRATION = 64
 
@@ -34,7 +36,8 @@ def bench_ws(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Workspace, Params]:
     """A copy of the shared workspace (evaluate rewrites exports/ and metrics/) with sp50
-    (unstructured, 50%) and int8 (static) built from the teacher and evaluated."""
+    (unstructured, 50%), int8 (static) and soup (greedy, two ingredients) built from the teacher,
+    ens (the ensemble of teacher and sp50), all evaluated."""
     ws = Workspace(tmp_path_factory.mktemp("bench"))
     for sub in ("data", "models"):
         shutil.copytree(workspace.root / sub, ws.root / sub)
@@ -49,10 +52,20 @@ def bench_ws(
         quantize={"int8": QuantizeParams(
             upstream="teacher", mode="static", weights="int8", per_channel=True,
             calibration_samples=CALIBRATION)},
+        merge={"soup": MergeParams(
+            kind="soup_greedy", upstreams=["teacher"], student=None, temperature=4.0, alpha=0.0,
+            ingredients=[IngredientParams(seed=i, lr=0.01 * (i + 1), epochs=1, augment=i == 0,
+                                          label_smoothing=0.0) for i in range(2)],
+            fit=tiny_fit(epochs=1)),
+               "ens": MergeParams(
+            kind="ensemble", upstreams=["teacher", "sp50"], student=None, temperature=4.0,
+            alpha=0.0, ingredients=[], fit=tiny_fit(epochs=1))},
         evaluate=EvaluateParams(threads=1, warmup=1, runs=10, rounds=2, throughput_batch=256),
     )  # fmt: skip
     prune.run(ws.root, params, "sp50")
     quantize.run(ws.root, params, "int8")
+    merge.run(ws.root, params, "soup")
+    merge.run(ws.root, params, "ens")
     evaluate.run(ws.root, params)
     return ws, params
 
@@ -66,7 +79,8 @@ def measured(bench_ws: tuple[Workspace, Params], tmp_path_factory: pytest.TempPa
 def test_every_row_is_measured_on_both_splits_with_intervals(measured: tuple) -> None:
     rows, _ = measured
     names = [r["name"] for r in rows]
-    assert names == ["teacher", "sp50", "int8", "anchor_random_mask50",
+    assert names == ["teacher", "sp50", "int8", "soup", "ens", "soup/best_ingredient",
+                     "soup/uniform_soup", "anchor_random_mask50",
                      "anchor_minmax_int_no_zero_point", "peer_torch_prune", "peer_ort_dynamic",
                      "peer_nncf_ptq"]  # fmt: skip
     for r in rows:
@@ -98,12 +112,18 @@ def test_peers_stand_against_the_candidates_they_copy(
     assert f"{CALIBRATION} calibration images" in by_name["peer_nncf_ptq"]["built"]
 
 
-def test_each_peer_is_compared_paired_on_validation_and_test(measured: tuple) -> None:
-    _, compared = measured
-    pairs = [(c["a"], c["b"], c["split"]) for c in compared]
-    assert pairs == [(a, b, s) for a, b in [("sp50", "peer_torch_prune"),
-                     ("int8", "peer_ort_dynamic"), ("int8", "peer_nncf_ptq")]
-                     for s in ("val", "test")]  # fmt: skip
+def test_each_method_is_compared_paired_on_validation_and_test(measured: tuple) -> None:
+    rows, compared = measured
+    val = {r["name"]: r["val_accuracy"] for r in rows}
+    best_member = max(("teacher", "sp50"), key=val.__getitem__)  # chosen on validation
+    pairs = [(c["method"], c["a"], c["b"], c["split"]) for c in compared]
+    assert pairs == [(m, a, b, s) for m, a, b in [
+        ("vs peer", "sp50", "peer_torch_prune"), ("vs peer", "int8", "peer_ort_dynamic"),
+        ("vs peer", "int8", "peer_nncf_ptq"), ("ensemble", "ens", best_member),
+        ("soup", "soup", "soup/best_ingredient"), ("soup", "soup", "soup/uniform_soup"),
+    ] for s in ("val", "test")]  # fmt: skip
+    variant = next(r for r in rows if r["name"] == "soup/best_ingredient")
+    assert variant["role"] == "variant" and variant["upstream"] == ["soup"]
     for c in compared:
         low, high = c["ci95"]
         assert low <= c["difference"] <= high and 0 <= c["p_value"] <= 1
@@ -125,7 +145,8 @@ def test_outputs_are_written_from_one_results_dict(
     out.write_text("# old\n\n## Budgets\n\nby hand\n")
     readme.write_text("# x\n\n## Figures\n\nold\n\n## Development\n")
     text = compare.write(data, out, js, readme)
-    assert read_json(js)["models"][5]["name"] == "peer_torch_prune"
+    assert [r["name"] for r in read_json(js)["models"]] == [r["name"] for r in rows]
+    assert "| ensemble | ens |" in text and "| soup | soup | soup/uniform_soup | test |" in text
     assert text.startswith("# Benchmark results") and text.endswith("## Budgets\n\nby hand\n")
     assert f"`{compare.COMMAND}`" in text
     assert "## Figures\n\n" + report.readme_figures(data) in readme.read_text()
@@ -141,5 +162,11 @@ def test_distillation_is_compared_with_its_twin_without_soft_targets(
                              feature_weight=0.0, fit=tiny_fit(epochs=epochs))  # fmt: skip
 
     distill = {"kd": student(0.9), "ce": student(0.0), "ce_longer": student(0.0, epochs=2)}
-    params = Params.model_construct(distill=distill, prune={}, quantize={}, merge={})
-    assert compare.kd_pairs(params) == [("kd", "ce")]  # not the twin trained longer
+    from_ensemble = MergeParams(kind="distill_ensemble", upstreams=["kd", "ce_longer"],
+                                ingredients=[], student=arch, temperature=4.0, alpha=0.9,
+                                fit=tiny_fit(epochs=1))  # fmt: skip
+    merged = {"ens_kd": from_ensemble,
+              "ens_kd_longer": from_ensemble.model_copy(update={"fit": tiny_fit(epochs=3)})}
+    params = Params.model_construct(distill=distill, prune={}, quantize={}, merge=merged)
+    # not the twin trained longer, nor the ensemble's student trained longer than any control
+    assert compare.kd_pairs(params) == [("kd", "ce"), ("ens_kd", "ce")]

@@ -91,6 +91,20 @@ def test_card_holds_contract_metrics_gates_and_lineage(workspace: Path) -> None:
     assert "uint8 NHWC ['N', 32, 24, 3]" in md and "classes: cat, dog, ship" in md
 
 
+def test_card_shows_the_sparsity_of_each_layer_of_the_pruned_model(workspace: Path) -> None:
+    params, verdict = chain_params(), {"passed": True, "failed": [], "gates": {}}
+    card = build_card(workspace, "kd_ch50_int8", metrics(), verdict, params)
+    assert "sparsity per layer: no pruned model in the chain" in summary_markdown(card)
+    layers = {"net.features.0": {"channels": 8, "sparsity": 0.125},
+              "net.classifier": {"channels": 10, "sparsity": 0.6}}  # fmt: skip
+    write_json(workspace / "models" / "kd_ch50" / "model.json",
+               {"method": "prune", "upstream": ["kd"], "layers": layers})  # fmt: skip
+    card = build_card(workspace, "kd_ch50_int8", metrics(), verdict, params)
+    assert card["lineage"]["upstream_chain"][1]["layers"] == layers  # in the record, as prune wrote
+    md = summary_markdown(card)
+    assert "sparsity per layer: net.classifier 60%, net.features.0 12% (of kd_ch50)" in md
+
+
 def test_grayscale_contract_follows_the_spec() -> None:
     gray = DataSpec(classes=tuple("0123456789"), height=28, width=28, channels=1,
                     mean=(0.286,), std=(0.353,))  # fmt: skip

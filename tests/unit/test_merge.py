@@ -9,10 +9,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 import squeeze.merge
-from squeeze.data import DataSpec, Split, subset
+from squeeze.data import DataSpec, Split, load_split, subset
 from squeeze.evaluate import INPUT, export_onnx, session
 from squeeze.merge import (
     BN_BATCH,
@@ -25,8 +26,8 @@ from squeeze.merge import (
     uniform_soup,
     val_accuracy,
 )
-from squeeze.models import Classifier, build_model
-from squeeze.params import MergeParams
+from squeeze.models import Classifier, build_model, load_checkpoint
+from squeeze.params import IngredientParams, MergeParams
 from squeeze.workspace import Workspace, read_json
 from tasks.merge import run
 
@@ -127,9 +128,9 @@ def test_greedy_soup_tries_by_val_accuracy_and_rejects_what_hurts(
 ) -> None:
     train, val = small_fmnist["train"], small_fmnist["val"]
     tuned, histories = fine_tune_ingredients(
-        tiny_trained, tiny_fit(epochs=1, lr=0.05), 3, train, val
+        tiny_trained, tiny_fit(epochs=1, lr=0.05), diverse_ingredients(3), train, val
     )
-    assert len(histories) == 3
+    assert [len(h) for h in histories] == [1, 2, 1]  # each ingredient's own epochs
     assert not torch.equal(tuned[0].net.features[0].weight, tuned[1].net.features[0].weight)
     # listed worst first, so trying them in list order would not be trying them by accuracy
     tuned.sort(key=lambda m: val_accuracy(m, val))
@@ -169,9 +170,25 @@ def test_distill_ensemble_trains_the_student(
     assert type(student.net).__name__ == "ConvNet" and student.spec == fmnist_spec
 
 
+def diverse_ingredients(n: int) -> list[IngredientParams]:
+    """n ingredients that differ in seed, lr, epochs, augmentation and label smoothing."""
+    return [IngredientParams(seed=i, lr=0.05 / (1 + i), epochs=1 + i % 2, augment=i % 2 == 0,
+                             label_smoothing=0.1 * (i % 2)) for i in range(n)]  # fmt: skip
+
+
 def merge_params(kind: str, upstreams: list[str], tiny_fit: Callable) -> MergeParams:
-    return MergeParams(kind=kind, upstreams=upstreams, ingredients=2, student=None,
+    return MergeParams(kind=kind, upstreams=upstreams, student=None,
+                       ingredients=diverse_ingredients(2) if kind.startswith("soup") else [],
                        temperature=4.0, alpha=0.9, fit=tiny_fit(epochs=1, lr=0.05))  # fmt: skip
+
+
+def test_ingredients_belong_to_soups_only(tiny_fit: Callable) -> None:
+    raw = merge_params("soup_greedy", ["teacher"], tiny_fit).model_dump()
+    with pytest.raises(ValidationError, match="soup_greedy averages at least 2 fine-tunes, got 1"):
+        MergeParams.model_validate(raw | {"ingredients": raw["ingredients"][:1]})
+    raw = merge_params("ensemble", ["teacher", "teacher"], tiny_fit).model_dump()
+    with pytest.raises(ValidationError, match="kind ensemble fine-tunes none; set ingredients"):
+        MergeParams.model_validate(raw | {"ingredients": [i.model_dump() for i in diverse_ingredients(2)]})
 
 
 def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
@@ -190,5 +207,13 @@ def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
     run(workspace.root, params, "soup")
     record = read_json(workspace.model("soup") / "model.json")
     assert record["method"] == "soup_greedy" and record["format"] == "safetensors"
-    assert len(record["ingredient_val_accuracy"]) == 2
-    assert record["val_accuracy"] >= max(record["ingredient_val_accuracy"])
+    scores = [i["val_accuracy"] for i in record["ingredients"]]
+    assert [i["lr"] for i in record["ingredients"]] == [0.05, 0.025] and len(scores) == 2
+    assert record["val_accuracy"] >= max(scores)  # greedy: never below its best ingredient
+    assert record["variants"]["best_ingredient"] == max(scores)
+    for variant in ("best_ingredient", "uniform_soup"):  # saved beside it, loadable
+        model, saved = load_checkpoint(workspace.variant("soup", variant))
+        assert saved["variant_of"] == "soup"
+        assert round(val_accuracy(model, load_split(workspace.split("val"))), 5) == (
+            record["variants"][variant]
+        )
