@@ -56,8 +56,8 @@ def dvc_stage(params: Params, name: str) -> str:
 
 
 def parse_stage(dvc_name: str) -> tuple[str, str | None]:
-    """`prune@teacher_ch50` -> ("prune", "teacher_ch50"), `merge-kd_ensemble` -> ("merge",
-    "kd_ensemble"), `evaluate` -> ("evaluate", None); ValueError for anything else."""
+    """`prune@teacher_ch50` -> ("prune", "teacher_ch50"), `merge-ensemble_small` -> ("merge",
+    "ensemble_small"), `evaluate` -> ("evaluate", None); ValueError for anything else."""
     match = _STAGE_NAME.match(dvc_name)
     if match is None:
         raise ValueError(f"not a squeeze stage name: {dvc_name!r}")

@@ -102,7 +102,9 @@ def run(root: Path, params: Params, name: str) -> None:
     else:
         save_checkpoint(model, folder, record | {"format": "safetensors"})
     for variant, other in variants.items():
-        save_checkpoint(other, ws.variant(name, variant), {"variant_of": name, "format": "safetensors"})
+        save_checkpoint(
+            other, ws.variant(name, variant), {"variant_of": name, "format": "safetensors"}
+        )
 
 
 def main() -> None:

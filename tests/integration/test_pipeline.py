@@ -30,7 +30,7 @@ def set_param(root: Path, section: str, key: str, value: object) -> None:
 
 
 def raw_merge(root: Path) -> dict:
-    return yaml.safe_load((root / "params.yaml").read_text())["merge"]["kd_ensemble"]
+    return yaml.safe_load((root / "params.yaml").read_text())["merge"]["ensemble_small"]
 
 
 def shuffle_training_files(folder: Path) -> None:
@@ -93,13 +93,16 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
 
     # a fourth ensemble member added by hand: `dvc repro` stops on the stale merge stage and
     # names the fix; after `squeeze sync` the ensemble is rebuilt on all four members
-    members = [*load_params(workspace).merge["kd_ensemble"].upstreams, "teacher_ch50"]
-    set_param(workspace, "merge", "kd_ensemble", {**raw_merge(workspace), "upstreams": members})
+    members = [*load_params(workspace).merge["ensemble_small"].upstreams, "teacher_ch50"]
+    set_param(workspace, "merge", "ensemble_small", {**raw_merge(workspace), "upstreams": members})
     stale = run(["dvc", "repro"], workspace, check=False)
     assert stale.returncode != 0 and "run `squeeze sync`" in stale.stdout + stale.stderr
     run(["squeeze", "sync"], workspace)
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["merge-kd_ensemble", *downstream]
-    measured = read_json(Workspace(workspace).metrics("candidates"))["kd_ensemble"]
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == [
+        "merge-ensemble_small",
+        *downstream,
+    ]
+    measured = read_json(Workspace(workspace).metrics("candidates"))["ensemble_small"]
     assert measured["upstream"] == members and len(members) == 4
 
     # a candidate removed from params.yaml leaves the table, the gate and the registry's choice

@@ -187,6 +187,7 @@ def fake_results() -> dict[str, Any]:
             "macs_ratio": 1.0,
         }
     comparison = {
+        "method": "vs peer",
         "a": "cand",
         "b": "peer_x",
         "split": "test",
@@ -217,6 +218,7 @@ def test_report_shows_intervals_comparisons_and_keeps_the_notes() -> None:
     text = report.results_md(fake_results(), notes, "benchmarks/results-x.json")
     assert "regenerates this file and `benchmarks/results-x.json`" in text
     assert "92.00 [91.00, 93.00]" in text  # test accuracy with its 95% interval
+    assert "| vs peer | cand | peer_x | test |" in text
     assert "+1.00 [-0.20, +2.20] | 0.12 | no significant difference" in text
     assert "| 40× | met | cand |" in text and "| 3× | missed |" in text
     assert "| peer_x | default settings | cand | 0.50 |" in text

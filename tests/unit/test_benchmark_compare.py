@@ -165,8 +165,10 @@ def test_distillation_is_compared_with_its_twin_without_soft_targets(
     from_ensemble = MergeParams(kind="distill_ensemble", upstreams=["kd", "ce_longer"],
                                 ingredients=[], student=arch, temperature=4.0, alpha=0.9,
                                 fit=tiny_fit(epochs=1))  # fmt: skip
-    merged = {"ens_kd": from_ensemble,
-              "ens_kd_longer": from_ensemble.model_copy(update={"fit": tiny_fit(epochs=3)})}
+    merged = {
+        "ens_kd": from_ensemble,
+        "ens_kd_longer": from_ensemble.model_copy(update={"fit": tiny_fit(epochs=3)}),
+    }
     params = Params.model_construct(distill=distill, prune={}, quantize={}, merge=merged)
     # not the twin trained longer, nor the ensemble's student trained longer than any control
     assert compare.kd_pairs(params) == [("kd", "ce"), ("ens_kd", "ce")]

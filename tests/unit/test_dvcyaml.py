@@ -38,8 +38,10 @@ def project(tmp_path: Path) -> Path:
 def with_trio(root: Path) -> None:
     """Hand-edit params.yaml: a three-member ensemble, and no more soup."""
     params = load_params(root).model_dump(mode="json")
-    trio = params["merge"]["kd_ensemble"] | {"upstreams": ["kd_small", "ce_small", "teacher_ch50"]}
-    params["merge"] = {"kd_ensemble": params["merge"]["kd_ensemble"], "trio": trio}
+    trio = params["merge"]["ensemble_small"] | {
+        "upstreams": ["kd_small", "ce_small", "teacher_ch50"]
+    }
+    params["merge"] = {"ensemble_small": params["merge"]["ensemble_small"], "trio": trio}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -51,7 +53,7 @@ def test_committed_dvc_yaml_matches_params_and_the_smoke_profile(project: Path) 
 
 def test_every_member_is_a_dependency() -> None:
     base = load_params(PROJECT).model_dump(mode="json")
-    ens = base["merge"]["kd_ensemble"] | {"upstreams": ["kd_small", "ce_small", "kd_small_ch50"]}
+    ens = base["merge"]["ensemble_small"] | {"upstreams": ["kd_small", "ce_small", "kd_small_ch50"]}
     params = validate(merge(base, {"merge": {"big": ens}}), "test")
     deps = merge_stages(PROJECT, params)["merge-big"]["deps"]
     assert [d for d in deps if d.startswith("models/")] == [
@@ -71,7 +73,7 @@ def test_sync_rewrites_the_merge_stages_and_keeps_the_rest(project: Path) -> Non
     assert sync(project, params) is True
     text = (project / "dvc.yaml").read_text()
     after = yaml.safe_load(text)["stages"]
-    assert [k for k in after if k.startswith("merge-")] == ["merge-kd_ensemble", "merge-trio"]
+    assert [k for k in after if k.startswith("merge-")] == ["merge-ensemble_small", "merge-trio"]
     assert "merge-teacher_ch50_soup" not in after
     assert after["merge-trio"]["deps"][-3:] == [
         "models/kd_small",
@@ -106,7 +108,7 @@ def test_stage_names_round_trip() -> None:
     names = {name: dvc_stage(params, name) for name in params.model_names()}
     assert names["teacher"] == "train_teacher"
     assert names["kd_small"] == "distill@kd_small"
-    assert names["kd_ensemble"] == "merge-kd_ensemble"
+    assert names["ensemble_small"] == "merge-ensemble_small"
     for name, stage in names.items():
         assert parse_stage(stage) == (params.stage_of(name), None if name == "teacher" else name)
     assert parse_stage("evaluate") == ("evaluate", None)
@@ -126,13 +128,13 @@ def test_sync_lists_the_users_network_code_and_init_file_among_the_deps(project:
     params = load_params(project)
     stale = ["train_teacher", "distill", "prune", "quantize", "evaluate"]
     assert stale_code_stages(project, params) == stale
-    with pytest.raises(ParamsError, match="merge-kd_ensemble, .*train_teacher.*squeeze sync"):
+    with pytest.raises(ParamsError, match="merge-ensemble_small, .*train_teacher.*squeeze sync"):
         check_synced(project, params)
 
     assert sync(project, params) is True
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert stages["train_teacher"]["deps"][-2:] == ["mynets", "weights/teacher.safetensors"]
-    for body in (stages["prune"]["do"], stages["evaluate"], stages["merge-kd_ensemble"]):
+    for body in (stages["prune"]["do"], stages["evaluate"], stages["merge-ensemble_small"]):
         assert "mynets" in body["deps"] and "weights/teacher.safetensors" not in body["deps"]
     check_synced(project, params)
     assert sync(project, params) is False

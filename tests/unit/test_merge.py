@@ -188,7 +188,9 @@ def test_ingredients_belong_to_soups_only(tiny_fit: Callable) -> None:
         MergeParams.model_validate(raw | {"ingredients": raw["ingredients"][:1]})
     raw = merge_params("ensemble", ["teacher", "teacher"], tiny_fit).model_dump()
     with pytest.raises(ValidationError, match="kind ensemble fine-tunes none; set ingredients"):
-        MergeParams.model_validate(raw | {"ingredients": [i.model_dump() for i in diverse_ingredients(2)]})
+        MergeParams.model_validate(
+            raw | {"ingredients": [i.model_dump() for i in diverse_ingredients(2)]}
+        )
 
 
 def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
@@ -214,6 +216,7 @@ def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
     for variant in ("best_ingredient", "uniform_soup"):  # saved beside it, loadable
         model, saved = load_checkpoint(workspace.variant("soup", variant))
         assert saved["variant_of"] == "soup"
-        assert round(val_accuracy(model, load_split(workspace.split("val"))), 5) == (
-            record["variants"][variant]
+        assert (
+            round(val_accuracy(model, load_split(workspace.split("val"))), 5)
+            == (record["variants"][variant])
         )

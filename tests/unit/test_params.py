@@ -152,7 +152,7 @@ def test_valid_run_params_replace_a_broken_params_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../evil", "Kd", "kd small", "kd@1", "kd/x", "kd-x", ""])
 def test_unsafe_candidate_names_are_refused(raw: dict, name: str) -> None:
     raw["distill"][name] = raw["distill"].pop("kd_small")
-    raw["merge"]["kd_ensemble"]["upstreams"] = ["ce_small", "kd_small_ch50"]
+    raw["merge"]["ensemble_small"]["upstreams"] = ["ce_small", "kd_small_ch50"]
     raw["prune"]["kd_small_ch50"]["upstream"] = "ce_small"
     assert f"distill: name must match ^[a-z0-9_]+$ (got {name!r})" in error_of(raw)
 
@@ -189,7 +189,7 @@ def test_quantize_needs_a_float_upstream(raw: dict) -> None:
 
 
 @pytest.mark.parametrize(("stage", "onnx_only"), [("prune", "teacher_ch50_int8"),
-                                                  ("prune", "kd_ensemble")])  # fmt: skip
+                                                  ("prune", "ensemble_small")])  # fmt: skip
 def test_torch_stages_refuse_an_onnx_only_upstream(raw: dict, stage: str, onnx_only: str) -> None:
     raw["prune"]["teacher_ch50_sp70"]["upstream"] = onnx_only
     assert f"prune.teacher_ch50_sp70.upstream: {onnx_only!r} exists only as ONNX" in error_of(raw)
@@ -207,9 +207,12 @@ def test_quantize_keeps_the_per_channel_grid_qat_trained_on(raw: dict) -> None:
 
 
 def leaves(node: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
-    """(key path, value) of every leaf of a YAML mapping; a list is one leaf."""
+    """(key path, value) of every leaf of a YAML mapping; a list of mappings (a soup's
+    ingredients) is walked by index, as `-S key.0.sub=...` sets it; any other list is one leaf."""
     if isinstance(node, dict):
         return [leaf for key, value in node.items() for leaf in leaves(value, (*path, key))]
+    if isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        return [leaf for i, value in enumerate(node) for leaf in leaves(value, (*path, str(i)))]
     return [(path, node)]
 
 
@@ -220,7 +223,7 @@ def other_value(value: object) -> str:
     if isinstance(value, int | float):
         return str(value + 1)
     if isinstance(value, list):
-        return "[" + ",".join(str(v) for v in [*value, *value[-1:]]) + "]"
+        return "[" + ",".join(str(v) for v in [*value, *value[-1:]] or [1]) + "]"
     return "changed"  # strings and nulls
 
 
@@ -256,10 +259,10 @@ def test_schedule_fields_are_checked(
 
 def test_merge_kinds_get_the_upstreams_and_student_they_need(raw: dict) -> None:
     raw["merge"]["teacher_ch50_soup"]["upstreams"] = ["teacher_ch50", "teacher"]
-    raw["merge"]["kd_ensemble"]["kind"] = "distill_ensemble"
+    raw["merge"]["ensemble_small"]["kind"] = "distill_ensemble"
     message = error_of(raw)
     assert "merge.teacher_ch50_soup: upstreams: kind soup_greedy fine-tunes one shared" in message
-    assert "merge.kd_ensemble: student: kind distill_ensemble needs a student" in message
+    assert "merge.ensemble_small: student: kind distill_ensemble needs a student" in message
 
 
 def test_zero_teacher_epochs_need_an_init_and_only_the_teacher_may_have_them(raw: dict) -> None:
