@@ -179,7 +179,7 @@ def fan_out(
     nothing new starts; the builds under way finish and are recorded, then the failure is raised.
     """
     logger = get_run_logger()
-    upstreams = params.upstreams()
+    upstreams, descendants = params.upstreams(), params.descendants()
     waiting = params.model_names()[1:]  # topological: upstreams first
     current = {params.model_names()[0]}  # the teacher
     running: dict[PrefectFuture, tuple[str, float]] = {}
@@ -188,6 +188,9 @@ def fan_out(
     failure: BaseException | None = None
     while True:
         ready = [n for n in waiting if set(upstreams[n]) <= current] if failure is None else []
+        # the runner starts submissions in order: the model most others wait on first (the
+        # longest chain, teacher_ch50's, would otherwise queue behind the students)
+        ready.sort(key=lambda n: -descendants[n])
         for name in ready:  # a skipped one may make others ready: look again after these
             waiting.remove(name)
             stage, start = dvc_stage(params, name), time.perf_counter()

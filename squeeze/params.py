@@ -452,6 +452,15 @@ class Params(Section):
                 graph[name] = list(cfg.upstreams) if stage == "merge" else [cfg.upstream]
         return graph
 
+    def descendants(self) -> dict[str, int]:
+        """Every model name -> how many candidates are built from it, directly or not."""
+        graph = self.upstreams()
+        below: dict[str, set[str]] = {name: set() for name in self.model_names()}
+        for name in reversed(self.model_names()):  # a model's dependents come after it
+            for up in graph.get(name, []):
+                below[up] |= below[name] | {name}
+        return {name: len(found) for name, found in below.items()}
+
     def stage_of(self, name: str) -> str:
         """The stage that builds a model ('train_teacher' for the teacher)."""
         return next((s for s in COMPRESSION_STAGES if name in getattr(self, s)), "train_teacher")

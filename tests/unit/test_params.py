@@ -112,6 +112,23 @@ def test_models_come_after_their_upstreams() -> None:
         assert all(order.index(up) < order.index(name) for up in ups)
 
 
+def test_descendants_count_everything_built_from_a_model() -> None:
+    params = load_params(PROJECT)
+    counts, graph = params.descendants(), params.upstreams()
+    for name, count in counts.items():  # by brute force: walk up from every candidate
+        built_from = 0
+        for other in graph:
+            todo, seen = list(graph[other]), set()
+            while todo:
+                up = todo.pop()
+                seen.add(up)
+                todo += [u for u in graph.get(up, []) if u not in seen]
+            built_from += name in seen
+        assert count == built_from, name
+    assert counts["teacher"] == len(graph)
+    assert counts["teacher_ch50"] > counts["kd_small"] > counts["ce_small"] == 0
+
+
 def test_smoke_profile_overlays_params(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
