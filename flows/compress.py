@@ -26,7 +26,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows.alerts import alert
 from flows.builds import Built, adopt, build_here, build_remote, bundle, run_process
 from flows.builds import StageFailed as StageFailed  # squeeze.cli catches it from here
-from flows.dvcstate import command, is_stale, record
+from flows.dvcstate import command, is_stale, record, stale_stages
 from flows.remote import default_remote, push_remote, shared_remote
 from squeeze.dvcyaml import dvc_stage, parse_stage, sync
 from squeeze.factory import check_class_paths
@@ -88,11 +88,17 @@ def workspace_lock(root: Path) -> Iterator[None]:
             _HELD.discard(root)
 
 
+def stale(root: Path, dvc_stage: str, known: frozenset[str] | None) -> bool:
+    """Whether dvc_stage is stale: read from known (stale_stages, taken since nothing ran) when
+    given, else asked of DVC."""
+    return dvc_stage in known if known is not None else is_stale(root, dvc_stage)
+
+
 @task(name="stage", task_run_name="{dvc_stage}")
-def build(dvc_stage: str, root: Path, params: Params) -> bool:
-    """Run one DVC stage (`ingest`, `train_teacher`, `evaluate`...) in the workspace if stale;
-    True if it ran."""
-    if not is_stale(root, dvc_stage):
+def build(dvc_stage: str, root: Path, params: Params, known: frozenset[str] | None = None) -> bool:
+    """Run one DVC stage (`ingest`, `train_teacher`, `evaluate`...) in the workspace if stale
+    (known: see `stale`); True if it ran."""
+    if not stale(root, dvc_stage, known):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
         return False
     stage, _ = parse_stage(dvc_stage)
@@ -133,16 +139,21 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         seconds: dict[str, float] = {}
         # always changed (dvc.yaml): stamps the data at the source; ingest is stale if it changed
         timed(seconds, "source", build, root, params)
-        done = {name: timed(seconds, name, build, root, params)
-                for name in ("ingest", "train_teacher")}  # fmt: skip
+        known: frozenset[str] | None = stale_stages(root)  # None once a stage has run
+        done: dict[str, bool] = {}
+        for name in ("ingest", "train_teacher"):
+            done[name] = timed(seconds, name, build, root, params, known)
+            known = None if done[name] else known
         if remote:  # the workers' inputs: the data and the teacher
             logger.info("pushed %d files to the DVC remote for the workers", push_remote(root))
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run
         # can choose threads or Dask like `squeeze run` does
         with task_runner(params.flow) as runner:
-            done |= fan_out(root, params, runner, remote, seconds)
+            done |= fan_out(root, params, runner, remote, seconds, known)
+        known = None if any(done.values()) else known
         for name in ("evaluate", "gate", "promote"):
-            done[name] = timed(seconds, name, build, root, params)
+            done[name] = timed(seconds, name, build, root, params, known)
+            known = None if done[name] else known
         if default_remote(root):
             logger.info("pushed %d files to the DVC remote", push_remote(root))
         else:
@@ -169,9 +180,11 @@ def fan_out(
     runner: TaskRunner,
     remote: tuple[str, dict[str, Any]] | None,
     seconds: dict[str, float],
+    known: frozenset[str] | None = None,
 ) -> dict[str, bool]:
     """Build every candidate that is stale, each as soon as its upstreams are current; return
-    {dvc stage: ran}.
+    {dvc stage: ran}. known: the stale stages as of the start (flows.dvcstate.stale_stages),
+    trusted until the first build finishes, or None to ask DVC for each.
 
     The flow checks staleness and records builds in the workspace; the runner only builds
     (`build_here` on threads, `build_remote` on Dask workers through the DVC remote, when remote
@@ -194,7 +207,7 @@ def fan_out(
         for name in ready:  # a skipped one may make others ready: look again after these
             waiting.remove(name)
             stage, start = dvc_stage(params, name), time.perf_counter()
-            if not is_stale(root, stage):
+            if not stale(root, stage, known):
                 logger.info("skip %s: code, params and data unchanged", stage)
                 done[stage], seconds[stage] = False, round(time.perf_counter() - start, 2)
                 current.add(name)
@@ -218,7 +231,7 @@ def fan_out(
         except Exception as err:
             failure = failure or err
             continue
-        done[stage] = True
+        done[stage], known = True, None  # what it wrote may make others stale
         seconds[stage] = round(overhead + built.seconds + time.perf_counter() - start, 2)
         current.add(name)
     if failure is not None:

@@ -16,7 +16,7 @@ import pytest
 
 from flows import builds
 from flows.builds import StageFailed, adopt, build_remote, bundle, run_process
-from flows.dvcstate import open_repo
+from flows.dvcstate import is_stale, open_repo, stale_stages
 from flows.remote import RemoteError, shared_remote
 from tests.conftest import run
 
@@ -159,3 +159,11 @@ def test_a_failed_remote_build_says_where_it_ran_and_how_to_rerun_it(
     assert err.value.stage == "second" and err.value.last_line == "second: refused"
     assert f"pid {os.getpid()}, whose scratch repo is gone: `dvc repro second`" in str(err.value)
     assert not list(tmp_path.glob("squeeze-build-*"))
+
+
+def test_one_status_names_the_stale_stages_as_each_stage_check_does(pipeline: Path) -> None:
+    """stale_stages (one `dvc status` for the run) agrees with is_stale (one per stage)."""
+    assert stale_stages(pipeline) == {"second"}  # `first` was built, `second` never ran
+    (pipeline / "params.yaml").write_text("first: {factor: 5}\nsecond: {factor: 3}\n")
+    assert stale_stages(pipeline) == {"first", "second"}
+    assert all(is_stale(pipeline, stage) for stage in ("first", "second"))
