@@ -106,6 +106,16 @@ TARGETS = (
         lambda r: r["latency_ms_p50"],
     ),
     Target(
+        "shipped_60x", "≥ 60× smaller shipped file than the teacher's (gzip ÷ gzip), ≤ 1 pt drop "
+        "(past Deep Compression's 35–49×)",
+        lambda r, t, s: shipped_ratio(r, t) >= 60 and drop(r, t, s) <= MAX_DROP, by_size,
+    ),
+    Target(
+        "latency_5x", "≥ 5× lower batch-1 latency (p50, onnxruntime), ≤ 0.5 pt drop",
+        lambda r, t, s: speedup(r, t) >= 5 and drop(r, t, s) <= STRICT_DROP,
+        lambda r: r["latency_ms_p50"],
+    ),
+    Target(
         "macs_2x", "≥ 2× fewer MACs and ≥ 1.8× lower batch-1 latency (p50), ≤ 0.5 pt drop",
         lambda r, t, s: (macs_ratio(r, t) >= 2 and speedup(r, t) >= 1.8
                          and drop(r, t, s) <= STRICT_DROP),

@@ -168,6 +168,21 @@ def test_the_macs_target_needs_fewer_macs_a_real_speed_up_and_half_a_point() -> 
     assert result["chosen"] == "fast_enough" and result["holds_on_test"] is False
 
 
+def test_the_60x_and_5x_targets_read_their_ratio_and_drop_on_validation() -> None:
+    teacher = row("teacher", 0.93, 0.93, gzip_bytes=60_000, p50=1.0)
+    rows = [
+        row("x59", 0.93, 0.93, gzip_bytes=1_017, p50=0.5),  # 59.0×: short of 60×
+        row("x60", 0.921, 0.90, gzip_bytes=1_000, p50=0.5),  # 0.9 pt down on val, 3 on test
+        row("fast", 0.926, 0.93, gzip_bytes=9_000, p50=0.2),  # 5×, 0.4 pt down on val
+        row("fast_drop", 0.924, 0.93, gzip_bytes=9_000, p50=0.1),  # 0.6 pt down on val
+    ]
+    by_key = {t.key: t for t in choose.TARGETS}
+    size = choose.choose_target(by_key["shipped_60x"], rows, teacher)
+    assert size["chosen"] == "x60" and size["holds_on_test"] is False
+    speed = choose.choose_target(by_key["latency_5x"], rows, teacher)
+    assert speed["chosen"] == "fast" and speed["holds_on_test"] is True
+
+
 def fake_results() -> dict[str, Any]:
     teacher = {**row("teacher", 0.93, 0.92, gzip_bytes=1000, p50=0.2), "role": "teacher"}
     cand = row("cand", 0.91, 0.90, gzip_bytes=20)
