@@ -273,8 +273,8 @@ def readme_figures(results: Results) -> str:
             continue
         low, high, p = *c["ci95"], p_text(c["p_value"])
         lines.append(
-            f"- {c['method']}: `{c['a']}` vs `{c['b']}` on test: {c['difference'] * 100:+.2f} points "
-            f"[{low * 100:+.2f}, {high * 100:+.2f}], McNemar p {p if p[0] == '<' else '= ' + p}: "
+            f"- {c['method']}: `{c['a']}` vs `{c['b']}` on test: "
+            f"{c['difference'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], McNemar p {p if p[0] == '<' else '= ' + p}: "
             f"{verdict(c)};"
         )
     if results.get("noop"):
