@@ -274,7 +274,8 @@ def readme_figures(results: Results) -> str:
         low, high, p = *c["ci95"], p_text(c["p_value"])
         lines.append(
             f"- {c['method']}: `{c['a']}` vs `{c['b']}` on test: "
-            f"{c['difference'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], McNemar p {p if p[0] == '<' else '= ' + p}: "
+            f"{c['difference'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], "
+            f"McNemar p {p if p[0] == '<' else '= ' + p}: "
             f"{verdict(c)};"
         )
     if results.get("noop"):
