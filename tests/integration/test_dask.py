@@ -175,10 +175,12 @@ def test_candidates_build_on_workers_that_share_no_disk(
     assert dask_acc and dask_acc == threads_acc
     print("seconds per stage on dask:", result["seconds"])
 
-    # two candidates built from the teacher alone are ready at once: on two workers they overlap
-    first, second = [c for c in candidates if params.upstreams()[parse_stage(c)[1]] == ["teacher"]][
-        :2
-    ]
+    # candidates built from the teacher alone are ready at once and submitted most-depended-on
+    # first (Params.descendants): the first two start together on the two workers and overlap
+    from_teacher = [c for c in candidates if params.upstreams()[parse_stage(c)[1]] == ["teacher"]]
+    descendants = params.descendants()
+    from_teacher.sort(key=lambda c: -descendants[parse_stage(c)[1]])
+    first, second = from_teacher[:2]
     this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
         runs = {r.name: r for r in client.read_task_runs(flow_run_filter=this_run)}
