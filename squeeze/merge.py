@@ -86,15 +86,20 @@ def val_accuracy(model: nn.Module, val: Split) -> float:
 
 
 def greedy_soup(
-    models: list[nn.Module], val: Split, bn_images: np.ndarray | None
+    models: list[nn.Module],
+    val: Split,
+    bn_images: np.ndarray | None,
+    scores: list[float] | None = None,
 ) -> tuple[nn.Module, list[int], float]:
     """Greedy soup: start from the best model on val, then try the others in order of their val
     accuracy, keeping each only if the soup's val accuracy does not drop.
 
     The start is the best ingredient as it is (its own BatchNorm statistics), so the soup is
-    never worse on val than its best ingredient. Returns (soup, indices kept, its val accuracy).
+    never worse on val than its best ingredient. `scores`: the models' val accuracies when the
+    caller has them (val_accuracy of each otherwise). Returns (soup, indices kept, its val
+    accuracy).
     """
-    scores = [val_accuracy(m, val) for m in models]
+    scores = scores or [val_accuracy(m, val) for m in models]
     order = sorted(range(len(models)), key=lambda i: -scores[i])
     kept, best, soup = [order[0]], scores[order[0]], models[order[0]]
     for i in order[1:]:

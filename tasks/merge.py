@@ -52,18 +52,22 @@ def soup(
     compared with: the best ingredient on val and the other soup)."""
     ingredients, _ = fine_tune_ingredients(base, cfg.fit, cfg.ingredients, train, val)
     scores = [round(val_accuracy(m, val), 5) for m in ingredients]
-    greedy, kept, _ = greedy_soup(ingredients, val, train.images)
-    soups = {"uniform_soup": uniform_soup(ingredients, train.images), "greedy_soup": greedy}
-    own = "uniform_soup" if cfg.kind == "soup_uniform" else "greedy_soup"
-    variants = {k: v for k, v in soups.items() if k != own}
-    variants[BEST_INGREDIENT] = ingredients[scores.index(max(scores))]
+    best = scores.index(max(scores))
+    uniform = uniform_soup(ingredients, train.images)
+    # each: (model, the ingredients it averages, its val accuracy)
+    soups = {
+        "uniform_soup": (uniform, list(range(len(ingredients))), val_accuracy(uniform, val)),
+        "greedy_soup": greedy_soup(ingredients, val, train.images, scores),
+        BEST_INGREDIENT: (ingredients[best], [best], scores[best]),
+    }
+    model, kept, _ = soups.pop("uniform_soup" if cfg.kind == "soup_uniform" else "greedy_soup")
     record = {
         "ingredients": [i.model_dump() | {"val_accuracy": s}
                         for i, s in zip(cfg.ingredients, scores, strict=True)],
         "ingredients_kept": kept,
-        "variants": {k: round(val_accuracy(m, val), 5) for k, m in variants.items()},
+        "variants": {k: round(score, 5) for k, (_, _, score) in soups.items()},
     }  # fmt: skip
-    return soups[own], record, variants
+    return model, record, {k: other for k, (other, _, _) in soups.items()}
 
 
 def build(

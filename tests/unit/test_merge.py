@@ -220,3 +220,8 @@ def test_stage_writes_an_onnx_ensemble_and_a_soup_checkpoint(
             round(val_accuracy(model, load_split(workspace.split("val"))), 5)
             == (record["variants"][variant])
         )
+    params.merge["soup"] = merge_params("soup_uniform", ["teacher"], tiny_fit)
+    run(workspace.root, params, "soup")
+    record = read_json(workspace.model("soup") / "model.json")
+    assert record["ingredients_kept"] == [0, 1]  # the uniform soup averages every ingredient
+    assert set(record["variants"]) == {"best_ingredient", "greedy_soup"}
