@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 # Debian packages the tests need, each with the check that it is there: the system copy of
 # Fashion-MNIST (the data the tests read), PostgreSQL's server binaries (the Prefect API server's
-# database in the integration tests, see tests/prefect_server.py) and Chromium (the UI test's
-# browser). Those missing are installed with one quiet apt-get; if that fails, an error says
+# database in the integration tests, see tests/prefect_server.py), Chromium (the UI test's
+# browser) and xz-utils (the standard tool a consumer opens the shipped model.onnx.xz with, which
+# a test runs). Those missing are installed with one quiet apt-get; if that fails, an error says
 # what to install.
-PACKAGES ?= dataset-fashion-mnist postgresql chromium
+PACKAGES ?= dataset-fashion-mnist postgresql chromium xz-utils
 HAVE.dataset-fashion-mnist := [ -e $(FMNIST) ]
 HAVE.postgresql := [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
 HAVE.chromium := [ -x /usr/bin/chromium ]
+HAVE.xz-utils := command -v xz >/dev/null
 MISSING = $(foreach p,$(PACKAGES),$$({ $(HAVE.$(p)); } || echo $(p)))
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -40,8 +42,11 @@ run: $(VENV)/.installed
 	@$(MAKE) --no-print-directory data 2>/dev/null || echo "dataset-fashion-mnist is not available here: ingest will download the files"
 	$(BIN)/squeeze run
 
+# two pytest workers (pytest-xdist): the end-to-end tests spend much of their time waiting on
+# servers, a cron minute and subprocesses, which the other worker fills; each worker starts its
+# own PostgreSQL, Prefect server and S3 endpoint on free ports
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"

@@ -217,7 +217,8 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["role"] == "peer":
             ours = by_name[r["compared_with"]]
             r["squeeze_over_peer"] = {
-                k: round(ours[k] / r[k], 4) for k in ("gzip_bytes", "size_bytes", "latency_ms_p50")
+                k: round(ours[k] / r[k], 4)
+                for k in ("shipped_bytes", "size_bytes", "latency_ms_p50")
             }
         out.append(r)
     return out

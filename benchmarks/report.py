@@ -37,15 +37,15 @@ def models_table(results: Results) -> list[str]:
     t = by_name(results)["teacher"]
     out = [
         "| model | method | val % [95% CI] | test % [95% CI] | Δ test pts | .onnx bytes "
-        "| gzip bytes | teacher gzip ÷ gzip | teacher .onnx ÷ .onnx | nonzero params | MACs "
-        "| p50 ms | p95 ms | speed-up p50 | img/s |",
+        "| shipped bytes | teacher shipped ÷ shipped | teacher .onnx ÷ .onnx | nonzero params "
+        "| MACs | p50 ms | p95 ms | speed-up p50 | img/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["models"]:
         out.append(
             f"| {r['name']} | {r['method']} | {with_ci(r, 'val')} | {with_ci(r, 'test')} | "
             f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | {r['size_bytes']:,} | "
-            f"{r['gzip_bytes']:,} | {r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | "
+            f"{r['shipped_bytes']:,} | {r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | "
             f"{r['nonzero_params']:,} | {r['macs']:,} | {r['latency_ms_p50']:.4f} | "
             f"{r['latency_ms_p95']:.4f} | {r['speedup_p50']:.2f}× | {r['throughput']:,.0f} |"
         )
@@ -87,8 +87,9 @@ def comparisons_table(results: Results) -> list[str]:
 def peers_table(results: Results) -> list[str]:
     """Each peer against the squeeze candidate it stands in for: size and latency ratios."""
     out = [
-        "| peer | built as | squeeze candidate (chosen on validation) | gzip bytes squeeze ÷ peer "
-        "| .onnx bytes squeeze ÷ peer | p50 latency squeeze ÷ peer |",
+        "| peer | built as | squeeze candidate (chosen on validation) "
+        "| shipped bytes squeeze ÷ peer | .onnx bytes squeeze ÷ peer "
+        "| p50 latency squeeze ÷ peer |",
         "|---|---|---|---|---|---|",
     ]
     for r in results["models"]:
@@ -96,7 +97,7 @@ def peers_table(results: Results) -> list[str]:
             continue
         ratio = r["squeeze_over_peer"]
         out.append(
-            f"| {r['name']} | {r['built']} | {r['compared_with']} | {ratio['gzip_bytes']:.2f} | "
+            f"| {r['name']} | {r['built']} | {r['compared_with']} | {ratio['shipped_bytes']:.2f} | "
             f"{ratio['size_bytes']:.2f} | {ratio['latency_ms_p50']:.2f} |"
         )
     return out
@@ -107,7 +108,7 @@ def targets_table(results: Results) -> list[str]:
     rows = by_name(results)
     out = [
         "| target | on validation | chosen on validation | val % | test % [95% CI] "
-        "| Δ test pts | teacher gzip ÷ gzip | teacher .onnx ÷ .onnx | speed-up p50 "
+        "| Δ test pts | teacher shipped ÷ shipped | teacher .onnx ÷ .onnx | speed-up p50 "
         "| teacher MACs ÷ MACs | holds on test |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -166,10 +167,10 @@ def header(results: Results, json_name: str) -> list[str]:
         "carry their Wilson 95% intervals; a difference is a claim only from a paired "
         "comparison on the same images (McNemar exact p, paired bootstrap 95% interval).",
         "",
-        "Size: `.onnx bytes` is the ONNX file onnxruntime loads; `gzip bytes` is that file after "
-        "gzip -9, the file the registry stores and ships (`model.onnx.gz`, squeeze/package.py). "
-        "Ratios compare like with like: the teacher's shipped file against the row's shipped "
-        "file, and the teacher's .onnx against the row's .onnx.",
+        "Size: `.onnx bytes` is the ONNX file onnxruntime loads; `shipped bytes` is that file "
+        "after xz -9e, the file the registry stores and ships (`model.onnx.xz`, "
+        "squeeze/package.py). Ratios compare like with like: the teacher's shipped file against "
+        "the row's shipped file, and the teacher's .onnx against the row's .onnx.",
     ]
 
 
@@ -254,7 +255,7 @@ def readme_figures(results: Results) -> str:
         r = rows[gate["challenger"]]
         lines.append(
             f"- `{r['name']}` (the gate's challenger, policy {gate['policy']}, on validation): "
-            f"{with_ci(r, REPORT)} % test, {r['gzip_bytes']:,} B shipped "
+            f"{with_ci(r, REPORT)} % test, {r['shipped_bytes']:,} B shipped "
             f"({r['shipped_ratio']:.1f}× smaller than the teacher's shipped file);"
         )
     for g in results["targets"]:
@@ -263,7 +264,7 @@ def readme_figures(results: Results) -> str:
             continue
         r = rows[g["chosen"]]
         lines.append(
-            f"- {g['label']}: `{r['name']}`, {with_ci(r, 'test')} % test, {r['gzip_bytes']:,} B "
+            f"- {g['label']}: `{r['name']}`, {with_ci(r, 'test')} % test, {r['shipped_bytes']:,} B "
             f"shipped ({r['shipped_ratio']:.1f}× smaller than the teacher's shipped file, "
             f"{r['onnx_ratio']:.1f}× its .onnx), {r['speedup_p50']:.2f}× lower p50 latency"
             f"{'' if g['holds_on_test'] else ' (does not hold on test)'};"

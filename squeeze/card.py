@@ -219,7 +219,7 @@ def summary_markdown(card: dict[str, Any]) -> str:
         f"| test accuracy (95% CI) | {m.get('test_accuracy')} {m.get('test_accuracy_ci')} |",
         f"| validation accuracy (95% CI), which chose it | {m.get('val_accuracy')} "
         f"{m.get('val_accuracy_ci')} |",
-        f"| size (bytes) | {m.get('gzip_bytes')} shipped ({SHIPPED}), {m.get('size_bytes')} "
+        f"| size (bytes) | {m.get('shipped_bytes')} shipped ({SHIPPED}), {m.get('size_bytes')} "
         "unpacked |",
         f"| latency p50 / p95 (ms) | {m.get('latency_ms_p50')} / {m.get('latency_ms_p95')} |",
         f"| parameters (non-zero) | {m.get('params')} ({m.get('nonzero_params')}) |",

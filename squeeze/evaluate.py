@@ -235,7 +235,7 @@ def measure_logits(
         agreement = round(float((logits["val"].argmax(1) == reference).mean()), 5)
     record |= {
         "size_bytes": len(blob),
-        "gzip_bytes": len(pack(blob)),  # what the registry stores
+        "shipped_bytes": len(pack(blob)),  # what the registry stores
         **graph_stats(path),
         "throughput": round(throughput, 1),  # over the last split, in throughput_batch batches
         "agreement": agreement,

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from squeeze.card import chain_text
-from squeeze.package import MODEL, SHIPPED, unpacked
+from squeeze.package import DAMAGED, MODEL, SHIPPED, shipped_name, unpacked
 from squeeze.params import load_params
 from squeeze.registry import Damaged, Registry, RegistryError, open_registry
 from squeeze.storage import LocalStore, StoreError
@@ -79,7 +78,7 @@ def production_status(registry: Registry, pointer: dict[str, Any]) -> dict[str, 
         "metrics": card.get("metrics"),
         "lineage": card.get("lineage"),
         "decision": card.get("decision"),
-        "url": registry.url(version, SHIPPED),
+        "url": registry.url(version, shipped_name(pointer.get("sha256") or {}) or SHIPPED),
     }
 
 
@@ -108,7 +107,7 @@ def status_text(info: dict[str, Any]) -> str:
         lines += [
             f"production: version {prod['version']} ({name}), promoted {prod['promoted_at']}",
             f"  test accuracy {m.get('test_accuracy')} (95% CI {m.get('test_accuracy_ci')}), "
-            f"validation {m.get('val_accuracy')}, {m.get('gzip_bytes')} bytes shipped "
+            f"validation {m.get('val_accuracy')}, {m.get('shipped_bytes')} bytes shipped "
             f"({m.get('size_bytes')} unpacked), latency p50 {m.get('latency_ms_p50')} ms "
             f"p95 {m.get('latency_ms_p95')} ms",
             f"  lineage: {chain_text({'lineage': lineage})}",
@@ -181,15 +180,16 @@ def pull(registry: Registry, dest: Path) -> tuple[int, list[Path]]:
         )
     version = pointer["version"]
     files = registry.fetch(version, pointer.get("sha256"))
-    if SHIPPED in files:
+    shipped = shipped_name(files)
+    if shipped is not None:
         try:
-            model = unpacked(files[SHIPPED])
-        except (OSError, EOFError, zlib.error) as err:
+            model = unpacked(files[shipped], shipped)
+        except DAMAGED as err:
             raise RegistryError(
-                f"{registry.url(version, SHIPPED)} is not a gzip file ({err}), though it matches "
+                f"{registry.url(version, shipped)} does not decompress ({err}), though it matches "
                 "its checksum: it was published broken; promote or roll back to another version"
             ) from err
-    elif MODEL in files:  # published before models shipped gzipped
+    elif MODEL in files:  # published before models shipped compressed
         model = files[MODEL]
     else:
         raise RegistryError(

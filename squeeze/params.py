@@ -362,7 +362,7 @@ class GateParams(Section):
     max_class_drop: float = Field(
         ge=0, le=1, description="Maximum per-class validation accuracy drop vs the teacher."
     )
-    max_size_bytes: int = Field(ge=1, description="Maximum shipped file size (model.onnx.gz).")
+    max_size_bytes: int = Field(ge=1, description="Maximum shipped file size (model.onnx.xz).")
     max_latency_ms: float = Field(gt=0, description="Maximum batch-1 median latency.")
     min_agreement: float = Field(
         ge=0, le=1, description="Minimum agreement of an export with its source on validation."

@@ -16,7 +16,7 @@ def pareto_png(records: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for ax, key, label in (
-        (axes[0], "gzip_bytes", "deployable file, gzip bytes (log)"),
+        (axes[0], "shipped_bytes", "deployable file, shipped (xz) bytes (log)"),
         (axes[1], "latency_ms_p50", "batch-1 latency, median ms (log)"),
     ):
         for rec in records:

@@ -1,7 +1,7 @@
 """Pruning: unstructured global magnitude pruning (AGP schedule) and structured channel pruning.
 
 Unstructured pruning zeroes individual weights of every Conv and Linear; the network keeps its
-shape, so the gain shows in the compressed (gzip) size of the export, not in its latency.
+shape, so the gain shows in the compressed (shipped, xz) size of the export, not in its latency.
 Structured pruning removes whole channels with Torch-Pruning, of any network: its dependency
 graph, traced through the model, couples the layers whose channels must go together (a conv's
 output channels, the BatchNorm after it and the next layer's inputs; the convs and shortcuts

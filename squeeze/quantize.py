@@ -178,7 +178,8 @@ def quantize_onnx(
                     },
                 )  # fmt: skip
         else:
-            # symmetric int8 weights: a pruned (zero) weight stays exactly 0, which gzip sees
+            # symmetric int8 weights: a pruned (zero) weight stays exactly 0, which the shipped
+            # file's compressor sees
             quantize_dynamic(
                 str(prepared), str(out), per_channel=cfg.per_channel,
                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,

@@ -3,7 +3,7 @@
 Layout under a store root (a local folder or ``s3://bucket/prefix``, see ``squeeze.storage``)::
 
     <family>/versions/<n>/claim.json        written first: reserves number n (create-if-absent)
-    <family>/versions/<n>/model.onnx.gz ... the published files (squeeze.package)
+    <family>/versions/<n>/model.onnx.xz ... the published files (squeeze.package)
     <family>/versions/<n>/card.json         the model card (plus a "registry" section)
     <family>/versions/<n>/metrics.json
     <family>/versions/<n>/checksums.json    written last: its presence marks n as complete
@@ -17,7 +17,8 @@ second copy. A version whose file is missing or fails its checksum raises :class
 which names the damaged object. ``production.json`` only moves by compare-and-swap to a version
 whose every checksum was just verified, so a crash or a dead endpoint at any moment leaves it
 on a complete version. Consumers need no project code: read ``production.json``, then fetch
-``<family>/<path>/model.onnx.gz``, compare it with ``sha256["model.onnx.gz"]`` and gunzip it.
+``<family>/<path>/model.onnx.xz``, compare it with ``sha256["model.onnx.xz"]`` and ``xz -d`` it
+(versions published before squeeze shipped xz hold ``model.onnx.gz``: gunzip it).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class Registry:
         leaves an invisible, incomplete number; the retry claims a fresh one.
 
         Args:
-            files: file name -> content, e.g. ``{"model.onnx.gz": shipped_bytes}``.
+            files: file name -> content, e.g. ``{"model.onnx.xz": shipped_bytes}``.
             card: the model card (lineage, params, gate results); JSON-serialisable.
             metrics: the measured metrics; JSON-serialisable.
         """

@@ -34,10 +34,17 @@ from squeeze.workspace import Workspace, read_json, write_json
 from tasks.artifacts import publish
 from tasks.candidate import stage_main
 
-PARETO_COLUMNS = ("name", "method", "test_accuracy", "size_bytes", "gzip_bytes", "latency_ms_p50")
+PARETO_COLUMNS = (
+    "name",
+    "method",
+    "test_accuracy",
+    "size_bytes",
+    "shipped_bytes",
+    "latency_ms_p50",
+)
 ARTIFACT_COLUMNS = (
     "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",
-    "size_bytes", "gzip_bytes", "nonzero_params", "macs", "latency_ms_p50", "latency_ms_p95",
+    "size_bytes", "shipped_bytes", "nonzero_params", "macs", "latency_ms_p50", "latency_ms_p95",
     "agreement",
 )  # fmt: skip
 

@@ -8,7 +8,7 @@ is a paired comparison on validation (squeeze.gate.decide); the test figures of 
 measured for the report only. A production version that fails its checksums is a champion
 that fails the gates: a valid challenger replaces it, and the log names the damaged file.
 
-A promotion uploads model.onnx.gz (squeeze.package) + card.json + metrics.json, verifies every
+A promotion uploads model.onnx.xz (squeeze.package) + card.json + metrics.json, verifies every
 checksum, and only then moves the production pointer by compare-and-swap against the champion
 that was measured here: if someone else promoted meanwhile, nothing moves and the stage fails,
 to be re-run on the new champion.

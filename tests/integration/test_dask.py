@@ -24,7 +24,7 @@ import pytest
 
 from flows.compress import retrain_and_compress
 from squeeze.dvcyaml import dvc_stage, parse_stage
-from squeeze.params import Params, load_params, merge, validate, write_params
+from squeeze.params import COMPRESSION_STAGES, Params, load_params, merge, validate, write_params
 from squeeze.workspace import Workspace, read_json
 from tests.conftest import dvc_up_to_date, run
 from tests.integration.conftest import S3Endpoint
@@ -98,8 +98,16 @@ def hidden_workers(
             shutil.rmtree(home, ignore_errors=True)
 
 
+# the part of the smoke graph scale-out needs: candidates of each kind of upstream (the teacher,
+# another candidate) for the workers to build, at a quarter of the whole graph's build time
+# (test_reproducible builds all of it, twice)
+CANDIDATES = ("kd_small", "ce_small", "teacher_ch50", "teacher_ch50_int8")
+
+
 def with_runner(root: Path, runner: dict) -> Params:
     smoke = load_params(root).model_dump(mode="json")
+    for stage in COMPRESSION_STAGES:
+        smoke[stage] = {k: v for k, v in smoke[stage].items() if k in CANDIDATES}
     return validate(merge(smoke, {"flow": runner}), "test")
 
 

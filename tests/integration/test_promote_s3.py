@@ -329,7 +329,7 @@ def test_corrupted_object_is_caught_by_its_checksum(
     s3 = s3_endpoint.client()
 
     def tamper(version: int) -> None:
-        key = f"{s3_prefix}/{FAMILY}/versions/{version}/model.onnx.gz"
+        key = f"{s3_prefix}/{FAMILY}/versions/{version}/model.onnx.xz"
         s3.put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"not the model")
 
     publish = Registry.publish
@@ -343,7 +343,7 @@ def test_corrupted_object_is_caught_by_its_checksum(
     bench.add("kd_int8", bench.lab.int8, "quantize", ["kd"])
     bench.gate()
     with pytest.raises(
-        RegistryError, match="checksum mismatch.*versions/2/model.onnx.gz"
+        RegistryError, match="checksum mismatch.*versions/2/model.onnx.xz"
     ) as excinfo:
         bench.promote()
     assert not promote_stage.promote.retry_condition_fn(None, None, Failed(data=excinfo.value))
@@ -365,7 +365,7 @@ def test_a_damaged_champion_is_replaced_by_a_valid_challenger(
 ) -> None:  # fmt: skip
     bench.gate()
     assert bench.promote()["registry"]["production"] == 1
-    key = f"{s3_prefix}/{FAMILY}/versions/1/model.onnx.gz"
+    key = f"{s3_prefix}/{FAMILY}/versions/1/model.onnx.xz"
     s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"bit rot")
     bench.add("kd_int8", bench.lab.int8, "quantize", ["kd"])
     bench.gate()
@@ -374,14 +374,14 @@ def test_a_damaged_champion_is_replaced_by_a_valid_challenger(
     log = capsys.readouterr().out
     assert f"production version 1 is damaged (s3://{s3_endpoint.bucket}/{key})" in log
     assert result["outcome"] == "promoted" and result["registry"]["production"] == 2
-    assert result["champion"]["damaged"].endswith("versions/1/model.onnx.gz")
+    assert result["champion"]["damaged"].endswith("versions/1/model.onnx.xz")
     assert result["champion"]["failed_gates"] == ["checksums"]
     assert "the champion fails today's gates: checksums" in result["reasons"]
     registry.verify(2)
 
 
 CONSUMER = r"""
-import gzip, hashlib, json, sys
+import gzip, hashlib, json, lzma, sys
 import boto3, numpy as np, onnxruntime as ort
 
 endpoint, bucket, prefix, family, data_dir, count = sys.argv[1:7]
@@ -389,9 +389,9 @@ s3 = boto3.client("s3", endpoint_url=endpoint)
 def get(key):
     return s3.get_object(Bucket=bucket, Key=f"{prefix}/{family}/{key}")["Body"].read()
 pointer = json.loads(get("production.json"))
-shipped = get(pointer["path"] + "/model.onnx.gz")
-assert hashlib.sha256(shipped).hexdigest() == pointer["sha256"]["model.onnx.gz"]
-model = gzip.decompress(shipped)
+shipped = get(pointer["path"] + "/model.onnx.xz")
+assert hashlib.sha256(shipped).hexdigest() == pointer["sha256"]["model.onnx.xz"]
+model = lzma.decompress(shipped)  # the standard .xz container (xz -d)
 card = json.loads(get(pointer["path"] + "/card.json"))
 def idx(name):  # an IDX file: zero, zero, type, ndim, big-endian dims, data
     blob = gzip.decompress(open(f"{data_dir}/{name}", "rb").read())
@@ -615,5 +615,5 @@ def test_gate_and_promote_publish_artifacts_in_a_flow(bench: Bench, prefect_api:
     assert set(by_key) == {"gate-verdicts", "gate-decision", "promote-comparison",
                            "promote-decision", "registry-production"}  # fmt: skip
     assert "challenger **kd**" in by_key["gate-decision"].data
-    assert "/fmnist/versions/1/model.onnx.gz" in by_key["registry-production"].data
+    assert "/fmnist/versions/1/model.onnx.xz" in by_key["registry-production"].data
     assert "kd (distill) <- teacher (train)" in by_key["promote-decision"].data

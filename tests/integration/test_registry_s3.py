@@ -185,7 +185,7 @@ def test_pull_writes_beside_the_users_files(
     from squeeze.package import pack
 
     registry = Registry(s3_endpoint.store(s3_prefix), FAMILY)
-    registry.promote(registry.publish({"model.onnx.gz": pack(b"onnx a")}, {"name": "a"}, {}))
+    registry.promote(registry.publish({"model.onnx.xz": pack(b"onnx a")}, {"name": "a"}, {}))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
     assert pull(registry, Path(".")) == (1, [tmp_path / "model.onnx", tmp_path / "card.json"])

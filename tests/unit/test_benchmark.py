@@ -85,12 +85,12 @@ def test_nncf_peer_calibrates_on_uint8_pixels_and_runs_in_onnxruntime(
     assert (classes(out, val.images) == val.labels).mean() >= 0.5
 
 
-def row(name: str, val: float, test: float, gzip_bytes: int = 1000, p50: float = 0.1) -> dict:
+def row(name: str, val: float, test: float, shipped_bytes: int = 1000, p50: float = 0.1) -> dict:
     return {
         "name": name, "role": "candidate", "method": "m", "val_accuracy": val,
         "val_accuracy_ci": [val - 0.01, val + 0.01], "test_accuracy": test,
-        "test_accuracy_ci": [test - 0.01, test + 0.01], "size_bytes": 2 * gzip_bytes,
-        "gzip_bytes": gzip_bytes, "nonzero_params": 10, "macs": 100, "latency_ms_p50": p50,
+        "test_accuracy_ci": [test - 0.01, test + 0.01], "size_bytes": 2 * shipped_bytes,
+        "shipped_bytes": shipped_bytes, "nonzero_params": 10, "macs": 100, "latency_ms_p50": p50,
         "latency_ms_p95": p50, "throughput": 1.0,
     }  # fmt: skip
 
@@ -131,26 +131,26 @@ def test_peer_counterparts_are_chosen_on_validation(tiny_fit: Callable) -> None:
 
 
 def test_ties_on_validation_go_to_the_smaller_shipped_file_then_the_name() -> None:
-    rows = [row("b", 0.9, 0.7, gzip_bytes=500), row("a", 0.9, 0.9, gzip_bytes=500),
-            row("c", 0.9, 0.99, gzip_bytes=400)]  # fmt: skip
+    rows = [row("b", 0.9, 0.7, shipped_bytes=500), row("a", 0.9, 0.9, shipped_bytes=500),
+            row("c", 0.9, 0.99, shipped_bytes=400)]  # fmt: skip
     assert choose.best(rows, choose.by_size)["name"] == "c"
     assert choose.best(rows[:2], choose.by_size)["name"] == "a"
 
 
 def test_targets_are_chosen_on_validation_and_reported_on_test() -> None:
-    teacher = row("teacher", 0.935, 0.935, gzip_bytes=1_000_000, p50=0.3)
+    teacher = row("teacher", 0.935, 0.935, shipped_bytes=1_000_000, p50=0.3)
     small = [
-        row("val_best", val=0.93, test=0.920, gzip_bytes=20_000),  # best on val, misses on test
-        row("test_best", val=0.926, test=0.95, gzip_bytes=10_000),  # best on test
-        row("too_big", val=0.99, test=0.99, gzip_bytes=100_000),
+        row("val_best", val=0.93, test=0.920, shipped_bytes=20_000),  # best on val, misses on test
+        row("test_best", val=0.926, test=0.95, shipped_bytes=10_000),  # best on test
+        row("too_big", val=0.99, test=0.99, shipped_bytes=100_000),
     ]
     target = next(t for t in choose.TARGETS if t.key == "accurate_small")
     result = choose.choose_target(target, small, teacher)
     assert result["chosen"] == "val_best"
     assert result["holds_on_test"] is False
     # the 1-point drop reads validation: test_drop is within 1 pt on test only
-    drops = [row("val_drop_ok", val=0.93, test=0.90, gzip_bytes=10_000),
-             row("test_drop_ok", val=0.90, test=0.934, gzip_bytes=10_000)]  # fmt: skip
+    drops = [row("val_drop_ok", val=0.93, test=0.90, shipped_bytes=10_000),
+             row("test_drop_ok", val=0.90, test=0.934, shipped_bytes=10_000)]  # fmt: skip
     shipped = next(t for t in choose.TARGETS if t.key == "shipped_40x")
     assert choose.choose_target(shipped, drops, teacher)["chosen"] == "val_drop_ok"
 
@@ -169,12 +169,12 @@ def test_the_macs_target_needs_fewer_macs_a_real_speed_up_and_half_a_point() -> 
 
 
 def test_the_60x_and_5x_targets_read_their_ratio_and_drop_on_validation() -> None:
-    teacher = row("teacher", 0.93, 0.93, gzip_bytes=60_000, p50=1.0)
+    teacher = row("teacher", 0.93, 0.93, shipped_bytes=60_000, p50=1.0)
     rows = [
-        row("x59", 0.93, 0.93, gzip_bytes=1_017, p50=0.5),  # 59.0×: short of 60×
-        row("x60", 0.921, 0.90, gzip_bytes=1_000, p50=0.5),  # 0.9 pt down on val, 3 on test
-        row("fast", 0.926, 0.93, gzip_bytes=9_000, p50=0.2),  # 5×, 0.4 pt down on val
-        row("fast_drop", 0.924, 0.93, gzip_bytes=9_000, p50=0.1),  # 0.6 pt down on val
+        row("x59", 0.93, 0.93, shipped_bytes=1_017, p50=0.5),  # 59.0×: short of 60×
+        row("x60", 0.921, 0.90, shipped_bytes=1_000, p50=0.5),  # 0.9 pt down on val, 3 on test
+        row("fast", 0.926, 0.93, shipped_bytes=9_000, p50=0.2),  # 5×, 0.4 pt down on val
+        row("fast_drop", 0.924, 0.93, shipped_bytes=9_000, p50=0.1),  # 0.6 pt down on val
     ]
     by_key = {t.key: t for t in choose.TARGETS}
     size = choose.choose_target(by_key["shipped_60x"], rows, teacher)
@@ -184,20 +184,20 @@ def test_the_60x_and_5x_targets_read_their_ratio_and_drop_on_validation() -> Non
 
 
 def fake_results() -> dict[str, Any]:
-    teacher = {**row("teacher", 0.93, 0.92, gzip_bytes=1000, p50=0.2), "role": "teacher"}
-    cand = row("cand", 0.91, 0.90, gzip_bytes=20)
+    teacher = {**row("teacher", 0.93, 0.92, shipped_bytes=1000, p50=0.2), "role": "teacher"}
+    cand = row("cand", 0.91, 0.90, shipped_bytes=20)
     peer = {
-        **row("peer_x", 0.90, 0.89, gzip_bytes=40),
+        **row("peer_x", 0.90, 0.89, shipped_bytes=40),
         "role": "peer",
         "compared_with": "cand",
         "built": "default settings",
-        "squeeze_over_peer": {"gzip_bytes": 0.5, "size_bytes": 0.5, "latency_ms_p50": 1.0},
+        "squeeze_over_peer": {"shipped_bytes": 0.5, "size_bytes": 0.5, "latency_ms_p50": 1.0},
     }
     rows = [teacher, cand, peer]
     for r in rows:
         r |= {
-            "shipped_ratio": 1000 / r["gzip_bytes"],
-            "onnx_ratio": 1000 / r["gzip_bytes"],
+            "shipped_ratio": 1000 / r["shipped_bytes"],
+            "onnx_ratio": 1000 / r["shipped_bytes"],
             "speedup_p50": 0.2 / r["latency_ms_p50"],
             "macs_ratio": 1.0,
         }

@@ -50,7 +50,7 @@ def workspace(tmp_path: Path) -> Path:
 
 
 def metrics() -> dict[str, Any]:
-    return {"accuracy": 0.9, "size_bytes": 1234, "gzip_bytes": 1000, "latency_ms_p50": 0.1}
+    return {"accuracy": 0.9, "size_bytes": 1234, "shipped_bytes": 1000, "latency_ms_p50": 0.1}
 
 
 def test_card_holds_contract_metrics_gates_and_lineage(workspace: Path) -> None:

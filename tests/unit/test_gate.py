@@ -57,7 +57,7 @@ def record(
         "test_accuracy": 1 - accuracy,
         "test_per_class_accuracy": {c: 1 - accuracy for c in CLASSES},
         "size_bytes": size * 2,
-        "gzip_bytes": size,
+        "shipped_bytes": size,
         "latency_ms_p50": p50,
         "latency_ms_p95": p50 * 1.5,
         "agreement": agreement,
@@ -175,21 +175,39 @@ def test_no_teacher_is_a_clear_error() -> None:
 
 # -- champion vs challenger (pure decisions) ---------------------------------------------------
 
-CHAMPION = {"val_accuracy": 0.90, "gzip_bytes": 100_000, "latency_ms_p50": 1.0}
+CHAMPION = {"val_accuracy": 0.90, "shipped_bytes": 100_000, "latency_ms_p50": 1.0}
 
 
 @pytest.mark.parametrize(
     ("policy", "changes", "swaps", "outcome", "why"),
     [
-        ("smallest", {"gzip_bytes": 90_000}, 0, "promoted", "non-inferior"),
+        ("smallest", {"shipped_bytes": 90_000}, 0, "promoted", "non-inferior"),
         # 0.1 point less accurate on 2,000 images, few disagreements: within the 0.5 margin
-        ("smallest", {"gzip_bytes": 90_000, "val_accuracy": 0.899}, 2, "promoted", "non-inferior"),
-        # the same point difference, but disagreeing on 60 images: the bound passes the margin
-        ("smallest", {"gzip_bytes": 90_000, "val_accuracy": 0.899}, 30, "champion_kept", "not non"),
-        ("smallest", {"gzip_bytes": 50_000, "val_accuracy": 0.89}, 0, "champion_kept", "not non"),
         (
             "smallest",
-            {"gzip_bytes": 110_000, "val_accuracy": 0.95},
+            {"shipped_bytes": 90_000, "val_accuracy": 0.899},
+            2,
+            "promoted",
+            "non-inferior",
+        ),
+        # the same point difference, but disagreeing on 60 images: the bound passes the margin
+        (
+            "smallest",
+            {"shipped_bytes": 90_000, "val_accuracy": 0.899},
+            30,
+            "champion_kept",
+            "not non",
+        ),
+        (
+            "smallest",
+            {"shipped_bytes": 50_000, "val_accuracy": 0.89},
+            0,
+            "champion_kept",
+            "not non",
+        ),
+        (
+            "smallest",
+            {"shipped_bytes": 110_000, "val_accuracy": 0.95},
             0,
             "champion_kept",
             "not below",
@@ -199,9 +217,21 @@ CHAMPION = {"val_accuracy": 0.90, "gzip_bytes": 100_000, "latency_ms_p50": 1.0}
         # same size, 0.1 point more accurate: not significant
         ("smallest", {"val_accuracy": 0.901}, 0, "champion_kept", "not significantly"),
         ("fastest", {"latency_ms_p50": 0.5}, 0, "promoted", "non-inferior"),
-        ("fastest", {"latency_ms_p50": 1.5, "gzip_bytes": 10}, 0, "champion_kept", "not below"),
-        ("most_accurate", {"val_accuracy": 0.92, "gzip_bytes": 500_000}, 0, "promoted", "signif"),
-        ("most_accurate", {"val_accuracy": 0.901, "gzip_bytes": 90_000}, 0, "champion_kept", "not"),
+        ("fastest", {"latency_ms_p50": 1.5, "shipped_bytes": 10}, 0, "champion_kept", "not below"),
+        (
+            "most_accurate",
+            {"val_accuracy": 0.92, "shipped_bytes": 500_000},
+            0,
+            "promoted",
+            "signif",
+        ),
+        (
+            "most_accurate",
+            {"val_accuracy": 0.901, "shipped_bytes": 90_000},
+            0,
+            "champion_kept",
+            "not",
+        ),
     ],
 )
 def test_champion_vs_challenger(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ def workspace(tmp_path: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     registry = registry_for(root)
     card = {"model": {"name": "kd"}, "metrics": {"accuracy": 0.9}, "lineage": {}}
-    registry.promote(registry.publish({"model.onnx.gz": pack(ONNX)}, card, {"accuracy": 0.9}))
+    registry.promote(registry.publish({"model.onnx.xz": pack(ONNX)}, card, {"accuracy": 0.9}))
     return root
 
 
@@ -62,10 +64,10 @@ def test_pull_production_replaces_only_the_model_and_card(
 
     # A damaged production writes nothing: the last good pull stays as it was.
     before = tree(dest)
-    registry_for(workspace).store.put("fmnist/versions/1/model.onnx.gz", pack(b"tampered"))
+    registry_for(workspace).store.put("fmnist/versions/1/model.onnx.xz", pack(b"tampered"))
     assert squeeze(workspace, "pull-production", str(dest)) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "checksum mismatch" in err and "versions/1/model.onnx.gz" in err
+    assert err.count("\n") == 1 and "checksum mismatch" in err and "versions/1/model.onnx.xz" in err
     assert tree(dest) == before
 
 
@@ -99,19 +101,19 @@ def forge(registry: Registry) -> None:
     """Replace version 1's model and its checksum consistently, as a bad re-upload would."""
     key = "fmnist/versions/1/checksums.json"
     table = json.loads(registry.store.get(key))
-    table["files"]["model.onnx.gz"]["sha256"] = hashlib.sha256(b"forged").hexdigest()
-    registry.store.put("fmnist/versions/1/model.onnx.gz", b"forged")
+    table["files"]["model.onnx.xz"]["sha256"] = hashlib.sha256(b"forged").hexdigest()
+    registry.store.put("fmnist/versions/1/model.onnx.xz", b"forged")
     registry.store.put(key, json.dumps(table).encode())
 
 
 @pytest.mark.parametrize(
     ("damage", "name", "problem"),
     [
-        ("tamper", "model.onnx.gz", "checksum mismatch"),
+        ("tamper", "model.onnx.xz", "checksum mismatch"),
         ("delete", "card.json", "is missing"),
         ("tamper", "checksums.json", "not valid JSON"),
         ("delete", "checksums.json", "incomplete"),
-        ("forge", "model.onnx.gz", "changed after it was promoted"),
+        ("forge", "model.onnx.xz", "changed after it was promoted"),
     ],
 )
 def test_status_reports_a_damaged_production_naming_the_key(
@@ -132,10 +134,38 @@ def test_status_reports_a_damaged_production_naming_the_key(
     out = capsys.readouterr().out
     assert "checksums: FAILED: " in out and problem in out
     # What is still readable is shown; a card that is not is said to be so.
-    shown = "kd" if name == "model.onnx.gz" else "card unreadable"
+    shown = "kd" if name == "model.onnx.xz" else "card unreadable"
     assert f"production: version 1 ({shown})" in out
     assert f"DAMAGED: {where}: promote treats version 1 as failing its gates" in out
     assert squeeze(workspace, "status", "--json") == 1
     info = json.loads(capsys.readouterr().out)["production"]
     assert (info["version"], info["verified"], info["damaged"]) == (1, False, where)
     assert problem in info["problem"]
+
+
+def test_a_version_shipped_before_xz_still_pulls_and_shows_its_file(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Registries written by squeeze before it shipped xz hold model.onnx.gz: a rollback to such
+    a version must still serve (pull-production unpacks it, status names the file it holds)."""
+    registry = registry_for(workspace)
+    card = {"model": {"name": "old"}, "metrics": {}, "lineage": {}}
+    old = registry.publish({"model.onnx.gz": gzip.compress(ONNX, 9, mtime=0)}, card, {})
+    registry.promote(old, expected=1)
+    dest = tmp_path / "app"
+    assert squeeze(workspace, "pull-production", str(dest)) == 0
+    assert (dest / "model.onnx").read_bytes() == ONNX
+    capsys.readouterr()
+    assert squeeze(workspace, "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["production"]["url"].endswith(
+        f"versions/{old}/model.onnx.gz"
+    )
+
+
+def test_the_shipped_file_opens_with_the_standard_xz_tool() -> None:
+    """What the registry ships is a plain .xz file: `xz -d` gives the ONNX bytes back, so a
+    consumer needs no squeeze code."""
+    shipped = pack(ONNX)
+    assert shipped.startswith(b"\xfd7zXZ\x00") and pack(ONNX) == shipped  # deterministic
+    done = subprocess.run(["xz", "-dc"], input=shipped, capture_output=True, check=True)
+    assert done.stdout == ONNX

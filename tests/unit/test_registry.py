@@ -212,7 +212,7 @@ def test_open_registry_resolves_local_paths_against_the_workspace(tmp_path: Path
 
     local = open_registry("registry", "fam", base=tmp_path / "ws")
     assert local.store.url == str((tmp_path / "ws" / "registry").resolve())
-    assert local.url(3, "model.onnx.gz") == f"{local.store.url}/fam/versions/3/model.onnx.gz"
+    assert local.url(3, "model.onnx.xz") == f"{local.store.url}/fam/versions/3/model.onnx.xz"
     assert open_registry(str(tmp_path / "abs"), "fam", base=tmp_path / "ws").store.url == str(
         (tmp_path / "abs").resolve()
     )
