@@ -175,39 +175,22 @@ def test_no_teacher_is_a_clear_error() -> None:
 
 # -- champion vs challenger (pure decisions) ---------------------------------------------------
 
-CHAMPION = {"val_accuracy": 0.90, "shipped_bytes": 100_000, "latency_ms_p50": 1.0}
+BYTES = "shipped_bytes"
+CHAMPION = {"val_accuracy": 0.90, BYTES: 100_000, "latency_ms_p50": 1.0}
 
 
 @pytest.mark.parametrize(
     ("policy", "changes", "swaps", "outcome", "why"),
     [
-        ("smallest", {"shipped_bytes": 90_000}, 0, "promoted", "non-inferior"),
+        ("smallest", {BYTES: 90_000}, 0, "promoted", "non-inferior"),
         # 0.1 point less accurate on 2,000 images, few disagreements: within the 0.5 margin
-        (
-            "smallest",
-            {"shipped_bytes": 90_000, "val_accuracy": 0.899},
-            2,
-            "promoted",
-            "non-inferior",
-        ),
+        ("smallest", {BYTES: 90_000, "val_accuracy": 0.899}, 2, "promoted", "non-inferior"),
         # the same point difference, but disagreeing on 60 images: the bound passes the margin
+        ("smallest", {BYTES: 90_000, "val_accuracy": 0.899}, 30, "champion_kept", "not non"),
+        ("smallest", {BYTES: 50_000, "val_accuracy": 0.89}, 0, "champion_kept", "not non"),
         (
             "smallest",
-            {"shipped_bytes": 90_000, "val_accuracy": 0.899},
-            30,
-            "champion_kept",
-            "not non",
-        ),
-        (
-            "smallest",
-            {"shipped_bytes": 50_000, "val_accuracy": 0.89},
-            0,
-            "champion_kept",
-            "not non",
-        ),
-        (
-            "smallest",
-            {"shipped_bytes": 110_000, "val_accuracy": 0.95},
+            {BYTES: 110_000, "val_accuracy": 0.95},
             0,
             "champion_kept",
             "not below",
@@ -217,21 +200,9 @@ CHAMPION = {"val_accuracy": 0.90, "shipped_bytes": 100_000, "latency_ms_p50": 1.
         # same size, 0.1 point more accurate: not significant
         ("smallest", {"val_accuracy": 0.901}, 0, "champion_kept", "not significantly"),
         ("fastest", {"latency_ms_p50": 0.5}, 0, "promoted", "non-inferior"),
-        ("fastest", {"latency_ms_p50": 1.5, "shipped_bytes": 10}, 0, "champion_kept", "not below"),
-        (
-            "most_accurate",
-            {"val_accuracy": 0.92, "shipped_bytes": 500_000},
-            0,
-            "promoted",
-            "signif",
-        ),
-        (
-            "most_accurate",
-            {"val_accuracy": 0.901, "shipped_bytes": 90_000},
-            0,
-            "champion_kept",
-            "not",
-        ),
+        ("fastest", {"latency_ms_p50": 1.5, BYTES: 10}, 0, "champion_kept", "not below"),
+        ("most_accurate", {"val_accuracy": 0.92, BYTES: 500_000}, 0, "promoted", "signif"),
+        ("most_accurate", {"val_accuracy": 0.901, BYTES: 90_000}, 0, "champion_kept", "not"),
     ],
 )
 def test_champion_vs_challenger(
