@@ -58,15 +58,14 @@ def by_size(row: Row) -> int:
     return row["shipped_bytes"]
 
 
-def best_unstructured(records: dict[str, Row], params: Params) -> str | None:
-    """squeeze's best unstructured pruning candidate (ties: smaller shipped file, then name)."""
-    names = [n for n, c in params.prune.items() if c.kind == "unstructured" and n in records]
-    chosen = best([records[n] for n in names], by_size)
-    return None if chosen is None else chosen["name"]
+def unstructured(records: dict[str, Row], params: Params) -> list[str]:
+    """squeeze's unstructured pruning candidates that were evaluated, in params order: each gets
+    its own peer at its sparsity and budget (no choice, so none to make on validation)."""
+    return [n for n, c in params.prune.items() if c.kind == "unstructured" and n in records]
 
 
 def best_static_int8(records: dict[str, Row], params: Params) -> str | None:
-    """squeeze's best static int8 quantization candidate (ties as best_unstructured)."""
+    """squeeze's best static int8 quantization candidate (ties: smaller shipped file, then name)."""
     names = [n for n, c in params.quantize.items()
              if c.mode == "static" and c.weights == "int8" and n in records]  # fmt: skip
     chosen = best([records[n] for n in names], by_size)

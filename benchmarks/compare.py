@@ -86,7 +86,8 @@ def torch_classes(model: nn.Module, images: np.ndarray) -> np.ndarray:
 
 def measure_models(bench: Bench, ws: Workspace, params: Params) -> dict[str, dict[str, Any]]:
     """Every model evaluate exported, as evaluate recorded it (agreement included); returns
-    metrics/candidates.json, whose validation accuracies the peers' counterparts are chosen by."""
+    metrics/candidates.json, whose validation accuracies choose the quantization peers'
+    counterpart."""
     records = read_json(ws.metrics("candidates"))
     for name in params.model_names():
         rec = records[name]
@@ -131,10 +132,11 @@ def torch_peer(bench: Bench, ws: Workspace, params: Params, name: str, tmp: Path
         pruned, _ = peers.torch_pruned(model, sparsity, cfg.fit, train, val)
     finally:
         torch.set_num_threads(threads)
-    path = tmp / "peer_torch_prune.onnx"
+    path = tmp / f"peer_torch_prune-{name}.onnx"
     export_onnx(pruned, path)
-    bench.add(path, torch_classes(pruned, val.images), name="peer_torch_prune", role="peer",
-              method="torch.nn.utils.prune", upstream=[cfg.upstream], compared_with=name,
+    bench.add(path, torch_classes(pruned, val.images), name=f"peer_torch_prune/{name}",
+              role="peer", method="torch.nn.utils.prune", upstream=[cfg.upstream],
+              compared_with=name,
               built=f"global_unstructured L1 to sparsity {sparsity:.4f}, fine-tuned "
                     f"{cfg.fit.epochs} epoch(s) (lr {cfg.fit.lr}, batch {cfg.fit.batch_size}, "
                     f"seed {cfg.fit.seed}), cross-entropy (label smoothing "
@@ -232,8 +234,8 @@ def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
     records = measure_models(bench, ws, params)
     measure_variants(bench, ws, params, tmp)
     measure_anchors(bench, load_checkpoint(ws.model("teacher"))[0], tmp)
-    if unstructured := choose.best_unstructured(records, params):
-        torch_peer(bench, ws, params, unstructured, tmp)
+    for name in choose.unstructured(records, params):
+        torch_peer(bench, ws, params, name, tmp)
     if static_int8 := choose.best_static_int8(records, params):
         quantization_peers(bench, ws, params, static_int8, tmp)
     bench.time_all()

@@ -160,9 +160,10 @@ def header(results: Results, json_name: str) -> list[str]:
         f"{ev['warmup']} warm-up runs, in {ev['rounds']} interleaved rounds (each round times "
         "every row in turn, so a slow spell of the machine falls on all rows alike).",
         "",
-        "Every choice reads validation, every figure reported is test: a peer's squeeze "
-        "counterpart and each target's row are the highest validation accuracy among those that "
-        "qualify (qualifying accuracy conditions also read on validation); the test figures of "
+        "Every choice reads validation, every figure reported is test: the int8 candidate "
+        "the quantization peers stand against and each target's row are the highest validation "
+        "accuracy among those that qualify (qualifying accuracy conditions also read on "
+        "validation); the test figures of "
         "that row are then reported, with whether the target still holds on test. Accuracies "
         "carry their Wilson 95% intervals; a difference is a claim only from a paired "
         "comparison on the same images (McNemar exact p, paired bootstrap 95% interval).",
@@ -180,7 +181,7 @@ def peers_text(results: Results) -> list[str]:
         "",
         "What a user would pick instead, on the same teacher, data and machine, in the same "
         "process: PyTorch's `torch.nn.utils.prune.global_unstructured` (L1, one shot) at the "
-        "sparsity of squeeze's best unstructured candidate with that candidate's fine-tuning "
+        "sparsity of each of squeeze's unstructured candidates, with that candidate's fine-tuning "
         "budget (its fit params, plain loss); onnxruntime `quantize_dynamic` with default "
         "settings and OpenVINO NNCF `nncf.quantize` (default preset, the same number of "
         "calibration images) on the fp32 export that squeeze's best static int8 candidate "

@@ -81,24 +81,28 @@ class PixelBatches(CalibrationDataReader):
         return None if batch is None else {INPUT: batch}
 
 
-def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes between the graph input and the first weight layers (Cast, Div, ...).
+def input_side(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(preprocessing nodes, first weight layers): the names of the nodes between the graph
+    input and the first Conv/Gemm/MatMul (Cast, Div, ...), and of those weight layers.
 
-    They standardise raw pixels; quantizing them would only add error, so they stay fp32. Found
-    by walking forward from the graph input and stopping at the first Conv/Gemm/MatMul.
+    The preprocessing standardises raw pixels; quantizing it would only add error, so it stays
+    fp32. Found by walking forward from the graph input and stopping at every weight layer met.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     found: dict[str, None] = {}
+    first: dict[str, None] = {}
     frontier = [i.name for i in model.graph.input]
     while frontier:
         for node in consumers.get(frontier.pop(), []):
-            if node.op_type not in WEIGHT_OPS and node.name not in found:
+            if node.op_type in WEIGHT_OPS:
+                first[node.name] = None
+            elif node.name not in found:
                 found[node.name] = None
                 frontier += list(node.output)
-    return list(found)
+    return list(found), list(first)
 
 
 def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
@@ -144,7 +148,8 @@ def quantize_onnx(
 
     Args:
         cfg: mode "static" (QDQ, activations calibrated with MinMax on `calibration`) or
-            "dynamic"; weights int8 or int4 (static); per_channel weight scales.
+            "dynamic"; weights int8 or int4 (static); per_channel weight scales;
+            fp32_first_layer leaves the first weight layers (input_side) unquantized.
         calibration: (N, H, W, C) uint8 training images, N = cfg.calibration_samples; unused in
             dynamic mode.
         int4_scheme: one of INT4_SCHEMES, for int4 weights (int8's symmetric range [-127, 127]
@@ -158,7 +163,8 @@ def quantize_onnx(
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         prepared_model = onnx.load(str(prepared))
-        excluded = preprocessing_nodes(prepared_model)
+        preprocessing, first_layers = input_side(prepared_model)
+        excluded = preprocessing + (first_layers if cfg.fp32_first_layer else [])
         out = Path(tmp) / "int8.onnx"
         if cfg.mode == "static":
             if calibration is None or len(calibration) == 0:

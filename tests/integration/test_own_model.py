@@ -62,11 +62,14 @@ GRAPH: dict[str, Any] = {
     },
     "quantize": {
         "res_ch_int8": {"upstream": "res_ch", "mode": "static", "weights": "int8",
-                        "per_channel": True, "calibration_samples": 64},
+                        "per_channel": True, "calibration_samples": 64,
+                        "fp32_first_layer": False},
         "res_ch_sp_qat_int4": {"upstream": "res_ch_sp_qat", "mode": "static", "weights": "int4",
-                               "per_channel": True, "calibration_samples": 64},
+                               "per_channel": True, "calibration_samples": 64,
+                               "fp32_first_layer": False},
         "teacher_dynamic": {"upstream": "teacher", "mode": "dynamic", "weights": "int8",
-                            "per_channel": False, "calibration_samples": 64},
+                            "per_channel": False, "calibration_samples": 64,
+                            "fp32_first_layer": False},
     },
     "merge": {
         "pair": {"kind": "ensemble", "upstreams": ["teacher", "res_ch"], "ingredients": [],

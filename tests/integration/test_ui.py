@@ -25,7 +25,8 @@ RUN_TIMEOUT_MS = 600_000
 # the one candidate the form's run builds: a quantized teacher (no training, a few seconds)
 QUICK_CANDIDATES = {
     "quantize": {"teacher_int8": {"upstream": "teacher", "mode": "static", "weights": "int8",
-                                  "per_channel": True, "calibration_samples": 64}},
+                                  "per_channel": True, "calibration_samples": 64,
+                                  "fp32_first_layer": False}},
 }  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def bench_ws(
             round_to=None, distill_alpha=0.0, temperature=4.0, qat=None, fit=tiny_fit(epochs=1))},
         quantize={"int8": QuantizeParams(
             upstream="teacher", mode="static", weights="int8", per_channel=True,
-            calibration_samples=CALIBRATION)},
+            calibration_samples=CALIBRATION, fp32_first_layer=False)},
         merge={"soup": MergeParams(
             kind="soup_greedy", upstreams=["teacher"], student=None, temperature=4.0, alpha=0.0,
             ingredients=[IngredientParams(seed=i, lr=0.01 * (i + 1), epochs=1, augment=i == 0,
@@ -81,7 +81,7 @@ def test_every_row_is_measured_on_both_splits_with_intervals(measured: tuple) ->
     names = [r["name"] for r in rows]
     assert names == ["teacher", "sp50", "int8", "soup", "ens", "soup/best_ingredient",
                      "soup/uniform_soup", "anchor_random_mask50",
-                     "anchor_minmax_int_no_zero_point", "peer_torch_prune", "peer_ort_dynamic",
+                     "anchor_minmax_int_no_zero_point", "peer_torch_prune/sp50", "peer_ort_dynamic",
                      "peer_nncf_ptq"]  # fmt: skip
     for r in rows:
         for split in ("val", "test"):
@@ -97,7 +97,7 @@ def test_peers_stand_against_the_candidates_they_copy(
 ) -> None:
     rows, _ = measured
     by_name = {r["name"]: r for r in rows}
-    torch_peer = by_name["peer_torch_prune"]
+    torch_peer = by_name["peer_torch_prune/sp50"]
     assert torch_peer["compared_with"] == "sp50"
     # the same weights zeroed as the candidate reached (biases stay dense in both)
     assert torch_peer["nonzero_params"] == by_name["sp50"]["nonzero_params"]
@@ -118,7 +118,7 @@ def test_each_method_is_compared_paired_on_validation_and_test(measured: tuple) 
     best_member = max(("teacher", "sp50"), key=val.__getitem__)  # chosen on validation
     pairs = [(c["method"], c["a"], c["b"], c["split"]) for c in compared]
     assert pairs == [(m, a, b, s) for m, a, b in [
-        ("vs peer", "sp50", "peer_torch_prune"), ("vs peer", "int8", "peer_ort_dynamic"),
+        ("vs peer", "sp50", "peer_torch_prune/sp50"), ("vs peer", "int8", "peer_ort_dynamic"),
         ("vs peer", "int8", "peer_nncf_ptq"), ("ensemble", "ens", best_member),
         ("soup", "soup", "soup/best_ingredient"), ("soup", "soup", "soup/uniform_soup"),
     ] for s in ("val", "test")]  # fmt: skip

@@ -141,7 +141,7 @@ def test_int4_quantization_of_a_qat_model_agrees_with_it(
         assert torch.equal(on_grid(layer.weight, "int4"), layer.weight)
     export_onnx(model, tmp_path / "fp32.onnx")
     q = QuantizeParams(upstream="tiny", mode="static", weights="int4", per_channel=True,
-                       calibration_samples=256)  # fmt: skip
+                       calibration_samples=256, fp32_first_layer=False)  # fmt: skip
     quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int4.onnx", q, train.images[:256], "grid")
     fp32, int4 = (
         classes(tmp_path / "fp32.onnx", test.images),

@@ -24,7 +24,7 @@ from squeeze.quantize import (
     INT4_SCHEMES,
     OPSET_NOTICE,
     choose_int4_scheme,
-    preprocessing_nodes,
+    input_side,
     quantize_onnx,
 )
 from squeeze.train import fit
@@ -56,23 +56,32 @@ def classes(path: Path, images: np.ndarray) -> np.ndarray:
     return session(path, 1).run(None, {INPUT: images})[0].argmax(1)
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize(
+    ("mode", "fp32_first_layer"), [("static", False), ("dynamic", False), ("static", True)]
+)
 def test_int8_agrees_with_fp32(
-    small_fmnist: Data, fp32_export: Path, tmp_path: Path, mode: str
+    small_fmnist: Data, fp32_export: Path, tmp_path: Path, mode: str, fp32_first_layer: bool
 ) -> None:
-    cfg = QuantizeParams(
-        upstream="m", mode=mode, weights="int8", per_channel=True, calibration_samples=256
-    )
+    cfg = QuantizeParams(upstream="m", mode=mode, weights="int8", per_channel=True,
+                         calibration_samples=256, fp32_first_layer=fp32_first_layer)  # fmt: skip
     out = tmp_path / "int8.onnx"
     quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:256])
     test = small_fmnist["test"]
     int8, fp32 = classes(out, test.images), classes(fp32_export, test.images)
     assert (int8 == fp32).mean() >= MIN_AGREEMENT
     assert (int8 == test.labels).mean() >= (fp32 == test.labels).mean() - 0.01
-    # the same layers, with int8 weights
+    # the same layers, with int8 weights but for the first conv's when it stays fp32
     assert graph_stats(out)["macs"] == graph_stats(fp32_export)["macs"]
-    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.dims]
+    graph = onnx.load(str(out)).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.dims]
     assert sum(w.size for w in weights if w.dtype == np.int8) > 0.9 * graph_stats(out)["params"]
+    if mode == "static":  # (dynamic mode writes ConvInteger nodes, no weight DequantizeLinear)
+        (first,) = input_side(onnx.load(str(fp32_export)))[1]
+        fed_by = {o: n.op_type for n in graph.node for o in n.output}
+        convs = {n.name: fed_by.get(n.input[1], "initializer")
+                 for n in graph.node if n.op_type == "Conv"}  # fmt: skip
+        assert convs.pop(first) == ("initializer" if fp32_first_layer else "DequantizeLinear")
+        assert set(convs.values()) == {"DequantizeLinear"}  # every other conv: int8 weights
 
 
 def test_int4_weights_make_a_smaller_file_that_still_predicts(
@@ -82,7 +91,7 @@ def test_int4_weights_make_a_smaller_file_that_still_predicts(
     files = {}
     for weights in ("int8", "int4"):
         cfg = QuantizeParams(upstream="m", mode="static", weights=weights, per_channel=True,
-                             calibration_samples=256)  # fmt: skip
+                             calibration_samples=256, fp32_first_layer=False)  # fmt: skip
         files[weights] = tmp_path / f"{weights}.onnx"
         with caplog.at_level(logging.WARNING):
             quantize_onnx(fp32_export, files[weights], cfg, images)
@@ -112,14 +121,19 @@ def test_pixel_preprocessing_stays_fp32(
     small_fmnist: Data, fp32_export: Path, tmp_path: Path
 ) -> None:
     cfg = QuantizeParams(
-        upstream="m", mode="static", weights="int8", per_channel=True, calibration_samples=64
+        upstream="m",
+        mode="static",
+        weights="int8",
+        per_channel=True,
+        calibration_samples=64,
+        fp32_first_layer=False,
     )
     out = tmp_path / "int8.onnx"
     quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:64])
     graph = onnx.load(str(out)).graph
     assert graph.input[0].name == INPUT
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    pre = set(preprocessing_nodes(onnx.load(str(fp32_export))))
+    pre = set(input_side(onnx.load(str(fp32_export)))[0])
     assert {n.op_type for n in graph.node if n.name in pre} >= {"Cast", "Div", "Sub"}
     producers = {o: n.op_type for n in graph.node for o in n.output}
     for node in graph.node:
@@ -130,7 +144,12 @@ def test_pixel_preprocessing_stays_fp32(
 
 def test_static_needs_calibration_images(fp32_export: Path, tmp_path: Path) -> None:
     cfg = QuantizeParams(
-        upstream="m", mode="static", weights="int8", per_channel=True, calibration_samples=64
+        upstream="m",
+        mode="static",
+        weights="int8",
+        per_channel=True,
+        calibration_samples=64,
+        fp32_first_layer=False,
     )
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx(fp32_export, tmp_path / "int8.onnx", cfg, None)
@@ -140,7 +159,7 @@ def test_stage_writes_an_onnx_model_and_record(
     workspace: Workspace, stage_params: Callable
 ) -> None:
     cfg = QuantizeParams(upstream="teacher", mode="static", weights="int8", per_channel=True,
-                         calibration_samples=128)  # fmt: skip
+                         calibration_samples=128, fp32_first_layer=False)  # fmt: skip
     run(workspace.root, stage_params(quantize={"int8": cfg}), "int8")
     folder = workspace.model("int8")
     record = read_json(folder / "model.json")
@@ -161,14 +180,14 @@ def test_the_int4_scheme_with_the_higher_val_accuracy_is_chosen() -> None:
 
 def test_unknown_int4_scheme_is_refused(fp32_export: Path, tmp_path: Path) -> None:
     cfg = QuantizeParams(upstream="m", mode="static", weights="int4", per_channel=True,
-                         calibration_samples=64)  # fmt: skip
+                         calibration_samples=64, fp32_first_layer=False)  # fmt: skip
     with pytest.raises(ValueError, match="int4_scheme"):
         quantize_onnx(fp32_export, tmp_path / "int4.onnx", cfg, None, "symmetric")
 
 
 def int4_record(workspace: Workspace, stage_params: Callable, name: str, upstream: str) -> dict:
     cfg = QuantizeParams(upstream=upstream, mode="static", weights="int4", per_channel=True,
-                         calibration_samples=128)  # fmt: skip
+                         calibration_samples=128, fp32_first_layer=False)  # fmt: skip
     run(workspace.root, stage_params(quantize={name: cfg}), name)
     record = read_json(workspace.model(name) / "model.json")
     assert record["format"] == "onnx" and record["params"]["weights"] == "int4"
@@ -231,7 +250,7 @@ def test_stage_keeps_the_grid_an_upstream_was_trained_on(
     # the int4 weights are the model's own, so all it loses is the int8 activations' rounding,
     # which int8 weights pay as well (onnxruntime's int4 scheme agrees on ~0.78 of these images)
     int8 = QuantizeParams(upstream="teacher_qat", mode="static", weights="int8", per_channel=True,
-                          calibration_samples=128)  # fmt: skip
+                          calibration_samples=128, fp32_first_layer=False)  # fmt: skip
     run(workspace.root, stage_params(quantize={"teacher_qat_int8": int8}), "teacher_qat_int8")
     int8_record = read_json(workspace.model("teacher_qat_int8") / "model.json")
     assert record["val_agreement_fp32"] >= int8_record["val_agreement_fp32"] >= 0.95
