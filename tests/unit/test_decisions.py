@@ -26,8 +26,13 @@ LOOSE_GATES = {"min_accuracy": 0.3, "max_accuracy_drop": 0.3, "max_class_drop": 
 def params_for(registry: Path, tiny_fit: Any, policy: str) -> Params:
     """The project's params with a three-candidate graph built from the tiny teacher."""
     base = load_params(PROJECT)
-    int8 = {"mode": "static", "weights": "int8", "per_channel": True, "calibration_samples": 64,
-            "fp32_first_layer": False}
+    int8 = {
+        "mode": "static",
+        "weights": "int8",
+        "per_channel": True,
+        "calibration_samples": 64,
+        "fp32_first_layer": False,
+    }
     pruned = PruneParams(
         upstream="teacher", kind="structured", sparsity=0.5, steps=1, importance="l1",
         round_to=None, distill_alpha=0.0, temperature=4.0, qat=None,
