@@ -33,6 +33,8 @@ from tasks.quantize import run
 
 Data = dict[str, Split]
 MIN_AGREEMENT = 0.98  # share of test images on which int8 and fp32 predict the same class
+STATIC_INT8 = QuantizeParams(upstream="m", mode="static", weights="int8", per_channel=True,
+                             calibration_samples=64, fp32_first_layer=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +122,8 @@ def test_int4_weights_make_a_smaller_file_that_still_predicts(
 def test_pixel_preprocessing_stays_fp32(
     small_fmnist: Data, fp32_export: Path, tmp_path: Path
 ) -> None:
-    cfg = QuantizeParams(
-        upstream="m",
-        mode="static",
-        weights="int8",
-        per_channel=True,
-        calibration_samples=64,
-        fp32_first_layer=False,
-    )
     out = tmp_path / "int8.onnx"
-    quantize_onnx(fp32_export, out, cfg, small_fmnist["train"].images[:64])
+    quantize_onnx(fp32_export, out, STATIC_INT8, small_fmnist["train"].images[:64])
     graph = onnx.load(str(out)).graph
     assert graph.input[0].name == INPUT
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -143,16 +137,8 @@ def test_pixel_preprocessing_stays_fp32(
 
 
 def test_static_needs_calibration_images(fp32_export: Path, tmp_path: Path) -> None:
-    cfg = QuantizeParams(
-        upstream="m",
-        mode="static",
-        weights="int8",
-        per_channel=True,
-        calibration_samples=64,
-        fp32_first_layer=False,
-    )
     with pytest.raises(ValueError, match="calibration"):
-        quantize_onnx(fp32_export, tmp_path / "int8.onnx", cfg, None)
+        quantize_onnx(fp32_export, tmp_path / "int8.onnx", STATIC_INT8, None)
 
 
 def test_stage_writes_an_onnx_model_and_record(
