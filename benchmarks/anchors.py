@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from squeeze.models import weight_layers
+from squeeze.nets.models import weight_layers
 
 
 def random_mask(model: nn.Module, share: float, seed: int) -> nn.Module:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from squeeze.params import Params
+from squeeze.config.params import Params
 
 CHOOSE = "val"  # the split every choice reads
 REPORT = "test"  # the split the report shows for what was chosen

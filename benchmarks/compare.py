@@ -9,7 +9,8 @@ One process, one thread setting, the same validation and test images for every r
 evaluate exported, the anchors built from the teacher (benchmarks/anchors.py) and the peers a
 user would pick instead, built here on the same teacher and data (benchmarks/peers.py). Every
 choice reads validation (benchmarks/choose.py); differences are paired comparisons on the same
-images (squeeze.stats). With --noop it also times a second `dvc repro` and a second `squeeze run`
+images (squeeze.measure.stats). With --noop it also times a second `dvc repro` and a second
+`squeeze run`
 (nothing changed, so nothing should run). Writes RESULTS.md and results.json from the same
 results (benchmarks/report.py), and with --readme the body of README's Figures section.
 """
@@ -33,15 +34,19 @@ from torch import nn
 
 from benchmarks import choose, peers, report
 from benchmarks.anchors import anchors
-from squeeze.data import Split, load_split, read_spec
-from squeeze.dvcyaml import stages_ran
-from squeeze.evaluate import export_onnx, latencies, measure_logits, predicted_classes
-from squeeze.models import load_checkpoint
-from squeeze.params import EvaluateParams, Params, load_params
-from squeeze.stats import compare, paired_table
-from squeeze.train import predict
-from squeeze.workspace import Workspace, read_json, write_json
-from tasks.quantize import calibration_images, fp32_source
+from squeeze.config.dvcyaml import stages_ran
+from squeeze.config.files import load_params
+from squeeze.config.params import Params
+from squeeze.config.sections import EvaluateParams
+from squeeze.config.workspace import Workspace, read_json, write_json
+from squeeze.data.spec import Split, read_spec
+from squeeze.data.splits import load_split
+from squeeze.measure.export import export_onnx
+from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
+from squeeze.measure.stats import compare, paired_table
+from squeeze.methods.train import predict
+from squeeze.nets.models import load_checkpoint
+from stages.quantize import calibration_images, fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
 DEFAULT = "default"  # the profile name of params.yaml as committed
@@ -74,7 +79,7 @@ class Bench:
 
     def time_all(self) -> None:
         """Every row's batch-1 latency, all files timed together in interleaved rounds
-        (squeeze.evaluate.latencies), once every row is built."""
+        (squeeze.measure.runtime.latencies), once every row is built."""
         timed = latencies(self.paths, self.splits["val"].images[0], self.cfg)
         for row in self.rows:
             row |= timed[row["name"]]
@@ -163,7 +168,7 @@ def quantization_peers(bench: Bench, ws: Workspace, params: Params, name: str, t
 
 
 def paired(bench: Bench, method: str, a: str, b: str, split: str) -> dict[str, Any]:
-    """Model a against model b on the same images of split (squeeze.stats.compare); method
+    """Model a against model b on the same images of split (squeeze.measure.stats.compare); method
     names what the pair shows."""
     labels = bench.splits[split].labels
     table = paired_table(bench.predictions[a][split] == labels,

@@ -4,8 +4,8 @@ Three peers, each the stock tool for the job with its default settings:
 
 - `torch_pruned`: PyTorch's own `torch.nn.utils.prune.global_unstructured` (L1) over the same
   conv/linear weights, in one shot, at the sparsity squeeze's unstructured candidate reached,
-  then fine-tuned with that candidate's own fit params and the plain loss of squeeze.train.fit
-  (no distillation, no gradual schedule, no quantization-aware grid).
+  then fine-tuned with that candidate's own fit params and the plain loss of
+  squeeze.methods.train.fit (no distillation, no gradual schedule, no quantization-aware grid).
 - `ort_dynamic`: onnxruntime's `quantize_dynamic` with every argument at its default (int8
   weights per tensor, activations quantized at run time, no calibration, no pre-processing).
 - `nncf_quantized`: OpenVINO NNCF's post-training quantization of the ONNX model
@@ -27,11 +27,11 @@ from onnxruntime.quantization import quantize_dynamic
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from squeeze.data import Split
-from squeeze.evaluate import INPUT
-from squeeze.models import weight_layers
-from squeeze.params import FitParams
-from squeeze.train import fit
+from squeeze.config.sections import FitParams
+from squeeze.data.spec import Split
+from squeeze.measure.export import INPUT
+from squeeze.methods.train import fit
+from squeeze.nets.models import weight_layers
 
 
 def torch_pruned(

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from squeeze.data import read_spec
-from squeeze.evaluate import export_onnx, graph_stats, latencies
-from squeeze.models import build_model
-from squeeze.params import EvaluateParams
+from squeeze.config.sections import EvaluateParams
+from squeeze.data.spec import read_spec
+from squeeze.measure.export import export_onnx, graph_stats
+from squeeze.measure.runtime import latencies
+from squeeze.nets.models import build_model
 
 
 def measure(

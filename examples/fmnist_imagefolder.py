@@ -22,7 +22,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from squeeze.data import SYSTEM_DIR, read_split, stratified_indices
+from squeeze.data.idx import read_split
+from squeeze.data.sources import SYSTEM_DIR
+from squeeze.data.splits import stratified_indices
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.logging.loggers import flow_run_logger
 from prefect.utilities.urls import url_for
 
-from squeeze.dvcyaml import parse_stage
+from squeeze.config.dvcyaml import parse_stage
 
 WEBHOOK_ENV = "SQUEEZE_ALERT_WEBHOOK"
 WEBHOOK_TIMEOUT_S = 10.0

@@ -38,11 +38,11 @@ from prefect import get_run_logger, task
 
 from flows.dvcstate import is_stale, open_repo, write_lock_entry
 from flows.remote import pull, push
-from squeeze.factory import PYPROJECT, allowed_modules, workspace_packages
+from squeeze.config.allowlist import PYPROJECT, allowed_modules, workspace_packages
 
 TAIL_LINES = 40  # of a failed stage's output, in the error
-# What a stage's `python -m tasks.<stage>` imports: shipped whole, not only the files dvc.yaml
-# lists as deps. A worker whose scratch checkout had tasks/distill.py but no tasks/__init__.py
+# What a stage's `python -m stages.<stage>` imports: shipped whole, not only the files dvc.yaml
+# lists as deps. A worker whose scratch checkout had stages/distill.py but no stages/__init__.py
 # would import the installed package's copy instead, and run other code than the workspace's.
 CODE = ("squeeze", "tasks")
 DVC_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore")

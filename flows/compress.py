@@ -1,4 +1,4 @@
-"""The Prefect flow `retrain_and_compress`: every stage of dvc.yaml, through the same tasks/ code.
+"""The Prefect flow `retrain_and_compress`: every stage of dvc.yaml, through the same stages/ code.
 
 A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
 run leaves `dvc status` clean (but for the always-changed `source` stamp) and a `dvc repro`
@@ -25,16 +25,18 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.alerts import alert
 from flows.builds import Built, adopt, build_here, build_remote, bundle, run_process
-from flows.builds import StageFailed as StageFailed  # squeeze.cli catches it from here
+from flows.builds import StageFailed as StageFailed  # squeeze.cli.main catches it from here
 from flows.dvcstate import command, is_stale, record, stale_stages
 from flows.remote import default_remote, push_remote, shared_remote
-from squeeze.dvcyaml import dvc_stage, parse_stage, sync
-from squeeze.factory import check_class_paths
-from squeeze.params import FlowParams, Params, load_params, write_params
-from squeeze.workspace import Workspace, read_json
+from squeeze.config.allowlist import check_class_paths
+from squeeze.config.dvcyaml import dvc_stage, parse_stage, sync
+from squeeze.config.files import load_params, write_params
+from squeeze.config.params import Params
+from squeeze.config.sections import FlowParams
+from squeeze.config.workspace import Workspace, read_json
 
 # Stages that build a model, and how long one build may take (seconds). Each runs as a child
-# process with exactly the command dvc.yaml gives it (`python -m tasks.prune NAME`, cwd the
+# process with exactly the command dvc.yaml gives it (`python -m stages.prune NAME`, cwd the
 # workspace, this interpreter), so the flow and `dvc repro` run the same code path by
 # construction. In threads of one process, concurrent builds shared torch's global RNG (weight
 # init, dropout: seeding at stage start cannot protect a build from its neighbour re-seeding or
@@ -42,7 +44,7 @@ from squeeze.workspace import Workspace, read_json
 # prune@teacher_ch50 on 1 vs 2 threads: different weights). A torch.Generator per build cannot
 # cover dropout (F.dropout takes none) nor a user's own module's init, and the thread count stays
 # shared, so process isolation it is. Its cost on 2 cores (smoke profile, a warm in-process call
-# vs `python -m tasks.<stage> NAME`, medians of 3): 2.1 s more per build for quantize, 2.8-2.9 s
+# vs `python -m stages.<stage> NAME`, medians of 3): 2.1 s more per build for quantize, 2.8-2.9 s
 # for prune, distill and merge, 1.5 s of it importing torch; 13 candidates on 2 workers add
 # ~20 s to a smoke run, under 2% of a default one, whose builds take minutes.
 MODEL_STAGES: dict[str, int] = {
@@ -50,7 +52,7 @@ MODEL_STAGES: dict[str, int] = {
     "quantize": 3600,
 }  # fmt: skip
 # Stages that publish artifacts or retry I/O run inside the flow (the Prefect run context): the
-# function named like the stage in tasks/<stage>.py, imported when the stage runs. A Dask worker
+# function named like the stage in stages/<stage>.py, imported when the stage runs. A Dask worker
 # imports this module to restore a run's context and needs none of their libraries (torch, Great
 # Expectations): importing them took it seconds.
 IN_PROCESS = ("source", "ingest", "evaluate", "gate", "promote")
@@ -103,7 +105,7 @@ def build(dvc_stage: str, root: Path, params: Params, known: frozenset[str] | No
         return False
     stage, _ = parse_stage(dvc_stage)
     if stage in IN_PROCESS:
-        getattr(importlib.import_module(f"tasks.{stage}"), stage)(root, params)
+        getattr(importlib.import_module(f"stages.{stage}"), stage)(root, params)
     else:
         run_process(dvc_stage, command(root, dvc_stage), root, MODEL_STAGES[stage])
     record(root, dvc_stage)

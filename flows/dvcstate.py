@@ -17,7 +17,7 @@ from typing import Any
 
 from dvc.repo import Repo
 
-from squeeze.workspace import Workspace
+from squeeze.config.workspace import Workspace
 
 # DVC resolves stage names and its run-cache against the cwd, so its calls run inside the repo;
 # the lock keeps concurrent flow threads from interleaving those cwd switches. Everything else
@@ -67,7 +67,7 @@ def stale_stages(root: Path) -> frozenset[str]:
 
 
 def command(root: Path, stage: str) -> str:
-    """The stage's `cmd` in dvc.yaml, interpolated (`python -m tasks.distill kd_small`)."""
+    """The stage's `cmd` in dvc.yaml, interpolated (`python -m stages.distill kd_small`)."""
     with open_repo(root) as repo:
         (found,) = repo.stage.collect(stage)
         return found.cmd

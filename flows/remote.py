@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.dvcstate import open_repo
-from tasks.retrying import io_task
+from stages.retrying import io_task
 
 
 class RemoteError(RuntimeError):

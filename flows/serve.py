@@ -29,7 +29,9 @@ from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import ValidationError
 
 from flows.compress import retrain_and_compress
-from squeeze.params import PARAMS_FILE, Params, ParamsError, load_params
+from squeeze.config.errors import ParamsError
+from squeeze.config.files import PARAMS_FILE, load_params
+from squeeze.config.params import Params
 
 SCHEDULED = "scheduled"
 MANUAL = "manual"

@@ -3,7 +3,7 @@
 # image's pipeline, then run the command (the Prefect worker by default).
 #
 # First start (an empty volume): git init, dvc init, params.yaml from the image. Every start:
-# the code (squeeze/, tasks/, flows/, dvc.yaml, profiles/) is refreshed from the image and
+# the code (squeeze/, stages/, flows/, dvc.yaml, profiles/) is refreshed from the image and
 # committed, so runs record which code made them; params.yaml and the outputs are kept.
 # With SQUEEZE_S3_ENDPOINT and SQUEEZE_BUCKET set (docker-compose sets them to MinIO), the DVC
 # remote and the model registry go to s3://$SQUEEZE_BUCKET/{dvc,registry} on that endpoint.
@@ -20,7 +20,7 @@ if [ ! -d .git ]; then
     git config user.email "squeeze@localhost"
     git config user.name "squeeze worker"
 fi
-for path in squeeze tasks flows profiles; do
+for path in squeeze stages flows profiles; do
     rm -rf "$path"
     cp -r "$src/$path" "$path"
 done

@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from squeeze.data import SYSTEM_DIR, Split, read_split, stratified_indices, subset
+from squeeze.data.idx import read_split
+from squeeze.data.sources import SYSTEM_DIR
+from squeeze.data.spec import Split
+from squeeze.data.splits import stratified_indices, subset
 
 PROJECT = Path(__file__).resolve().parents[1]
 # what a workspace needs to run the pipeline (no data, no outputs)
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles", "squeeze", "tasks", "flows", "examples",
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles", "squeeze", "stages", "flows", "examples",
                  "pyproject.toml", ".dvcignore", ".gitignore")  # fmt: skip
 
 

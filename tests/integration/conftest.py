@@ -28,7 +28,7 @@ from moto.moto_server.werkzeug_app import (
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
-from squeeze.storage import S3Store
+from squeeze.registry.store import S3Store
 
 BUCKET = "squeeze-test"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from squeeze.params import load_params
+from squeeze.config.files import load_params
 from tests.integration.test_deployments import (  # noqa: F401 - api is a fixture
     FLOW,
     api,

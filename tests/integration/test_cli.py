@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from squeeze import cli
+from squeeze.cli import main as cli
 from tests.conftest import run
 
 
@@ -37,7 +37,7 @@ def test_invalid_params_exit_2_naming_the_key(
 HOLD_LOCK = """
 import fcntl, sys, time
 from pathlib import Path
-from squeeze.workspace import Workspace
+from squeeze.config.workspace import Workspace
 path = Workspace(Path(sys.argv[1])).state("flow.lock")
 path.parent.mkdir(parents=True, exist_ok=True)
 handle = path.open("w")

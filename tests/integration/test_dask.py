@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 
 from flows.compress import retrain_and_compress
-from squeeze.dvcyaml import dvc_stage, parse_stage
-from squeeze.params import COMPRESSION_STAGES, Params, load_params, merge, validate, write_params
-from squeeze.workspace import Workspace, read_json
+from squeeze.config.dvcyaml import dvc_stage, parse_stage
+from squeeze.config.files import load_params, merge, write_params
+from squeeze.config.params import COMPRESSION_STAGES, Params, validate
+from squeeze.config.workspace import Workspace, read_json
 from tests.conftest import dvc_up_to_date, run
 from tests.integration.conftest import S3Endpoint
 from tests.integration.test_reproducible import accuracies, digests

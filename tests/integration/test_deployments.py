@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from squeeze.params import COMPRESSION_STAGES, Params, load_params, merge, validate
-from squeeze.workspace import Workspace, read_json
+from squeeze.config.files import load_params, merge
+from squeeze.config.params import COMPRESSION_STAGES, Params, validate
+from squeeze.config.workspace import Workspace, read_json
 from tests.conftest import PROJECT, dvc_up_to_date, run
 from tests.integration.conftest import artifacts_of
 
@@ -506,7 +507,7 @@ def test_failed_run_alerts_with_the_stage_and_the_run_url(
 ) -> None:
     from flows.alerts import alert
     from flows.compress import retrain_and_compress
-    from squeeze.data import DataError
+    from squeeze.data.spec import DataError
 
     missing = workspace.parent / "no-such-folder"
     params = validate(

@@ -15,10 +15,10 @@ import yaml
 from prefect import flow
 
 from flows.compress import build
-from squeeze.data import read_split
-from squeeze.params import load_params
-from squeeze.workspace import Workspace, read_json
-from tasks import ingest as ingest_stage
+from squeeze.config.files import load_params
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.data.idx import read_split
+from stages import ingest as ingest_stage
 from tests.conftest import dvc_up_to_date, run
 
 pytestmark = pytest.mark.slow

@@ -17,11 +17,13 @@ from PIL import Image
 from safetensors.numpy import load
 
 from examples.fmnist_imagefolder import folder_names, write_imagefolder
-from squeeze.data import DataError, load_split, read_spec
-from squeeze.dvcyaml import stages_ran
-from squeeze.params import Params, load_params
-from squeeze.workspace import Workspace, read_json
-from tasks import ingest as ingest_stage
+from squeeze.config.dvcyaml import stages_ran
+from squeeze.config.files import load_params
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.data.spec import DataError, read_spec
+from squeeze.data.splits import load_split
+from stages import ingest as ingest_stage
 from tests.conftest import run
 from tests.integration.conftest import S3Endpoint
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from squeeze.data import raw_names, read_split
-from squeeze.dvcyaml import stages_ran
-from squeeze.params import Params, load_params
-from squeeze.workspace import Workspace, read_json
-from tasks.ingest import ingest
+from squeeze.config.dvcyaml import stages_ran
+from squeeze.config.files import load_params
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.data.idx import raw_names, read_split
+from stages.ingest import ingest
 from tests.conftest import run
 from tests.integration.conftest import S3Endpoint
 

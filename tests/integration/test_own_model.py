@@ -25,7 +25,7 @@ from PIL import Image
 
 from examples.fmnist_imagefolder import write_imagefolder
 from flows.compress import retrain_and_compress
-from squeeze.workspace import Workspace, read_json
+from squeeze.config.workspace import Workspace, read_json
 from tests.conftest import dvc_up_to_date, run
 from tests.integration.test_reproducible import accuracies, digests
 

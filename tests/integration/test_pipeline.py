@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from flows.compress import retrain_and_compress
-from squeeze import cli
-from squeeze.dvcyaml import stages_ran as ran_stages
-from squeeze.params import load_params
-from squeeze.workspace import Workspace, read_json
+from squeeze.cli import main as cli
+from squeeze.config.dvcyaml import stages_ran as ran_stages
+from squeeze.config.files import load_params
+from squeeze.config.workspace import Workspace, read_json
 from tests.conftest import dvc_up_to_date, run
 from tests.integration.conftest import artifacts_of
 

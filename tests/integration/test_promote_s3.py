@@ -25,17 +25,21 @@ import pytest
 import torch
 import yaml
 
-from squeeze import cli
-from squeeze.data import DataSpec, Split, read_split, save_split
-from squeeze.evaluate import export_onnx, latencies, measure_logits
-from squeeze.models import build_model
-from squeeze.params import Params, load_params, read_yaml
-from squeeze.registry import Registry, RegistryError
-from squeeze.stats import paired_table
-from squeeze.storage import StoreError
-from squeeze.workspace import Workspace, read_json, write_json
-from tasks import gate as gate_stage
-from tasks import promote as promote_stage
+from squeeze.cli import main as cli
+from squeeze.config.files import load_params, read_yaml
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, read_json, write_json
+from squeeze.data.idx import read_split
+from squeeze.data.spec import DataSpec, Split
+from squeeze.data.splits import save_split
+from squeeze.measure.export import export_onnx
+from squeeze.measure.runtime import latencies, measure_logits
+from squeeze.measure.stats import paired_table
+from squeeze.nets.models import build_model
+from squeeze.registry.registry import Registry, RegistryError
+from squeeze.registry.store import StoreError
+from stages import gate as gate_stage
+from stages import promote as promote_stage
 from tests.integration.conftest import S3Endpoint, StopBeforePointerMove, artifacts_of
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -412,7 +416,7 @@ assert logits.shape == (len(images), len(card["classes"]))
 print(json.dumps({
     "accuracy": round(float((logits.argmax(1) == labels).mean()), 5),
     "card_accuracy": card["metrics"]["test_accuracy"],
-    "squeeze_imported": any(m.split(".")[0] in ("squeeze", "tasks") for m in sys.modules),
+    "squeeze_imported": any(m.split(".")[0] in ("squeeze", "stages") for m in sys.modules),
 }))
 """
 
@@ -516,7 +520,7 @@ def test_cli_refused_credentials_never_show_the_secret(
 def test_an_unavailable_store_alone_is_retried() -> None:
     from prefect.states import Failed
 
-    from squeeze.storage import NotFound, Unavailable
+    from squeeze.registry.store import NotFound, Unavailable
 
     retry = promote_stage.promote.retry_condition_fn
     assert retry(None, None, Failed(data=Unavailable("endpoint down")))

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from squeeze.ops import pull
-from squeeze.registry import Damaged, Registry, RegistryError
-from squeeze.storage import NotFound, S3Store, Store, StoreError, open_store
+from squeeze.cli.ops import pull
+from squeeze.registry.registry import Damaged, Registry, RegistryError
+from squeeze.registry.store import NotFound, S3Store, Store, StoreError, open_store
 from tests.integration.conftest import S3Endpoint, StopBeforePointerMove
 
 FAMILY = "fmnist"
@@ -182,7 +182,7 @@ def test_publish_retried_after_the_endpoint_dies_leaves_one_version(
 def test_pull_writes_beside_the_users_files(
     s3_endpoint: S3Endpoint, s3_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from squeeze.package import pack
+    from squeeze.registry.package import pack
 
     registry = Registry(s3_endpoint.store(s3_prefix), FAMILY)
     registry.promote(registry.publish({"model.onnx.xz": pack(b"onnx a")}, {"name": "a"}, {}))

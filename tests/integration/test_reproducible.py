@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from flows.compress import retrain_and_compress
-from squeeze.dvcyaml import stages_ran
-from squeeze.params import load_params, merge, validate
-from squeeze.workspace import Workspace, read_json
+from squeeze.config.dvcyaml import stages_ran
+from squeeze.config.files import load_params, merge
+from squeeze.config.params import validate
+from squeeze.config.workspace import Workspace, read_json
 from tests.conftest import dvc_up_to_date, run
 
 pytestmark = pytest.mark.slow

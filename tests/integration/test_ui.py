@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from squeeze.params import COMPRESSION_STAGES, Params, load_params
+from squeeze.config.files import load_params
+from squeeze.config.params import COMPRESSION_STAGES, Params
 from tests.conftest import PROJECT
 from tests.integration.test_deployments import serving, wait_for_deployments
 

@@ -16,11 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from squeeze.data import DataSpec, Split, read_split, save_split, stratified_indices, subset
-from squeeze.models import build_model, save_checkpoint
-from squeeze.params import FitParams, Params, load_params
-from squeeze.train import accuracy, fit, predict
-from squeeze.workspace import Workspace, write_json
+from squeeze.config.files import load_params
+from squeeze.config.params import Params
+from squeeze.config.sections import FitParams
+from squeeze.config.workspace import Workspace, write_json
+from squeeze.data.idx import read_split
+from squeeze.data.spec import DataSpec, Split
+from squeeze.data.splits import save_split, stratified_indices, subset
+from squeeze.methods.train import accuracy, fit, predict
+from squeeze.nets.models import build_model, save_checkpoint
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = 300, 100, 100
 

@@ -20,11 +20,12 @@ from torch import nn
 
 from benchmarks import choose, report
 from benchmarks.peers import nncf_quantized, ort_dynamic, torch_pruned
-from squeeze.data import Split
-from squeeze.evaluate import INPUT, export_onnx, session
-from squeeze.models import weight_layers
-from squeeze.params import PruneParams, QuantizeParams
-from squeeze.train import accuracy, predict
+from squeeze.config.sections import PruneParams, QuantizeParams
+from squeeze.data.spec import Split
+from squeeze.measure.export import INPUT, export_onnx
+from squeeze.measure.runtime import session
+from squeeze.methods.train import accuracy, predict
+from squeeze.nets.models import weight_layers
 
 Data = dict[str, Split]
 MIN_AGREEMENT = 0.9  # share of validation images on which a quantized peer predicts like fp32
@@ -97,7 +98,7 @@ def row(name: str, val: float, test: float, shipped_bytes: int = 1000, p50: floa
 
 def params_with(prune: dict[str, str], quantize: dict[str, tuple[str, str]], fit) -> Any:
     """Params holding prune candidates of the given kinds and quantize ones of (mode, weights)."""
-    from squeeze.params import Params
+    from squeeze.config.params import Params
 
     prune_cfg = {
         n: PruneParams(upstream="teacher", kind=kind, sparsity=0.5, steps=1, importance="l1",

@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 
 from benchmarks import compare, report
-from squeeze.params import (
+from squeeze.config.params import Params
+from squeeze.config.sections import (
     ConvNetArch,
     DistillParams,
     EvaluateParams,
     IngredientParams,
     MergeParams,
-    Params,
     PruneParams,
     QuantizeParams,
 )
-from squeeze.workspace import Workspace, read_json, write_json
-from tasks import evaluate, merge, prune, quantize
+from squeeze.config.workspace import Workspace, read_json, write_json
+from stages import evaluate, merge, prune, quantize
 
 CALIBRATION = 64
 

@@ -9,10 +9,17 @@ from typing import Any
 
 import pytest
 
-from squeeze.card import build_card, contract, git_revision, summary_markdown, upstream_chain
-from squeeze.data import DataSpec
-from squeeze.params import Params, load_params, read_yaml, validate
-from squeeze.workspace import Workspace, write_json
+from squeeze.config.files import load_params, read_yaml
+from squeeze.config.params import Params, validate
+from squeeze.config.workspace import Workspace, write_json
+from squeeze.data.spec import DataSpec
+from squeeze.registry.card import (
+    build_card,
+    contract,
+    git_revision,
+    summary_markdown,
+    upstream_chain,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 # the workspace's data profile: nothing like Fashion-MNIST, so every figure of the card's

@@ -15,25 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from squeeze import data
-from squeeze.data import (
-    IDX_FILES,
-    DataError,
-    FetchError,
-    Source,
-    Split,
-    class_names,
-    fingerprint,
-    hold_out,
-    read_idx,
-    read_split,
-    stratified_indices,
-    subset,
-    train_test,
-    write_raw,
-)
-from squeeze.imagefolder import conform, to_pixels
-from squeeze.params import IngestParams, load_params
+from squeeze.config.files import load_params
+from squeeze.config.sections import IngestParams
+from squeeze.data import memory, sources
+from squeeze.data.idx import IDX_FILES, read_idx, read_split, write_raw
+from squeeze.data.imagefolder import conform, to_pixels
+from squeeze.data.sources import fingerprint
+from squeeze.data.spec import DataError, FetchError, Source, Split
+from squeeze.data.splits import class_names, hold_out, stratified_indices, subset, train_test
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +36,7 @@ def idx_params(source: str | Path, **changes: object) -> IngestParams:
 
 
 def read_source(source: str | Path, scratch: Path, **changes: object) -> Source:
-    return data.read_source(idx_params(source, **changes), scratch)
+    return sources.read_source(idx_params(source, **changes), scratch)
 
 
 @pytest.fixture
@@ -255,18 +244,18 @@ def test_read_source_converts_idx_to_the_configured_images(
 def test_a_dataset_too_large_for_memory_fails_before_decoding(
     fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "memory_limit", lambda: 2**30)
+    monkeypatch.setattr(memory, "memory_limit", lambda: 2**30)
     # 70,000 images of 224x224x3 would need ~39 GiB: refused, saying how much per image
     with pytest.raises(DataError, match=r"70000 images of 224x224x3 need about 39\.3 GiB") as err:
         read_source(fmnist_dir, tmp_path / "scratch", channels=3, image_size=[224, 224])
-    per_image = data.bytes_per_image(224, 224, 3)
+    per_image = memory.bytes_per_image(224, 224, 3)
     assert f"~{per_image} bytes per image" in str(err.value) and "1.0 GiB" in str(err.value)
-    assert per_image == 224 * 224 * 3 * data.COPIES_IN_MEMORY + data.PER_IMAGE_OVERHEAD
+    assert per_image == 224 * 224 * 3 * memory.COPIES_IN_MEMORY + memory.PER_IMAGE_OVERHEAD
 
 
 def test_the_memory_limit_is_half_of_this_machine() -> None:
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert 0 < data.memory_limit() <= physical // 2
+    assert 0 < memory.memory_limit() <= physical // 2
 
 
 def idx_source(*splits: Split) -> Source:

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from squeeze import data_suite
-from squeeze.data import Split, read_split, subset
+from squeeze.config.files import load_params
+from squeeze.config.sections import IngestParams
+from squeeze.data import checks as data_suite
+from squeeze.data.idx import read_split
+from squeeze.data.spec import Split
+from squeeze.data.splits import subset
 from squeeze.expectations import SuiteResult, validate
-from squeeze.params import IngestParams, load_params
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = tuple(f"class {k}" for k in range(10))

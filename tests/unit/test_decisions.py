@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from torch import nn
 
-from squeeze.data import DataSpec, Split, save_split
-from squeeze.models import save_checkpoint
-from squeeze.params import Params, PruneParams, QuantizeParams, load_params
-from squeeze.workspace import Workspace, read_json, write_json
-from tasks import evaluate, gate, promote, prune, quantize
+from squeeze.config.files import load_params
+from squeeze.config.params import Params
+from squeeze.config.sections import PruneParams, QuantizeParams
+from squeeze.config.workspace import Workspace, read_json, write_json
+from squeeze.data.spec import DataSpec, Split
+from squeeze.data.splits import save_split
+from squeeze.nets.models import save_checkpoint
+from stages import evaluate, gate, promote, prune, quantize
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOOSE_GATES = {"min_accuracy": 0.3, "max_accuracy_drop": 0.3, "max_class_drop": 0.6,
@@ -93,7 +96,7 @@ def decisions(root: Path, params: Params) -> dict[str, Any]:
 
 
 def permute_test_labels(root: Path) -> None:
-    from squeeze.data import load_split
+    from squeeze.data.splits import load_split
 
     path = Workspace(root).split("test")
     test = load_split(path)

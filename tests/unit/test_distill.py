@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from squeeze.data import DataSpec, Split, subset
-from squeeze.distill import WithProjection, distillation_loss, train_student
-from squeeze.merge import Ensemble
-from squeeze.models import Classifier, build_model, load_checkpoint
-from squeeze.params import ConvNetArch, DistillParams
-from squeeze.train import fit
-from squeeze.workspace import Workspace
-from tasks.distill import run
+from squeeze.config.sections import ConvNetArch, DistillParams
+from squeeze.config.workspace import Workspace
+from squeeze.data.spec import DataSpec, Split
+from squeeze.data.splits import subset
+from squeeze.methods.distill import WithProjection, distillation_loss, train_student
+from squeeze.methods.merge import Ensemble
+from squeeze.methods.train import fit
+from squeeze.nets.models import Classifier, build_model, load_checkpoint
+from stages.distill import run
 
 
 class FixedLogits(nn.Module):

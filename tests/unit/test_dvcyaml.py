@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from squeeze.dvcyaml import (
+from squeeze.config.dvcyaml import (
     check_synced,
     dvc_stage,
     merge_stages,
@@ -21,7 +21,9 @@ from squeeze.dvcyaml import (
     stale_merge_stages,
     sync,
 )
-from squeeze.params import ParamsError, apply_profile, load_params, merge, validate
+from squeeze.config.errors import ParamsError
+from squeeze.config.files import apply_profile, load_params, merge
+from squeeze.config.params import validate
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +86,7 @@ def test_sync_rewrites_the_merge_stages_and_keeps_the_rest(project: Path) -> Non
     assert {k: v for k, v in after.items() if not k.startswith("merge-")} == {
         k: v for k, v in before.items() if not k.startswith("merge-")
     }
-    assert text.startswith("# One stage per tasks/<stage>.py")  # comments survive
+    assert text.startswith("# One stage per stages/<stage>.py")  # comments survive
     check_synced(project, params)
     assert sync(project, params) is False  # nothing to do twice
 
@@ -92,7 +94,7 @@ def test_sync_rewrites_the_merge_stages_and_keeps_the_rest(project: Path) -> Non
 def test_a_stage_run_by_dvc_refuses_a_stale_dvc_yaml(project: Path) -> None:
     with_trio(project)
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.merge", "trio"],
+        [sys.executable, "-m", "stages.merge", "trio"],
         cwd=project,
         capture_output=True,
         text=True,

@@ -9,20 +9,13 @@ import onnx
 import pytest
 import torch
 
-from squeeze import evaluate
-from squeeze.data import DataSpec, Split
-from squeeze.evaluate import (
-    INPUT,
-    OUTPUT,
-    export_onnx,
-    graph_stats,
-    latencies,
-    measure_logits,
-    session,
-)
-from squeeze.models import build_model, load_checkpoint, save_checkpoint
-from squeeze.params import EvaluateParams
-from squeeze.train import predict
+from squeeze.config.sections import EvaluateParams
+from squeeze.data.spec import DataSpec, Split
+from squeeze.measure import runtime
+from squeeze.measure.export import INPUT, OUTPUT, export_onnx, graph_stats
+from squeeze.measure.runtime import latencies, measure_logits, session
+from squeeze.methods.train import predict
+from squeeze.nets.models import build_model, load_checkpoint, save_checkpoint
 
 ARCH = {"name": "convnet", "channels": [8, 16], "convs_per_stage": 1, "dropout": 0.0,
         "batchnorm": True}  # fmt: skip
@@ -86,7 +79,7 @@ def test_latencies_interleave_the_models_round_by_round(
             return self.sess.run(*args)
 
     opened = iter(["a", "b"])
-    monkeypatch.setattr(evaluate, "session", lambda p, t: Logged(next(opened), session(p, t)))
+    monkeypatch.setattr(runtime, "session", lambda p, t: Logged(next(opened), session(p, t)))
     cfg = EvaluateParams(threads=1, warmup=2, runs=10, rounds=3, throughput_batch=64)
     sample = np.zeros((28, 28, 1), np.uint8)
     timed = latencies({"a": path, "b": path}, sample, cfg)

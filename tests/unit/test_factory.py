@@ -21,19 +21,19 @@ from torch import nn
 from flows import builds
 from flows.builds import build_remote, bundle
 from flows.remote import shared_remote
-from squeeze.errors import StageRefused
-from squeeze.factory import (
+from squeeze.config.allowlist import (
     ENV_VAR,
-    ClassPathError,
     ClassPathRefused,
     allowed_modules,
-    build_net,
     check_class_paths,
-    check_output,
     class_paths,
     is_allowed,
 )
-from squeeze.params import Params, ParamsError, load_params, validate
+from squeeze.config.errors import ParamsError
+from squeeze.config.files import load_params
+from squeeze.config.params import Params, validate
+from squeeze.errors import StageRefused
+from squeeze.nets.factory import ClassPathError, build_net, check_output
 from tests.conftest import PROJECT, run
 
 # A user's own network module: a class, an annotated factory function, and the wrong kinds.
@@ -362,14 +362,14 @@ def test_the_check_keeps_the_training_mode_and_the_global_rng(workspace: Path) -
     assert int(net[1].num_batches_tracked) == 0  # eval mode: BatchNorm statistics untouched
 
 
-# ---------------------------------------------------------------- through squeeze.models
+# ---------------------------------------------------------------- through squeeze.nets.models
 
 
 def test_a_stage_builds_a_users_network_behind_the_raw_pixel_contract_or_refuses_it(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from squeeze.data import DataSpec
-    from squeeze.models import build_model
+    from squeeze.data.spec import DataSpec
+    from squeeze.nets.models import build_model
 
     name = package(workspace, {"nets.py": NETS, "broken.py": "import no_such_dependency_xyz\n"})
     pyproject(workspace, f'[tool.squeeze]\nallowed_modules = ["{name}"]\n')
@@ -401,7 +401,7 @@ PIPELINE = {
     "pyproject.toml": '[tool.squeeze]\nallowed_modules = ["mynets.small", "out"]\n',
     "tasks/__init__.py": "",
     "tasks/net.py": """import json, os
-from squeeze.factory import build_net, check_output
+from squeeze.nets.factory import build_net, check_output
 net = build_net("mynets.small.Tiny", {"in_channels": 1, "num_classes": 3})
 check_output(net, 1, 6, 6, 3, "mynets.small.Tiny")
 os.makedirs("out/net", exist_ok=True)

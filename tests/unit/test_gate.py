@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from squeeze.gate import GateError, check, decide
-from squeeze.params import GateParams
+from squeeze.config.sections import GateParams
+from squeeze.decide.champion import decide
+from squeeze.decide.gate import GateError, check
 
 # the gates read per-class accuracies by name, whatever the names are
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -241,10 +242,10 @@ def test_stage_runs_outside_a_flow_without_artifacts(tmp_path: Path) -> None:
     the stage must skip them and still write the report and the data docs."""
     import warnings
 
-    from squeeze.params import load_params
-    from squeeze.workspace import read_json, write_json
-    from tasks import gate as stage
-    from tasks.artifacts import in_run, publish
+    from squeeze.config.files import load_params
+    from squeeze.config.workspace import read_json, write_json
+    from stages import gate as stage
+    from stages.artifacts import in_run, publish
 
     project = Path(__file__).resolve().parents[2]
     write_json(tmp_path / "metrics" / "candidates.json", table(kd=record()))

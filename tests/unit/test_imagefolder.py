@@ -14,10 +14,14 @@ import pytest
 from PIL import Image
 
 from examples.fmnist_imagefolder import folder_names, to_png_image, write_imagefolder
-from squeeze import data
-from squeeze.data import DataError, Source, fingerprint, read_source, read_split, train_test
-from squeeze.imagefolder import to_pixels
-from squeeze.params import IngestParams, load_params
+from squeeze.config.files import load_params
+from squeeze.config.sections import IngestParams
+from squeeze.data import memory
+from squeeze.data.idx import read_split
+from squeeze.data.imagefolder import to_pixels
+from squeeze.data.sources import fingerprint, read_source
+from squeeze.data.spec import DataError, Source
+from squeeze.data.splits import train_test
 
 PROJECT = Path(__file__).resolve().parents[2]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 10
@@ -236,10 +240,10 @@ def test_renamed_class_folders_change_the_fingerprint(folder: Path) -> None:
 def test_a_dataset_too_large_for_memory_fails_before_decoding(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "memory_limit", lambda: 10**6)
+    monkeypatch.setattr(memory, "memory_limit", lambda: 10**6)
     decoded = []
-    monkeypatch.setattr("squeeze.imagefolder.decode", lambda *a: decoded.append(a))
-    per_image = data.bytes_per_image(64, 64, 3)
+    monkeypatch.setattr("squeeze.data.imagefolder.decode", lambda *a: decoded.append(a))
+    per_image = memory.bytes_per_image(64, 64, 3)
     with pytest.raises(
         DataError, match=rf"300 images of 64x64x3 .* \(~{per_image} bytes per image\)"
     ):

@@ -12,10 +12,14 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-import squeeze.merge
-from squeeze.data import DataSpec, Split, load_split, subset
-from squeeze.evaluate import INPUT, export_onnx, session
-from squeeze.merge import (
+from squeeze.config.sections import IngredientParams, MergeParams
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.data.spec import DataSpec, Split
+from squeeze.data.splits import load_split, subset
+from squeeze.measure.export import INPUT, export_onnx
+from squeeze.measure.runtime import session
+from squeeze.methods import merge as merge_method
+from squeeze.methods.merge import (
     BN_BATCH,
     Ensemble,
     average_state_dicts,
@@ -26,10 +30,8 @@ from squeeze.merge import (
     uniform_soup,
     val_accuracy,
 )
-from squeeze.models import Classifier, build_model, load_checkpoint
-from squeeze.params import IngredientParams, MergeParams
-from squeeze.workspace import Workspace, read_json
-from tasks.merge import run
+from squeeze.nets.models import Classifier, build_model, load_checkpoint
+from stages.merge import run
 
 Data = dict[str, Split]
 
@@ -144,7 +146,7 @@ def test_greedy_soup_tries_by_val_accuracy_and_rejects_what_hurts(
         tried.append(next(i for i, m in enumerate(ingredients) if m is models[-1]))
         return uniform_soup(models, bn_images)
 
-    monkeypatch.setattr(squeeze.merge, "uniform_soup", recording_soup)
+    monkeypatch.setattr(merge_method, "uniform_soup", recording_soup)
     soup, kept, score = greedy_soup(ingredients, val, train.images)
     order = [kept[0], *tried]
     assert sorted(order) == list(range(len(ingredients)))  # each tried once, the start included

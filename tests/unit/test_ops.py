@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from squeeze import cli
-from squeeze.ops import registry_for
-from squeeze.package import pack
-from squeeze.params import read_yaml
-from squeeze.registry import Registry
+from squeeze.cli import main as cli
+from squeeze.cli.ops import registry_for
+from squeeze.config.files import read_yaml
+from squeeze.registry.package import pack
+from squeeze.registry.registry import Registry
 
 PROJECT = Path(__file__).resolve().parents[2]
 ONNX = b"not really onnx, but bytes that must arrive unchanged"

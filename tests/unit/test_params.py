@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from squeeze.params import (
-    ParamsError,
-    apply_profile,
-    load_params,
-    read_yaml,
-    validate,
-    write_params,
-)
+from squeeze.config.errors import ParamsError
+from squeeze.config.files import apply_profile, load_params, read_yaml, write_params
+from squeeze.config.params import validate
 
 PROJECT = Path(__file__).resolve().parents[2]
 

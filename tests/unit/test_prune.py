@@ -14,22 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from squeeze import prune as prune_module
-from squeeze.data import Split
-from squeeze.evaluate import export_onnx, graph_stats
-from squeeze.models import load_checkpoint, save_checkpoint
-from squeeze.params import PruneParams
-from squeeze.prune import (
-    PruningError,
-    agp_sparsity,
-    prunable,
-    prune_model,
-    weight_sparsity,
-)
-from squeeze.workspace import Workspace
-from tasks import candidate as candidate_module
-from tasks import prune as prune_stage
-from tasks.prune import run
+from squeeze.config.sections import PruneParams
+from squeeze.config.workspace import Workspace
+from squeeze.data.spec import Split
+from squeeze.measure.export import export_onnx, graph_stats
+from squeeze.methods import prune as prune_module
+from squeeze.methods.prune import PruningError, agp_sparsity, prunable, prune_model, weight_sparsity
+from squeeze.nets.models import load_checkpoint, save_checkpoint
+from stages import candidate as candidate_module
+from stages import prune as prune_stage
+from stages.prune import run
 
 Data = dict[str, Split]
 # The [8, 16] test model (about 75% on the test subset, 1,384 prunable weights) pruned to 70%
@@ -230,7 +224,7 @@ def test_the_stage_stops_with_one_line_and_writes_nothing(
     params = stage_params(prune={"ch97": cfg})
     monkeypatch.chdir(workspace.root)
     monkeypatch.setattr(candidate_module, "stage_params", lambda: params)
-    monkeypatch.setattr("sys.argv", ["tasks.prune", "ch97"])
+    monkeypatch.setattr("sys.argv", ["stages.prune", "ch97"])
     with pytest.raises(SystemExit) as exit_:
         prune_stage.main()
     message = exit_.value.code

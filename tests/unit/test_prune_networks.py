@@ -17,9 +17,19 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from squeeze import prune as prune_module
-from squeeze.data import DataSpec, Split
-from squeeze.models import (
+from squeeze.config.sections import PruneParams
+from squeeze.data.spec import DataSpec, Split
+from squeeze.methods import prune as prune_module
+from squeeze.methods.prune import (
+    PruningError,
+    prunable,
+    prunable_names,
+    prune_model,
+    prune_structured,
+    weight_sparsity,
+)
+from squeeze.methods.train import fit
+from squeeze.nets.models import (
     Classifier,
     build_model,
     example_input,
@@ -28,17 +38,7 @@ from squeeze.models import (
     save_checkpoint,
     weight_layers,
 )
-from squeeze.params import PruneParams
-from squeeze.prune import (
-    PruningError,
-    prunable,
-    prunable_names,
-    prune_model,
-    prune_structured,
-    weight_sparsity,
-)
-from squeeze.structure import structure_of
-from squeeze.train import fit
+from squeeze.nets.structure import structure_of
 
 Data = dict[str, Split]
 ARCHS = {

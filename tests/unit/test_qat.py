@@ -17,13 +17,14 @@ from onnxruntime.quantization.quant_utils import quantize_data
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from squeeze.data import Split
-from squeeze.evaluate import INPUT, export_onnx, session
-from squeeze.models import weight_layers
-from squeeze.params import PruneParams, QuantizeParams
-from squeeze.prune import prune_model
-from squeeze.qat import on_grid, quantization_aware, snap
-from squeeze.quantize import quantize_onnx
+from squeeze.config.sections import PruneParams, QuantizeParams
+from squeeze.data.spec import Split
+from squeeze.measure.export import INPUT, export_onnx
+from squeeze.measure.runtime import session
+from squeeze.methods.prune import prune_model
+from squeeze.methods.qat import on_grid, quantization_aware, snap
+from squeeze.methods.quantize import quantize_onnx
+from squeeze.nets.models import weight_layers
 
 Data = dict[str, Split]
 

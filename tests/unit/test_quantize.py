@@ -15,21 +15,22 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from squeeze.data import DataSpec, Split
-from squeeze.evaluate import INPUT, export_onnx, graph_stats, session
-from squeeze.models import build_model, save_checkpoint, weight_layers
-from squeeze.params import QuantizeParams
-from squeeze.qat import snap
-from squeeze.quantize import (
+from squeeze.config.sections import QuantizeParams
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.data.spec import DataSpec, Split
+from squeeze.measure.export import INPUT, export_onnx, graph_stats
+from squeeze.measure.runtime import session
+from squeeze.methods.qat import snap
+from squeeze.methods.quantize import (
     INT4_SCHEMES,
     OPSET_NOTICE,
     choose_int4_scheme,
     input_side,
     quantize_onnx,
 )
-from squeeze.train import fit
-from squeeze.workspace import Workspace, read_json
-from tasks.quantize import run
+from squeeze.methods.train import fit
+from squeeze.nets.models import build_model, save_checkpoint, weight_layers
+from stages.quantize import run
 
 Data = dict[str, Split]
 MIN_AGREEMENT = 0.98  # share of test images on which int8 and fp32 predict the same class

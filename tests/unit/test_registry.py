@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from squeeze.registry import Damaged, Registry, RegistryError
-from squeeze.storage import LocalStore, StoreError
+from squeeze.registry.registry import Damaged, Registry, RegistryError
+from squeeze.registry.store import LocalStore, StoreError
 
 
 @pytest.fixture
@@ -207,8 +207,8 @@ def test_concurrent_default_promotions_serialize(registry: Registry) -> None:
 
 
 def test_open_registry_resolves_local_paths_against_the_workspace(tmp_path: Path) -> None:
-    from squeeze.registry import open_registry
-    from squeeze.storage import S3Store
+    from squeeze.registry.registry import open_registry
+    from squeeze.registry.store import S3Store
 
     local = open_registry("registry", "fam", base=tmp_path / "ws")
     assert local.store.url == str((tmp_path / "ws" / "registry").resolve())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from squeeze.storage import LocalStore, NotFound, S3Store, StoreError, open_store
+from squeeze.registry.store import LocalStore, NotFound, S3Store, StoreError, open_store
 
 
 @pytest.fixture

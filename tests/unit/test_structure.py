@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from examples.user_models import MobileNet, ResNet
-from squeeze.structure import StructureError, apply_structure, structure_of
+from squeeze.nets.structure import StructureError, apply_structure, structure_of
 
 
 class Zoo(nn.Module):

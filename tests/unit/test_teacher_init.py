@@ -15,12 +15,12 @@ import torch
 from moto import mock_aws
 from safetensors.torch import load_file, save_file
 
-from squeeze.data import DataSpec
-from squeeze.models import InitError, build_model, read_init
-from squeeze.train import TrainingError, accuracy, fit, predict
-from squeeze.workspace import read_json
-from tasks import candidate, train_teacher
-from tasks.train_teacher import run
+from squeeze.config.workspace import read_json
+from squeeze.data.spec import DataSpec
+from squeeze.methods.train import TrainingError, accuracy, fit, predict
+from squeeze.nets.models import InitError, build_model, read_init
+from stages import candidate, train_teacher
+from stages.train_teacher import run
 from tests.unit.test_train import ARCH, FIT, teacher_params, teacher_workspace
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from squeeze.data import DataSpec, save_split
-from squeeze.models import build_model, load_checkpoint, save_checkpoint
-from squeeze.params import ConvNetArch, FitParams, Params, TeacherFitParams, TrainTeacherParams
-from squeeze.train import (
+from squeeze.config.params import Params
+from squeeze.config.sections import ConvNetArch, FitParams, TeacherFitParams, TrainTeacherParams
+from squeeze.config.workspace import Workspace, write_json
+from squeeze.data.spec import DataSpec
+from squeeze.data.splits import save_split
+from squeeze.methods.train import (
     TrainingError,
     accuracy,
     augment,
@@ -21,9 +23,9 @@ from squeeze.train import (
     predict,
     progress_line,
 )
-from squeeze.workspace import Workspace, write_json
-from tasks import candidate, train_teacher
-from tasks.train_teacher import CHANCE_FACTOR, chance_accuracy, check_learned, run
+from squeeze.nets.models import build_model, load_checkpoint, save_checkpoint
+from stages import candidate, train_teacher
+from stages.train_teacher import CHANCE_FACTOR, chance_accuracy, check_learned, run
 
 ARCH = {"name": "convnet", "channels": [16, 32], "convs_per_stage": 1, "dropout": 0.0,
         "batchnorm": True}  # fmt: skip
@@ -156,7 +158,7 @@ def test_the_stage_command_exits_with_one_line(
 ) -> None:
     teacher_workspace(tmp_path, fmnist, fmnist_profile)
     monkeypatch.chdir(tmp_path)
-    # the stage entry (tasks.candidate.stage_main) reads params.yaml through stage_params
+    # the stage entry (stages.candidate.stage_main) reads params.yaml through stage_params
     monkeypatch.setattr(candidate, "stage_params", lambda: teacher_params(**COLLAPSES))
     with pytest.raises(SystemExit) as exit_:
         train_teacher.main()

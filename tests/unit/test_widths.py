@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import widths
-from squeeze.data import DataSpec
+from squeeze.data.spec import DataSpec
 
 RESNET = "examples.user_models.ResNet"
 INIT = {"in_channels": 3, "num_classes": 10, "blocks": [1, 1]}
@@ -35,7 +35,7 @@ def test_each_width_is_exported_counted_and_timed(
 
 
 def test_a_module_outside_the_allow_list_is_refused(tmp_path: Path) -> None:
-    from squeeze.factory import ClassPathRefused
+    from squeeze.config.allowlist import ClassPathRefused
 
     spec = DataSpec(("a", "b"), 8, 8, 1, (0.5,), (0.25,))
     path = tmp_path / "profile.json"

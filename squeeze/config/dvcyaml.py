@@ -1,0 +1,169 @@
+"""The parts of dvc.yaml written out from params.yaml: the merge stages, and the user's code
+among the deps of the stages that build models.
+
+A merge has any number of upstreams, and DVC's templating cannot put a list into `deps`
+(treeverse/dvc#8171: "Cannot interpolate data of type 'list'"), so merge cannot be a `foreach`
+like distill, prune and quantize. Its stages are generated instead, one per `merge.NAME`, named
+`merge-NAME`: `squeeze sync` writes them, `squeeze profile` and every flow run call it, and a stage
+run by `dvc repro` refuses a dvc.yaml that disagrees with params.yaml and names that command.
+
+A class_path network is code in the workspace (squeeze.factory) that DVC cannot know of from the
+static dvc.yaml, and a local train_teacher.init is a file: sync lists the folder (or .py file) of
+every class_path's top-level package among the deps of each stage that builds or loads models
+(CODE_STAGES, the merge stages), and the init file among train_teacher's, so `dvc repro` re-runs
+them when that code or those weights change.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from squeeze.config.allowlist import class_paths, workspace_packages
+from squeeze.config.errors import ParamsError
+from squeeze.config.params import Params
+
+DVC_FILE = "dvc.yaml"
+MERGE_CMD = "python -m stages.merge"
+MERGE_DEPS = [
+    "stages/merge.py",
+    "stages/candidate.py",
+    "squeeze/methods/merge.py",
+    "squeeze/methods/distill.py",
+    "squeeze/measure/export.py",
+    "squeeze/measure/runtime.py",
+    "squeeze/nets/models.py",
+    "squeeze/nets/factory.py",
+    "squeeze/config/allowlist.py",
+    "squeeze/nets/structure.py",
+    "squeeze/methods/train.py",
+    "data/splits/train.safetensors",
+    "data/splits/val.safetensors",
+    "data/fingerprint.json",
+]
+# the stages that build or load a model, so run the user's network code; merge-* besides
+CODE_STAGES = ("train_teacher", "distill", "prune", "quantize", "evaluate")
+# deps dvc.yaml lists itself; any other dep of a CODE_STAGES stage is one sync manages
+OWN_DEPS = ("stages/", "squeeze/", "data/", "models", "exports", "metrics/")
+_STAGE_NAME = re.compile(r"^(?:merge-(?P<merged>.+)|(?P<stage>[a-z_]+)(?:@(?P<name>.+))?)$")
+
+
+def dvc_stage(params: Params, name: str) -> str:
+    """The DVC stage that builds model `name`: `merge-NAME`, or `distill@NAME` style (foreach)."""
+    stage = params.stage_of(name)
+    if stage == "train_teacher":
+        return stage
+    return f"{stage}-{name}" if stage == "merge" else f"{stage}@{name}"
+
+
+def parse_stage(dvc_name: str) -> tuple[str, str | None]:
+    """`prune@teacher_ch50` -> ("prune", "teacher_ch50"), `merge-ensemble_small` -> ("merge",
+    "ensemble_small"), `evaluate` -> ("evaluate", None); ValueError for anything else."""
+    match = _STAGE_NAME.match(dvc_name)
+    if match is None:
+        raise ValueError(f"not a squeeze stage name: {dvc_name!r}")
+    if match["merged"]:
+        return "merge", match["merged"]
+    return match["stage"], match["name"]
+
+
+def stages_ran(repro_output: str) -> list[str]:
+    """The stages a `dvc repro` printed as run, less `source`, which DVC runs every time
+    (always_changed: it stamps the data at the source, see dvc.yaml)."""
+    names = [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
+    return [name for name in names if name != "source"]
+
+
+def user_deps(root: Path, params: Params) -> list[str]:
+    """The user's code files (workspace_packages) of every class_path, sorted."""
+    return workspace_packages(root, sorted(class_paths(params).values()))
+
+
+def init_deps(params: Params) -> list[str]:
+    """train_teacher.init when it is a file in the workspace (a path relative to it)."""
+    init = params.train_teacher.init
+    return [] if init is None or "://" in init or Path(init).is_absolute() else [init]
+
+
+def merge_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
+    """The dvc.yaml stage of every merge candidate, its upstreams' model folders and the user's
+    code (user_deps) among its deps."""
+    code = user_deps(root, params)
+    return {
+        f"merge-{name}": {
+            "cmd": f"{MERGE_CMD} {name}",
+            "deps": MERGE_DEPS + code + [f"models/{up}" for up in dict.fromkeys(cfg.upstreams)],
+            "params": [f"merge.{name}"],
+            "outs": [f"models/{name}"],
+        }
+        for name, cfg in params.merge.items()
+    }
+
+
+def code_deps(root: Path, params: Params, stages: dict[str, Any]) -> dict[str, list[str]]:
+    """The deps each CODE_STAGES stage should have: dvc.yaml's own (OWN_DEPS) with the user's
+    code after them, and train_teacher's init file."""
+    code = user_deps(root, params)
+    wanted = {}
+    for key in CODE_STAGES:
+        body = stages[key].get("do", stages[key])  # a foreach stage's deps are under do:
+        own = [d for d in body.get("deps", []) if str(d).startswith(OWN_DEPS)]
+        wanted[key] = own + code + (init_deps(params) if key == "train_teacher" else [])
+    return wanted
+
+
+def stale_code_stages(root: Path, params: Params) -> list[str]:
+    """The CODE_STAGES stages whose deps do not list the user's code as code_deps says."""
+    stages = yaml.safe_load((root / DVC_FILE).read_text())["stages"]
+    wanted = code_deps(root, params, stages)
+    return [key for key, deps in wanted.items()
+            if stages[key].get("do", stages[key]).get("deps", []) != deps]  # fmt: skip
+
+
+def _is_merge(stage: Any) -> bool:
+    return isinstance(stage, dict) and str(stage.get("cmd", "")).startswith(MERGE_CMD)
+
+
+def stale_merge_stages(root: Path, params: Params) -> list[str]:
+    """The merge stages where dvc.yaml and params.yaml disagree (missing, extra or different)."""
+    stages = yaml.safe_load((root / DVC_FILE).read_text())["stages"]
+    have = {key: value for key, value in stages.items() if _is_merge(value)}
+    want = merge_stages(root, params)
+    return sorted(key for key in have.keys() | want.keys() if have.get(key) != want.get(key))
+
+
+def check_synced(root: Path, params: Params) -> None:
+    """Raise ParamsError, naming the stages and the fix, when dvc.yaml's merge stages or the
+    user's code among the deps are stale."""
+    stale = stale_merge_stages(root, params) + stale_code_stages(root, params)
+    if stale:
+        raise ParamsError(
+            f"{root / DVC_FILE}: stages {', '.join(stale)} do not match params.yaml (the merge "
+            f"section, or the class_path code and train_teacher.init they depend on); run "
+            f"`squeeze sync` to regenerate them, then `dvc repro` again"
+        )
+
+
+def sync(root: Path, params: Params) -> bool:
+    """Rewrite dvc.yaml's merge stages and the user's code among the deps from params (comments
+    elsewhere kept); True if changed."""
+    if not stale_merge_stages(root, params) and not stale_code_stages(root, params):
+        return False
+    from dvc.utils.serialize import modify_yaml  # ruamel round trip: keeps comments and order
+
+    with modify_yaml(root / DVC_FILE) as data:
+        stages = data["stages"]
+        keys = list(stages)
+        old = [key for key in keys if _is_merge(stages[key])]
+        # generated stages go where the old ones were, else before evaluate
+        at = keys.index(old[0]) if old else keys.index("evaluate")
+        for key in old:
+            del stages[key]
+        for offset, (key, value) in enumerate(merge_stages(root, params).items()):
+            stages.insert(at + offset, key, value)
+        for key, deps in code_deps(root, params, stages).items():
+            stages[key].get("do", stages[key])["deps"] = deps
+    return True

@@ -1,0 +1,153 @@
+"""The whole of params.yaml (squeeze.config.params.Params, the Prefect UI's run form) and its
+candidate graph: which model is built from which, in what order, and what each stage can read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from squeeze.config.errors import ParamsError, format_errors
+from squeeze.config.sections import (
+    DistillParams,
+    EvaluateParams,
+    FlowParams,
+    GateParams,
+    IngestParams,
+    MergeParams,
+    Name,
+    PromoteParams,
+    PruneParams,
+    QuantizeParams,
+    Section,
+    TrainTeacherParams,
+)
+
+COMPRESSION_STAGES = ("distill", "prune", "quantize", "merge")
+
+
+class Params(Section):
+    """All squeeze parameters; the Prefect UI renders this as the run form."""
+
+    ingest: IngestParams
+    train_teacher: TrainTeacherParams
+    distill: dict[Name, DistillParams] = Field(
+        description="Candidates distilled into a smaller student, by name ({} = none)."
+    )
+    prune: dict[Name, PruneParams] = Field(
+        description="Candidates pruned (unstructured or structured) and fine-tuned, by name."
+    )
+    quantize: dict[Name, QuantizeParams] = Field(
+        description="Candidates quantized to int8 or int4 in onnxruntime, by name."
+    )
+    merge: dict[Name, MergeParams] = Field(
+        description="Candidates merged from others (ensembles, weight soups), by name."
+    )
+    evaluate: EvaluateParams
+    gate: GateParams
+    promote: PromoteParams
+    flow: FlowParams
+
+    def upstreams(self) -> dict[str, list[str]]:
+        """Every candidate model name -> the models it is built from."""
+        graph: dict[str, list[str]] = {}
+        for stage in COMPRESSION_STAGES:
+            for name, cfg in getattr(self, stage).items():
+                graph[name] = list(cfg.upstreams) if stage == "merge" else [cfg.upstream]
+        return graph
+
+    def descendants(self) -> dict[str, int]:
+        """Every model name -> how many candidates are built from it, directly or not."""
+        graph = self.upstreams()
+        below: dict[str, set[str]] = {name: set() for name in self.model_names()}
+        for name in reversed(self.model_names()):  # a model's dependents come after it
+            for up in graph.get(name, []):
+                below[up] |= below[name] | {name}
+        return {name: len(found) for name, found in below.items()}
+
+    def stage_of(self, name: str) -> str:
+        """The stage that builds a model ('train_teacher' for the teacher)."""
+        return next((s for s in COMPRESSION_STAGES if name in getattr(self, s)), "train_teacher")
+
+    def model_names(self) -> list[str]:
+        """The teacher, then every candidate after all of its upstreams (topological order)."""
+        graph, done = self.upstreams(), ["teacher"]
+        while len(done) < len(graph) + 1:
+            done += [n for n, ups in graph.items() if n not in done and set(ups) <= set(done)]
+        return done
+
+    @model_validator(mode="after")
+    def check_graph(self) -> Params:
+        """Names are unique across stages, upstreams exist, and there is no cycle."""
+        seen: dict[str, str] = {}
+        for stage in COMPRESSION_STAGES:
+            for name in getattr(self, stage):
+                if name == "teacher" or name in seen:
+                    other = seen.get(name, "train_teacher")
+                    raise ValueError(f"{stage}.{name}: name already used by {other}")
+                seen[name] = stage
+        graph = self.upstreams()
+        for name, ups in graph.items():
+            for up in ups:
+                if up != "teacher" and up not in graph:
+                    raise ValueError(f"{seen[name]}.{name}.upstream: unknown model {up!r}")
+        self.check_float_upstreams()
+        remaining = dict(graph)
+        built = {"teacher"}
+        while remaining:
+            ready = [n for n, ups in remaining.items() if set(ups) <= built]
+            if not ready:
+                cycle = ", ".join(f"{seen[n]}.{n}" for n in sorted(remaining))
+                raise ValueError(f"the candidate graph has a cycle among: {cycle}")
+            built.update(ready)
+            for n in ready:
+                del remaining[n]
+        return self
+
+    def onnx_only(self) -> set[str]:
+        """Models that exist only as ONNX: quantized ones and logit ensembles."""
+        ensembles = {n for n, cfg in self.merge.items() if cfg.kind == "ensemble"}
+        return set(self.quantize) | ensembles
+
+    def check_float_upstreams(self) -> None:
+        """Every upstream is something its stage can read: distill, prune and merge need a
+        torch checkpoint (not an ONNX-only model); quantize needs a float model (not an
+        already quantized one), and on the grid a quantization-aware upstream was trained on.
+        """
+        onnx_only = self.onnx_only()
+        for stage in ("distill", "prune", "merge"):
+            for name, cfg in getattr(self, stage).items():
+                key = "upstreams" if stage == "merge" else "upstream"
+                ups = cfg.upstreams if stage == "merge" else [cfg.upstream]
+                for up in ups:
+                    if up in onnx_only:
+                        raise ValueError(
+                            f"{stage}.{name}.{key}: {up!r} exists only as ONNX (quantized or an "
+                            f"ensemble); {stage} needs a torch model: use {up!r}'s own upstream"
+                        )
+        for name, cfg in self.quantize.items():
+            if cfg.upstream in self.quantize:
+                raise ValueError(
+                    f"quantize.{name}.upstream: {cfg.upstream!r} is already quantized; quantize "
+                    f"needs a float upstream (e.g. {self.quantize[cfg.upstream].upstream!r})"
+                )
+            trained = self.prune.get(cfg.upstream)
+            if trained is not None and trained.qat is not None and not cfg.per_channel:
+                raise ValueError(
+                    f"quantize.{name}.per_channel: false, but its upstream prune.{cfg.upstream} "
+                    f"was fine-tuned on a per-channel {trained.qat} grid (qat); set per_channel: "
+                    "true, or qat: null"
+                )
+
+
+def validate(data: Any, origin: str) -> Params:
+    """Validate a mapping against the schema; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(format_errors(err, origin)) from None

@@ -1,0 +1,297 @@
+"""Quality gates over the candidates table, and the challenger they select.
+
+Validation chooses, test reports: every gate, the policy order and the champion/challenger
+decision read the validation split only (`val_*` fields of metrics/candidates.json); the test
+figures are carried along for the report and never read here.
+
+The gates are a Great Expectations suite over one row per model (the teacher included). Drops
+are measured against the teacher on the same validation images, so columns are derived per row
+first: ``accuracy_drop`` (teacher - candidate validation accuracy, absolute), its one-sided
+upper bound ``accuracy_drop_bound`` at 1 - gate.alpha from a paired bootstrap of the
+per-image differences (squeeze.measure.stats; the row's ``val_vs_teacher`` table), and
+``worst_class_drop`` (the largest per-class drop). The accuracy-drop gate is a
+non-inferiority test: the bound must not exceed ``max_accuracy_drop``. Each gate is a
+column-map expectation; GX reports the values that broke it, and because a verdict depends on
+nothing but the value, mapping those values back to rows gives the exact per-candidate verdict.
+Every gated value must be present: a not-null expectation fails a row that lacks it (evaluate
+gives every export an agreement figure, ONNX-only models included).
+
+The teacher is a row like any other: it is the reference (its drops are 0) and it may be
+promoted when it fits the size and latency limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from squeeze.config.sections import GateParams
+from squeeze.decide.choose import ACCURACY, POLICY_METRIC, SIZE, rank
+from squeeze.measure.stats import compare
+
+TEACHER = "teacher"
+
+
+SUITE = "gate"
+
+
+# The metrics a champion/challenger comparison and the reports show (test: reported only).
+COMPARED = (
+    "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci", "size_bytes",
+    "shipped_bytes", "latency_ms_p50", "latency_ms_p95",
+)  # fmt: skip
+
+
+class GateError(ValueError):
+    """The candidates table cannot be gated (no teacher, no candidates); says what to run."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold: a column of the candidates table and its bound (inclusive)."""
+
+    name: str
+    column: str
+    bound: Literal["min", "max"]
+    threshold: float
+
+
+def gates(cfg: GateParams) -> list[Gate]:
+    """The gates in report order, thresholds from params.gate."""
+    return [
+        Gate("accuracy", ACCURACY, "min", cfg.min_accuracy),
+        Gate("accuracy_drop", "accuracy_drop_bound", "max", cfg.max_accuracy_drop),
+        Gate("class_drop", "worst_class_drop", "max", cfg.max_class_drop),
+        Gate("size", SIZE, "max", cfg.max_size_bytes),
+        Gate("latency", "latency_ms_p50", "max", cfg.max_latency_ms),
+        Gate("agreement", "agreement", "min", cfg.min_agreement),
+    ]
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    """reference - value, rounded like the accuracies so that 0.92 - 0.89 == 0.03 exactly
+    (a float-noise 0.0300000001 would fail a 0.03 threshold)."""
+    if reference is None or value is None:
+        return None
+    return round(reference - value, 5)
+
+
+def vs_teacher(record: dict[str, Any], cfg: GateParams) -> dict[str, Any] | None:
+    """The paired comparison of a candidate with the teacher on validation (squeeze.measure.stats),
+    non-inferiority within max_accuracy_drop; None when evaluate recorded no table."""
+    table = record.get("val_vs_teacher")
+    return None if table is None else compare(table, cfg.alpha, cfg.max_accuracy_drop)
+
+
+def candidate_row(
+    name: str, record: dict[str, Any], teacher: dict[str, Any], cfg: GateParams
+) -> dict[str, Any]:
+    """One row of the candidates table: the gated validation metrics plus the derived drops."""
+    per_class = record.get("val_per_class_accuracy") or {}
+    drops = {
+        cls: _drop(acc, per_class.get(cls))
+        for cls, acc in teacher["val_per_class_accuracy"].items()
+    }
+    known = {cls: d for cls, d in drops.items() if d is not None}
+    # a class missing from the record counts as unmeasured: the whole column value is null
+    worst = max(known, key=known.__getitem__) if known and len(known) == len(drops) else None
+    paired = vs_teacher(record, cfg)
+    return {
+        "name": name,
+        ACCURACY: record.get(ACCURACY),
+        "accuracy_drop": _drop(teacher.get(ACCURACY), record.get(ACCURACY)),
+        # the drop's one-sided (1 - alpha) upper bound: what non-inferiority is judged on
+        # + 0.0: the teacher's own bound is 0.0, not -0.0
+        "accuracy_drop_bound": None if paired is None else round(-paired["lower_bound"], 5) + 0.0,
+        "drop_p_value": None if paired is None else paired["p_value"],
+        "worst_class_drop": known[worst] if worst else None,
+        "worst_class": worst,
+        SIZE: record.get(SIZE),
+        "latency_ms_p50": record.get("latency_ms_p50"),
+        "agreement": record.get("agreement"),
+    }
+
+
+def candidates_table(
+    candidates: dict[str, dict[str, Any]], cfg: GateParams, teacher: str = TEACHER
+) -> Any:
+    """The candidates table as a DataFrame, one row per model (sorted by name).
+
+    Raises:
+        GateError: there is no teacher record to measure drops against.
+    """
+    import pandas as pd
+
+    if teacher not in candidates:
+        raise GateError(
+            f"the candidates table has no {teacher!r} record, the reference of every drop gate; "
+            "run the evaluate stage (dvc repro evaluate)"
+        )
+    rows = [
+        candidate_row(name, candidates[name], candidates[teacher], cfg)
+        for name in sorted(candidates)
+    ]
+    return pd.DataFrame(rows)
+
+
+def expectation_specs(cfg: GateParams, rows: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(gate name, GX expectation, kwargs) per expectation of the suite, in report order.
+
+    SUMMARY results list up to ``partial_unexpected_count`` offending values; asking for as many
+    as there are rows makes the list complete, so every failing row can be named.
+    """
+    fmt = {"result_format": "SUMMARY", "partial_unexpected_count": max(rows, 1)}
+    specs = []
+    for gate in gates(cfg):
+        specs.append((gate.name, "expect_column_values_to_not_be_null", {"column": gate.column}))
+        bound = {f"{gate.bound}_value": gate.threshold}
+        specs.append(
+            (gate.name, "expect_column_values_to_be_between", {"column": gate.column, **bound})
+        )
+    return [(g, e, {**kw, "result_format": fmt}) for g, e, kw in specs]
+
+
+def failing_rows(table: Any, column: str, result: Any) -> set[str]:
+    """Names of the rows an expectation result says are unexpected.
+
+    Column-map results list the offending values; a row fails exactly when its value is one of
+    them (a verdict depends only on the value), and a listed None means the null rows. When GX
+    could not evaluate the expectation at all, no row can be said to pass it.
+    """
+    observed = result.observed
+    if not isinstance(observed, dict) or "partial_unexpected_list" not in observed:
+        return set() if result.success else set(table["name"])
+    listed = observed["partial_unexpected_list"]
+    values = [v for v in listed if v is not None]
+    mask = table[column].isin(values)
+    if len(values) < len(listed):
+        mask |= table[column].isna()
+    names = set(table.loc[mask, "name"])
+    if len(names) != observed.get("unexpected_count", len(names)):
+        raise GateError(f"GX listed {observed} for {column!r} but {sorted(names)} match it")
+    return names
+
+
+def _json_value(value: Any) -> Any:
+    """A table cell as JSON: NaN/NA become null, numpy scalars plain Python numbers."""
+    import pandas as pd
+
+    if value is None or pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def verdicts(table: Any, cfg: GateParams, failed: dict[str, set[str]]) -> dict[str, dict]:
+    """Per candidate: passed, the failed gate names, and per gate the observed value + bound."""
+    out = {}
+    for row in table.to_dict("records"):
+        name, per_gate = row["name"], {}
+        for gate in gates(cfg):
+            observed = _json_value(row[gate.column])
+            entry: dict[str, Any] = {
+                "passed": name not in failed[gate.name],
+                "observed": observed,
+                gate.bound: gate.threshold,
+                "column": gate.column,
+            }
+            if gate.name == "class_drop" and observed is not None:
+                entry["class"] = row["worst_class"]
+            if gate.name == "accuracy_drop":
+                entry["drop"] = _json_value(row["accuracy_drop"])
+                entry["p_value"] = _json_value(row["drop_p_value"])
+            if observed is None:
+                entry["note"] = "not measured: fails"
+            per_gate[gate.name] = entry
+        failures = [g for g, e in per_gate.items() if not e["passed"]]
+        out[name] = {"passed": not failures, "failed": failures, "gates": per_gate}
+    return out
+
+
+def check(
+    candidates: dict[str, dict[str, Any]],
+    cfg: GateParams,
+    docs_dir: Path | None = None,
+    teacher: str = TEACHER,
+) -> dict[str, Any]:
+    """Run the gate suite over the candidates and select the challenger by params.gate.policy.
+
+    Args:
+        candidates: metrics/candidates.json, {name: record}; must hold the teacher.
+        cfg: params.gate.
+        docs_dir: where GX writes its data docs (HTML); none when None.
+        teacher: the reference model's name.
+    Returns:
+        The gate report (metrics/gate.json): per candidate and per expectation results, the
+        passing candidates in policy order, the challenger (or None) and the reasons.
+    """
+    from squeeze.expectations import validate
+
+    table = candidates_table(candidates, cfg, teacher)
+    specs = expectation_specs(cfg, len(table))
+    result = validate(table, SUITE, [(e, kw) for _, e, kw in specs], docs_dir)
+    failed: dict[str, set[str]] = {g.name: set() for g in gates(cfg)}
+    expectations = []
+    for (gate_name, _, kwargs), res in zip(specs, result.results, strict=True):
+        names = failing_rows(table, kwargs["column"], res)
+        failed[gate_name] |= names
+        expectations.append({
+            "gate": gate_name,
+            "expectation": res.expectation,
+            "column": res.column,
+            "kwargs": {k: v for k, v in res.kwargs.items() if k != "result_format"},
+            "success": res.success,
+            "observed": res.observed,
+            "failing": sorted(names),
+        })  # fmt: skip
+    per_candidate = verdicts(table, cfg, failed)
+    ranking = rank({n: candidates[n] for n, v in per_candidate.items() if v["passed"]}, cfg)
+    challenger, reasons = select(ranking, per_candidate, candidates, cfg)
+    return {
+        "suite": SUITE,
+        "success": result.success,
+        "teacher": teacher,
+        "policy": cfg.policy,
+        "thresholds": cfg.model_dump(mode="json"),
+        "candidates": per_candidate,
+        "expectations": expectations,
+        "passed": sorted(ranking),
+        "ranking": ranking,
+        "challenger": challenger,
+        "outcome": "challenger_selected" if challenger else "nothing_passed",
+        "reasons": reasons,
+    }
+
+
+def select(
+    ranking: list[str],
+    per_candidate: dict[str, dict],
+    candidates: dict[str, dict[str, Any]],
+    cfg: GateParams,
+) -> tuple[str | None, list[str]]:
+    """The challenger (first of the ranking) and why; or None and why each candidate failed."""
+    if not ranking:
+        reasons = [f"no candidate passed every gate ({len(per_candidate)} checked)"]
+        for name, verdict in per_candidate.items():
+            broken = [_describe(verdict["gates"][g]) + f" ({g})" for g in verdict["failed"]]
+            reasons.append(f"{name}: " + "; ".join(broken))
+        return None, reasons
+    best = ranking[0]
+    metric = POLICY_METRIC[cfg.policy]
+    reasons = [
+        f"{len(ranking)} of {len(per_candidate)} candidates passed every gate",
+        f"challenger {best}: policy {cfg.policy!r} ranks it first "
+        f"({metric} {candidates[best][metric]}"
+        + ("" if metric == ACCURACY else f", {ACCURACY} {candidates[best][ACCURACY]}")
+        + ")",
+    ]
+    return best, reasons
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    """'0.81 < min 0.85' for a failed gate entry of a verdict."""
+    if entry["observed"] is None:
+        return "not measured"
+    if "min" in entry:
+        return f"{entry['observed']} < min {entry['min']}"
+    return f"{entry['observed']} > max {entry['max']}"

@@ -1,0 +1,194 @@
+"""int8 / int4 post-training quantization of an ONNX export with onnxruntime.quantization.
+
+The input is the fp32 file squeeze.measure.export.export_onnx writes: uint8 "pixels" in, a
+Cast/Div/Sub/Div standardisation, then the convs. That preprocessing stays fp32 (it is
+excluded from quantization); the layers after it get int8 or int4 weights (per-channel
+symmetric scales when asked: a BatchNorm folded into a conv gives its channels very different
+ranges; symmetric, so a pruned weight stays exactly 0) and, in
+static mode, int8 activations whose ranges come from calibration on training images. Dynamic
+mode quantizes weights only and computes activation scales at run time (no calibration).
+The classifier's output (the logits) is not re-quantized: with 256 levels, near-ties between
+classes flip; keeping it fp32 costs nothing in size.
+
+int4 weights come in two schemes (INT4_SCHEMES): onnxruntime's own MinMax and squeeze.methods.qat's
+symmetric grid. Which one a model gets is not decided here: stages/quantize.py keeps the grid a
+model was fine-tuned on, and otherwise picks by validation accuracy (choose_int4_scheme).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from squeeze.config.sections import QuantizeParams
+from squeeze.measure.export import INPUT, weight_tensors
+from squeeze.methods.qat import LEVELS
+
+CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
+WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
+# int4 needs QDQ operators of opset 21; below that (our exports) onnxruntime writes them in its
+# com.microsoft domain, which stock onnxruntime runs
+WEIGHT_TYPES = {"int8": QuantType.QInt8, "int4": QuantType.QInt4}
+# per-channel int4 weight scales: onnxruntime's MinMax ([-8, 7], scale 2·max|w| / 15) or
+# squeeze.methods.qat's grid ([-7, 7], scale max|w| / 7, int4_overrides); the first wins ties
+INT4_SCHEMES = ("onnxruntime", "grid")
+
+
+# onnxruntime announces on the root logger, at WARNING, every int4 model it writes below opset 21:
+# nothing a user can act on (stock onnxruntime runs the com.microsoft Q/DQ, and evaluate counts
+# through them), so that one notice is dropped while quantize_static runs; all others still show
+OPSET_NOTICE = "ONNX QuantizeLinear and DequantizeLinear operators do not support"
+
+
+@contextlib.contextmanager
+def quiet_opset_notice() -> Iterator[None]:
+    """Drop onnxruntime's int4 opset notice (OPSET_NOTICE) from the root logger meanwhile."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(OPSET_NOTICE)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+class PixelBatches(CalibrationDataReader):
+    """Feeds calibration images to onnxruntime's calibrator in (B, H, W, C) uint8 batches."""
+
+    def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        self.batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def input_side(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(preprocessing nodes, first weight layers): the names of the nodes between the graph
+    input and the first Conv/Gemm/MatMul (Cast, Div, ...), and of those weight layers.
+
+    The preprocessing standardises raw pixels; quantizing it would only add error, so it stays
+    fp32. Found by walking forward from the graph input and stopping at every weight layer met.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, None] = {}
+    first: dict[str, None] = {}
+    frontier = [i.name for i in model.graph.input]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.op_type in WEIGHT_OPS:
+                first[node.name] = None
+            elif node.name not in found:
+                found[node.name] = None
+                frontier += list(node.output)
+    return list(found), list(first)
+
+
+def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """Per-channel int4 weight scales max|w| / 7: the symmetric [-7, 7] grid of squeeze.methods.qat.
+
+    onnxruntime's own int4 MinMax spans [-8, 7] with scale 2·max|w| / 15: a finer step, but no
+    fixed point (it slightly clips each channel's largest weight), so weights fine-tuned on the
+    grid would be rounded again. These overrides quantize onto exactly that grid.
+    """
+    overrides = {}
+    for name, w in weight_tensors(model.graph).items():
+        if w.ndim < 2:  # biases: int32, derived from the weight and input scales
+            continue
+        absmax = np.abs(w).reshape(len(w), -1).max(axis=1)
+        scales = np.where(absmax > 0, absmax / LEVELS["int4"], 1.0).astype(np.float32)
+        overrides[name] = [
+            {"axis": 0, "quant_type": QuantType.QInt4, "scale": scale, "zero_point": np.int8(0)}
+            for scale in scales
+        ]
+    return overrides
+
+
+def choose_int4_scheme(val_accuracy: dict[str, float]) -> str:
+    """The int4 scheme with the higher validation accuracy; a tie keeps onnxruntime's own.
+
+    Args:
+        val_accuracy: each of INT4_SCHEMES -> the validation accuracy of the model quantized so.
+    """
+    missing = set(INT4_SCHEMES) - set(val_accuracy)
+    if missing:
+        raise ValueError(f"no validation accuracy for int4 scheme(s) {sorted(missing)}")
+    return max(INT4_SCHEMES, key=lambda scheme: val_accuracy[scheme])  # first of equals
+
+
+def quantize_onnx(
+    source: Path,
+    dest: Path,
+    cfg: QuantizeParams,
+    calibration: np.ndarray | None,
+    int4_scheme: str = "onnxruntime",
+) -> None:
+    """Write the quantized version of the fp32 ONNX file `source` to `dest`.
+
+    Args:
+        cfg: mode "static" (QDQ, activations calibrated with MinMax on `calibration`) or
+            "dynamic"; weights int8 or int4 (static); per_channel weight scales;
+            fp32_first_layer leaves the first weight layers (input_side) unquantized.
+        calibration: (N, H, W, C) uint8 training images, N = cfg.calibration_samples; unused in
+            dynamic mode.
+        int4_scheme: one of INT4_SCHEMES, for int4 weights (int8's symmetric range [-127, 127]
+            already is squeeze.methods.qat's int8 grid).
+    """
+    if int4_scheme not in INT4_SCHEMES:
+        raise ValueError(f"int4_scheme {int4_scheme!r}: expected one of {INT4_SCHEMES}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # shape inference + graph optimisation first, as onnxruntime recommends for PTQ
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        prepared_model = onnx.load(str(prepared))
+        preprocessing, first_layers = input_side(prepared_model)
+        excluded = preprocessing + (first_layers if cfg.fp32_first_layer else [])
+        out = Path(tmp) / "int8.onnx"
+        if cfg.mode == "static":
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("static quantization needs calibration images")
+            with quiet_opset_notice():
+                quantize_static(
+                    str(prepared), str(out), PixelBatches(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    activation_type=QuantType.QInt8, weight_type=WEIGHT_TYPES[cfg.weights],
+                    nodes_to_exclude=excluded,
+                    extra_options={
+                        "ActivationSymmetric": False, "WeightSymmetric": True,
+                        "TensorQuantOverrides": int4_overrides(prepared_model)
+                        if cfg.weights == "int4" and int4_scheme == "grid" else {},
+                        # the logits stay fp32: 256 levels would turn near-ties into wrong answers
+                        "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
+                    },
+                )  # fmt: skip
+        else:
+            # symmetric int8 weights: a pruned (zero) weight stays exactly 0, which the shipped
+            # file's compressor sees
+            quantize_dynamic(
+                str(prepared), str(out), per_channel=cfg.per_channel,
+                weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            )  # fmt: skip
+        onnx.checker.check_model(str(out))
+        shutil.move(out, dest)  # the temporary folder may be on another file system

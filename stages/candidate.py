@@ -1,0 +1,108 @@
+"""What the compression stages (distill, prune, quantize, merge) share: finding a candidate's
+params, the common part of its record, a clean output folder, the resume key (train_teacher
+uses it too) and the `python -m` entry points (evaluate's too).
+
+No Prefect and no math here: these are the file-and-params chores every candidate stage does the
+same way, kept in one place so the four stage modules stay about their method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from squeeze.config.dvcyaml import check_synced
+from squeeze.config.errors import ParamsError
+from squeeze.config.files import load_params
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.errors import StageRefused
+
+
+def candidate(params: Params, stage: str, name: str) -> Any:
+    """The params of candidate `name` under `stage`, or an error listing the names there."""
+    section = getattr(params, stage)
+    if name not in section:
+        known = ", ".join(sorted(section)) or "none"
+        raise KeyError(f"params.yaml {stage}: no candidate {name!r} (known: {known})")
+    return section[name]
+
+
+def fresh_folder(folder: Path) -> Path:
+    """Empty models/<name>/ first, so no file of an earlier, different build survives in it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def base_record(
+    ws: Workspace, name: str, method: str, upstream: list[str], cfg: BaseModel
+) -> dict[str, Any]:
+    """The fields every candidate's model.json has (the lineage evaluate and promote read)."""
+    return {
+        "name": name,
+        "method": method,
+        "upstream": upstream,
+        "params": cfg.model_dump(mode="json"),
+        "data_sha256": read_json(ws.fingerprint)["sha256"],
+    }
+
+
+def resume_key(cfg: BaseModel, data_sha256: str, upstream: list[Path]) -> str:
+    """Resume only a state made by the same params, on the same data, from the same upstream
+    weights (a retrained upstream must not continue a stale run)."""
+    blob = json.dumps({"cfg": cfg.model_dump(mode="json"), "data": data_sha256}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode())
+    for folder in upstream:
+        for path in sorted(folder.iterdir()):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def main_for(run: Callable[[Path, Params, str], None], stage: str) -> None:
+    """`python -m stages.<stage> NAME`: build candidate NAME of params.yaml (what dvc.yaml runs)."""
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m stages.{stage} NAME  (a key under `{stage}:` in params.yaml)")
+    params = stage_params()
+    try:
+        candidate(params, stage, sys.argv[1])
+    except KeyError as err:
+        sys.exit(str(err.args[0]))
+    with refusals_in_one_line():
+        run(Path("."), params, sys.argv[1])
+
+
+def stage_main(run: Callable[[Path, Params], None]) -> None:
+    """`python -m stages.<stage>` for a stage without a NAME (what dvc.yaml runs)."""
+    params = stage_params()
+    with refusals_in_one_line():
+        run(Path("."), params)
+
+
+@contextmanager
+def refusals_in_one_line() -> Iterator[None]:
+    """A stage that refuses its params or data (StageRefused: bad data, a teacher that learned
+    nothing, a sparsity a layer cannot take) exits non-zero with one line naming the key."""
+    try:
+        yield
+    except StageRefused as err:
+        sys.exit(str(err))
+
+
+def stage_params() -> Params:
+    """params.yaml for a stage that `dvc repro` runs: valid, and with dvc.yaml's generated merge
+    stages in step with it (else a merge missing from dvc.yaml would silently never be built)."""
+    try:
+        params = load_params()
+        check_synced(Path("."), params)
+    except ParamsError as err:
+        sys.exit(str(err))
+    return params

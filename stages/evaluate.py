@@ -1,0 +1,136 @@
+"""Stage `evaluate`: export every model to ONNX and measure the exports side by side.
+
+Reads params `evaluate.*`, data/splits/{val,test} and models/*; writes exports/<name>.onnx,
+metrics/candidates.json (one record per model, the teacher included) and the Pareto plots
+(plots/pareto.csv for `dvc plots`, plots/pareto.png).
+
+Every model is scored on both splits: validation for the decisions downstream (gate, promote),
+test for the report. Each record also holds `val_vs_teacher`, the paired 2×2 table of its and
+the teacher's per-image correctness on validation (squeeze.measure.stats), from which the gate
+decides non-inferiority to the teacher without the predictions themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import task
+
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, read_json, write_json
+from squeeze.data.spec import Split, read_spec
+from squeeze.data.splits import load_split
+from squeeze.decide.gate import TEACHER
+from squeeze.measure.export import export_onnx
+from squeeze.measure.plots import pareto_png
+from squeeze.measure.runtime import latencies, measure_logits
+from squeeze.measure.stats import paired_table
+from squeeze.methods.train import predict
+from squeeze.nets.models import load_checkpoint
+from stages.artifacts import publish
+from stages.candidate import stage_main
+
+PARETO_COLUMNS = (
+    "name",
+    "method",
+    "test_accuracy",
+    "size_bytes",
+    "shipped_bytes",
+    "latency_ms_p50",
+)
+ARTIFACT_COLUMNS = (
+    "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",
+    "size_bytes", "shipped_bytes", "nonzero_params", "macs", "latency_ms_p50", "latency_ms_p95",
+    "agreement",
+)  # fmt: skip
+
+
+def export(ws: Workspace, name: str, val: Split, val_logits: dict[str, np.ndarray]) -> np.ndarray:
+    """Write exports/<name>.onnx; return the predictions (N,) on val of what it was made from.
+
+    A checkpoint's source is its torch model. A model that exists only as ONNX (int8/int4
+    quantization, a logit ensemble) has as source its upstreams' exports: the upstream's own
+    predictions for a quantized model, the members' averaged logits for an ensemble, read from
+    val_logits (upstreams are evaluated first). So every export has an agreement figure.
+    """
+    folder = ws.model(name)
+    record = read_json(folder / "model.json")
+    if record.get("format") == "onnx":
+        shutil.copyfile(folder / "model.onnx", ws.export(name))
+        # n × (N, K) -> (N, K): f(x) = 1/n Σ fᵢ(x), which for one upstream is its own logits
+        return np.mean([val_logits[up] for up in record["upstream"]], axis=0).argmax(1)
+    model, _ = load_checkpoint(folder)
+    export_onnx(model, ws.export(name))
+    return predict(model, torch.from_numpy(val.images)).argmax(1).numpy()
+
+
+def write_pareto(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
+    path = ws.plot("pareto.csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PARETO_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records.values())
+    pareto_png(list(records.values()), ws.plot("pareto.png"))
+
+
+def publish_report(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
+    """The candidates table and the Pareto plot as Prefect artifacts (inside a run only)."""
+    rows = [{k: rec[k] for k in ARTIFACT_COLUMNS} for rec in records.values()]
+    publish("table", key="candidates", table=rows, description="evaluate: every model measured")
+    # the UI cannot load a file on the worker's disk, so the PNG travels inside the markdown
+    png = base64.b64encode(ws.plot("pareto.png").read_bytes()).decode()
+    publish("markdown", key="pareto", description="accuracy vs size and latency",
+            markdown=f"![Pareto plot](data:image/png;base64,{png})")  # fmt: skip
+
+
+def run(root: Path, params: Params) -> None:
+    ws, cfg = Workspace(root), params.evaluate
+    torch.set_num_threads(cfg.threads)
+    splits = {split: load_split(ws.split(split)) for split in ("val", "test")}
+    shutil.rmtree(root / "exports", ignore_errors=True)
+    (root / "exports").mkdir()
+    records: dict[str, dict[str, Any]] = {}
+    val_logits: dict[str, np.ndarray] = {}
+    classes = list(read_spec(ws.profile).classes)
+    # one process: every model is measured under the same conditions, timed interleaved
+    for name in params.model_names():  # topological: upstreams before what is made from them
+        record = read_json(ws.model(name) / "model.json")
+        reference = export(ws, name, splits["val"], val_logits)
+        measured, logits = measure_logits(ws.export(name), splits, classes, cfg, reference)
+        val_logits[name] = logits["val"]
+        records[name] = {
+            "name": name,
+            "method": record["method"],
+            "upstream": record["upstream"],
+            **measured,
+        }
+    timed = latencies({name: ws.export(name) for name in records}, splits["val"].images[0], cfg)
+    for name, record in records.items():
+        record |= timed[name]
+    labels = splits["val"].labels
+    teacher_correct = val_logits[TEACHER].argmax(1) == labels
+    for name, record in records.items():
+        record["val_vs_teacher"] = paired_table(
+            val_logits[name].argmax(1) == labels, teacher_correct
+        )
+    write_json(ws.metrics("candidates"), records)
+    write_pareto(ws, records)
+    publish_report(ws, records)
+
+
+evaluate = task(run, name="evaluate", timeout_seconds=3600)
+
+
+def main() -> None:
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Stage `source`: stamp the data that `ingest.source` holds now, so that both entry points see
+new data the same way.
+
+DVC cannot look into a folder, bucket or URL outside the repo, so this stage is
+`always_changed`: `dvc repro` and the flow run it first, every time. It writes data/source.json,
+the fingerprint of the decoded data (squeeze.data.sources.fingerprint, the one ingest writes to
+data/fingerprint.json). ingest depends on the stamp: the same data, however encoded or named,
+gives the same stamp and ingest is skipped; new data changes it and ingest and everything
+downstream re-run.
+
+The stamp is taken over the data as ingest reads it: IDX images, and an ImageFolder's files
+decoded with Pillow and converted to ingest.channels and ingest.image_size (the class folders'
+names are in it too). So the same pixels, however encoded (PNG or lossless WebP, another
+compression level), give the same stamp.
+
+Cost per run: starting Python and importing Prefect (~1.5 s), then reading and decoding the
+source: the four IDX files (a local folder in place, ~0.3 s for Fashion-MNIST; an S3 prefix or a
+mirror is downloaded, ~30 MB); an ImageFolder is decoded whole (about 0.1 ms per small PNG on a
+local disk, plus one GET per file on S3).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, write_json
+from squeeze.data.sources import fingerprint, read_source
+from squeeze.data.spec import FetchError
+from stages.candidate import refusals_in_one_line, stage_params
+from stages.retrying import io_task
+
+
+def run(root: Path, params: Params) -> None:
+    """Write the fingerprint of the data at the source to data/source.json."""
+    ws, cfg = Workspace(root), params.ingest
+    data = read_source(cfg, ws.state("probe"))
+    write_json(ws.source, fingerprint(data.splits, data.classes))
+
+
+def fetch_failed(err: BaseException) -> bool:
+    """A source that could not be read now (network, throttling, 5xx) is worth retrying; bad
+    data, a missing file or refused access fails at once."""
+    return isinstance(err, FetchError)
+
+
+source = io_task(run, "source", fetch_failed, timeout_seconds=600)
+
+
+def main() -> None:
+    """`dvc repro`'s entry. A source that cannot be read now (offline, throttled) keeps the last
+    stamp, with a warning, so that local work goes on: DVC leaves the file in place (persist)
+    and ingest stays current. The flow's task retries instead, then fails the run."""
+    root = Path(".")
+    params = stage_params()
+    with refusals_in_one_line():
+        try:
+            run(root, params)
+        except FetchError as err:
+            stamp = Workspace(root).source
+            if not stamp.exists():
+                raise
+            print(
+                f"warning: {err}; kept the last {stamp}: data the source holds now is seen once "
+                "it can be read again",
+                file=sys.stderr,
+            )
+
+
+if __name__ == "__main__":
+    main()
