@@ -1,5 +1,5 @@
-"""The parts of dvc.yaml written out from params.yaml: the merge stages, and the user's code
-among the deps of the stages that build models.
+"""The parts of dvc.yaml written out from params.yaml and the code: the merge stages, and the
+code among every stage's deps.
 
 A merge has any number of upstreams, and DVC's templating cannot put a list into `deps`
 (treeverse/dvc#8171: "Cannot interpolate data of type 'list'"), so merge cannot be a `foreach`
@@ -7,11 +7,15 @@ like distill, prune and quantize. Its stages are generated instead, one per `mer
 `merge-NAME`: `squeeze sync` writes them, `squeeze profile` and every flow run call it, and a stage
 run by `dvc repro` refuses a dvc.yaml that disagrees with params.yaml and names that command.
 
-A class_path network is code in the workspace (squeeze.factory) that DVC cannot know of from the
-static dvc.yaml, and a local train_teacher.init is a file: sync lists the folder (or .py file) of
-every class_path's top-level package among the deps of each stage that builds or loads models
+A stage's code is every project file its stage module imports, directly or not (its import
+closure, squeeze.config.imports): sync lists exactly those files among its deps, so a change to
+any module a stage runs makes DVC re-run it, and no other change does. A class_path network is
+code in the workspace (squeeze.nets.factory) that DVC cannot know of from the static dvc.yaml,
+and a local train_teacher.init is a file: sync lists the folder (or .py file) of every
+class_path's top-level package among the deps of each stage that builds or loads models
 (CODE_STAGES, the merge stages), and the init file among train_teacher's, so `dvc repro` re-runs
-them when that code or those weights change.
+them when that code or those weights change. Every other dep (data, models, metrics: OWN_DEPS) is
+dvc.yaml's own.
 """
 
 from __future__ import annotations
@@ -24,30 +28,19 @@ import yaml
 
 from squeeze.config.allowlist import class_paths, workspace_packages
 from squeeze.config.errors import ParamsError
+from squeeze.config.imports import closures, module_file
 from squeeze.config.params import Params
 
 DVC_FILE = "dvc.yaml"
+STAGE_CMD = re.compile(r"^python -m (?P<module>stages\.[a-z_]+)\b")
 MERGE_CMD = "python -m stages.merge"
-MERGE_DEPS = [
-    "stages/merge.py",
-    "stages/candidate.py",
-    "squeeze/methods/merge.py",
-    "squeeze/methods/distill.py",
-    "squeeze/measure/export.py",
-    "squeeze/measure/runtime.py",
-    "squeeze/nets/models.py",
-    "squeeze/nets/factory.py",
-    "squeeze/config/allowlist.py",
-    "squeeze/nets/structure.py",
-    "squeeze/methods/train.py",
-    "data/splits/train.safetensors",
-    "data/splits/val.safetensors",
-    "data/fingerprint.json",
-]
+# what a merge stage reads besides its code and its upstreams' model folders
+MERGE_DATA = ["data/splits/train.safetensors", "data/splits/val.safetensors",
+              "data/fingerprint.json"]  # fmt: skip
 # the stages that build or load a model, so run the user's network code; merge-* besides
 CODE_STAGES = ("train_teacher", "distill", "prune", "quantize", "evaluate")
-# deps dvc.yaml lists itself; any other dep of a CODE_STAGES stage is one sync manages
-OWN_DEPS = ("stages/", "squeeze/", "data/", "models", "exports", "metrics/")
+# deps dvc.yaml lists itself (what a stage reads besides code); sync writes every other dep
+OWN_DEPS = ("data/", "models", "exports", "metrics/")
 _STAGE_NAME = re.compile(r"^(?:merge-(?P<merged>.+)|(?P<stage>[a-z_]+)(?:@(?P<name>.+))?)$")
 
 
@@ -89,13 +82,17 @@ def init_deps(params: Params) -> list[str]:
 
 
 def merge_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
-    """The dvc.yaml stage of every merge candidate, its upstreams' model folders and the user's
-    code (user_deps) among its deps."""
-    code = user_deps(root, params)
+    """The dvc.yaml stage of every merge candidate: the code stages.merge runs (its import
+    closure), the data, the user's code (user_deps) and its upstreams' model folders."""
+    code = stage_code(root, ["stages.merge"])["stages.merge"]
+    user = user_deps(root, params)
     return {
         f"merge-{name}": {
             "cmd": f"{MERGE_CMD} {name}",
-            "deps": MERGE_DEPS + code + [f"models/{up}" for up in dict.fromkeys(cfg.upstreams)],
+            "deps": code
+            + MERGE_DATA
+            + user
+            + [f"models/{up}" for up in dict.fromkeys(cfg.upstreams)],
             "params": [f"merge.{name}"],
             "outs": [f"models/{name}"],
         }
@@ -103,20 +100,45 @@ def merge_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
     }
 
 
+def stage_code(root: Path, modules: list[str]) -> dict[str, list[str]]:
+    """Each stage module's import closure (squeeze.config.imports): every project file it runs,
+    so that a change to any of them makes DVC re-run the stage. [] for a module the workspace
+    does not hold (squeeze installed as a package rather than checked out there)."""
+    present = [m for m in modules if module_file(root, m) is not None]
+    return {m: [] for m in modules} | closures(root, present)
+
+
+def _module(stage: dict[str, Any]) -> str | None:
+    """The stage module a dvc.yaml stage runs (`python -m stages.prune ...` -> stages.prune)."""
+    match = STAGE_CMD.match(str(stage.get("cmd", "")))
+    return match["module"] if match else None
+
+
 def code_deps(root: Path, params: Params, stages: dict[str, Any]) -> dict[str, list[str]]:
-    """The deps each CODE_STAGES stage should have: dvc.yaml's own (OWN_DEPS) with the user's
-    code after them, and train_teacher's init file."""
-    code = user_deps(root, params)
+    """The deps every stage that runs a stage module should have: its import closure, then its
+    other deps as dvc.yaml lists them (data, models, metrics), then for CODE_STAGES the user's
+    code, and train_teacher's init file. Merge stages are merge_stages' whole."""
+    bodies = {key: stage.get("do", stage) for key, stage in stages.items()
+              if not _is_merge(stage)}  # fmt: skip  # a foreach stage's deps are under do:
+    modules = {key: _module(body) for key, body in bodies.items()}
+    code = stage_code(root, sorted({m for m in modules.values() if m}))
+    user = user_deps(root, params)
     wanted = {}
-    for key in CODE_STAGES:
-        body = stages[key].get("do", stages[key])  # a foreach stage's deps are under do:
-        own = [d for d in body.get("deps", []) if str(d).startswith(OWN_DEPS)]
-        wanted[key] = own + code + (init_deps(params) if key == "train_teacher" else [])
+    for key, module in modules.items():
+        if module is None:
+            continue
+        own = [d for d in bodies[key].get("deps", [])
+               if str(d).startswith(OWN_DEPS) and d not in init_deps(params)]  # fmt: skip
+        extra = user if key in CODE_STAGES else []
+        wanted[key] = (
+            code[module] + own + extra + (init_deps(params) if key == "train_teacher" else [])
+        )
     return wanted
 
 
 def stale_code_stages(root: Path, params: Params) -> list[str]:
-    """The CODE_STAGES stages whose deps do not list the user's code as code_deps says."""
+    """The stages whose deps are not what code_deps says (the code they import, the user's
+    code, the init file)."""
     stages = yaml.safe_load((root / DVC_FILE).read_text())["stages"]
     wanted = code_deps(root, params, stages)
     return [key for key, deps in wanted.items()
@@ -137,19 +159,20 @@ def stale_merge_stages(root: Path, params: Params) -> list[str]:
 
 def check_synced(root: Path, params: Params) -> None:
     """Raise ParamsError, naming the stages and the fix, when dvc.yaml's merge stages or the
-    user's code among the deps are stale."""
+    code among the deps are stale."""
     stale = stale_merge_stages(root, params) + stale_code_stages(root, params)
     if stale:
         raise ParamsError(
             f"{root / DVC_FILE}: stages {', '.join(stale)} do not match params.yaml (the merge "
-            f"section, or the class_path code and train_teacher.init they depend on); run "
+            f"section, the code they import, or the class_path code and train_teacher.init they "
+            f"depend on); run "
             f"`squeeze sync` to regenerate them, then `dvc repro` again"
         )
 
 
 def sync(root: Path, params: Params) -> bool:
-    """Rewrite dvc.yaml's merge stages and the user's code among the deps from params (comments
-    elsewhere kept); True if changed."""
+    """Rewrite dvc.yaml's merge stages and the code among every stage's deps from params and the
+    import graph (comments elsewhere kept); True if changed."""
     if not stale_merge_stages(root, params) and not stale_code_stages(root, params):
         return False
     from dvc.utils.serialize import modify_yaml  # ruamel round trip: keeps comments and order

@@ -30,10 +30,13 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the project's dvc.yaml, params.yaml and profiles."""
+    """A copy of the project's dvc.yaml, params.yaml, profiles and code (the stages' deps)."""
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(PROJECT / name, tmp_path / name)
-    shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
+    for name in ("profiles", "squeeze", "stages"):
+        shutil.copytree(
+            PROJECT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
     return tmp_path
 
 
@@ -147,3 +150,19 @@ def test_sync_lists_the_users_network_code_and_init_file_among_the_deps(project:
     assert yaml.safe_load((project / "dvc.yaml").read_text()) == yaml.safe_load(
         (PROJECT / "dvc.yaml").read_text()
     )
+
+
+def test_a_new_import_in_stage_code_makes_its_stage_stale_until_synced(project: Path) -> None:
+    params = load_params(project)
+    assert stale_code_stages(project, params) == []
+    # the gate stage's code now reaches squeeze/methods/qat.py (and what that imports)
+    stage = project / "stages" / "gate.py"
+    stage.write_text(stage.read_text() + "\n\ndef later():\n    import squeeze.methods.qat\n")
+    assert stale_code_stages(project, params) == ["gate"]
+    with pytest.raises(ParamsError, match="gate do not match.*squeeze sync"):
+        check_synced(project, params)
+    assert sync(project, params) is True
+    deps = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["gate"]["deps"]
+    assert {"squeeze/methods/qat.py", "squeeze/nets/models.py"} <= set(deps)
+    assert "data/splits/train.safetensors" not in deps  # code only: the stage's data deps stay
+    check_synced(project, params)
