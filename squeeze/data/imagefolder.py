@@ -127,7 +127,17 @@ def list_entries(location: str, store: Store | None) -> tuple[list[str], set[str
     if not root.is_dir():
         raise DataError(f"ingest.source: {location} is not a folder or s3:// prefix")
     files, folders = [], set()
+    # a linked folder is followed (a class folder may be a link to where the images are) but
+    # never twice down one path: a link back to a folder above it would otherwise never end
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        above = {os.path.realpath(p) for p in (dirpath, *Path(dirpath).parents)
+                 if Path(p).is_relative_to(root)}  # fmt: skip
+        looped = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) in above]
+        if looped:
+            raise DataError(
+                f"ingest.source: {os.path.join(dirpath, looped[0])} links back to a folder above "
+                "it (a symlink loop): remove the link, or point ingest.source below it"
+            )
         rel = Path(dirpath).relative_to(root).as_posix()
         prefix = "" if rel == "." else f"{rel}/"
         folders.update(f"{prefix}{d}" for d in dirnames)

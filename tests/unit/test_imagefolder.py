@@ -177,6 +177,21 @@ def test_a_layout_that_is_neither_is_refused(folder: Path) -> None:
         read(folder)
 
 
+def test_a_linked_class_folder_is_read_and_a_symlink_loop_is_refused(
+    folder: Path, tmp_path: Path
+) -> None:
+    before = read(folder).splits["train"]
+    bag = folder / "train" / "Bag"
+    bag.rename(tmp_path / "bag-elsewhere")
+    bag.symlink_to(tmp_path / "bag-elsewhere", target_is_directory=True)
+    np.testing.assert_array_equal(read(folder).splits["train"].images, before.images)
+    (folder / "train" / "Coat" / "again").symlink_to(folder / "train", target_is_directory=True)
+    with pytest.raises(DataError, match=r"train/Coat/again links back to a folder above it"):
+        # before: os.walk(followlinks=True) went round the loop until the OS refused (ELOOP),
+        # listing the same files under ~40 paths; two loops make that walk exponential
+        read(folder)
+
+
 def test_one_class_is_not_a_dataset(folder: Path) -> None:
     only = folder / "only"
     shutil.copytree(folder / "train" / "Bag", only / "Bag")
