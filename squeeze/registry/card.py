@@ -45,15 +45,28 @@ def contract(spec: DataSpec) -> dict[str, dict[str, Any]]:
     }
 
 
-def git_revision(root: Path) -> str:
-    """`git rev-parse HEAD` of the workspace, or "unknown" outside git (or without git)."""
+def git(root: Path, *args: str) -> str | None:
+    """The output of `git ARGS` in the workspace, or None outside git (or without git)."""
     try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "unknown"
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def git_revision(root: Path) -> str:
+    """`git rev-parse HEAD` of the workspace, or "unknown" outside git (or before a commit)."""
+    return git(root, "rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty(root: Path) -> bool | None:
+    """Whether tracked files differ from HEAD (params.yaml edited, code changed): the revision
+    alone then does not say what built the model. None outside git. Untracked files and what git
+    ignores (DVC's outputs) do not count."""
+    if git_revision(root) == "unknown":
+        return None
+    status = git(root, "status", "--porcelain", "--untracked-files=no")
+    return None if status is None else status != ""
 
 
 def file_sha256(path: Path) -> str | None:
@@ -166,6 +179,7 @@ def build_card(
         "decision": decision,
         "lineage": {
             "git_revision": git_revision(root),
+            "git_dirty": git_dirty(root),
             "dvc_lock_sha256": file_sha256(root / "dvc.lock"),
             "data_fingerprint": data_fingerprint(root),
             "upstream_chain": chain,
@@ -231,7 +245,8 @@ def summary_markdown(card: dict[str, Any]) -> str:
         f"- lineage: {chain_text(card)}",
         f"- sparsity per layer: {sparsity_text(card)}",
         f"- decision: {decision_text(card.get('decision'))}",
-        f"- git {lineage.get('git_revision')}, dvc.lock sha256 "
+        f"- git {lineage.get('git_revision')}"
+        f"{' with uncommitted changes' if lineage.get('git_dirty') else ''}, dvc.lock sha256 "
         f"{(lineage.get('dvc_lock_sha256') or 'none')[:12]}, data "
         f"{(lineage.get('data_fingerprint') or 'unknown')[:12]}",
     ]

@@ -16,6 +16,7 @@ from squeeze.data.spec import DataSpec
 from squeeze.registry.card import (
     build_card,
     contract,
+    git_dirty,
     git_revision,
     summary_markdown,
     upstream_chain,
@@ -80,6 +81,7 @@ def test_card_holds_contract_metrics_gates_and_lineage(workspace: Path) -> None:
     assert card["gate"]["passed"] and card["gate"]["policy"] == params.gate.policy
     lineage = card["lineage"]
     assert lineage["git_revision"] == "unknown"  # tmp_path is outside any git repo
+    assert lineage["git_dirty"] is None
     expected_lock = hashlib.sha256((workspace / "dvc.lock").read_bytes()).hexdigest()
     assert lineage["dvc_lock_sha256"] == expected_lock
     assert lineage["data_fingerprint"] == "f" * 64
@@ -135,8 +137,16 @@ def test_git_revision_inside_a_repo(tmp_path: Path) -> None:
 
     git("init", "-q")
     assert git_revision(tmp_path) == "unknown"  # no commit yet
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    assert git_dirty(tmp_path) is None
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("add", "params.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
     assert git_revision(tmp_path) == git("rev-parse", "HEAD")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "models").mkdir()  # untracked outputs do not make it dirty
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "params.yaml").write_text("a: 2\n")  # an edited, uncommitted params.yaml does
+    assert git_dirty(tmp_path) is True
 
 
 def test_project_params_build_a_card(tmp_path: Path) -> None:
