@@ -60,10 +60,15 @@ class Workspace:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically with sorted keys, so equal data gives equal bytes."""
+    """Write JSON atomically with sorted keys, so equal data gives equal bytes.
+
+    Raises ValueError on a NaN or infinity (before anything is written): Python would write them
+    as bare NaN/Infinity, which is not JSON and which other readers (jq, DVC, browsers) reject.
+    """
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -83,10 +83,12 @@ def split_scores(
     split: str, pred: np.ndarray, labels: np.ndarray, classes: list[str]
 ) -> dict[str, Any]:
     """`<split>_accuracy` with its Wilson 95% interval and `<split>_per_class_accuracy` (by
-    class name; label k is classes[k])."""
+    class name; label k is classes[k]; None for a class the split holds no image of, which JSON
+    writes as null: a mean over nothing is not a measurement)."""
     correct = pred == labels
     per_class = {
-        name: round(float(correct[labels == c].mean()), 5) for c, name in enumerate(classes)
+        name: round(float(correct[labels == c].mean()), 5) if (labels == c).any() else None
+        for c, name in enumerate(classes)
     }
     return {
         f"{split}_accuracy": round(float(correct.mean()), 5),

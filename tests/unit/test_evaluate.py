@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from squeeze.config.sections import EvaluateParams
+from squeeze.config.workspace import write_json
 from squeeze.data.spec import DataSpec, Split
 from squeeze.measure import runtime
 from squeeze.measure.export import INPUT, OUTPUT, export_onnx, graph_stats
-from squeeze.measure.runtime import latencies, measure_logits, session
+from squeeze.measure.runtime import latencies, measure_logits, session, split_scores
 from squeeze.methods.train import predict
 from squeeze.nets.models import build_model, load_checkpoint, save_checkpoint
 
@@ -158,3 +160,16 @@ def test_a_three_channel_spec_builds_exports_and_evaluates(tmp_path: Path) -> No
     loaded, record = load_checkpoint(tmp_path / "rgb")
     assert loaded.spec == RGB and DataSpec.from_json(record["data"]) == RGB
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_class_the_split_lacks_has_no_accuracy_and_nan_never_reaches_json(
+    tmp_path: Path,
+) -> None:
+    labels = np.array([0, 0, 2, 2])
+    scores = split_scores("test", np.array([0, 1, 2, 2]), labels, ["a", "b", "c"])
+    assert scores["test_per_class_accuracy"] == {"a": 0.5, "b": None, "c": 1.0}
+    write_json(tmp_path / "scores.json", scores)
+    assert json.loads((tmp_path / "scores.json").read_text()) == scores  # strict JSON
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json(tmp_path / "nan.json", {"accuracy": float("nan")})
+    assert not (tmp_path / "nan.json").exists()
