@@ -44,7 +44,7 @@ TAIL_LINES = 40  # of a failed stage's output, in the error
 # What a stage's `python -m stages.<stage>` imports: shipped whole, not only the files dvc.yaml
 # lists as deps. A worker whose scratch checkout had stages/distill.py but no stages/__init__.py
 # would import the installed package's copy instead, and run other code than the workspace's.
-CODE = ("squeeze", "tasks")
+CODE = ("squeeze", "stages")
 DVC_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore")
 
 
