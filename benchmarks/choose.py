@@ -1,9 +1,11 @@
 """Every row the benchmark picks, picked on validation; test figures are only reported.
 
 A "best" candidate (the one a peer is built against, the one that meets a target) is the
-highest validation accuracy among those that qualify, the qualifying conditions on accuracy
-also read on validation. The test split of the chosen row is what the report shows, and
-whether the target still holds there is reported, never used to choose.
+highest validation accuracy among those that qualify, ties by a smaller shipped file or a lower
+latency, then the name: squeeze's own chooser (squeeze.decide.choose, the gate's) under an
+order of metrics. The qualifying conditions on accuracy are also read on validation. The test
+split of the chosen row is what the report shows, and whether the target still holds there is
+reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from squeeze.config.params import Params
+from squeeze.decide.choose import ACCURACY, LATENCY, SIZE, Order, best
 
-CHOOSE = "val"  # the split every choice reads
+CHOOSE = "val"  # the split every choice reads (squeeze.decide.choose.ACCURACY is val_accuracy)
 REPORT = "test"  # the split the report shows for what was chosen
 Row = dict[str, Any]
 
@@ -48,14 +51,8 @@ def macs_ratio(row: Row, teacher: Row) -> float:
     return teacher["macs"] / row["macs"]
 
 
-def best(rows: list[Row], tie_break: Callable[[Row], Any]) -> Row | None:
-    """The row with the highest validation accuracy; ties go to the smallest tie_break."""
-    ranked = sorted(rows, key=lambda r: (-accuracy(r, CHOOSE), tie_break(r), r["name"]))
-    return ranked[0] if ranked else None
-
-
-def by_size(row: Row) -> int:
-    return row["shipped_bytes"]
+BY_SIZE: Order = (ACCURACY, SIZE)  # the most accurate on validation, ties: smaller shipped file
+BY_LATENCY: Order = (ACCURACY, LATENCY)  # the most accurate on validation, ties: lower latency
 
 
 def unstructured(records: dict[str, Row], params: Params) -> list[str]:
@@ -68,7 +65,7 @@ def best_static_int8(records: dict[str, Row], params: Params) -> str | None:
     """squeeze's best static int8 quantization candidate (ties: smaller shipped file, then name)."""
     names = [n for n, c in params.quantize.items()
              if c.mode == "static" and c.weights == "int8" and n in records]  # fmt: skip
-    chosen = best([records[n] for n in names], by_size)
+    chosen = best([records[n] for n in names], BY_SIZE)
     return None if chosen is None else chosen["name"]
 
 
@@ -77,13 +74,13 @@ class Target:
     """One of the issue's targets: a condition on a row, given the teacher and a split.
 
     `holds(row, teacher, split)` reads the accuracy of `split` only; size and latency are the
-    same on every split. tie_break orders rows of equal validation accuracy (smallest first).
+    same on every split. order ranks the rows that meet it (squeeze.decide.choose).
     """
 
     key: str
     label: str
     holds: Callable[[Row, Row, str], bool]
-    tie_break: Callable[[Row], Any]
+    order: Order
 
 
 MAX_DROP = 0.01  # "≤ 1 pt drop", as a fraction
@@ -93,32 +90,32 @@ STRICT_DROP = 0.005  # "≤ 0.5 pt drop"
 TARGETS = (
     Target(
         "accurate_small", "≥ 92.5% with a deployable file ≤ 64 KB (the shipped model.onnx.xz)",
-        lambda r, t, s: accuracy(r, s) >= 0.925 and r["shipped_bytes"] <= 64 * 1024, by_size,
+        lambda r, t, s: accuracy(r, s) >= 0.925 and r["shipped_bytes"] <= 64 * 1024, BY_SIZE,
     ),
     Target(
         "shipped_40x", "≥ 40× smaller shipped file than the teacher's (xz ÷ xz), ≤ 1 pt drop",
-        lambda r, t, s: shipped_ratio(r, t) >= 40 and drop(r, t, s) <= MAX_DROP, by_size,
+        lambda r, t, s: shipped_ratio(r, t) >= 40 and drop(r, t, s) <= MAX_DROP, BY_SIZE,
     ),
     Target(
         "latency_3x", "≥ 3× lower batch-1 latency (p50, onnxruntime), ≤ 1 pt drop",
         lambda r, t, s: speedup(r, t) >= 3 and drop(r, t, s) <= MAX_DROP,
-        lambda r: r["latency_ms_p50"],
+        BY_LATENCY,
     ),
     Target(
         "shipped_60x", "≥ 60× smaller shipped file than the teacher's (xz ÷ xz), ≤ 1 pt drop "
         "(past Deep Compression's 35–49×)",
-        lambda r, t, s: shipped_ratio(r, t) >= 60 and drop(r, t, s) <= MAX_DROP, by_size,
+        lambda r, t, s: shipped_ratio(r, t) >= 60 and drop(r, t, s) <= MAX_DROP, BY_SIZE,
     ),
     Target(
         "latency_5x", "≥ 5× lower batch-1 latency (p50, onnxruntime), ≤ 0.5 pt drop",
         lambda r, t, s: speedup(r, t) >= 5 and drop(r, t, s) <= STRICT_DROP,
-        lambda r: r["latency_ms_p50"],
+        BY_LATENCY,
     ),
     Target(
         "macs_2x", "≥ 2× fewer MACs and ≥ 1.8× lower batch-1 latency (p50), ≤ 0.5 pt drop",
         lambda r, t, s: (macs_ratio(r, t) >= 2 and speedup(r, t) >= 1.8
                          and drop(r, t, s) <= STRICT_DROP),
-        lambda r: r["latency_ms_p50"],
+        BY_LATENCY,
     ),
 )  # fmt: skip
 
@@ -129,7 +126,7 @@ def choose_target(target: Target, candidates: list[Row], teacher: Row) -> dict[s
     Returns {"target", "label", "chosen": name or None, "holds_on_test": bool or None}.
     """
     meeting = [r for r in candidates if target.holds(r, teacher, CHOOSE)]
-    chosen = best(meeting, target.tie_break)
+    chosen = best(meeting, target.order)
     return {
         "target": target.key,
         "label": target.label,

@@ -44,9 +44,10 @@ from squeeze.data.splits import load_split
 from squeeze.measure.export import export_onnx
 from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import compare, paired_table
+from squeeze.methods.quantize import calibration_images
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
-from stages.quantize import calibration_images, fp32_source
+from stages.quantize import fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
 DEFAULT = "default"  # the profile name of params.yaml as committed

@@ -52,9 +52,42 @@ def models_table(results: Results) -> list[str]:
     return out
 
 
+P_FLOOR = 1e-6  # p-values are stored to 6 decimals: a stored 0 is below this, not zero
+
+
 def p_text(p: float) -> str:
     """A p-value as stored (6 decimals): 0 means below 1e-6, not zero."""
-    return "< 1e-06" if p < 1e-6 else f"{p:.3g}"
+    return "< 1e-06" if p < P_FLOOR else f"{p:.3g}"
+
+
+def holm(comparisons: list[dict[str, Any]]) -> list[float]:
+    """Each comparison's McNemar p adjusted by Holm's step-down method (statsmodels
+    `multipletests(method="holm")`), in the order given.
+
+    The family is every paired comparison reported on the same split: a reader scans them
+    together, and among that many tests one would come out p < 0.05 by chance alone; Holm keeps
+    the chance of any false 'more accurate' in a family under alpha. A stored 0 counts as 1e-6,
+    so its adjusted p is an upper bound (holm_text writes it "< ...").
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = [1.0] * len(comparisons)
+    for split in dict.fromkeys(c["split"] for c in comparisons):
+        family = [i for i, c in enumerate(comparisons) if c["split"] == split]
+        raw = [max(comparisons[i]["p_value"], P_FLOOR) for i in family]
+        for i, q in zip(family, multipletests(raw, method="holm")[1], strict=True):
+            adjusted[i] = float(q)
+    return adjusted
+
+
+def holm_text(q: float, c: dict[str, Any]) -> str:
+    """A Holm-adjusted p beside its raw p; an upper bound ("< ...") where the raw p was."""
+    return f"< {q:.3g}" if c["p_value"] < P_FLOOR else f"{q:.3g}"
+
+
+def family_size(comparisons: list[dict[str, Any]], split: str) -> int:
+    """How many comparisons Holm adjusts together on split (holm)."""
+    return sum(c["split"] == split for c in comparisons)
 
 
 def verdict(c: dict[str, Any]) -> str:
@@ -66,20 +99,21 @@ def verdict(c: dict[str, Any]) -> str:
 
 
 def comparisons_table(results: Results) -> list[str]:
-    """Paired comparisons on the same images: McNemar exact p, bootstrap CI of a − b."""
+    """Paired comparisons on the same images: McNemar exact p (raw, and Holm-adjusted over the
+    comparisons on the same split), bootstrap CI of a − b."""
     rows = by_name(results)
     out = [
         "| method | a | b | split | a % [95% CI] | b % [95% CI] | a − b pts [95% CI] "
-        "| McNemar p | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| McNemar p | Holm p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in results["comparisons"]:
+    for c, q in zip(results["comparisons"], holm(results["comparisons"]), strict=True):
         a, b, s = rows[c["a"]], rows[c["b"]], c["split"]
         low, high = c["ci95"]
         out.append(
             f"| {c['method']} | {c['a']} | {c['b']} | {s} | {with_ci(a, s)} | {with_ci(b, s)} | "
             f"{c['difference'] * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}] | "
-            f"{p_text(c['p_value'])} | {verdict(c)} |"
+            f"{p_text(c['p_value'])} | {holm_text(q, c)} | {verdict(c)} |"
         )
     return out
 
@@ -176,6 +210,8 @@ def header(results: Results, json_name: str) -> list[str]:
 
 
 def peers_text(results: Results) -> list[str]:
+    comparisons = results["comparisons"]
+    splits = dict.fromkeys(c["split"] for c in comparisons)
     return [
         "## Peers",
         "",
@@ -197,7 +233,11 @@ def peers_text(results: Results) -> list[str]:
         "the logit ensemble against its member most accurate on validation; soup: the soup "
         "against what the merge stage built beside it from the same ingredients (the ingredient "
         "most accurate on validation, and the other soup); vs peer: squeeze's candidate against "
-        "the peer built for it.",
+        "the peer built for it. Holm p: the McNemar p adjusted by Holm's method (statsmodels "
+        "`multipletests`) over the family of comparisons on the same split ("
+        + ", ".join(f"{family_size(comparisons, s)} on {s}" for s in splits)
+        + "), read together: a verdict whose Holm p is not below 0.05 could be one of the false "
+        "positives that many tests make likely. The verdicts read the raw p.",
         "",
         *comparisons_table(results),
     ]
@@ -270,15 +310,18 @@ def readme_figures(results: Results) -> str:
             f"{r['onnx_ratio']:.1f}× its .onnx), {r['speedup_p50']:.2f}× lower p50 latency"
             f"{'' if g['holds_on_test'] else ' (does not hold on test)'};"
         )
-    for c in results["comparisons"]:
+    comparisons = results["comparisons"]
+    size = family_size(comparisons, REPORT)
+    family = f"{size} comparison{'s' * (size > 1)} on {REPORT}"
+    for c, q in zip(comparisons, holm(comparisons), strict=True):
         if c["split"] != REPORT:
             continue
-        low, high, p = *c["ci95"], p_text(c["p_value"])
+        low, high, p, hq = *c["ci95"], p_text(c["p_value"]), holm_text(q, c)
         lines.append(
             f"- {c['method']}: `{c['a']}` vs `{c['b']}` on test: "
             f"{c['difference'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], "
-            f"McNemar p {p if p[0] == '<' else '= ' + p}: "
-            f"{verdict(c)};"
+            f"McNemar p {p if p[0] == '<' else '= ' + p}, Holm-adjusted "
+            f"{hq if hq[0] == '<' else '= ' + hq} (over the {family}): {verdict(c)};"
         )
     if results.get("noop"):
         runs = [f"{n['run']} {n['seconds']:.1f} s ({n['stages']})" for n in results["noop"]]

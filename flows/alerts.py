@@ -28,6 +28,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.logging.loggers import flow_run_logger
 from prefect.utilities.urls import url_for
 
+from flows.stagenames import STAGES
 from squeeze.config.dvcyaml import parse_stage
 
 WEBHOOK_ENV = "SQUEEZE_ALERT_WEBHOOK"
@@ -38,10 +39,8 @@ def failed_stages(flow_run: FlowRun) -> list[str]:
     """The DVC stages (`ingest`, `distill@kd_small`, `merge-x`...) whose task runs failed in a run.
 
     Stage task runs are named after their DVC stage (flows.compress.build); nested task runs
-    (the stage's own Prefect task) carry generated names and are left out.
+    (the stage's own task, flows.in_process) carry generated names and are left out.
     """
-    from flows.compress import STAGES  # the flow imports this module
-
     failed = TaskRunFilter(
         state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.FAILED]))
     )

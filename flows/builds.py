@@ -6,7 +6,7 @@ runs one build. `build_here` runs the command in the workspace (the thread pool)
 runs it on a worker that cannot see the workspace, so everything moves through the DVC remote:
 
 1. the flow packs a `Bundle`: dvc.yaml, dvc.lock, params.yaml, the code (the `squeeze` and
-   `tasks` packages, the user packages the workspace allows a class_path to import with its
+   `stages` packages, the user packages the workspace allows a class_path to import with its
    pyproject.toml that allows them, and any other dep DVC does not track), the names of the
    tracked deps to pull, and the default remote's config without credentials;
 2. the worker writes it into a scratch DVC repo of its own, pulls those deps from the remote,

@@ -3,16 +3,15 @@
 A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
 run leaves `dvc status` clean (but for the always-changed `source` stamp) and a `dvc repro`
 leaves the flow nothing to do. The flow builds each candidate as soon as its upstreams are
-current, on the task runner, so independent ones run concurrently: on local threads in the
-workspace, or on Dask workers that share no disk with it and exchange inputs and outputs with the
-flow through the DVC remote (flows.builds). A stage that builds a model runs as its own process,
-with dvc.yaml's command: its weights do not depend on the entry point nor on what is built beside
-it (see MODEL_STAGES).
+current (flows.scheduler), on the task runner, so independent ones run concurrently: on local
+threads in the workspace, or on Dask workers that share no disk with it and exchange inputs and
+outputs with the flow through the DVC remote (flows.builds). A stage that builds a model runs as
+its own process, with dvc.yaml's command: its weights do not depend on the entry point nor on
+what is built beside it (flows.stagenames.MODEL_STAGES). The other stages run in this process,
+as the tasks of flows.in_process, which also publish the run's artifacts.
 """
 
 import fcntl
-import importlib
-import queue
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,35 +27,14 @@ from flows.builds import Built, adopt, build_here, build_remote, bundle, run_pro
 from flows.builds import StageFailed as StageFailed  # squeeze.cli.main catches it from here
 from flows.dvcstate import command, is_stale, record, stale_stages
 from flows.remote import default_remote, push_remote, shared_remote
+from flows.scheduler import schedule
+from flows.stagenames import IN_PROCESS, MODEL_STAGES
 from squeeze.config.allowlist import check_class_paths
 from squeeze.config.dvcyaml import dvc_stage, parse_stage, sync
 from squeeze.config.files import load_params, write_params
 from squeeze.config.params import Params
 from squeeze.config.sections import FlowParams
 from squeeze.config.workspace import Workspace, read_json
-
-# Stages that build a model, and how long one build may take (seconds). Each runs as a child
-# process with exactly the command dvc.yaml gives it (`python -m stages.prune NAME`, cwd the
-# workspace, this interpreter), so the flow and `dvc repro` run the same code path by
-# construction. In threads of one process, concurrent builds shared torch's global RNG (weight
-# init, dropout: seeding at stage start cannot protect a build from its neighbour re-seeding or
-# drawing) and torch.set_num_threads, which is process-wide and changes float results (smoke
-# prune@teacher_ch50 on 1 vs 2 threads: different weights). A torch.Generator per build cannot
-# cover dropout (F.dropout takes none) nor a user's own module's init, and the thread count stays
-# shared, so process isolation it is. Its cost on 2 cores (smoke profile, a warm in-process call
-# vs `python -m stages.<stage> NAME`, medians of 3): 2.1 s more per build for quantize, 2.8-2.9 s
-# for prune, distill and merge, 1.5 s of it importing torch; 13 candidates on 2 workers add
-# ~20 s to a smoke run, under 2% of a default one, whose builds take minutes.
-MODEL_STAGES: dict[str, int] = {
-    "train_teacher": 4 * 3600, "distill": 4 * 3600, "prune": 4 * 3600, "merge": 4 * 3600,
-    "quantize": 3600,
-}  # fmt: skip
-# Stages that publish artifacts or retry I/O run inside the flow (the Prefect run context): the
-# function named like the stage in stages/<stage>.py, imported when the stage runs. A Dask worker
-# imports this module to restore a run's context and needs none of their libraries (torch, Great
-# Expectations): importing them took it seconds.
-IN_PROCESS = ("source", "ingest", "evaluate", "gate", "promote")
-STAGES = (*IN_PROCESS, *MODEL_STAGES)
 
 
 class WorkspaceBusy(RuntimeError):
@@ -105,7 +83,13 @@ def build(dvc_stage: str, root: Path, params: Params, known: frozenset[str] | No
         return False
     stage, _ = parse_stage(dvc_stage)
     if stage in IN_PROCESS:
-        getattr(importlib.import_module(f"stages.{stage}"), stage)(root, params)
+        # Imported when a stage runs, not with this module: a Dask worker imports this module at
+        # start to restore a run's context (the run refers to the flow) and builds models in
+        # child processes, so it needs none of the stages' libraries (torch, onnxruntime), which
+        # took it seconds to import.
+        from flows.in_process import TASKS
+
+        TASKS[stage](root, params)
     else:
         run_process(dvc_stage, command(root, dvc_stage), root, MODEL_STAGES[stage])
     record(root, dvc_stage)
@@ -185,61 +169,45 @@ def fan_out(
     known: frozenset[str] | None = None,
 ) -> dict[str, bool]:
     """Build every candidate that is stale, each as soon as its upstreams are current; return
-    {dvc stage: ran}. known: the stale stages as of the start (flows.dvcstate.stale_stages),
-    trusted until the first build finishes, or None to ask DVC for each.
+    {dvc stage: ran}, as declared. known: the stale stages as of the start
+    (flows.dvcstate.stale_stages), trusted until the first build finishes, or None to ask DVC
+    for each.
 
     The flow checks staleness and records builds in the workspace; the runner only builds
     (`build_here` on threads, `build_remote` on Dask workers through the DVC remote, when remote
-    is its (name, settings)), so independent candidates build concurrently. After a failed build
-    nothing new starts; the builds under way finish and are recorded, then the failure is raised.
+    is its (name, settings)), so independent candidates build concurrently; flows.scheduler
+    decides the order. After a failed build nothing new starts; the builds under way finish and
+    are recorded, then the failure is raised.
     """
     logger = get_run_logger()
-    upstreams, descendants = params.upstreams(), params.descendants()
-    waiting = params.model_names()[1:]  # topological: upstreams first
-    current = {params.model_names()[0]}  # the teacher
-    running: dict[PrefectFuture, tuple[str, float]] = {}
-    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
-    done: dict[str, bool] = {}
-    failure: BaseException | None = None
-    while True:
-        ready = [n for n in waiting if set(upstreams[n]) <= current] if failure is None else []
-        # the runner starts submissions in order: the model most others wait on first (the
-        # longest chain, teacher_ch50's, would otherwise queue behind the students)
-        ready.sort(key=lambda n: -descendants[n])
-        for name in ready:  # a skipped one may make others ready: look again after these
-            waiting.remove(name)
-            stage, start = dvc_stage(params, name), time.perf_counter()
-            if not stale(root, stage, known):
-                logger.info("skip %s: code, params and data unchanged", stage)
-                done[stage], seconds[stage] = False, round(time.perf_counter() - start, 2)
-                current.add(name)
-                continue
-            future = runner.submit(*submission(root, stage, remote))
-            future.add_done_callback(finished.put)
-            running[future] = name, time.perf_counter() - start
-        if ready:
-            continue
-        if not running:
-            break
-        future = finished.get()
-        name, overhead = running.pop(future)
-        stage, start = dvc_stage(params, name), time.perf_counter()
-        try:
-            built: Built = future.result()
-            if built.lock is None:  # built in the workspace
-                record(root, stage)
-            else:  # built on a worker: its dvc.lock entry, its outs from the remote
-                adopt(root, stage, built.lock)
-        except Exception as err:
-            failure = failure or err
-            continue
-        done[stage], known = True, None  # what it wrote may make others stale
-        seconds[stage] = round(overhead + built.seconds + time.perf_counter() - start, 2)
-        current.add(name)
-    if failure is not None:
-        raise failure
-    in_order = [dvc_stage(params, name) for name in params.model_names()[1:]]
-    return {stage: done[stage] for stage in in_order}  # as declared, not as finished
+    overhead: dict[str, float] = {}  # model -> seconds to check and submit its build
+
+    def start(name: str) -> PrefectFuture | None:
+        """Submit the build of model name if its stage is stale; None if it is current."""
+        stage, begin = dvc_stage(params, name), time.perf_counter()
+        if not stale(root, stage, known):
+            logger.info("skip %s: code, params and data unchanged", stage)
+            seconds[stage] = round(time.perf_counter() - begin, 2)
+            return None
+        future = runner.submit(*submission(root, stage, remote))
+        overhead[name] = time.perf_counter() - begin
+        return future
+
+    def finish(name: str, future: PrefectFuture) -> None:
+        """Record a finished build in the workspace (raises the build's failure)."""
+        nonlocal known
+        stage, begin = dvc_stage(params, name), time.perf_counter()
+        built: Built = future.result()
+        if built.lock is None:  # built in the workspace
+            record(root, stage)
+        else:  # built on a worker: its dvc.lock entry, its outs from the remote
+            adopt(root, stage, built.lock)
+        known = None  # what it wrote may make others stale
+        seconds[stage] = round(overhead[name] + built.seconds + time.perf_counter() - begin, 2)
+
+    teacher, *candidates = params.model_names()  # topological: upstreams first
+    ran = schedule(candidates, params.upstreams(), params.descendants(), {teacher}, start, finish)
+    return {dvc_stage(params, name): did for name, did in ran.items()}
 
 
 def submission(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.dvcstate import open_repo
-from stages.retrying import io_task
+from flows.retrying import io_task
 
 
 class RemoteError(RuntimeError):

@@ -5,6 +5,10 @@ Callers describe a suite as plain specs, ``("expect_column_values_to_be_between"
 runs them on a pandas DataFrame in an ephemeral GX context and returns plain, JSON-able results;
 with ``docs_dir`` it also writes GX data docs (a static HTML site) there.
 
+GX names the rows that fail a column-map expectation itself: by the DataFrame's index (its name
+and labels, the first few rows, in ``observed``), and with ``index`` by a column of names, every
+failing row (GX's ``unexpected_index_column_names``, in ``ExpectationResult.unexpected_rows``).
+
 GX is imported lazily: ``import great_expectations`` takes seconds, and most commands that
 import squeeze never validate anything.
 """
@@ -34,19 +38,29 @@ _SITE = "squeeze"
 # GX's own JSON records (suites, validation results) live beside the HTML inside docs_dir: the
 # site index is rebuilt from them, so earlier validations stay listed across calls and processes.
 _STORE_DIR = ".gx"
-# Result keys that tell a human what a column-map expectation saw.
-_MAP_KEYS = ("unexpected_count", "unexpected_percent", "partial_unexpected_list")
+# Result keys that tell a human what a column-map expectation saw: how many rows failed, the
+# first few values and which rows those were (by the DataFrame's index, or validate's `index`).
+_MAP_KEYS = (
+    "unexpected_count", "unexpected_percent", "partial_unexpected_list",
+    "partial_unexpected_index_list",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ExpectationResult:
-    """The outcome of one expectation, in plain JSON-able values."""
+    """The outcome of one expectation, in plain JSON-able values.
+
+    ``unexpected_rows``: with validate's ``index``, that column's value in every row that failed
+    a column-map expectation, as GX reports them; None without an index, for other expectations,
+    and when GX could not evaluate the expectation.
+    """
 
     expectation: str
     column: str | None
     kwargs: dict[str, Any]
     success: bool
     observed: Any
+    unexpected_rows: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ def validate(
     suite: str,
     expectations: list[ExpectationSpec],
     docs_dir: Path | None = None,
+    index: str | None = None,
 ) -> SuiteResult:
     """Run the expectations on ``df`` as suite ``suite`` in an ephemeral GX context.
 
@@ -120,6 +135,9 @@ def validate(
         suite: the suite's name; it names the data-docs pages too.
         expectations: ``(snake_case_type, kwargs)`` specs, in the order results are reported.
         docs_dir: folder of the data-docs site; nothing is written anywhere when None.
+        index: a column naming each row (a model's name): GX then reports every row that fails
+            a column-map expectation by it (result format COMPLETE with
+            ``unexpected_index_column_names``), in each result's ``unexpected_rows``.
 
     Returns:
         The suite's result, its expectations in the order given.
@@ -141,8 +159,14 @@ def validate(
             gx.ValidationDefinition(name=suite, data=batch, suite=gx_suite)
         )
         actions = [UpdateDataDocsAction(name="data_docs", site_names=[_SITE])] if docs_dir else []
+        # GX 1.x reads the result format from the checkpoint (an expectation's own is ignored)
+        fmt: dict[str, Any] = {"result_format": "SUMMARY"}
+        if index:
+            fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": [index]}
         checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=suite, validation_definitions=[definition], actions=actions)
+            gx.Checkpoint(
+                name=suite, validation_definitions=[definition], actions=actions, result_format=fmt
+            )
         )
         run = checkpoint.run(batch_parameters={"dataframe": df})
         ((result_id, suite_result),) = run.run_results.items()
@@ -152,7 +176,7 @@ def validate(
         ordered = sorted(
             suite_result.results, key=lambda r: order.get(r.expectation_config.id, len(order))
         )
-        results = [_to_result(r.to_json_dict()) for r in ordered]
+        results = [_to_result(r.to_json_dict(), index) for r in ordered]
     return SuiteResult(
         suite=suite, success=bool(suite_result.success), results=results, docs_url=docs_url
     )
@@ -209,8 +233,9 @@ def _docs_url(context: EphemeralDataContext, result_id: Any) -> str | None:
     return urls[0]["site_url"] if urls else None
 
 
-def _to_result(result: dict[str, Any]) -> ExpectationResult:
-    """Convert one GX ExpectationValidationResult (as its JSON dict) to an ExpectationResult."""
+def _to_result(result: dict[str, Any], index: str | None = None) -> ExpectationResult:
+    """Convert one GX ExpectationValidationResult (as its JSON dict) to an ExpectationResult;
+    ``index``: the column GX named the failing rows by (validate's)."""
     config = result["expectation_config"]
     # batch_id is GX bookkeeping, not part of what the caller asked for.
     kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
@@ -221,7 +246,17 @@ def _to_result(result: dict[str, Any]) -> ExpectationResult:
         kwargs=kwargs,
         success=bool(result["success"]),
         observed=_observed(result),
+        unexpected_rows=_unexpected_rows(result, index),
     )
+
+
+def _unexpected_rows(result: dict[str, Any], index: str | None) -> list[Any] | None:
+    """The index column's value of every failing row GX listed (COMPLETE's
+    ``unexpected_index_list``, one {index: name, column: value} per row); None when not listed."""
+    listed = (result.get("result") or {}).get("unexpected_index_list")
+    if index is None or listed is None or _exception_messages(result.get("exception_info") or {}):
+        return None
+    return [row[index] for row in listed]
 
 
 def _observed(result: dict[str, Any]) -> Any:

@@ -15,7 +15,8 @@ import torch
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace
 from squeeze.data.splits import load_split
-from squeeze.methods.distill import distill_student
+from squeeze.methods import MethodData
+from squeeze.methods.distill import distill
 from squeeze.nets.models import count_params, load_checkpoint, save_checkpoint
 from stages.candidate import base_record, candidate, fresh_folder, main_for, resume_key
 
@@ -30,9 +31,9 @@ def run(root: Path, params: Params, name: str) -> None:
     key = resume_key(cfg, record["data_sha256"], [ws.model(cfg.upstream)])
     state = ws.state(f"{STAGE}-{name}-{key}.pt")
     start = time.perf_counter()
-    student, history = distill_student(
-        teacher, cfg, load_split(ws.split("train")), load_split(ws.split("val")), state
-    )
+    data = MethodData(load_split(ws.split("train")), load_split(ws.split("val")))
+    result = distill(teacher, cfg, data, state_path=state)
+    student, history = result.model, result.history
     record |= {
         "format": "safetensors",
         "parameters": count_params(student),

@@ -7,12 +7,12 @@ metrics/candidates.json (one record per model, the teacher included) and the Par
 Every model is scored on both splits: validation for the decisions downstream (gate, promote),
 test for the report. Each record also holds `val_vs_teacher`, the paired 2×2 table of its and
 the teacher's per-image correctness on validation (squeeze.measure.stats), from which the gate
-decides non-inferiority to the teacher without the predictions themselves.
+decides non-inferiority to the teacher without the predictions themselves. In a flow run, the
+candidates table and the plot become artifacts of the run (flows.artifacts, from these files).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import shutil
 from pathlib import Path
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
 
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, read_json, write_json
@@ -33,7 +32,6 @@ from squeeze.measure.runtime import latencies, measure_logits
 from squeeze.measure.stats import paired_table
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
-from stages.artifacts import publish
 from stages.candidate import stage_main
 
 PARETO_COLUMNS = (
@@ -44,11 +42,6 @@ PARETO_COLUMNS = (
     "shipped_bytes",
     "latency_ms_p50",
 )
-ARTIFACT_COLUMNS = (
-    "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",
-    "size_bytes", "shipped_bytes", "nonzero_params", "macs", "latency_ms_p50", "latency_ms_p95",
-    "agreement",
-)  # fmt: skip
 
 
 def export(ws: Workspace, name: str, val: Split, val_logits: dict[str, np.ndarray]) -> np.ndarray:
@@ -78,16 +71,6 @@ def write_pareto(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(records.values())
     pareto_png(list(records.values()), ws.plot("pareto.png"))
-
-
-def publish_report(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
-    """The candidates table and the Pareto plot as Prefect artifacts (inside a run only)."""
-    rows = [{k: rec[k] for k in ARTIFACT_COLUMNS} for rec in records.values()]
-    publish("table", key="candidates", table=rows, description="evaluate: every model measured")
-    # the UI cannot load a file on the worker's disk, so the PNG travels inside the markdown
-    png = base64.b64encode(ws.plot("pareto.png").read_bytes()).decode()
-    publish("markdown", key="pareto", description="accuracy vs size and latency",
-            markdown=f"![Pareto plot](data:image/png;base64,{png})")  # fmt: skip
 
 
 def run(root: Path, params: Params) -> None:
@@ -122,10 +105,6 @@ def run(root: Path, params: Params) -> None:
         )
     write_json(ws.metrics("candidates"), records)
     write_pareto(ws, records)
-    publish_report(ws, records)
-
-
-evaluate = task(run, name="evaluate", timeout_seconds=3600)
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 Reads params `gate.*` and metrics/candidates.json; writes metrics/gate.json (per candidate and
 per expectation results with observed values, the passing candidates in policy order, the
 challenger or "nothing passed", and the reasons) and GX data docs in reports/gate/.
-Whether the challenger replaces the production champion is the promote stage's decision.
+Whether the challenger replaces the production champion is the promote stage's decision. In a
+flow run, the verdicts and the decision become artifacts of the run (flows.artifacts, from
+metrics/gate.json).
 """
 
 from __future__ import annotations
@@ -12,20 +14,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from squeeze.config.params import Params
-from squeeze.config.sections import GateParams
 from squeeze.config.workspace import Workspace, read_json, write_json
-from squeeze.decide.gate import check, gates
-from stages.artifacts import publish, say
+from squeeze.decide.gate import check
 from stages.candidate import stage_main
 
 DOCS = "reports/gate"
 
 
 def run(root: Path, params: Params) -> None:
-    """Gate every candidate, write the report and data docs, log and publish the verdict."""
+    """Gate every candidate, write the report and data docs, print the verdict."""
     ws = Workspace(root)
     candidates = read_json(ws.metrics("candidates"))
     docs = ws.report("gate")
@@ -34,8 +32,7 @@ def run(root: Path, params: Params) -> None:
     report["docs"] = f"{DOCS}/index.html"  # relative: gate.json stays the same across machines
     write_json(ws.metrics("gate"), report)
     for line in summary_lines(report):
-        say(line)
-    publish_artifacts(report)
+        print(line, flush=True)
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -47,56 +44,6 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     head = report["challenger"] or "nothing passed"
     lines.append(f"gate decision: {head} — {'; '.join(report['reasons'])}")
     return lines
-
-
-def cell(entry: dict[str, Any]) -> str:
-    """A table cell: '0.8912 ✓ (min 0.85)'."""
-    bound = "min" if "min" in entry else "max"
-    mark = "✓" if entry["passed"] else "✗"
-    return f"{entry['observed']} {mark} ({bound} {entry[bound]})"
-
-
-def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
-    """Candidates × gates, for the table artifact."""
-    names = [g.name for g in gates_of(report)]
-    rows = []
-    for name, verdict in report["candidates"].items():
-        row = {"candidate": name, "verdict": "pass" if verdict["passed"] else "FAIL"}
-        row.update({g: cell(verdict["gates"][g]) for g in names})
-        rows.append(row)
-    return rows
-
-
-def gates_of(report: dict[str, Any]) -> list[Any]:
-    """The gates a report was made with (rebuilt from its recorded thresholds)."""
-    return gates(GateParams.model_validate(report["thresholds"]))
-
-
-def decision_markdown(report: dict[str, Any]) -> str:
-    """The gate decision as Markdown."""
-    head = (
-        f"challenger **{report['challenger']}**" if report["challenger"] else "**nothing passed**"
-    )
-    reasons = "\n".join(f"- {r}" for r in report["reasons"])
-    return (
-        f"## Gate: {head}\n\npolicy `{report['policy']}`; passing, best first: "
-        f"{', '.join(report['ranking']) or 'none'}\n\n{reasons}\n\n"
-        f"GX data docs: `{report['docs']}`\n"
-    )
-
-
-def publish_artifacts(report: dict[str, Any]) -> None:
-    """The candidates × gates table and the decision, on the run page (no-op outside a run)."""
-    publish(
-        "table",
-        table=table_rows(report),
-        key="gate-verdicts",
-        description="Every candidate against every gate (observed value, ✓/✗, threshold)",
-    )
-    publish("markdown", markdown=decision_markdown(report), key="gate-decision")
-
-
-gate = task(run, name="gate", timeout_seconds=600)
 
 
 def main() -> None:

@@ -33,8 +33,6 @@ from squeeze.data.splits import (
 )
 from squeeze.expectations import validate
 from stages.candidate import stage_main
-from stages.retrying import io_task
-from stages.source import fetch_failed
 
 LISTED = 20  # skipped or ignored files named in metrics/ingest.json (all are counted)
 
@@ -114,9 +112,6 @@ def run(root: Path, params: Params) -> None:
          **data_suite.profile(full, splits, classes), "profile": spec.to_json(),
          "images": image_report(source), "checks": {r.suite: r.success for r in results}},
     )  # fmt: skip
-
-
-ingest = io_task(run, "ingest", fetch_failed, timeout_seconds=1800)
 
 
 def main() -> None:

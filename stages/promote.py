@@ -11,7 +11,8 @@ that fails the gates: a valid challenger replaces it, and the log names the dama
 A promotion uploads model.onnx.xz (squeeze.registry.package) + card.json + metrics.json, verifies
 every checksum, and only then moves the production pointer by compare-and-swap against the champion
 that was measured here: if someone else promoted meanwhile, nothing moves and the stage fails,
-to be re-run on the new champion.
+to be re-run on the new champion. In a flow run, the comparison, the decision and a link to
+production become artifacts of the run (flows.artifacts, from metrics/promote.json).
 """
 
 from __future__ import annotations
@@ -31,21 +32,12 @@ from squeeze.decide.champion import decide
 from squeeze.decide.gate import COMPARED, check
 from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import paired_table
-from squeeze.registry.card import build_card, summary_markdown
+from squeeze.registry.card import build_card
 from squeeze.registry.package import SHIPPED, pack, unpack
-from squeeze.registry.registry import Damaged, Registry, open_registry
-from squeeze.registry.store import NotFound, StoreError, Unavailable
-from stages.artifacts import link_for, publish, say
+from squeeze.registry.registry import Damaged, Registry, registry_of
 from stages.candidate import stage_main
-from stages.retrying import io_task
 
 CHAMPION, CHALLENGER = "champion", "challenger"  # latency keys of the pair timed together
-
-
-def registry_of(root: Path, params: Params) -> Registry:
-    """The registry named by params.promote (a relative local path is inside the workspace)."""
-    cfg = params.promote
-    return open_registry(cfg.registry, cfg.family, cfg.endpoint_url, base=root)
 
 
 def compact(record: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +70,8 @@ def measure_champion(
         try:
             folder = registry.download(version, Path(tmp) / "champion")
         except Damaged as err:
-            say(f"production version {version} is damaged ({err.key}): it fails the gates")
+            damaged = f"production version {version} is damaged ({err.key}): it fails the gates"
+            print(damaged, flush=True)
             summary = {"version": version, "name": None, "measured": None,
                        "damaged": err.key, "failed_gates": ["checksums"]}  # fmt: skip
             return summary, None, None, None
@@ -189,7 +182,7 @@ def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> d
 
 
 def run(root: Path, params: Params) -> None:
-    """Decide and (maybe) promote; write metrics/promote.json; log and publish artifacts."""
+    """Decide and (maybe) promote; write metrics/promote.json; print the decision."""
     ws = Workspace(root)
     gate_report = read_json(ws.metrics("gate"))
     if gate_report["challenger"] is None:
@@ -197,10 +190,9 @@ def run(root: Path, params: Params) -> None:
     else:
         result = promote_challenger(root, params, gate_report)
     write_json(ws.metrics("promote"), result)
-    say(headline(result))
+    print(headline(result), flush=True)
     for reason in result["reasons"]:
-        say(f"  - {reason}")
-    publish_artifacts(root, params, result)
+        print(f"  - {reason}", flush=True)
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -213,54 +205,6 @@ def headline(result: dict[str, Any]) -> str:
         return f"nothing promoted: no candidate passed the gates; {where} is unchanged"
     name = result["challenger"]["name"]
     return f"kept production version {reg['production']} of {where}; challenger {name} not promoted"
-
-
-def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Champion vs challenger, one row per compared metric (for the table artifact)."""
-    champ = (result["champion"] or {}).get("measured") or {}  # None: a damaged champion
-    chall = result["challenger"]["measured"] if result["challenger"] else {}
-    return [
-        {"metric": key, "champion": champ.get(key), "challenger": chall.get(key)}
-        for key in COMPARED
-    ]
-
-
-def publish_artifacts(root: Path, params: Params, result: dict[str, Any]) -> None:
-    """Comparison table, decision + card summary, and a link to production (inside a run)."""
-    reg = result["registry"]
-    text = f"## Promote: {result['outcome']}\n\n{headline(result)}\n\n" + "\n".join(
-        f"- {r}" for r in result["reasons"]
-    )
-    if reg["production"]:
-        try:
-            card = registry_of(root, params).card(reg["production"])
-            text += "\n\n" + summary_markdown(card)
-        except (StoreError, NotFound) as err:
-            text += f"\n\n(card unavailable: {err})"
-    publish(
-        "table",
-        table=comparison_rows(result),
-        key="promote-comparison",
-        description="Champion (production) vs challenger, measured in the same process",
-    )
-    publish("markdown", markdown=text, key="promote-decision")
-    if reg["model"]:
-        publish(
-            "link",
-            link=link_for(reg["model"]),
-            link_text=f"{reg['family']} version {reg['production']} (production)",
-            key="registry-production",
-        )
-
-
-def store_unavailable(err: BaseException) -> bool:
-    """Transient store failures (unreachable S3, throttling, 5xx) are retried; a missing object,
-    refused credentials, a refused gate, a corrupt version or a lost compare-and-swap is a
-    decision or a fault that retrying would not change."""
-    return isinstance(err, Unavailable)
-
-
-promote = io_task(run, "promote", store_unavailable, timeout_seconds=1800)
 
 
 def main() -> None:

@@ -20,15 +20,8 @@ import torch
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace
 from squeeze.data.splits import load_split
-from squeeze.methods.prune import (
-    PruningError,
-    conv_channels,
-    layer_report,
-    out_channels,
-    prunable_names,
-    prune_model,
-    weight_sparsity,
-)
+from squeeze.methods import MethodData
+from squeeze.methods.prune import PruningError, prune
 from squeeze.nets.models import count_params, load_checkpoint, save_checkpoint
 from stages.candidate import base_record, candidate, fresh_folder, main_for
 
@@ -43,22 +36,17 @@ def run(root: Path, params: Params, name: str) -> None:
     model, _ = load_checkpoint(ws.model(cfg.upstream))
     # a separate copy even when the upstream is the teacher: pruning changes `model` in place
     teacher = load_checkpoint(ws.model(TEACHER))[0] if cfg.distill_alpha > 0 else None
-    before, channels, widths = count_params(model), conv_channels(model), out_channels(model)
     start = time.perf_counter()
     try:
-        pruned, history = prune_model(
-            model, cfg, load_split(ws.split("train")), load_split(ws.split("val")), teacher
-        )
+        data = MethodData(load_split(ws.split("train")), load_split(ws.split("val")), teacher)
+        result = prune(model, cfg, data)
     except PruningError as err:
         raise PruningError(f"params.yaml prune.{name}: {err}") from err
+    pruned, history = result.model, result.history
     record = base_record(ws, name, f"prune_{cfg.kind}", [cfg.upstream], cfg) | {
         "format": "safetensors",
         "parameters": count_params(pruned),
-        "parameters_before": before,
-        "sparsity": round(weight_sparsity(pruned), 6),  # share of zeros in these tensors:
-        "sparsity_over": prunable_names(pruned),
-        "channels_removed": round(1 - conv_channels(pruned) / channels, 6),
-        "layers": layer_report(widths, pruned),
+        **result.record,  # parameters_before, sparsity, sparsity_over, channels_removed, layers
         "val_accuracy": history[-1]["val_accuracy"],
         "history": history,
         "wall_seconds": round(time.perf_counter() - start, 1),

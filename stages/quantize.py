@@ -12,32 +12,21 @@ scheme and both accuracies.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from squeeze.config.params import Params
-from squeeze.config.sections import QuantizeParams
 from squeeze.config.workspace import Workspace, read_json, write_json
-from squeeze.data.spec import Split
 from squeeze.data.splits import load_split
 from squeeze.measure.export import export_onnx
 from squeeze.measure.runtime import predicted_classes
-from squeeze.methods.quantize import INT4_SCHEMES, choose_int4_scheme, quantize_onnx
+from squeeze.methods import MethodData
+from squeeze.methods.quantize import quantize
 from squeeze.nets.models import load_checkpoint
 from stages.candidate import base_record, candidate, fresh_folder, main_for
 
 STAGE = "quantize"
-
-
-def calibration_images(train: Split, n: int) -> np.ndarray:
-    """n training images evenly spread over the split: deterministic without a seed, and every
-    class is represented because the split is not sorted by class."""
-    idx = np.linspace(0, len(train) - 1, min(n, len(train))).round().astype(int)
-    return train.images[idx]
 
 
 def fp32_source(ws: Workspace, upstream: str, tmp: Path) -> Path:
@@ -50,40 +39,18 @@ def fp32_source(ws: Workspace, upstream: str, tmp: Path) -> Path:
     return tmp / "fp32.onnx"
 
 
-def quantize_by_val(
-    source: Path, out: Path, cfg: QuantizeParams, images: np.ndarray, val: Split, tmp: Path
-) -> tuple[str, dict[str, float]]:
-    """Quantize `source` with each of INT4_SCHEMES and keep, at `out`, the one with the higher
-    validation accuracy (choose_int4_scheme). Returns (that scheme, each scheme's val accuracy)."""
-    scores = {}
-    for scheme in INT4_SCHEMES:
-        path = tmp / f"int4_{scheme}.onnx"
-        quantize_onnx(source, path, cfg, images, scheme)
-        scores[scheme] = round(float((predicted_classes(path, val.images) == val.labels).mean()), 5)
-    chosen = choose_int4_scheme(scores)
-    shutil.move(tmp / f"int4_{chosen}.onnx", out)
-    return chosen, scores
-
-
 def run(root: Path, params: Params, name: str) -> None:
     ws, cfg = Workspace(root), candidate(params, STAGE, name)
     train, val = load_split(ws.split("train")), load_split(ws.split("val"))
     out = fresh_folder(ws.model(name)) / "model.onnx"
     upstream = read_json(ws.model(cfg.upstream) / "model.json")
-    # fine-tuned quantization-aware for these weights (prune.*.qat): keep exactly that grid
-    on_grid = upstream.get("params", {}).get("qat") == cfg.weights
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         source = fp32_source(ws, cfg.upstream, Path(tmp))
-        images = calibration_images(train, cfg.calibration_samples)
-        if cfg.weights == "int8":  # one symmetric range, [-127, 127]: it is the int8 grid
-            scheme, scheme_val = None, {}
-            quantize_onnx(source, out, cfg, images)
-        elif on_grid:
-            scheme, scheme_val = "grid", {}
-            quantize_onnx(source, out, cfg, images, "grid")
-        else:
-            scheme, scheme_val = quantize_by_val(source, out, cfg, images, val, Path(tmp))
+        # qat: the grid the upstream was fine-tuned on (prune.*.qat), which quantize keeps
+        qat = upstream.get("params", {}).get("qat")
+        result = quantize(source, cfg, MethodData(train, val), qat=qat)
+        out.write_bytes(result.model)
         fp32_pred = predicted_classes(source, val.images)
     pred = predicted_classes(out, val.images)
     record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
@@ -91,9 +58,7 @@ def run(root: Path, params: Params, name: str) -> None:
         "format": "onnx",
         "val_accuracy": round(float((pred == val.labels).mean()), 5),
         "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
-        "on_trained_grid": on_grid,
-        "int4_scheme": scheme,
-        "int4_scheme_val_accuracy": scheme_val,  # the schemes compared; {} when none was chosen
+        **result.record,  # on_trained_grid, int4_scheme, int4_scheme_val_accuracy
         "size_bytes": out.stat().st_size,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }

@@ -13,10 +13,10 @@ decoded with Pillow and converted to ingest.channels and ingest.image_size (the 
 names are in it too). So the same pixels, however encoded (PNG or lossless WebP, another
 compression level), give the same stamp.
 
-Cost per run: starting Python and importing Prefect (~1.5 s), then reading and decoding the
-source: the four IDX files (a local folder in place, ~0.3 s for Fashion-MNIST; an S3 prefix or a
-mirror is downloaded, ~30 MB); an ImageFolder is decoded whole (about 0.1 ms per small PNG on a
-local disk, plus one GET per file on S3).
+Cost per run: starting Python and importing the stage (~0.5 s: no Prefect, which took ~1.5 s),
+then reading and decoding the source: the four IDX files (a local folder in place, ~0.3 s for
+Fashion-MNIST; an S3 prefix or a mirror is downloaded, ~30 MB); an ImageFolder is decoded whole
+(about 0.1 ms per small PNG on a local disk, plus one GET per file on S3).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from squeeze.config.workspace import Workspace, write_json
 from squeeze.data.sources import fingerprint, read_source
 from squeeze.data.spec import FetchError
 from stages.candidate import refusals_in_one_line, stage_params
-from stages.retrying import io_task
 
 
 def run(root: Path, params: Params) -> None:
@@ -39,19 +38,11 @@ def run(root: Path, params: Params) -> None:
     write_json(ws.source, fingerprint(data.splits, data.classes))
 
 
-def fetch_failed(err: BaseException) -> bool:
-    """A source that could not be read now (network, throttling, 5xx) is worth retrying; bad
-    data, a missing file or refused access fails at once."""
-    return isinstance(err, FetchError)
-
-
-source = io_task(run, "source", fetch_failed, timeout_seconds=600)
-
-
 def main() -> None:
     """`dvc repro`'s entry. A source that cannot be read now (offline, throttled) keeps the last
     stamp, with a warning, so that local work goes on: DVC leaves the file in place (persist)
-    and ingest stays current. The flow's task retries instead, then fails the run."""
+    and ingest stays current. The flow's task retries instead, then fails the run
+    (flows.in_process)."""
     root = Path(".")
     params = stage_params()
     with refusals_in_one_line():

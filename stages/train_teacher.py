@@ -25,7 +25,8 @@ from squeeze.config.sections import FitParams
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.spec import Split, read_spec
 from squeeze.data.splits import load_split
-from squeeze.methods.train import TrainingError, accuracy, fit, predict
+from squeeze.methods import MethodData
+from squeeze.methods.train import TrainingError, accuracy, predict, train
 from squeeze.nets.models import build_model, count_params, load_init, save_checkpoint
 from stages.candidate import resume_key, stage_main
 
@@ -105,8 +106,8 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
         if cfg.epochs == 0:  # compress-only: the init weights, checked but not trained
             history, val_accuracy = [], val_accuracy_as_is(model, val)
         else:
-            history = fit(model, load_split(ws.split("train")), val, cfg, state_path=state,
-                          stop_after=stop_after)  # fmt: skip
+            data = MethodData(load_split(ws.split("train")), val)
+            history = train(model, cfg, data, state_path=state, stop_after=stop_after).history
             if len(history) < cfg.epochs:
                 return  # stopped early on request: the resume state holds the progress
             val_accuracy = history[-1]["val_accuracy"]

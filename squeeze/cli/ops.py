@@ -1,9 +1,12 @@
-"""Operations on the model registry from the command line: status, promote, rollback, pull.
+"""Operations on the model registry from the command line: status, promote, rollback, pull,
+clean-registry.
 
 The registry is the one params.promote names (registry, endpoint_url, family) in the workspace's
 params.yaml. Every failure (no such version, unreachable endpoint, refused credentials, a corrupt
-object) ends the command with exit status 1 and one line on stderr saying what failed and what
-to do; messages come from squeeze.registry.store, which never includes credentials.
+object, a damaged production.json) ends the command with exit status 1 and one line on stderr
+saying what failed and what to do; messages come from squeeze.registry.store, which never
+includes credentials. A silent S3 endpoint fails within the store's retry budget (at most 15 s,
+squeeze.registry.store.MAX_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from squeeze.config.files import load_params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.registry.card import chain_text
 from squeeze.registry.package import DAMAGED, MODEL, SHIPPED, shipped_name, unpacked
-from squeeze.registry.registry import Damaged, Registry, RegistryError, open_registry
+from squeeze.registry.registry import (
+    HALF_VERSION_GRACE_S,
+    Damaged,
+    Registry,
+    RegistryError,
+    registry_of,
+)
 from squeeze.registry.store import LocalStore, StoreError
 
 EXIT_FAILED = 1
@@ -30,8 +39,7 @@ CARD = "card.json"
 
 def registry_for(workspace: Path) -> Registry:
     """The registry named by the workspace's params.yaml (relative paths are inside it)."""
-    cfg = load_params(workspace).promote
-    return open_registry(cfg.registry, cfg.family, cfg.endpoint_url, base=workspace)
+    return registry_of(workspace, load_params(workspace))
 
 
 def last_decision(workspace: Path) -> dict[str, Any] | None:
@@ -82,15 +90,30 @@ def production_status(registry: Registry, pointer: dict[str, Any]) -> dict[str, 
     }
 
 
+def damaged_pointer_status(err: Damaged) -> dict[str, Any]:
+    """production_status's fields for a production.json that is not a valid pointer."""
+    return {
+        "version": None, "verified": False, "problem": str(err), "damaged": err.key,
+        "promoted_at": None, "previous": [], "history": [], "model": None, "metrics": None,
+        "lineage": None, "decision": None, "url": None,
+    }  # fmt: skip
+
+
 def status(workspace: Path) -> dict[str, Any]:
-    """What is in production: version, metrics, lineage, history; the versions; the decision."""
+    """What is in production: version, metrics, lineage, history; the versions; the
+    half-versions (published in part, never listed as versions); the decision."""
     registry = registry_for(workspace)
-    pointer = registry.production()
+    try:
+        pointer = registry.production()
+        production = production_status(registry, pointer) if pointer else None
+    except Damaged as err:  # production.json itself: say so, and still list the versions
+        production = damaged_pointer_status(err)
     return {
         "registry": registry.store.url,
         "family": registry.family,
-        "production": production_status(registry, pointer) if pointer else None,
+        "production": production,
         "versions": registry.versions(),
+        "incomplete": registry.incomplete(),
         "last_decision": last_decision(workspace),
     }
 
@@ -101,6 +124,8 @@ def status_text(info: dict[str, Any]) -> str:
     prod = info["production"]
     if prod is None:
         lines.append("production: nothing promoted yet")
+    elif prod["version"] is None:
+        lines.append(f"production: DAMAGED: {prod['problem']}")
     else:
         m, lineage = prod["metrics"] or {}, prod["lineage"] or {}
         name = (prod["model"] or {}).get("name", "card unreadable")
@@ -122,6 +147,16 @@ def status_text(info: dict[str, Any]) -> str:
                 "failing its gates; squeeze rollback or squeeze promote VERSION to replace it now"
             )
     lines.append(f"versions: {', '.join(map(str, info['versions'])) or 'none'}")
+    if info["incomplete"]:
+        halves = ", ".join(
+            f"{half['version']} (claimed {half['claimed_at'] or 'at an unknown time'}, "
+            f"{len(half['objects'])} objects)"
+            for half in info["incomplete"]
+        )
+        lines.append(
+            f"half-published (no checksums.json; not versions): {halves}; squeeze clean-registry "
+            f"removes those claimed over {HALF_VERSION_GRACE_S / 60:g} min ago"
+        )
     decision = info["last_decision"]
     if decision:
         lines.append(f"last decision ({decision['source']}): {decision['outcome']}")
@@ -146,8 +181,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
             f"no version {args.version} of {registry.family!r} in {registry.store.url} "
             f"(versions: {', '.join(map(str, versions)) or 'none'}); see squeeze status"
         )
-    before = (registry.production() or {}).get("version")
-    registry.promote(args.version)
+    try:
+        before: Any = (registry.production() or {}).get("version")
+    except Damaged:  # an operator's promote is how a damaged pointer is replaced
+        before = "a damaged production.json"
+    registry.promote(args.version, replace_damaged=True)
     print(f"production of {registry.family!r}: version {args.version} (was {before})")
     return 0
 
@@ -164,10 +202,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def pull(registry: Registry, dest: Path) -> tuple[int, list[Path]]:
     """Write the production model (unpacked model.onnx) and its card.json into ``dest``.
 
-    Every file is verified (against checksums.json and the pointer) before anything is
-    written. ``dest`` is created if missing; each of the two files replaces its namesake
-    atomically (temp file in ``dest``, then rename), and nothing else in ``dest`` is touched,
-    so ``dest`` may be ``.`` or a folder holding the user's own files.
+    Every file is verified (against checksums.json and the pointer) and the model unpacked
+    before anything is written. ``dest`` is created if missing; both files are written to temp
+    files in ``dest`` first and only then renamed over their namesakes, and on any failure
+    (``dest/card.json`` is a folder, a full disk) neither changes (LocalStore.put_all). Nothing
+    else in ``dest`` is touched, so ``dest`` may be ``.`` or a folder holding the user's own
+    files.
 
     Returns:
         the production version and the paths written.
@@ -196,10 +236,8 @@ def pull(registry: Registry, dest: Path) -> tuple[int, list[Path]]:
             f"version {version} of {registry.family!r} holds no {SHIPPED} "
             f"(files: {', '.join(sorted(files))}): it is not a squeeze model"
         )
-    # A local store writes each file to a temp file beside it and renames it into place.
     out = LocalStore(dest)
-    for name, data in ((MODEL, model), (CARD, files[CARD])):
-        out.put(name, data)
+    out.put_all({MODEL: model, CARD: files[CARD]})
     return version, [out.root / MODEL, out.root / CARD]
 
 
@@ -210,6 +248,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
     version, written = pull(registry, Path(args.dir))
     names = ", ".join(p.name for p in written)
     print(f"version {version} of {registry.family!r} -> {written[0].parent} ({names}; verified)")
+    return 0
+
+
+def cmd_clean_registry(args: argparse.Namespace) -> int:
+    """Remove half-versions (published in part: no checksums.json) claimed more than --grace
+    minutes ago; younger ones may be a publish still uploading."""
+    registry = registry_for(Path(args.workspace))
+    halves = registry.incomplete()
+    if args.dry_run:
+        print(f"half-published versions of {registry.family!r}: "
+              + (", ".join(str(half["version"]) for half in halves) or "none"))  # fmt: skip
+        return 0
+    removed = registry.clean(args.grace * 60)
+    kept = [half["version"] for half in halves if half["version"] not in removed]
+    print(
+        f"removed half-published versions of {registry.family!r}: "
+        f"{', '.join(map(str, removed)) or 'none'}"
+        + (f"; kept {', '.join(map(str, kept))} (claimed under {args.grace:g} min ago)"
+           if kept else "")
+    )  # fmt: skip
     return 0
 
 
@@ -229,7 +287,8 @@ def guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
 
 def add_ops_commands(sub: Any) -> None:
-    """Register status, promote, rollback and pull-production on the CLI's subparsers."""
+    """Register status, promote, rollback, pull-production and clean-registry on the CLI's
+    subparsers."""
     status_p = sub.add_parser("status", help="show the production model, its metrics and lineage")
     status_p.add_argument("--json", action="store_true", help="machine-readable output")
     status_p.set_defaults(func=guarded(cmd_status))
@@ -244,3 +303,14 @@ def add_ops_commands(sub: Any) -> None:
     )
     pull_p.add_argument("dir", metavar="DIR")
     pull_p.set_defaults(func=guarded(cmd_pull))
+    clean_p = sub.add_parser(
+        "clean-registry",
+        help="remove half-published versions (a publisher killed mid-upload) older than --grace",
+    )
+    clean_p.add_argument(
+        "--grace", type=float, default=HALF_VERSION_GRACE_S / 60, metavar="MINUTES",
+        help="keep half-versions claimed less than this long ago: they may be a publish still "
+        "uploading (default: %(default)g)",
+    )  # fmt: skip
+    clean_p.add_argument("--dry-run", action="store_true", help="only list them")
+    clean_p.set_defaults(func=guarded(cmd_clean_registry))

@@ -6,6 +6,7 @@ from pydantic import (
     ValidationError,
 )
 
+from squeeze.config.locations import hide_userinfo
 from squeeze.config.sections import ARCH_TAGS, NAME_PATTERN
 
 
@@ -31,7 +32,12 @@ def format_errors(err: ValidationError, origin: str) -> str:
         got = (
             ""
             if e["type"] == "missing" or isinstance(e["input"], dict)
-            else f" (got {e['input']!r})"
+            else f" (got {shown(e['input'])!r})"
         )
         lines.append(f"{origin}: {key}: {e['msg'].removeprefix('Value error, ')}{got}")
     return "\n".join(lines)
+
+
+def shown(value: object) -> object:
+    """A value as an error may echo it: a string without the `user:secret@` of a URL in it."""
+    return hide_userinfo(value) if isinstance(value, str) and "://" in value else value

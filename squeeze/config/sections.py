@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -19,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from squeeze.config.locations import check_endpoint, check_location
+
 # A model's name is a DVC stage suffix, a params.yaml key and a folder under models/ at once:
 # only what is safe as all three (no "..", "/", "@", spaces or capitals).
 NAME_PATTERN = r"^[a-z0-9_]+$"
@@ -27,6 +30,25 @@ NAME_PATTERN = r"^[a-z0-9_]+$"
 Name = Annotated[
     str, Field(pattern=NAME_PATTERN, description="A model name: [a-z0-9_]+ (stage, key, folder).")
 ]
+
+
+def check_source(value: str) -> str:
+    """ingest.source: 'auto', an http(s):// base URL, or a location (check_location): a typo such
+    as `s3:/bucket` is refused here rather than read as a local folder named `s3:`."""
+    return value if value == "auto" or value.startswith(("http://", "https://")) else (
+        check_location(value))  # fmt: skip
+
+
+def check_url(value: str) -> str:
+    """An http(s):// URL (ingest.mirror)."""
+    if not value.startswith(("http://", "https://")) or value[-3:] == "://":
+        raise ValueError(f"{value!r} is not an http(s):// URL, e.g. https://host/path/")
+    return value
+
+
+# Values that name a place: refused at params load when they look like a URL but are not one
+Location = Annotated[str, AfterValidator(check_location)]
+Endpoint = Annotated[str | None, AfterValidator(check_endpoint)]
 
 
 class Section(BaseModel):
@@ -44,15 +66,17 @@ class IngestParams(Section):
         "imagefolder: one folder per class (train/<class>/*, test/<class>/*, or only <class>/* "
         "split by test_fraction), images in any format Pillow reads."
     )
-    source: str = Field(
+    source: Annotated[str, AfterValidator(check_source)] = Field(
         description="Where the data comes from: a local folder, s3://bucket/prefix, an http(s):// "
         "base URL (idx only), or 'auto' (idx: the system copy of the Debian package "
         "dataset-fashion-mnist, else the mirror)."
     )
-    endpoint_url: str | None = Field(
+    endpoint_url: Endpoint = Field(
         description="S3 endpoint for an s3:// source (MinIO, moto); null for AWS."
     )
-    mirror: str = Field(description="Base URL of the upstream download used by source 'auto'.")
+    mirror: Annotated[str, AfterValidator(check_url)] = Field(
+        description="Base URL of the upstream download used by source 'auto'."
+    )
     classes: list[Annotated[str, Field(min_length=1)]] | None = Field(
         description="idx: the names of labels 0..K-1 (null: '0'..'K-1'); imagefolder: null, "
         "the names are the class folders' names, sorted."
@@ -184,14 +208,14 @@ class TrainTeacherParams(Section):
 
     arch: ArchParams
     fit: TeacherFitParams
-    init: str | None = Field(
+    init: Location | None = Field(
         description="Start from a teacher you already have: a safetensors file of the arch's "
         "state_dict (a path relative to the workspace, absolute, or s3://bucket/key); null "
         "trains from scratch. A file in the workspace is a dependency of train_teacher (squeeze "
         "sync); for one elsewhere dvc repro sees a change of this key only: give a changed "
         "file a new name, or run `dvc repro -f train_teacher`."
     )
-    endpoint_url: str | None = Field(
+    endpoint_url: Endpoint = Field(
         description="S3 endpoint for an s3:// init (MinIO, moto); null for AWS."
     )
 
@@ -382,8 +406,8 @@ class GateParams(Section):
 class PromoteParams(Section):
     """The model registry the gated challenger is published to."""
 
-    registry: str = Field(description="Registry root: a local folder or s3://bucket/prefix.")
-    endpoint_url: str | None = Field(description="S3 endpoint (MinIO, moto); null for AWS.")
+    registry: Location = Field(description="Registry root: a local folder or s3://bucket/prefix.")
+    endpoint_url: Endpoint = Field(description="S3 endpoint (MinIO, moto); null for AWS.")
     family: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model family name.")
 
 

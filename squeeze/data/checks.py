@@ -46,23 +46,26 @@ def class_shares(split: Split, num_classes: int) -> pd.DataFrame:
 
 
 def duplicates(splits: Mapping[str, Split]) -> pd.DataFrame:
-    """One row per image of every split: "test#5 = train#12" where it repeats an earlier image
-    (pixel for pixel) of its own split (duplicate_within) or of an earlier split
-    (duplicate_across), else null. Images are named split#index, the index in the split."""
-    split_of, within, across = [], [], []
+    """One row per image of every split, indexed by its name split#index (the index in the
+    split): the earlier image it repeats pixel for pixel, of its own split (duplicate_within)
+    or of an earlier split (duplicate_across), else null. GX names a failing row by this index
+    ("image"), beside the image it repeats."""
+    names, split_of, within, across = [], [], [], []
     earlier: dict[str, str] = {}  # image digest -> where it first appeared, in earlier splits
     for name, split in splits.items():
         first: dict[str, str] = {}
         for i, digest in enumerate(image_hashes(split.images)):
-            here = f"{name}#{i}"
-            within.append(f"{here} = {first[digest]}" if digest in first else None)
-            across.append(f"{here} = {earlier[digest]}" if digest in earlier else None)
-            first.setdefault(digest, here)
+            names.append(f"{name}#{i}")
+            within.append(first.get(digest))
+            across.append(earlier.get(digest))
+            first.setdefault(digest, names[-1])
         for digest, where in first.items():
             earlier.setdefault(digest, where)
         split_of += [name] * len(split)
     return pd.DataFrame(
-        {"split": split_of, "duplicate_within": within, "duplicate_across": across}, dtype=object
+        {"split": split_of, "duplicate_within": within, "duplicate_across": across},
+        index=pd.Index(names, name="image"),
+        dtype=object,
     )
 
 

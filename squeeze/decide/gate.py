@@ -11,8 +11,8 @@ upper bound ``accuracy_drop_bound`` at 1 - gate.alpha from a paired bootstrap of
 per-image differences (squeeze.measure.stats; the row's ``val_vs_teacher`` table), and
 ``worst_class_drop`` (the largest per-class drop). The accuracy-drop gate is a
 non-inferiority test: the bound must not exceed ``max_accuracy_drop``. Each gate is a
-column-map expectation; GX reports the values that broke it, and because a verdict depends on
-nothing but the value, mapping those values back to rows gives the exact per-candidate verdict.
+column-map expectation, and GX names every row that broke it by the table's ``name`` column
+(its ``unexpected_index_column_names``): that is the per-candidate verdict.
 Every gated value must be present: a not-null expectation fails a row that lacks it (evaluate
 gives every export an agreement figure, ONNX-only models included).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from squeeze.config.sections import GateParams
-from squeeze.decide.choose import ACCURACY, POLICY_METRIC, SIZE, rank
+from squeeze.decide.choose import ACCURACY, LATENCY, POLICY_METRIC, SIZE, rank
 from squeeze.measure.stats import compare
 
 TEACHER = "teacher"
@@ -64,7 +64,7 @@ def gates(cfg: GateParams) -> list[Gate]:
         Gate("accuracy_drop", "accuracy_drop_bound", "max", cfg.max_accuracy_drop),
         Gate("class_drop", "worst_class_drop", "max", cfg.max_class_drop),
         Gate("size", SIZE, "max", cfg.max_size_bytes),
-        Gate("latency", "latency_ms_p50", "max", cfg.max_latency_ms),
+        Gate("latency", LATENCY, "max", cfg.max_latency_ms),
         Gate("agreement", "agreement", "min", cfg.min_agreement),
     ]
 
@@ -108,7 +108,7 @@ def candidate_row(
         "worst_class_drop": known[worst] if worst else None,
         "worst_class": worst,
         SIZE: record.get(SIZE),
-        "latency_ms_p50": record.get("latency_ms_p50"),
+        LATENCY: record.get(LATENCY),
         "agreement": record.get("agreement"),
     }
 
@@ -135,13 +135,8 @@ def candidates_table(
     return pd.DataFrame(rows)
 
 
-def expectation_specs(cfg: GateParams, rows: int) -> list[tuple[str, str, dict[str, Any]]]:
-    """(gate name, GX expectation, kwargs) per expectation of the suite, in report order.
-
-    SUMMARY results list up to ``partial_unexpected_count`` offending values; asking for as many
-    as there are rows makes the list complete, so every failing row can be named.
-    """
-    fmt = {"result_format": "SUMMARY", "partial_unexpected_count": max(rows, 1)}
+def expectation_specs(cfg: GateParams) -> list[tuple[str, str, dict[str, Any]]]:
+    """(gate name, GX expectation, kwargs) per expectation of the suite, in report order."""
     specs = []
     for gate in gates(cfg):
         specs.append((gate.name, "expect_column_values_to_not_be_null", {"column": gate.column}))
@@ -149,27 +144,19 @@ def expectation_specs(cfg: GateParams, rows: int) -> list[tuple[str, str, dict[s
         specs.append(
             (gate.name, "expect_column_values_to_be_between", {"column": gate.column, **bound})
         )
-    return [(g, e, {**kw, "result_format": fmt}) for g, e, kw in specs]
+    return specs
 
 
-def failing_rows(table: Any, column: str, result: Any) -> set[str]:
-    """Names of the rows an expectation result says are unexpected.
-
-    Column-map results list the offending values; a row fails exactly when its value is one of
-    them (a verdict depends only on the value), and a listed None means the null rows. When GX
-    could not evaluate the expectation at all, no row can be said to pass it.
+def failing_rows(table: Any, result: Any) -> set[str]:
+    """Names of the rows an expectation result says failed: GX lists every one by the name
+    column (squeeze.expectations.validate's index). When GX could not evaluate the expectation
+    at all, no row can be said to pass it.
     """
-    observed = result.observed
-    if not isinstance(observed, dict) or "partial_unexpected_list" not in observed:
+    if result.unexpected_rows is None:
         return set() if result.success else set(table["name"])
-    listed = observed["partial_unexpected_list"]
-    values = [v for v in listed if v is not None]
-    mask = table[column].isin(values)
-    if len(values) < len(listed):
-        mask |= table[column].isna()
-    names = set(table.loc[mask, "name"])
-    if len(names) != observed.get("unexpected_count", len(names)):
-        raise GateError(f"GX listed {observed} for {column!r} but {sorted(names)} match it")
+    names = set(result.unexpected_rows)
+    if len(names) != result.observed["unexpected_count"]:  # COMPLETE lists them all, once
+        raise GateError(f"GX named {sorted(names)} failing {result.column!r}: {result.observed}")
     return names
 
 
@@ -228,18 +215,18 @@ def check(
     from squeeze.expectations import validate
 
     table = candidates_table(candidates, cfg, teacher)
-    specs = expectation_specs(cfg, len(table))
-    result = validate(table, SUITE, [(e, kw) for _, e, kw in specs], docs_dir)
+    specs = expectation_specs(cfg)
+    result = validate(table, SUITE, [(e, kw) for _, e, kw in specs], docs_dir, index="name")
     failed: dict[str, set[str]] = {g.name: set() for g in gates(cfg)}
     expectations = []
-    for (gate_name, _, kwargs), res in zip(specs, result.results, strict=True):
-        names = failing_rows(table, kwargs["column"], res)
+    for (gate_name, _, _), res in zip(specs, result.results, strict=True):
+        names = failing_rows(table, res)
         failed[gate_name] |= names
         expectations.append({
             "gate": gate_name,
             "expectation": res.expectation,
             "column": res.column,
-            "kwargs": {k: v for k, v in res.kwargs.items() if k != "result_format"},
+            "kwargs": res.kwargs,
             "success": res.success,
             "observed": res.observed,
             "failing": sorted(names),

@@ -9,6 +9,10 @@ T² keeps the soft term's gradients on the scale of the hard term's when T chang
 the pooled embeddings (the classifier's input) of student and teacher; P is a linear projection
 learned together with the student, because the two embeddings differ in width (a FitNets-style
 hint on the last feature layer). The teacher only ever runs in eval mode under no_grad.
+
+`distill` is the method's entry (squeeze.methods); `train_student` is the same with the params
+one by one (merge's distill_ensemble calls it), and `distillation_loss` the loss alone (prune's
+fine-tuning distils with it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 
 from squeeze.config.sections import ArchParams, DistillParams, FitParams
 from squeeze.data.spec import Split
+from squeeze.methods import MethodData, Result
 from squeeze.methods.train import cross_entropy, fit
 from squeeze.nets.models import build_model, example_input, output_layers
 
@@ -194,11 +199,29 @@ def train_student(
     return student.eval(), history
 
 
-def distill_student(
-    teacher: nn.Module, cfg: DistillParams, train: Split, val: Split, state_path: Path | None = None
-) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """train_student configured by a DistillParams (student, temperature, alpha, ..., fit)."""
-    return train_student(
+def distill(
+    teacher: nn.Module, cfg: DistillParams, data: MethodData, *, state_path: Path | None = None
+) -> Result[nn.Module]:
+    """A student of architecture cfg.student, seeded by cfg.fit.seed, trained on the teacher's
+    temperature-softened logits (cfg.temperature, weight cfg.alpha) and the labels, with the
+    pooled-feature hint when cfg.feature_weight > 0.
+
+    Args:
+        teacher: any (B, H, W, C) uint8 -> (B, K) model (the upstream); never trained.
+        cfg: the student's arch, T, α, the feature weight, and its fit.
+        data: train and val (data.teacher is not read: the upstream is the teacher).
+        state_path: where the run keeps its resume state (train.fit).
+
+    Returns:
+        Result(student in eval mode on the CPU, one curve row per epoch).
+
+    Raises:
+        ValueError: cfg.feature_weight > 0 and the teacher or student has no single nn.Linear
+            output layer (output_layer).
+        TrainingError: the run diverged (train.fit).
+    """
+    student, history = train_student(
         teacher, cfg.student, cfg.fit, cfg.temperature, cfg.alpha, cfg.feature_weight,
-        train, val, state_path,
+        data.train, data.val, state_path,
     )  # fmt: skip
+    return Result(student, history)

@@ -6,6 +6,9 @@ architecture, same basin), which costs nothing at inference. Averaging weights d
 BatchNorm statistics correctly (the mean of the running variances is not the variance of the
 averaged network's activations), so every soup re-estimates them on training images.
 Distilling an ensemble into one student keeps some of its accuracy at one model's cost.
+
+`merge` is the method's entry (squeeze.methods): it builds what cfg.kind names from the parts
+below (Ensemble, fine_tune_ingredients, uniform_soup, greedy_soup, distill_ensemble).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from squeeze.config.sections import ArchParams, FitParams, IngredientParams
+from squeeze.config.sections import ArchParams, FitParams, IngredientParams, MergeParams
 from squeeze.data.spec import DataSpec, Split
+from squeeze.methods import MethodData, Result
 from squeeze.methods.distill import train_student
 from squeeze.methods.train import accuracy, fit, predict
 
 BN_BATCH = 512  # images per forward pass while re-estimating BatchNorm; memory only
+BEST_INGREDIENT = "best_ingredient"  # the variant a soup is compared with, besides the other soup
 
 
 class Ensemble(nn.Module):
@@ -143,3 +148,63 @@ def distill_ensemble(
     features)."""
     teacher = Ensemble(members).eval()
     return train_student(teacher, student_arch, cfg, temperature, alpha, 0.0, train, val)
+
+
+def soup(cfg: MergeParams, base: nn.Module, data: MethodData) -> Result[nn.Module]:
+    """Fine-tune the ingredients from base, then average them all (uniform soup) and greedily
+    on val (greedy soup). Returns the soup cfg.kind names, with record fields (each ingredient's
+    params and val accuracy, the ingredients kept, the variants' val accuracies) and, as
+    variants, what it is compared with: the best ingredient on val and the other soup."""
+    train, val = data.train, data.val
+    ingredients, _ = fine_tune_ingredients(base, cfg.fit, cfg.ingredients, train, val)
+    scores = [round(val_accuracy(m, val), 5) for m in ingredients]
+    best = scores.index(max(scores))
+    uniform = uniform_soup(ingredients, train.images)
+    # each: (model, the ingredients it averages, its val accuracy)
+    soups = {
+        "uniform_soup": (uniform, list(range(len(ingredients))), val_accuracy(uniform, val)),
+        "greedy_soup": greedy_soup(ingredients, val, train.images, scores),
+        BEST_INGREDIENT: (ingredients[best], [best], scores[best]),
+    }
+    model, kept, _ = soups.pop("uniform_soup" if cfg.kind == "soup_uniform" else "greedy_soup")
+    record = {
+        "ingredients": [i.model_dump() | {"val_accuracy": s}
+                        for i, s in zip(cfg.ingredients, scores, strict=True)],
+        "ingredients_kept": kept,
+        "variants": {k: round(score, 5) for k, (_, _, score) in soups.items()},
+    }  # fmt: skip
+    return Result(model, record=record, variants={k: other for k, (other, _, _) in soups.items()})
+
+
+def merge(upstreams: list[nn.Module], cfg: MergeParams, data: MethodData) -> Result[nn.Module]:
+    """Merge the upstream models as cfg.kind says.
+
+    - ensemble: Ensemble(upstreams), their averaged logits, in eval mode (it exports to one
+      ONNX graph); record {"members": cfg.upstreams}.
+    - soup_uniform / soup_greedy: cfg.ingredients fine-tunes of the one upstream averaged,
+      BatchNorm re-estimated on data.train (Wortsman et al. 2022; see soup).
+    - distill_ensemble: a student of cfg.student, seeded by cfg.fit.seed, distilled from the
+      upstreams' ensemble (Hinton et al. 2015, squeeze.methods.distill); history its curves.
+
+    Args:
+        upstreams: (B, H, W, C) uint8 -> (B, K) models trained on the same data (a soup: one).
+        cfg: kind, upstreams (their names), ingredients, student, temperature, alpha, fit.
+        data: train (fine-tuning, BatchNorm statistics, distillation) and val (curves, the
+            greedy soup's choices, the variants' scores).
+
+    Returns:
+        Result(the merged model in eval mode, history, record, variants (soups only)).
+
+    Raises:
+        ValueError: no upstream, or soup ingredients that do not share one architecture.
+        TrainingError: a fine-tune or the student's training diverged (train.fit).
+    """
+    if cfg.kind == "ensemble":
+        return Result(Ensemble(upstreams).eval(), record={"members": cfg.upstreams})
+    if cfg.kind == "distill_ensemble":
+        torch.manual_seed(cfg.fit.seed)
+        student, history = distill_ensemble(
+            upstreams, cfg.student, cfg.fit, cfg.temperature, cfg.alpha, data.train, data.val
+        )
+        return Result(student, history)
+    return soup(cfg, upstreams[0], data)

@@ -15,6 +15,9 @@ would empty it (at 0.97 a [16, 32, 64] net came out [16, 32, 1]), so the widths 
 are planned first, per channel group, and a plan or a result off the requested ratio is a
 PruningError naming the layers; global magnitude ranking may zero a whole layer, which is one
 too.
+
+`prune` is the method's entry (squeeze.methods); prune_unstructured and prune_structured are its
+two kinds, and the rest the arithmetic and checks they share.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ from squeeze.config.sections import PruneParams
 from squeeze.data.spec import Split
 from squeeze.data.splits import subset
 from squeeze.errors import StageRefused
+from squeeze.methods import MethodData, Result
 from squeeze.methods.distill import distillation_loss
 from squeeze.methods.qat import quantization_aware, snap
 from squeeze.methods.train import fit
-from squeeze.nets.models import Classifier, example_input, output_layers, weight_layers
+from squeeze.nets.models import (
+    Classifier,
+    count_params,
+    example_input,
+    output_layers,
+    weight_layers,
+)
 
 # Every pruned layer keeps at least this many output channels. Torch-Pruning never empties a
 # layer: a step that would prune all of a layer's channels is skipped for that layer, silently,
@@ -363,12 +373,43 @@ def prune_structured(
     return model.eval(), history
 
 
-def prune_model(
-    model: nn.Module, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
-) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Prune as cfg.kind says; returns (pruned model in eval mode, one curve row per step).
+def prune(model: nn.Module, cfg: PruneParams, data: MethodData) -> Result[nn.Module]:
+    """Prune model as cfg.kind says, fine-tuning after each of cfg.steps steps.
 
-    With cfg.qat the fine-tuning is quantization-aware and the weights end on the grid."""
+    unstructured: global L1 magnitude pruning of every Conv2d and Linear weight to exactly
+    cfg.sparsity, on the cubic AGP schedule (Zhu & Gupta 2017; torch.nn.utils.prune).
+    structured: cfg.sparsity of the output channels of every channel group removed, ranked by
+    cfg.importance (Torch-Pruning's MetaPruner, Fang et al. 2023). With cfg.qat the fine-tuning
+    is quantization-aware and the weights end on that grid (squeeze.methods.qat).
+
+    Args:
+        model: a Classifier ((B, H, W, C) uint8 -> (B, K)); changed in place, so pass a copy to
+            keep the original.
+        cfg: kind, sparsity (a share of weights or of channels, in (0, 1)), steps, importance,
+            round_to, distillation (distill_alpha, temperature), qat, and the fine-tuning fit
+            (fit.epochs passes over data.train in all, shared out over the steps).
+        data: train, val, and the teacher fine-tuning distils from when cfg.distill_alpha > 0.
+
+    Returns:
+        Result(the pruned model in eval mode on the CPU, one curve row per step, record): record
+        holds parameters_before, sparsity (share of exact zeros over sparsity_over, the
+        prunable weights), channels_removed (share of all conv output channels) and layers
+        (layer_report: every weight layer's widths before and after, and its sparsity).
+
+    Raises:
+        PruningError: a sparsity some layer cannot take (before any work for structured).
+        ValueError: cfg.distill_alpha > 0 and data.teacher is None.
+        TrainingError: fine-tuning diverged (train.fit).
+    """
+    before, channels, widths = count_params(model), conv_channels(model), out_channels(model)
     method = prune_structured if cfg.kind == "structured" else prune_unstructured
-    pruned, history = method(model, cfg, train, val, teacher)
-    return snap(pruned, cfg.qat), history
+    pruned, history = method(model, cfg, data.train, data.val, data.teacher)
+    snap(pruned, cfg.qat)
+    record = {
+        "parameters_before": before,
+        "sparsity": round(weight_sparsity(pruned), 6),  # share of zeros in these tensors:
+        "sparsity_over": prunable_names(pruned),
+        "channels_removed": round(1 - conv_channels(pruned) / channels, 6),
+        "layers": layer_report(widths, pruned),
+    }
+    return Result(pruned, history, record)

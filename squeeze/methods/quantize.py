@@ -11,8 +11,11 @@ The classifier's output (the logits) is not re-quantized: with 256 levels, near-
 classes flip; keeping it fp32 costs nothing in size.
 
 int4 weights come in two schemes (INT4_SCHEMES): onnxruntime's own MinMax and squeeze.methods.qat's
-symmetric grid. Which one a model gets is not decided here: stages/quantize.py keeps the grid a
-model was fine-tuned on, and otherwise picks by validation accuracy (choose_int4_scheme).
+symmetric grid. A model fine-tuned on the grid keeps it; any other gets the scheme with the higher
+validation accuracy (choose_int4_scheme).
+
+`quantize` is the method's entry (squeeze.methods); `quantize_onnx` quantizes one file with one
+scheme.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from squeeze.config.sections import QuantizeParams
+from squeeze.data.spec import Split
 from squeeze.measure.export import INPUT, weight_tensors
+from squeeze.measure.runtime import predicted_classes
+from squeeze.methods import MethodData, Result
 from squeeze.methods.qat import LEVELS
 
 CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
@@ -192,3 +198,71 @@ def quantize_onnx(
             )  # fmt: skip
         onnx.checker.check_model(str(out))
         shutil.move(out, dest)  # the temporary folder may be on another file system
+
+
+def calibration_images(train: Split, n: int) -> np.ndarray:
+    """n training images evenly spread over the split: deterministic without a seed, and every
+    class is represented because the split is not sorted by class."""
+    idx = np.linspace(0, len(train) - 1, min(n, len(train))).round().astype(int)
+    return train.images[idx]
+
+
+def quantize_by_val(
+    source: Path, out: Path, cfg: QuantizeParams, images: np.ndarray, val: Split, tmp: Path
+) -> tuple[str, dict[str, float]]:
+    """Quantize `source` with each of INT4_SCHEMES and keep, at `out`, the one with the higher
+    validation accuracy (choose_int4_scheme). Returns (that scheme, each scheme's val accuracy)."""
+    scores = {}
+    for scheme in INT4_SCHEMES:
+        path = tmp / f"int4_{scheme}.onnx"
+        quantize_onnx(source, path, cfg, images, scheme)
+        scores[scheme] = round(float((predicted_classes(path, val.images) == val.labels).mean()), 5)
+    chosen = choose_int4_scheme(scores)
+    shutil.move(tmp / f"int4_{chosen}.onnx", out)
+    return chosen, scores
+
+
+def quantize(
+    source: Path, cfg: QuantizeParams, data: MethodData, *, qat: str | None = None
+) -> Result[bytes]:
+    """The quantized version of the fp32 ONNX file `source` (onnxruntime.quantization).
+
+    Args:
+        source: an fp32 ONNX export (squeeze.measure.export.export_onnx: (B, H, W, C) uint8
+            "pixels" in, (B, K) fp32 logits out).
+        cfg: mode (static: QDQ with calibrated int8 activations; dynamic), weights (int8, or
+            int4 with static), per_channel, calibration_samples, fp32_first_layer.
+        data: train, of which cfg.calibration_samples images spread evenly over the split
+            calibrate static mode (calibration_images); val, on which int4 weights get the
+            better of INT4_SCHEMES (choose_int4_scheme).
+        qat: the weights the upstream was fine-tuned quantization-aware for (its prune.*.qat),
+            None if any other: int4 weights equal to it keep exactly that grid, compared with
+            nothing.
+
+    Returns:
+        Result(the quantized ONNX model's bytes, record={"on_trained_grid", "int4_scheme" (None
+        for int8, whose one symmetric range already is the grid), "int4_scheme_val_accuracy"
+        (each scheme compared -> its val accuracy; {} when none was compared)}).
+
+    Raises:
+        ValueError: static mode without calibration images (an empty train split).
+    """
+    on_grid = qat == cfg.weights
+    images = calibration_images(data.train, cfg.calibration_samples)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "quantized.onnx"
+        if cfg.weights == "int8":  # one symmetric range, [-127, 127]: it is the int8 grid
+            scheme, scheme_val = None, {}
+            quantize_onnx(source, out, cfg, images)
+        elif on_grid:
+            scheme, scheme_val = "grid", {}
+            quantize_onnx(source, out, cfg, images, "grid")
+        else:
+            scheme, scheme_val = quantize_by_val(source, out, cfg, images, data.val, Path(tmp))
+        onnx_bytes = out.read_bytes()
+    record = {
+        "on_trained_grid": on_grid,
+        "int4_scheme": scheme,
+        "int4_scheme_val_accuracy": scheme_val,  # the schemes compared; {} when none was chosen
+    }
+    return Result(onnx_bytes, record=record)

@@ -1,4 +1,9 @@
-"""The training loop shared by every stage that trains: seeded, resumable, with curves."""
+"""Training: SGD with Nesterov momentum and a one-cycle learning rate (Smith & Topin 2019).
+
+`train` is the method's entry (squeeze.methods): what train_teacher calls. `fit` is the loop
+itself, seeded, resumable, with one curve row per epoch; distill, prune and merge call it with
+their own loss (LossFn) and per-step params, which is why it takes the splits one by one.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from tqdm import tqdm
 from squeeze.config.sections import FitParams
 from squeeze.data.spec import Split
 from squeeze.errors import StageRefused
+from squeeze.methods import MethodData, Result
 
 # (logits, pixels, labels) -> scalar loss; distillation passes one that also queries a teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,6 +67,33 @@ def cross_entropy(label_smoothing: float) -> LossFn:
     return lambda logits, _pixels, labels: F.cross_entropy(
         logits, labels, label_smoothing=label_smoothing
     )
+
+
+def train(
+    model: nn.Module,
+    cfg: FitParams,
+    data: MethodData,
+    *,
+    state_path: Path | None = None,
+    stop_after: int | None = None,
+) -> Result[nn.Module]:
+    """Train model on data.train with cross-entropy (label smoothing cfg.label_smoothing).
+
+    Args:
+        model: any (B, H, W, C) uint8 -> (B, K) logits network (a Classifier), initialised;
+            trained in place on cfg.device and returned on the CPU in eval mode.
+        cfg: epochs, batch size, peak lr, momentum, weight decay, augmentation, seed, device.
+        data: train (what it learns from) and val (each epoch's val_loss and val_accuracy).
+        state_path, stop_after: resumption, as `fit` says.
+
+    Returns:
+        Result(model, history): one curve row per epoch (fit's columns).
+
+    Raises:
+        TrainingError: a non-finite training or validation loss (the run diverged).
+    """
+    history = fit(model, data.train, data.val, cfg, state_path, stop_after=stop_after)
+    return Result(model, history)
 
 
 def fit(

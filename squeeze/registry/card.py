@@ -45,6 +45,25 @@ def contract(spec: DataSpec) -> dict[str, dict[str, Any]]:
     }
 
 
+def contract_differences(card: dict[str, Any], spec: DataSpec) -> list[str]:
+    """How a published model's contract (its card's input, output and classes) differs from what
+    a model of this data would take and return: [] when a consumer of the one can use the other.
+
+    One line per difference, e.g. "input shape [N, 32, 32, 3], the data's [N, 28, 28, 1]". The
+    pixel statistics are inside the graph, so they are not part of the contract.
+    """
+    ours = contract(spec)
+    found = []
+    for side, key in (("input", "shape"), ("input", "dtype"), ("input", "layout"),
+                      ("output", "shape")):  # fmt: skip
+        theirs = card.get(side, {}).get(key)
+        if theirs != ours[side][key]:
+            found.append(f"{side} {key} {theirs}, the data's {ours[side][key]}")
+    if list(card.get("classes", [])) != list(spec.classes):
+        found.append(f"classes {list(card.get('classes', []))}, the data's {list(spec.classes)}")
+    return found
+
+
 def git(root: Path, *args: str) -> str | None:
     """The output of `git ARGS` in the workspace, or None outside git (or without git)."""
     try:

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.in_process import TASKS
 from squeeze.config.dvcyaml import stages_ran
 from squeeze.config.files import load_params
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.idx import raw_names, read_split
-from stages.ingest import ingest
 from tests.conftest import run
 from tests.integration.conftest import S3Endpoint
 
@@ -49,7 +49,8 @@ def run_ingest(root: Path, params: Params) -> tuple[Any, int]:
     how many times it ran."""
     from prefect import get_client
 
-    state = ingest.with_options(retry_delay_seconds=0)(root, params, return_state=True)
+    ingest = TASKS["ingest"].with_options(retry_delay_seconds=0)
+    state = ingest(root, params, return_state=True)
     with get_client(sync_client=True) as client:
         return state, client.read_task_run(state.state_details.task_run_id).run_count
 

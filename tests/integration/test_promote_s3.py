@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 
+from flows.in_process import TASKS
 from squeeze.cli import main as cli
 from squeeze.config.files import load_params, read_yaml
 from squeeze.config.params import Params
@@ -298,7 +299,7 @@ def test_endpoint_stopped_between_upload_and_pointer_move(
     with pytest.raises(RegistryError, match="cannot reach S3 endpoint") as excinfo:
         bench.promote()
     # The flow's task would retry this: the cause is a StoreError.
-    assert promote_stage.promote.retry_condition_fn(None, None, Failed(data=excinfo.value))
+    assert TASKS["promote"].retry_condition_fn(None, None, Failed(data=excinfo.value))
     s3_endpoint.start()
     assert fast_failing.production()["version"] == 1  # type: ignore[index]
     assert fast_failing.versions() == [1, 2]  # uploaded and verified, never promoted
@@ -350,7 +351,7 @@ def test_corrupted_object_is_caught_by_its_checksum(
         RegistryError, match="checksum mismatch.*versions/2/model.onnx.xz"
     ) as excinfo:
         bench.promote()
-    assert not promote_stage.promote.retry_condition_fn(None, None, Failed(data=excinfo.value))
+    assert not TASKS["promote"].retry_condition_fn(None, None, Failed(data=excinfo.value))
     assert fast_failing.production()["version"] == 1  # type: ignore[index]
     # A damaged production is reported by status and refused by pull-production.
     tamper(1)
@@ -522,7 +523,7 @@ def test_an_unavailable_store_alone_is_retried() -> None:
 
     from squeeze.registry.store import NotFound, Unavailable
 
-    retry = promote_stage.promote.retry_condition_fn
+    retry = TASKS["promote"].retry_condition_fn
     assert retry(None, None, Failed(data=Unavailable("endpoint down")))
     wrapped = RegistryError("pointer not moved")
     wrapped.__cause__ = Unavailable("endpoint down")
@@ -610,8 +611,8 @@ def test_gate_and_promote_publish_artifacts_in_a_flow(bench: Bench, prefect_api:
     @flow
     def gate_and_promote(root: str) -> None:
         params = load_params(Path(root))
-        gate_stage.gate(Path(root), params)
-        promote_stage.promote(Path(root), params)
+        TASKS["gate"](Path(root), params)
+        TASKS["promote"](Path(root), params)
 
     state = gate_and_promote(str(bench.root), return_state=True)
     assert state.is_completed(), state

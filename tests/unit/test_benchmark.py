@@ -22,6 +22,7 @@ from benchmarks import choose, report
 from benchmarks.peers import nncf_quantized, ort_dynamic, torch_pruned
 from squeeze.config.sections import PruneParams, QuantizeParams
 from squeeze.data.spec import Split
+from squeeze.decide.choose import best
 from squeeze.measure.export import INPUT, export_onnx
 from squeeze.measure.runtime import session
 from squeeze.methods.train import accuracy, predict
@@ -134,8 +135,9 @@ def test_peer_counterparts_are_chosen_on_validation(tiny_fit: Callable) -> None:
 def test_ties_on_validation_go_to_the_smaller_shipped_file_then_the_name() -> None:
     rows = [row("b", 0.9, 0.7, shipped_bytes=500), row("a", 0.9, 0.9, shipped_bytes=500),
             row("c", 0.9, 0.99, shipped_bytes=400)]  # fmt: skip
-    assert choose.best(rows, choose.by_size)["name"] == "c"
-    assert choose.best(rows[:2], choose.by_size)["name"] == "a"
+    assert best(rows, choose.BY_SIZE)["name"] == "c"  # squeeze's one chooser (the gate's)
+    assert best(rows[:2], choose.BY_SIZE)["name"] == "a"
+    assert best([], choose.BY_SIZE) is None
 
 
 def test_targets_are_chosen_on_validation_and_reported_on_test() -> None:
@@ -235,11 +237,27 @@ def test_report_shows_intervals_comparisons_and_keeps_the_notes() -> None:
     assert "regenerates this file and `benchmarks/results-x.json`" in text
     assert "92.00 [91.00, 93.00]" in text  # test accuracy with its 95% interval
     assert "| vs peer | cand | peer_x | test |" in text
-    assert "+1.00 [-0.20, +2.20] | 0.12 | no significant difference" in text
+    assert "+1.00 [-0.20, +2.20] | 0.12 | 0.12 | no significant difference" in text  # Holm p
+    assert "(1 on test)" in text  # the family Holm adjusts over
     assert "| 40× | met | cand |" in text and "| 3× | missed |" in text
     assert "| peer_x | default settings | cand | 0.50 |" in text
     assert "stale" not in text and text.endswith("## Budgets\n\nhand-measured: 19 min\n")
     assert report.kept_notes(text) == notes  # a second regeneration keeps them unchanged
+
+
+def test_holm_adjusts_each_split_on_its_own_and_changes_no_verdict() -> None:
+    """The family is the comparisons on one split; a stored 0 (< 1e-6) gives an upper bound."""
+    base = fake_results()["comparisons"][0]
+    ps = [("test", 0.01), ("val", 0.02), ("test", 0.04), ("test", 0.03), ("val", 0.0)]
+    comparisons = [base | {"split": s, "p_value": p, "better": p < 0.05} for s, p in ps]
+    assert report.holm(comparisons) == pytest.approx([0.03, 0.02, 0.06, 0.06, 2e-6])
+    results = fake_results() | {"comparisons": comparisons}
+    table = report.comparisons_table(results)
+    assert "| 0.04 | 0.06 | cand more accurate (p < 0.05) |" in table[4]  # the raw verdict
+    assert "| < 1e-06 | < 2e-06 |" in table[6]
+    assert "(3 on test, 2 on val)" in report.results_md(results)
+    figures = report.readme_figures(results)
+    assert figures.count("(over the 3 comparisons on test)") == 3
 
 
 def test_readme_figures_replace_only_their_section() -> None:
@@ -247,5 +265,6 @@ def test_readme_figures_replace_only_their_section() -> None:
     out = report.replace_section(readme, "## Figures", report.readme_figures(fake_results()))
     assert "old figures" not in out and out.endswith("## Development\n\nmake test\n")
     assert "`cand` vs `peer_x` on test: +1.00 points" in out
+    assert "McNemar p = 0.12, Holm-adjusted = 0.12 (over the 1 comparison on test)" in out
     with pytest.raises(ValueError, match="no '## Figures' section"):
         report.replace_section("# nothing\n", "## Figures", "x")

@@ -16,6 +16,7 @@ from squeeze.data.spec import DataSpec
 from squeeze.registry.card import (
     build_card,
     contract,
+    contract_differences,
     git_dirty,
     git_revision,
     summary_markdown,
@@ -155,3 +156,17 @@ def test_project_params_build_a_card(tmp_path: Path) -> None:
     for name in params.model_names():
         chain = upstream_chain(tmp_path, name, params)
         assert chain[-1]["name"] == "teacher" and chain[0]["name"] == name
+
+
+def test_a_change_of_data_that_breaks_the_contract_is_named() -> None:
+    gray = DataSpec(("a", "b"), 28, 28, 1, (0.5,), (0.25,))
+    card = {**contract(gray), "classes": ["a", "b"]}
+    assert contract_differences(card, gray) == []
+    # other pixel statistics are inside the graph: not the consumer's concern
+    assert contract_differences(card, DataSpec(("a", "b"), 28, 28, 1, (0.1,), (0.2,))) == []
+    rgb = DataSpec(("a", "b", "c"), 32, 32, 3, (0.5,) * 3, (0.25,) * 3)
+    assert contract_differences(card, rgb) == [
+        "input shape ['N', 28, 28, 1], the data's ['N', 32, 32, 3]",
+        "output shape ['N', 2], the data's ['N', 3]",
+        "classes ['a', 'b'], the data's ['a', 'b', 'c']",
+    ]

@@ -1,7 +1,9 @@
 """A model-building stage of the flow runs as its own process (flows.builds.run_process):
 dvc.yaml's command, this interpreter, the workspace as cwd, its output in the run's log, failures
 named. A remote build (flows.builds) gets the workspace's files and deps through the DVC remote,
-never its credentials, and its dvc.lock entry makes the stage current in the workspace."""
+never its credentials, and its dvc.lock entry makes the stage current in the workspace. The
+other stages run in the flow's process as its tasks (flows.in_process), retried only on
+transient I/O errors, and loaded only when one runs."""
 
 from __future__ import annotations
 
@@ -13,14 +15,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
+from prefect.states import Failed
 
 from flows import builds
 from flows.builds import StageFailed, adopt, build_remote, bundle, run_process
 from flows.dvcstate import is_stale, open_repo, stale_stages
+from flows.in_process import TASKS
 from flows.remote import RemoteError, shared_remote
+from flows.stagenames import IN_PROCESS, MODEL_STAGES, STAGES
+from squeeze.config.dvcyaml import parse_stage
+from squeeze.data.spec import DataError, FetchError
+from squeeze.registry.store import NotFound, Unavailable
 from tests.conftest import run
 
 LOGGER = "squeeze.test.stage"
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -52,24 +62,24 @@ def test_a_stage_past_its_time_is_killed(tmp_path: Path) -> None:
         run_process("distill@x", 'python -c "import time; time.sleep(60)"', tmp_path, 1)
 
 
-# A two-stage pipeline in the shape of squeeze's: `python -m tasks.<module>`, a code dep, a
+# A two-stage pipeline in the shape of squeeze's: `python -m stages.<module>`, a code dep, a
 # params key, the upstream stage's out as a dep.
 PIPELINE = {
     "dvc.yaml": """stages:
   first:
-    cmd: python -m tasks.scale first
-    deps: [tasks/scale.py]
+    cmd: python -m stages.scale first
+    deps: [stages/scale.py]
     params: [first]
     outs: [out/first]
   second:
-    cmd: python -m tasks.scale second first
-    deps: [tasks/scale.py, out/first/value.json]
+    cmd: python -m stages.scale second first
+    deps: [stages/scale.py, out/first/value.json]
     params: [second]
     outs: [out/second]
 """,
     "params.yaml": "first: {factor: 2}\nsecond: {factor: 3}\n",
-    "tasks/__init__.py": "",
-    "tasks/scale.py": """import json, os, sys, yaml
+    "stages/__init__.py": "",
+    "stages/scale.py": """import json, os, sys, yaml
 name, up = sys.argv[1], (sys.argv[2:] or [None])[0]
 start = json.load(open(f"out/{up}/value.json"))["value"] if up else 1
 factor = yaml.safe_load(open("params.yaml"))[name]["factor"]
@@ -101,10 +111,10 @@ def test_a_remote_build_moves_through_the_remote_and_leaves_the_stage_current(
     name, config = shared_remote(pipeline)
     assert (name, config["url"]) == ("shared", str(tmp_path / "remote"))  # absolute for a worker
     packed = bundle(pipeline, "second", name, config)
-    assert packed.cmd == "python -m tasks.scale second first"
+    assert packed.cmd == "python -m stages.scale second first"
     assert packed.pull == ("out/first/value.json",)  # a file inside a tracked folder
     assert set(packed.files) == {"dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore",
-                                 "tasks/__init__.py", "tasks/scale.py"}  # fmt: skip
+                                 "stages/__init__.py", "stages/scale.py"}  # fmt: skip
     # the worker: elsewhere, its own temp dir, the workspace's path never given to it
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()
@@ -167,3 +177,38 @@ def test_one_status_names_the_stale_stages_as_each_stage_check_does(pipeline: Pa
     (pipeline / "params.yaml").write_text("first: {factor: 5}\nsecond: {factor: 3}\n")
     assert stale_stages(pipeline) == {"first", "second"}
     assert all(is_stale(pipeline, stage) for stage in ("first", "second"))
+
+
+# -- which stages run where --------------------------------------------------------------------
+
+
+def test_the_flow_knows_every_stage_of_dvc_yaml() -> None:
+    """flows.stagenames names every stage dvc.yaml runs (the alert hook finds failed ones by it),
+    and each in-process stage has its task."""
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    assert {parse_stage(key)[0] for key in stages} == set(STAGES)
+    assert set(TASKS) == set(IN_PROCESS) and not set(IN_PROCESS) & set(MODEL_STAGES)
+
+
+def test_only_the_stages_that_touch_the_outside_world_retry_and_only_on_transient_errors() -> None:
+    retried = {stage for stage, task in TASKS.items() if task.retries}
+    assert retried == {"source", "ingest", "promote"}
+    assert all(task.log_prints for task in TASKS.values())  # a stage's printed lines: the run log
+    for stage in ("source", "ingest"):
+        retry = TASKS[stage].retry_condition_fn
+        assert retry(None, None, Failed(data=FetchError("throttled")))
+        assert not retry(None, None, Failed(data=DataError("not IDX data")))
+    retry = TASKS["promote"].retry_condition_fn
+    assert retry(None, None, Failed(data=Unavailable("endpoint down")))
+    assert not retry(None, None, Failed(data=NotFound("gone")))
+
+
+# what importing the flow loads of the stages and their heaviest libraries
+PROBE = """import sys, flows.compress
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("stages", "torch", "onnxruntime")))"""
+
+
+def test_importing_the_flow_imports_no_stage() -> None:
+    """A Dask worker imports flows.compress at start (--preload) and builds models in child
+    processes: the stages and their libraries load only where a stage runs in the flow."""
+    assert run([sys.executable, "-c", PROBE], PROJECT).stdout.strip() == "[]"

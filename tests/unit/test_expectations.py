@@ -63,6 +63,27 @@ def test_failing_suite_reports_what_failed(df: pd.DataFrame) -> None:
     assert json.loads(json.dumps(result.to_dict()))["results"][0]["success"] is False
 
 
+def test_an_index_column_names_every_failing_row() -> None:
+    """GX's unexpected_index_column_names: every failing row by name, past the 20 values a
+    SUMMARY lists; expectations of other kinds, or that cannot run, name no rows."""
+    names = [f"m{i:02d}" for i in range(30)]
+    frame = pd.DataFrame({"name": names, "label": [*range(25, 50), 0, 1, 2, 3, None]})
+    specs = [
+        ("expect_column_values_to_be_between", {"column": "label", "max_value": 9}),
+        ("expect_column_values_to_not_be_null", {"column": "label"}),
+        ("expect_table_row_count_to_equal", {"value": 30}),
+        ("expect_column_values_to_not_be_null", {"column": "missing"}),
+    ]
+    between, not_null, rows, missing = validate(frame, "named", specs, index="name").results
+    assert between.unexpected_rows == names[:25]
+    assert between.observed["unexpected_count"] == 25
+    assert len(between.observed["partial_unexpected_list"]) == 20  # the values: only the first
+    assert not_null.unexpected_rows == ["m29"]
+    assert rows.success and rows.unexpected_rows is None
+    assert not missing.success and missing.unexpected_rows is None
+    assert validate(frame, "unnamed", specs[:1]).results[0].unexpected_rows is None
+
+
 def test_unknown_or_malformed_expectation_is_a_clear_error(df: pd.DataFrame) -> None:
     with pytest.raises(
         ValueError, match="unknown expectation 'expect_column_values_to_be_betwen'"

@@ -373,7 +373,7 @@ def test_a_stage_builds_a_users_network_behind_the_raw_pixel_contract_or_refuses
 
     name = package(workspace, {"nets.py": NETS, "broken.py": "import no_such_dependency_xyz\n"})
     pyproject(workspace, f'[tool.squeeze]\nallowed_modules = ["{name}"]\n')
-    monkeypatch.chdir(workspace)  # a stage runs in the workspace (`python -m tasks.x`)
+    monkeypatch.chdir(workspace)  # a stage runs in the workspace (`python -m stages.x`)
     spec = DataSpec(("a", "b", "c"), 6, 5, 3, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
     model = build_model(arch(f"{name}.nets.Tiny", in_channels=3, num_classes=3), spec)
     logits = model(torch.zeros(4, 6, 5, 3, dtype=torch.uint8))  # raw (B, H, W, C) pixels
@@ -393,14 +393,14 @@ def test_a_stage_builds_a_users_network_behind_the_raw_pixel_contract_or_refuses
 PIPELINE = {
     "dvc.yaml": """stages:
   net:
-    cmd: python -m tasks.net
-    deps: [tasks/net.py]
+    cmd: python -m stages.net
+    deps: [stages/net.py]
     outs: [out/net]
 """,
     "params.yaml": "net: {}\n",
     "pyproject.toml": '[tool.squeeze]\nallowed_modules = ["mynets.small", "out"]\n',
-    "tasks/__init__.py": "",
-    "tasks/net.py": """import json, os
+    "stages/__init__.py": "",
+    "stages/net.py": """import json, os
 from squeeze.nets.factory import build_net, check_output
 net = build_net("mynets.small.Tiny", {"in_channels": 1, "num_classes": 3})
 check_output(net, 1, 6, 6, 3, "mynets.small.Tiny")
@@ -431,7 +431,7 @@ def test_a_worker_gets_the_allowed_user_packages_and_builds_a_users_network(
     # the allowed package (whole: mynets/__init__.py runs first) and the pyproject that allows
     # it; not a package the allow-list does not name, nor a DVC out it does
     assert set(packed.files) == {"dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml",
-                                 "tasks/__init__.py", "tasks/net.py", "mynets/__init__.py",
+                                 "stages/__init__.py", "stages/net.py", "mynets/__init__.py",
                                  "mynets/small.py"}  # fmt: skip
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()

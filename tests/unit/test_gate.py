@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from squeeze.config.sections import GateParams
 from squeeze.decide.champion import decide
+from squeeze.decide.choose import ACCURACY, LATENCY, POLICIES, SIZE, rank
 from squeeze.decide.gate import GateError, check
 
 # the gates read per-class accuracies by name, whatever the names are
@@ -158,6 +159,37 @@ def test_policy_picks_the_challenger_among_passing_ones(policy: str, winner: str
     assert policy in report["reasons"][1]
 
 
+@pytest.mark.parametrize(
+    ("policy", "order"),
+    [("smallest", ["same_size_sharper", "same_size_a", "same_size_b", "sharp", "fast"]),
+     ("fastest", ["fast", "same_size_sharper", "same_size_a", "same_size_b", "sharp"]),
+     ("most_accurate", ["sharp", "same_size_sharper", "same_size_a", "same_size_b", "fast"])],
+)  # fmt: skip
+def test_the_chooser_breaks_ties_by_its_order_then_the_name(policy: str, order: list) -> None:
+    """smallest: size, then accuracy; fastest: latency, accuracy, size; most_accurate: accuracy,
+    size; the name last (squeeze.decide.choose, the benchmark's chooser too)."""
+    passing = {
+        "same_size_b": {ACCURACY: 0.90, SIZE: 100, LATENCY: 2.0},
+        "same_size_a": {ACCURACY: 0.90, SIZE: 100, LATENCY: 2.0},
+        "same_size_sharper": {ACCURACY: 0.91, SIZE: 100, LATENCY: 2.0},
+        "fast": {ACCURACY: 0.90, SIZE: 300, LATENCY: 1.0},
+        "sharp": {ACCURACY: 0.95, SIZE: 200, LATENCY: 3.0},
+    }
+    assert rank(passing, CFG.model_copy(update={"policy": policy})) == order
+
+
+def test_every_policy_params_allow_has_an_order() -> None:
+    assert set(POLICIES) == set(get_args(GateParams.model_fields["policy"].annotation))
+
+
+def test_every_failing_candidate_is_named_past_twenty() -> None:
+    """GX names every failing row (not only the 20 values a SUMMARY lists)."""
+    too_big = {f"big{i:02d}": record(size=2_000_000 + i) for i in range(25)}
+    report = check(table(ok=record(), **too_big), CFG)
+    assert {n for n, v in report["candidates"].items() if "size" in v["failed"]} == set(too_big)
+    assert report["challenger"] == "ok"
+
+
 def test_nothing_passed_names_every_failure(tmp_path: Path) -> None:
     strict = CFG.model_copy(update={"min_accuracy": 0.99})
     report = check(table(a=record(), b=record(size=2_000_000)), strict, docs_dir=tmp_path)
@@ -234,26 +266,34 @@ def test_no_champion_failing_champion_and_identical_model() -> None:
     }
 
 
-# -- the stage outside Prefect (as `dvc repro` runs it) ----------------------------------------
+# -- the stage outside Prefect (as `dvc repro` runs it), its report as the flow's artifacts ------
 
 
-def test_stage_runs_outside_a_flow_without_artifacts(tmp_path: Path) -> None:
-    """Outside a run Prefect would start a temporary API server and warn for every artifact;
-    the stage must skip them and still write the report and the data docs."""
+def test_stage_runs_outside_a_flow_and_its_report_makes_the_artifacts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage writes the report and the data docs and prints its verdict, no Prefect involved;
+    in a flow, the artifacts are made from the report it wrote (flows.artifacts), and outside a
+    run none is published (Prefect would start a temporary API server and warn for each)."""
     import warnings
 
+    from flows.artifacts import gate_markdown, gate_rows, in_run, publish
     from squeeze.config.files import load_params
     from squeeze.config.workspace import read_json, write_json
     from stages import gate as stage
-    from stages.artifacts import in_run, publish
 
-    project = Path(__file__).resolve().parents[2]
+    params = load_params(Path(__file__).resolve().parents[2])
     write_json(tmp_path / "metrics" / "candidates.json", table(kd=record()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)  # Prefect's "outside of a run" warning
-        stage.run(tmp_path, load_params(project))
-        assert not in_run() and publish("markdown", markdown="x", key="k") is None
+    stage.run(tmp_path, params)
     report = read_json(tmp_path / "metrics" / "gate.json")
     assert report["docs"] == "reports/gate/index.html" and report["challenger"]
     assert (tmp_path / "reports" / "gate" / "index.html").exists()
     assert set(report["candidates"]) == {"kd", "teacher"}
+    assert capsys.readouterr().out.splitlines() == stage.summary_lines(report)
+    rows = gate_rows(report)
+    assert [(r["candidate"], r["verdict"]) for r in rows] == [("kd", "pass"), ("teacher", "pass")]
+    assert rows[0]["accuracy"].endswith(f"✓ (min {params.gate.min_accuracy})")
+    assert f"## Gate: challenger **{report['challenger']}**" in gate_markdown(report)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # Prefect's "outside of a run" warning
+        assert not in_run() and publish("markdown", markdown="x", key="k") is None

@@ -169,3 +169,117 @@ def test_the_shipped_file_opens_with_the_standard_xz_tool() -> None:
     assert shipped.startswith(b"\xfd7zXZ\x00") and pack(ONNX) == shipped  # deterministic
     done = subprocess.run(["xz", "-dc"], input=shipped, capture_output=True, check=True)
     assert done.stdout == ONNX
+
+
+# -- row 19: pull-production changes nothing in DIR unless it can write both files ----------------
+
+
+def test_pull_production_changes_nothing_when_card_json_is_a_folder(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "app"
+    (dest / "card.json").mkdir(parents=True)
+    (dest / "model.onnx").write_bytes(b"an older model")
+    before = tree(dest)
+    assert squeeze(workspace, "pull-production", str(dest)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write 'card.json'" in err and "is not a file" in err
+    assert tree(dest) == before and sorted(os.listdir(dest)) == ["card.json", "model.onnx"]
+
+
+def test_pull_production_puts_the_model_back_when_the_card_cannot_be_renamed(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    dest = tmp_path / "app"
+    dest.mkdir()
+    (dest / "model.onnx").write_bytes(b"an older model")
+    (dest / "card.json").write_text('{"old": true}')
+    before = tree(dest)
+    real = os.replace
+
+    def full_disk_on_the_card(src: object, dst: object) -> None:
+        if Path(str(dst)).name == "card.json":
+            raise OSError(28, "No space left on device")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", full_disk_on_the_card)
+    assert squeeze(workspace, "pull-production", str(dest)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert tree(dest) == before  # the model renamed first was put back; no temp files
+
+
+# -- row 17: a malformed pointer, a location or endpoint typo ------------------------------------
+
+
+def set_promote(workspace: Path, **changes: object) -> None:
+    """Change params.promote of the workspace."""
+    params = read_yaml(workspace / "params.yaml")
+    params["promote"] |= changes
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_an_empty_pointer_is_reported_damaged_and_an_operator_promote_replaces_it(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = registry_for(workspace)
+    registry.store.put("fmnist/production.json", b"{}")
+    where = f"{registry.store.url}/fmnist/production.json"
+    assert squeeze(workspace, "status") == 1
+    out = capsys.readouterr().out
+    assert f"production: DAMAGED: {where} is damaged: key 'version' is missing" in out
+    assert "nothing promoted yet" not in out and "versions: 1" in out
+    assert squeeze(workspace, "pull-production", str(tmp_path / "app")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{where} is damaged: key 'version' is missing" in err
+    assert not (tmp_path / "app").exists()
+    assert squeeze(workspace, "promote", "1") == 0
+    assert "version 1 (was a damaged production.json)" in capsys.readouterr().out
+    assert squeeze(workspace, "status") == 0
+    assert "checksums: verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"registry": "s3:/bucket/registry"}, "did you mean 's3://bucket/registry'?"),
+        ({"registry": "s3://bucket/registry", "endpoint_url": "127.0.0.1:9000"},
+         "e.g. 'http://127.0.0.1:9000'"),
+    ],
+)  # fmt: skip
+def test_a_location_or_endpoint_typo_is_refused_in_one_line(
+    workspace: Path, capsys: pytest.CaptureFixture[str], changes: dict, problem: str
+) -> None:
+    set_promote(workspace, **changes)
+    for command in ("status", "pull-production", "clean-registry"):
+        argv = [command, str(workspace / "out")] if command == "pull-production" else [command]
+        assert squeeze(workspace, *argv) == 2  # refused when params.yaml loads: invalid params
+        err = capsys.readouterr().err
+        assert err.startswith("squeeze: invalid parameters\n") and "Traceback" not in err, err
+        assert problem in err and "params.yaml: promote." in err, err
+    assert sorted(os.listdir(workspace)) == ["params.yaml", "registry"]  # no "s3:" folder
+
+
+# -- row 18: half-versions in status, and clean-registry ------------------------------------------
+
+
+def test_status_lists_half_versions_and_clean_registry_removes_old_ones(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = registry_for(workspace).store
+    store.put("fmnist/versions/2/claim.json", b'{"claimed_at": "2026-01-01T00:00:00+00:00"}')
+    store.put("fmnist/versions/2/model.onnx.xz", b"half")
+    assert squeeze(workspace, "status") == 0
+    out = capsys.readouterr().out
+    assert "versions: 1\n" in out
+    assert ("half-published (no checksums.json; not versions): 2 (claimed "
+            "2026-01-01T00:00:00+00:00, 2 objects); squeeze clean-registry removes those "
+            "claimed over 60 min ago") in out  # fmt: skip
+    assert squeeze(workspace, "clean-registry", "--dry-run") == 0
+    assert "half-published versions of 'fmnist': 2" in capsys.readouterr().out
+    assert squeeze(workspace, "clean-registry") == 0
+    assert "removed half-published versions of 'fmnist': 2" in capsys.readouterr().out
+    assert store.list("fmnist/versions/2/") == []
+    assert squeeze(workspace, "status") == 0
+    assert "half-published" not in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import pytest
 import yaml
 
 from squeeze.config.errors import ParamsError
-from squeeze.config.files import apply_profile, load_params, read_yaml, write_params
-from squeeze.config.params import validate
+from squeeze.config.files import (
+    apply_profile,
+    dump,
+    load_params,
+    merge,
+    read_yaml,
+    replace,
+    write_params,
+)
+from squeeze.config.params import Params, validate
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -130,6 +139,123 @@ def test_smoke_profile_overlays_params(tmp_path: Path) -> None:
     params = apply_profile(tmp_path, "smoke")
     assert params.ingest.train_per_class is not None
     assert load_params(tmp_path) == params  # written back, still valid
+
+
+def workspace(tmp_path: Path) -> Path:
+    """A copy of the project's params.yaml, profiles and pyproject.toml (its allow-list)."""
+    for name in ("params.yaml", "pyproject.toml"):
+        shutil.copy(PROJECT / name, tmp_path / name)
+    shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
+    return tmp_path
+
+
+def comments(text: str) -> list[str]:
+    """The comment texts of a YAML file, in order ('#' to the end of the line)."""
+    return [line[line.index("#") :].strip() for line in text.splitlines() if "#" in line]
+
+
+def safe_dump_path(root: Path, profile: str) -> Params:
+    """What a profile gave before the round trip: PyYAML's plain merge, written with
+    yaml.safe_dump and read back."""
+    overlay = yaml.safe_load((root / "profiles" / f"{profile}.yaml").read_text())
+    whole = overlay.pop("replace", None) or []
+    merged = merge(yaml.safe_load((root / "params.yaml").read_text()), overlay)
+    for dotted in whole:
+        replace(merged, overlay, dotted, root)
+    dumped = yaml.safe_dump(validate(merged, "x").model_dump(mode="json"), sort_keys=False)
+    return validate(yaml.safe_load(dumped), "x")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "resnet"])
+def test_a_profile_keeps_the_comments_and_loads_like_before(tmp_path: Path, profile: str) -> None:
+    root = workspace(tmp_path)
+    before = (root / "params.yaml").read_text()
+    params = apply_profile(root, profile)
+    after = (root / "params.yaml").read_text()
+    assert params == load_params(root) == safe_dump_path(root, profile)
+    assert list(yaml.safe_load(after)) == list(yaml.safe_load(before))  # the sections' order
+    if profile == "smoke":  # merged key by key: every comment stays, beside its key
+        assert comments(after) == comments(before)
+        assert re.search(r"\n    epochs: 3 +# without label smoothing 12 epochs", after)
+    else:  # the candidate graph is replaced whole: its comments come from the profile
+        ours = comments(before)
+        graph_at = next(i for i, c in enumerate(ours) if c.startswith("# The candidate graph"))
+        assert comments(after)[:graph_at] == ours[:graph_at]  # ingest's and the teacher's
+        profile_text = (root / "profiles" / "resnet.yaml").read_text()
+        graph = profile_text[profile_text.index("prune:") : profile_text.index("gate:")]
+        assert all(c in comments(after) for c in comments(graph))
+
+
+def test_the_round_trip_leaves_params_yaml_byte_identical() -> None:
+    """What a write does not change stays as written: quotes, nulls, long flow lines, indents."""
+    text = (PROJECT / "params.yaml").read_text()
+    assert dump(read_yaml(PROJECT / "params.yaml", round_trip=True)) == text
+
+
+def test_applying_a_profile_twice_writes_nothing_the_second_time(tmp_path: Path) -> None:
+    root = workspace(tmp_path)
+    apply_profile(root, "smoke")
+    once = (root / "params.yaml").stat().st_mtime_ns, (root / "params.yaml").read_bytes()
+    apply_profile(root, "smoke")
+    assert ((root / "params.yaml").stat().st_mtime_ns, (root / "params.yaml").read_bytes()) == once
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [("train_teacher: {fit: {lr: -1}}\n", "train_teacher.fit.lr: Input should be greater"),
+     ("replace: [train_teacher.arch]\ntrain_teacher:\n  arch: {class_path: evil.Net, "
+      "init_args: {}}\n", "'evil.Net' is not in the modules the workspace allows"),
+     ("replace: [gate.policy]\ngate: {}\n", "replace names 'gate.policy'"),
+     ("gate: {policy: [unclosed\n", "mine.yaml: not valid YAML")],
+    ids=["bad_value", "class_path_not_allowed", "bad_replace", "bad_yaml"],
+)  # fmt: skip
+def test_a_refused_profile_leaves_params_byte_identical(
+    tmp_path: Path, overlay: str, message: str
+) -> None:
+    root = workspace(tmp_path)
+    (root / "profiles" / "mine.yaml").write_text(overlay)
+    before = (root / "params.yaml").read_bytes()
+    with pytest.raises(ParamsError, match=message):
+        apply_profile(root, "mine")
+    assert (root / "params.yaml").read_bytes() == before
+    assert sorted(p.name for p in root.iterdir()) == ["params.yaml", "profiles", "pyproject.toml"]
+
+
+def test_dvc_set_param_edits_the_written_file(tmp_path: Path) -> None:
+    """`dvc exp run -S` (DVC's hydra overrides) edits what a profile wrote: no anchors or
+    aliases, under which DVC's override path silently loses edits."""
+    from dvc.utils.hydra import apply_overrides
+
+    root = workspace(tmp_path)
+    params = apply_profile(root, "smoke")
+    events = list(yaml.parse((root / "params.yaml").read_text()))
+    assert not [e for e in events if isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None)]
+    apply_overrides(root / "params.yaml", ["distill.kd_small.fit.epochs=4", "gate.policy=fastest"])
+    edited = load_params(root)
+    assert edited.distill["kd_small"].fit.epochs == 4 and edited.gate.policy == "fastest"
+    assert edited.distill["ce_small"] == params.distill["ce_small"]  # its twin, untouched
+
+
+def test_run_params_are_written_keeping_the_comments(tmp_path: Path) -> None:
+    """A run's params (the Prefect UI's form) rewrite only the values that changed."""
+    root = workspace(tmp_path)
+    before = (root / "params.yaml").read_text()
+    params = load_params(root)
+    fit = params.train_teacher.fit.model_copy(update={"epochs": 3})
+    ingest = params.ingest.model_copy(update={"classes": ["yes", "no", *params.ingest.classes[2:]]})
+    distill = {k: v for k, v in params.distill.items() if k != "ce_small"}
+    changed = params.model_copy(update={
+        "train_teacher": params.train_teacher.model_copy(update={"fit": fit}),
+        "ingest": ingest, "distill": distill,
+    })  # fmt: skip
+    assert write_params(root, changed) is True
+    after = (root / "params.yaml").read_text()
+    assert load_params(root) == changed  # "yes"/"no" are class names, not booleans (YAML 1.2)
+    assert re.search(r"\n    epochs: 3 +# without label smoothing 12 epochs", after)
+    assert "ce_small:" not in after and "kd_small:  # a 24k-parameter student" in after
+    lost = set(comments(before)) - set(comments(after))  # only the removed candidate's
+    assert len(lost) == 1 and lost.pop().startswith("# the same student, epochs and seed")
+    assert write_params(root, changed) is False
 
 
 def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
@@ -304,6 +430,7 @@ def test_a_class_path_arch_is_its_own_variant_and_errors_name_its_keys(raw: dict
 
 def test_a_profile_replaces_whole_the_keys_it_lists(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "pyproject.toml").write_text('[tool.squeeze]\nallowed_modules = ["mynets"]\n')
     (tmp_path / "profiles").mkdir()
     arch = {"class_path": "mynets.ResNet", "init_args": {"num_classes": 10}}
     overlay = {"replace": ["train_teacher.arch", "prune", "quantize", "merge"],

@@ -18,8 +18,9 @@ from squeeze.config.sections import PruneParams
 from squeeze.config.workspace import Workspace
 from squeeze.data.spec import Split
 from squeeze.measure.export import export_onnx, graph_stats
+from squeeze.methods import MethodData
 from squeeze.methods import prune as prune_module
-from squeeze.methods.prune import PruningError, agp_sparsity, prunable, prune_model, weight_sparsity
+from squeeze.methods.prune import PruningError, agp_sparsity, prunable, prune, weight_sparsity
 from squeeze.nets.models import load_checkpoint, save_checkpoint
 from stages import candidate as candidate_module
 from stages import prune as prune_stage
@@ -37,6 +38,11 @@ def prune_cfg(tiny_fit: Callable, **changes: object) -> PruneParams:
             "importance": "l1", "round_to": None, "distill_alpha": 0.0, "temperature": 4.0,
             "qat": None, "fit": tiny_fit(epochs=2, lr=0.02)}  # fmt: skip
     return PruneParams(**(base | changes))
+
+
+def method_data(splits: Data, teacher: nn.Module | None = None) -> MethodData:
+    """What prune reads of the small_fmnist splits (and the teacher it distils from)."""
+    return MethodData(splits["train"], splits["val"], teacher)
 
 
 def conv_widths(model: nn.Module) -> list[int]:
@@ -64,9 +70,8 @@ def test_unstructured_hits_the_sparsity_exactly_and_keeps_accuracy(
     cfg = prune_cfg(tiny_fit, distill_alpha=distill_alpha)
     before = split_accuracy(tiny_trained, small_fmnist["test"])
     teacher = copy.deepcopy(tiny_trained) if distill_alpha else None
-    pruned, history = prune_model(
-        copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"], teacher
-    )
+    result = prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist, teacher))
+    pruned, history = result.model, result.history
     total = sum(m.weight.numel() for m, _ in prunable(pruned))
     zeros = sum(int((m.weight == 0).sum()) for m, _ in prunable(pruned))
     assert zeros == round(SPARSITY * total)  # every Conv2d and Linear weight, counted together
@@ -82,8 +87,7 @@ def test_unstructured_sparsity_survives_export(
 ) -> None:
     """BatchNorm folding scales whole channels, so zeros stay zeros in the ONNX file."""
     cfg = prune_cfg(tiny_fit, steps=1, fit=tiny_fit(epochs=1, lr=0.02))
-    pruned, _ = prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"],
-                            small_fmnist["val"])  # fmt: skip
+    pruned = prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist)).model
     export_onnx(pruned, tmp_path / "m.onnx")
     stats = graph_stats(tmp_path / "m.onnx")
     weights = sum(m.weight.numel() for m, _ in prunable(pruned))
@@ -101,9 +105,8 @@ def test_structured_shrinks_the_network_and_reloads_without_the_pruner(
 ) -> None:
     cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.5, steps=2, importance=importance,
                     fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
-    pruned, history = prune_model(
-        copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"]
-    )
+    result = prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist))
+    pruned, history = result.model, result.history
     assert len(history) == 2
     assert conv_widths(pruned) == [4, 8]  # half the channels of [8, 16]
     save_checkpoint(pruned, tmp_path / "pruned", {"name": "pruned"})
@@ -172,7 +175,7 @@ def test_structured_sparsity_a_layer_cannot_take_is_refused_naming_the_layers(
     cfg = prune_cfg(tiny_fit, kind="structured", sparsity=sparsity, steps=1)
     model = copy.deepcopy(tiny_trained)
     with pytest.raises(PruningError, match=f"sparsity {sparsity} leaves too few .* in {layers}:"):
-        prune_model(model, cfg, small_fmnist["train"], small_fmnist["val"])
+        prune(model, cfg, method_data(small_fmnist))
     assert conv_widths(model) == [8, 16]  # refused before the pruner touched it
 
 
@@ -181,11 +184,10 @@ def test_the_highest_sparsity_the_error_suggests_prunes_as_planned(
 ) -> None:
     cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.9, steps=1)
     with pytest.raises(PruningError, match="lower the sparsity to at most 0.75$"):
-        prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
+        prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist))
     cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.75, steps=3,
                     fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
-    pruned, _ = prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"],
-                            small_fmnist["val"])  # fmt: skip
+    pruned = prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist)).model
     assert conv_widths(pruned) == [2, 4]  # MIN_CHANNELS in the narrowest layer
 
 
@@ -201,7 +203,7 @@ def test_a_layer_torch_pruning_skips_is_caught_after_its_step(
     with pytest.raises(PruningError, match="step 1 of 1 did not prune as planned: net.features.0 "
                        "has 8 channels, planned 0; net.features.4 has 16 channels, planned "
                        "0"):  # fmt: skip
-        prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
+        prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist))
 
 
 def test_unstructured_pruning_that_empties_a_layer_is_refused(
@@ -211,7 +213,7 @@ def test_unstructured_pruning_that_empties_a_layer_is_refused(
     scored exactly chance (10%) when unchecked."""
     cfg = prune_cfg(tiny_fit, sparsity=0.97, steps=3, fit=tiny_fit(epochs=1, lr=0.02))
     with pytest.raises(PruningError, match=r"weight of net\.features\.4\.weight \(1152"):
-        prune_model(copy.deepcopy(tiny_trained), cfg, small_fmnist["train"], small_fmnist["val"])
+        prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist))
 
 
 def test_the_stage_stops_with_one_line_and_writes_nothing(

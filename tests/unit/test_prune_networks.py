@@ -19,12 +19,13 @@ from torch import nn
 
 from squeeze.config.sections import PruneParams
 from squeeze.data.spec import DataSpec, Split
+from squeeze.methods import MethodData
 from squeeze.methods import prune as prune_module
 from squeeze.methods.prune import (
     PruningError,
     prunable,
     prunable_names,
-    prune_model,
+    prune,
     prune_structured,
     weight_sparsity,
 )
@@ -112,7 +113,8 @@ def test_structured_pruning_rounds_widths_halves_macs_and_reloads(
     data, _ = rgb32
     model = copy.deepcopy(trained[name])
     before = macs(model)
-    pruned, history = prune_model(model, prune_cfg(tiny_fit), data["train"], data["val"])
+    result = prune(model, prune_cfg(tiny_fit), MethodData(data["train"], data["val"]))
+    pruned, history = result.model, result.history
     assert len(history) == 2
     layers = weight_layers(pruned)
     assert layers[OUTPUT[name]].out_features == 10  # the classes are never pruned
@@ -150,7 +152,7 @@ def test_unstructured_pruning_hits_the_sparsity_on_any_network(
 ) -> None:
     data, _ = rgb32
     cfg = prune_cfg(tiny_fit, kind="unstructured", sparsity=0.6, round_to=None)
-    pruned, _ = prune_model(copy.deepcopy(trained[name]), cfg, data["train"], data["val"])
+    pruned = prune(copy.deepcopy(trained[name]), cfg, MethodData(data["train"], data["val"])).model
     total = sum(m.weight.numel() for m, _ in prunable(pruned))
     zeros = sum(int((m.weight == 0).sum()) for m, _ in prunable(pruned))
     assert zeros == round(0.6 * total)
@@ -179,7 +181,7 @@ def test_a_sparsity_a_channel_group_cannot_take_names_its_coupled_layers(
         r"net\.stages\.0\.body\.3 \(8 → 0\), net\.stages\.0\.body\.0 \(8 → 0\) \(widths rounded "
         r"down to a multiple of round_to 4\): .* lower the sparsity to at most 0\.5$"
     )):  # fmt: skip
-        prune_model(model, prune_cfg(tiny_fit, sparsity=0.6), data["train"], data["val"])
+        prune(model, prune_cfg(tiny_fit, sparsity=0.6), MethodData(data["train"], data["val"]))
     assert structure_of(model.net) == structure_of(trained["resnet"].net)  # untouched
 
 

@@ -21,7 +21,8 @@ from squeeze.config.sections import PruneParams, QuantizeParams
 from squeeze.data.spec import Split
 from squeeze.measure.export import INPUT, export_onnx
 from squeeze.measure.runtime import session
-from squeeze.methods.prune import prune_model
+from squeeze.methods import MethodData
+from squeeze.methods.prune import prune
 from squeeze.methods.qat import on_grid, quantization_aware, snap
 from squeeze.methods.quantize import quantize_onnx
 from squeeze.nets.models import weight_layers
@@ -131,7 +132,8 @@ def test_int4_quantization_of_a_qat_model_agrees_with_it(
                       round_to=None, distill_alpha=0.0, temperature=4.0, qat="int4",
                       fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
     torch.manual_seed(0)
-    model, history = prune_model(copy.deepcopy(tiny_trained), cfg, train, val)
+    result = prune(copy.deepcopy(tiny_trained), cfg, MethodData(train, val))
+    model, history = result.model, result.history
     # fit validated the on-grid forward pass: the model it returns is the one it measured
     with torch.no_grad():
         val_loss = F.cross_entropy(

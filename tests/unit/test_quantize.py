@@ -20,12 +20,15 @@ from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.spec import DataSpec, Split
 from squeeze.measure.export import INPUT, export_onnx, graph_stats
 from squeeze.measure.runtime import session
+from squeeze.methods import MethodData
 from squeeze.methods.qat import snap
 from squeeze.methods.quantize import (
     INT4_SCHEMES,
     OPSET_NOTICE,
+    calibration_images,
     choose_int4_scheme,
     input_side,
+    quantize,
     quantize_onnx,
 )
 from squeeze.methods.train import fit
@@ -135,6 +138,25 @@ def test_pixel_preprocessing_stays_fp32(
         if node.name in pre:  # fed by the input or by other fp32 preprocessing, never by int8
             assert all(producers.get(i) not in ("DequantizeLinear",) for i in node.input)
             assert node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+
+
+@pytest.mark.parametrize(("weights", "qat"), [("int8", None), ("int4", "int4")])
+def test_the_entry_is_quantize_onnx_on_evenly_spread_training_images(
+    small_fmnist: Data, fp32_export: Path, tmp_path: Path, weights: str, qat: str | None
+) -> None:
+    """quantize(source, cfg, data) returns the bytes quantize_onnx writes for the same file,
+    calibrated on calibration_images of data.train; an upstream fine-tuned on the int4 grid
+    keeps that grid, and nothing is compared on val."""
+    cfg = STATIC_INT8.model_copy(update={"weights": weights})
+    train = small_fmnist["train"]
+    result = quantize(fp32_export, cfg, MethodData(train, small_fmnist["val"]), qat=qat)
+    images = calibration_images(train, cfg.calibration_samples)
+    assert len(images) == cfg.calibration_samples < len(train)
+    quantize_onnx(fp32_export, tmp_path / "q.onnx", cfg, images, "grid" if qat else "onnxruntime")
+    assert result.model == (tmp_path / "q.onnx").read_bytes() and result.history == []
+    assert result.record == {"on_trained_grid": qat is not None,
+                             "int4_scheme": "grid" if qat else None,
+                             "int4_scheme_val_accuracy": {}}  # fmt: skip
 
 
 def test_static_needs_calibration_images(fp32_export: Path, tmp_path: Path) -> None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import lzma
 import pickle
+import re
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from squeeze.registry.registry import Damaged, Registry, RegistryError
+from squeeze.registry import registry as registry_module
+from squeeze.registry.package import pack
+from squeeze.registry.registry import HISTORY_LIMIT, Damaged, Registry, RegistryError
 from squeeze.registry.store import LocalStore, StoreError
 
 
@@ -330,3 +336,175 @@ def test_retried_publish_after_a_fault_leaves_one_version(
     assert registry.versions() == [survivor]
     assert publish(registry, "a") == survivor  # and any later publish of the same model
     registry.verify(survivor)
+
+
+# -- the production pointer: damaged, capped, read back ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        (b"{}", "key 'version' is missing"),
+        (b'{"version": "3", "sha256": {"m": "x"}}', "key 'version' is '3', not a version number"),
+        (b'{"version": 1}', "key 'sha256' is missing"),
+        (b'{"version": 1, "sha256": {"m": "x"}, "previous": [0]}', "key 'previous' is [0]"),
+        (b"[1]", "it holds a JSON list, not an object"),
+        (b"{not json", "it is not valid JSON"),
+    ],
+)
+def test_a_malformed_pointer_is_damaged_naming_the_key(
+    registry: Registry, store: LocalStore, document: bytes, problem: str, tmp_path: Path
+) -> None:
+    v1 = publish(registry, "a")
+    store.put("fmnist/production.json", document)
+    where = f"{store.url}/fmnist/production.json"
+    for call in (registry.production, registry.rollback, lambda: registry.promote(v1),
+                 lambda: registry.download_production(tmp_path / "prod")):  # fmt: skip
+        with pytest.raises(Damaged, match=re.escape(problem)) as excinfo:
+            call()
+        assert (excinfo.value.key, excinfo.value.version) == (where, None)
+        assert "squeeze promote VERSION replaces the pointer" in str(excinfo.value)
+    # an operator's promote replaces it
+    registry.promote(v1, replace_damaged=True)
+    pointer = registry.production()
+    assert pointer is not None and (pointer["version"], pointer["previous"]) == (v1, [])
+    assert pointer["history"][-1]["replaced_damaged_pointer"] is True
+
+
+def test_history_and_rollback_stack_keep_the_last_moves(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "HISTORY_LIMIT", 3)
+    versions = [publish(registry, tag) for tag in "abcde"]
+    for version in versions:
+        registry.promote(version)
+    pointer = registry.production()
+    assert pointer is not None
+    assert [move["version"] for move in pointer["history"]] == [3, 4, 5]
+    assert pointer["history_dropped"] == 2 and pointer["previous"] == [4, 3, 2]
+    assert registry.versions() == versions  # what fell off is still there
+    registry.promote(1)
+    assert registry.production()["history_dropped"] == 3  # type: ignore[index]
+    assert registry_module.HISTORY_LIMIT == 3 and HISTORY_LIMIT == 100  # the real one
+
+
+def test_every_move_records_its_promotion_id_in_the_history(registry: Registry) -> None:
+    v1, v2 = publish(registry, "a"), publish(registry, "b")
+    registry.promote(v1)
+    first = registry.production()
+    registry.promote(v2)
+    pointer = registry.production()
+    assert first is not None and pointer is not None
+    assert [m["promotion_id"] for m in pointer["history"]] == [
+        first["promotion_id"], pointer["promotion_id"]
+    ]  # fmt: skip
+
+
+# -- row 7: production downloads check the pointer's sha256 ---------------------------------------
+
+
+def test_download_production_checks_the_pointer_checksums(
+    registry: Registry, store: LocalStore, tmp_path: Path
+) -> None:
+    with pytest.raises(RegistryError, match="nothing is in production"):
+        registry.download_production(tmp_path / "none")
+    version = publish(registry, "a")
+    registry.promote(version)
+    pointer = registry.production()
+    out = registry.download_production(tmp_path / "prod", pointer)
+    assert (out / "model.onnx").read_bytes() == b"onnx a"
+    # rewritten after promotion together with its checksum: checksums.json alone cannot tell
+    forged = json.loads(store.get("fmnist/versions/1/checksums.json"))
+    forged["files"]["model.onnx"]["sha256"] = hashlib.sha256(b"forged").hexdigest()
+    store.put("fmnist/versions/1/model.onnx", b"forged")
+    store.put("fmnist/versions/1/checksums.json", json.dumps(forged).encode())
+    registry.download(version, tmp_path / "plain")  # a plain download cannot tell
+    for pointer_arg in (pointer, None):
+        with pytest.raises(Damaged, match="changed after it was promoted") as excinfo:
+            registry.download_production(tmp_path / "prod", pointer_arg)
+        assert excinfo.value.key == registry.url(version, "model.onnx")
+    assert (tmp_path / "prod" / "model.onnx").read_bytes() == b"onnx a"  # left as it was
+
+
+# -- row 16: "the same model" is the same ONNX bytes ----------------------------------------------
+
+ONNX = b"ONNX bytes of a model, as an export wrote them"
+
+
+def test_onnx_sha256_is_recorded_and_ignores_how_the_model_was_compressed(
+    registry: Registry, store: LocalStore
+) -> None:
+    digest = hashlib.sha256(ONNX).hexdigest()
+    v1 = registry.publish({"model.onnx.xz": pack(ONNX)}, {}, {})
+    table = json.loads(store.get("fmnist/versions/1/checksums.json"))["files"]
+    assert table["model.onnx.xz"]["onnx_sha256"] == digest
+    # another liblzma (here: another preset) packs the same ONNX into other bytes
+    other = lzma.compress(ONNX, format=lzma.FORMAT_XZ, preset=1)
+    assert other != pack(ONNX)
+    v2 = registry.publish({"model.onnx.xz": other}, {}, {})
+    assert v2 != v1 and registry.onnx_sha256(v1) == registry.onnx_sha256(v2) == digest
+    # versions published before onnx_sha256 was recorded: unpacked to find it
+    del table["model.onnx.xz"]["onnx_sha256"]
+    store.put("fmnist/versions/1/checksums.json", json.dumps({"files": table}).encode())
+    assert registry.onnx_sha256(v1) == digest
+    v3 = registry.publish({"model.onnx.gz": gzip.compress(ONNX)}, {}, {})
+    v4 = registry.publish({"model.onnx": ONNX}, {}, {})
+    assert registry.onnx_sha256(v3) == registry.onnx_sha256(v4) == digest
+    assert registry.onnx_sha256(publish(registry, "no model")) is not None  # bare model.onnx
+    assert registry.onnx_sha256(registry.publish({"weights.bin": b"w"}, {}, {})) is None
+
+
+def test_a_shipped_model_that_does_not_decompress_is_not_published(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="model.onnx.xz does not decompress"):
+        registry.publish({"model.onnx.xz": b"not xz"}, {}, {})
+    assert registry.store.list() == [] and publish(registry, "a") == 1
+
+
+# -- row 18: half-versions are listed and cleaned --------------------------------------------------
+
+
+def half_version(store: LocalStore, version: int, claimed_at: str | None) -> None:
+    """What a publisher killed mid-upload leaves: a claim (or none), a model and its index entry."""
+    if claimed_at is not None:
+        store.put(f"fmnist/versions/{version}/claim.json",
+                  json.dumps({"claimed_at": claimed_at, "token": "t"}).encode())  # fmt: skip
+    store.put(f"fmnist/versions/{version}/model.onnx", b"half")
+    store.put(f"fmnist/content/{version:064x}.json", json.dumps({"version": version}).encode())
+
+
+def test_half_versions_are_listed_never_as_versions_and_cleaned_after_a_grace(
+    registry: Registry, store: LocalStore
+) -> None:
+    v1 = publish(registry, "a")
+    half_version(store, 2, "2026-12-01T10:00:00+00:00")
+    half_version(store, 3, "2026-12-01T11:30:00+00:00")
+    half_version(store, 4, None)  # its claim is gone: no age
+    store.put("fmnist/versions/5/claim.json", b"{broken")  # an unreadable claim: no age
+    assert registry.versions() == [v1]
+    assert registry.incomplete() == [
+        {"version": 2, "claimed_at": "2026-12-01T10:00:00+00:00",
+         "objects": ["claim.json", "model.onnx"]},
+        {"version": 3, "claimed_at": "2026-12-01T11:30:00+00:00",
+         "objects": ["claim.json", "model.onnx"]},
+        {"version": 4, "claimed_at": None, "objects": ["model.onnx"]},
+        {"version": 5, "claimed_at": None, "objects": ["claim.json"]},
+    ]  # fmt: skip
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)  # 2 h after 2's claim, 30 min after 3's
+    assert registry.clean(now=now) == [2, 4, 5]
+    assert [half["version"] for half in registry.incomplete()] == [3]
+    assert not store.exists(f"fmnist/content/{2:064x}.json")  # its index entry went too
+    assert store.exists(f"fmnist/content/{3:064x}.json")
+    assert registry.clean(grace_s=600, now=now) == [3]
+    assert registry.incomplete() == [] and registry.versions() == [v1]
+    registry.verify(v1)
+    assert publish(registry, "a") == v1 and publish(registry, "b") == 2
+
+
+def test_clean_keeps_a_half_version_that_completed_meanwhile(
+    registry: Registry, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    half_version(store, 1, "2026-12-01T10:00:00+00:00")
+    listed = registry.incomplete()
+    store.put("fmnist/versions/1/checksums.json", b"{}")  # the slow publisher finished
+    monkeypatch.setattr(registry, "incomplete", lambda: listed)
+    assert registry.clean(grace_s=0) == [] and store.exists("fmnist/versions/1/model.onnx")

@@ -1,19 +1,26 @@
 """Training: a small CNN learns real Fashion-MNIST, resuming reproduces an uninterrupted run, and
-a run that diverges or ends at chance stops with an error instead of yielding a model."""
+a run that diverges or ends at chance stops with an error instead of yielding a model. And the
+shape every method's entry shares (squeeze.methods), train's being the first."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from squeeze.config import sections
 from squeeze.config.params import Params
 from squeeze.config.sections import ConvNetArch, FitParams, TeacherFitParams, TrainTeacherParams
 from squeeze.config.workspace import Workspace, write_json
 from squeeze.data.spec import DataSpec
 from squeeze.data.splits import save_split
+from squeeze.methods import MethodData, Result
+from squeeze.methods import qat as qat_module
 from squeeze.methods.train import (
     TrainingError,
     accuracy,
@@ -22,6 +29,7 @@ from squeeze.methods.train import (
     fit,
     predict,
     progress_line,
+    train,
 )
 from squeeze.nets.models import build_model, load_checkpoint, save_checkpoint
 from stages import candidate, train_teacher
@@ -51,7 +59,7 @@ def test_resume_ends_with_the_same_weights(
     fmnist: dict, fmnist_profile: DataSpec, tmp_path: Path
 ) -> None:
     straight = tiny_model(fmnist_profile)
-    fit(straight, fmnist["train"], fmnist["val"], FIT)
+    train(straight, FIT, MethodData(fmnist["train"], fmnist["val"]))  # the entry: fit, plain loss
     state = tmp_path / "state.pt"
     interrupted = tiny_model(fmnist_profile)
     first = fit(interrupted, fmnist["train"], fmnist["val"], FIT, state, stop_after=1)
@@ -61,6 +69,29 @@ def test_resume_ends_with_the_same_weights(
     assert [row["epoch"] for row in history] == [1, 2, 3]
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
+
+
+# every method module's entry, named like it, and the params section it is configured by
+ENTRIES = {"train": "FitParams", "distill": "DistillParams", "prune": "PruneParams",
+           "quantize": "QuantizeParams", "merge": "MergeParams"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "section"), ENTRIES.items())
+def test_every_method_is_one_call_of_the_same_shape(method: str, section: str) -> None:
+    """<method>(upstream, cfg: <Section>Params, data: MethodData, *, keywords) -> Result."""
+    entry = getattr(importlib.import_module(f"squeeze.methods.{method}"), method)
+    parameters = list(inspect.signature(entry).parameters.values())
+    assert [p.name for p in parameters[1:3]] == ["cfg", "data"]
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is None for p in parameters[3:])
+    hints = typing.get_type_hints(entry)
+    assert hints["cfg"] is getattr(sections, section) and hints["data"] is MethodData
+    assert typing.get_origin(hints["return"]) is Result
+    assert "Raises:" in (entry.__doc__ or "")  # what goes wrong, said where it is called
+
+
+def test_qat_is_a_setting_of_prune_not_a_method() -> None:
+    """qat has no section and no entry of its own: prune.*.qat names the grid."""
+    assert not hasattr(qat_module, "qat") and "qat" in sections.PruneParams.model_fields
 
 
 def test_checkpoint_round_trip(tmp_path: Path, fmnist_profile: DataSpec) -> None:

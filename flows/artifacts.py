@@ -1,0 +1,181 @@
+"""The run's artifacts, published by the flow from what the stages wrote.
+
+The stages are plain Python (no Prefect: `dvc repro` runs them too) and leave their results in
+files: evaluate metrics/candidates.json and plots/pareto.png, gate metrics/gate.json, promote
+metrics/promote.json. After one of them ran in the flow, its task (flows.in_process) reads those
+files back and files them on the run page under fixed keys: `candidates` and `pareto`,
+`gate-verdicts` and `gate-decision`, `promote-comparison`, `promote-decision` and
+`registry-production`. Outside a run nothing is published (Prefect 3.9 would warn, start a
+temporary API server, ~10 s, and file an artifact that belongs to no run), and a failure to
+create one is logged, never raised: a report must not fail the stage that it reports on.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from prefect.context import FlowRunContext, TaskRunContext
+
+from squeeze.config.params import Params
+from squeeze.config.sections import GateParams
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.decide.gate import COMPARED, gates
+from squeeze.registry.card import summary_markdown
+from squeeze.registry.store import NotFound, StoreError
+from stages import promote
+
+# the candidates table's columns, of each record of metrics/candidates.json
+CANDIDATE_COLUMNS = (
+    "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",
+    "size_bytes", "shipped_bytes", "nonzero_params", "macs", "latency_ms_p50", "latency_ms_p95",
+    "agreement",
+)  # fmt: skip
+
+
+def in_run() -> bool:
+    """Whether the caller is inside a Prefect flow or task run."""
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def publish(kind: str, **kwargs: Any) -> str | None:
+    """Create one artifact (kind: "table", "markdown" or "link") when inside a run.
+
+    Returns the artifact id, or None when outside a run or when the API refused it.
+    """
+    if not in_run():
+        return None
+    create = {
+        "table": create_table_artifact,
+        "markdown": create_markdown_artifact,
+        "link": create_link_artifact,
+    }[kind]
+    try:
+        return str(create(**kwargs))
+    except Exception as err:  # the API is down or refused it: the stage's work still stands
+        get_run_logger().warning(
+            "could not create the %s artifact %r: %s", kind, kwargs.get("key"), err
+        )
+        return None
+
+
+def link_for(location: str) -> str:
+    """A link the Prefect UI can render: s3:// as is, a local path as a file:// URL."""
+    return location if "://" in location else Path(location).resolve().as_uri()
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+
+
+def publish_evaluate(root: Path, params: Params) -> None:
+    """The candidates table (models in params' order, upstreams first) and the Pareto plot."""
+    ws = Workspace(root)
+    records = read_json(ws.metrics("candidates"))
+    rows = [{k: records[name][k] for k in CANDIDATE_COLUMNS} for name in params.model_names()]
+    publish("table", key="candidates", table=rows, description="evaluate: every model measured")
+    # the UI cannot load a file on the worker's disk, so the PNG travels inside the markdown
+    png = base64.b64encode(ws.plot("pareto.png").read_bytes()).decode()
+    publish("markdown", key="pareto", description="accuracy vs size and latency",
+            markdown=f"![Pareto plot](data:image/png;base64,{png})")  # fmt: skip
+
+
+# -- gate ---------------------------------------------------------------------------------------
+
+
+def publish_gate(root: Path) -> None:
+    """The candidates × gates table and the decision, from metrics/gate.json."""
+    report = read_json(Workspace(root).metrics("gate"))
+    publish(
+        "table",
+        table=gate_rows(report),
+        key="gate-verdicts",
+        description="Every candidate against every gate (observed value, ✓/✗, threshold)",
+    )
+    publish("markdown", markdown=gate_markdown(report), key="gate-decision")
+
+
+def gate_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Candidates × gates, for the table artifact."""
+    names = [g.name for g in gates(GateParams.model_validate(report["thresholds"]))]
+    rows = []
+    for name, verdict in report["candidates"].items():
+        row = {"candidate": name, "verdict": "pass" if verdict["passed"] else "FAIL"}
+        row.update({g: cell(verdict["gates"][g]) for g in names})
+        rows.append(row)
+    return rows
+
+
+def cell(entry: dict[str, Any]) -> str:
+    """A table cell: '0.8912 ✓ (min 0.85)'."""
+    bound = "min" if "min" in entry else "max"
+    mark = "✓" if entry["passed"] else "✗"
+    return f"{entry['observed']} {mark} ({bound} {entry[bound]})"
+
+
+def gate_markdown(report: dict[str, Any]) -> str:
+    """The gate decision as Markdown."""
+    head = (
+        f"challenger **{report['challenger']}**" if report["challenger"] else "**nothing passed**"
+    )
+    reasons = "\n".join(f"- {r}" for r in report["reasons"])
+    return (
+        f"## Gate: {head}\n\npolicy `{report['policy']}`; passing, best first: "
+        f"{', '.join(report['ranking']) or 'none'}\n\n{reasons}\n\n"
+        f"GX data docs: `{report['docs']}`\n"
+    )
+
+
+# -- promote ------------------------------------------------------------------------------------
+
+
+def publish_promote(root: Path, params: Params) -> None:
+    """Champion vs challenger, the decision with production's card summary, and a link to the
+    production model, from metrics/promote.json and the registry."""
+    result = read_json(Workspace(root).metrics("promote"))
+    reg = result["registry"]
+    publish(
+        "table",
+        table=comparison_rows(result),
+        key="promote-comparison",
+        description="Champion (production) vs challenger, measured in the same process",
+    )
+    publish("markdown", markdown=promote_markdown(root, params, result), key="promote-decision")
+    if reg["model"]:
+        publish(
+            "link",
+            link=link_for(reg["model"]),
+            link_text=f"{reg['family']} version {reg['production']} (production)",
+            key="registry-production",
+        )
+
+
+def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Champion vs challenger, one row per compared metric (for the table artifact)."""
+    champ = (result["champion"] or {}).get("measured") or {}  # None: a damaged champion
+    chall = result["challenger"]["measured"] if result["challenger"] else {}
+    return [
+        {"metric": key, "champion": champ.get(key), "challenger": chall.get(key)}
+        for key in COMPARED
+    ]
+
+
+def promote_markdown(root: Path, params: Params, result: dict[str, Any]) -> str:
+    """The decision, its reasons and the card of what is in production now."""
+    text = f"## Promote: {result['outcome']}\n\n{promote.headline(result)}\n\n" + "\n".join(
+        f"- {r}" for r in result["reasons"]
+    )
+    production = result["registry"]["production"]
+    if production:
+        try:
+            card = promote.registry_of(root, params).card(production)
+            text += "\n\n" + summary_markdown(card)
+        except (StoreError, NotFound) as err:
+            text += f"\n\n(card unavailable: {err})"
+    return text
