@@ -29,7 +29,8 @@ from squeeze.config.sections import GateParams
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.decide.gate import COMPARED, gates
 from squeeze.registry.card import summary_markdown
-from squeeze.registry.store import NotFound, StoreError
+from squeeze.registry.registry import RegistryError, registry_of
+from squeeze.registry.store import StoreError
 from stages import promote
 
 # the candidates table's columns, of each record of metrics/candidates.json
@@ -174,8 +175,8 @@ def promote_markdown(root: Path, params: Params, result: dict[str, Any]) -> str:
     production = result["registry"]["production"]
     if production:
         try:
-            card = promote.registry_of(root, params).card(production)
+            card = registry_of(root, params).card(production)
             text += "\n\n" + summary_markdown(card)
-        except (StoreError, NotFound) as err:
+        except (StoreError, RegistryError) as err:  # unreachable, or damaged since promote
             text += f"\n\n(card unavailable: {err})"
     return text

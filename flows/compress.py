@@ -1,14 +1,14 @@
 """The Prefect flow `retrain_and_compress`: every stage of dvc.yaml, through the same stages/ code.
 
-A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow
-run leaves `dvc status` clean (but for the always-changed `source` stamp) and a `dvc repro`
-leaves the flow nothing to do. The flow builds each candidate as soon as its upstreams are
+A stage runs only when DVC reports it stale; afterwards it is recorded in dvc.lock, so a flow run
+leaves `dvc status` clean (but for the always-changed `source` and `production` stamps) and a `dvc
+repro` leaves the flow nothing to do. The flow builds each candidate as soon as its upstreams are
 current (flows.scheduler), on the task runner, so independent ones run concurrently: on local
 threads in the workspace, or on Dask workers that share no disk with it and exchange inputs and
 outputs with the flow through the DVC remote (flows.builds). A stage that builds a model runs as
-its own process, with dvc.yaml's command: its weights do not depend on the entry point nor on
-what is built beside it (flows.stagenames.MODEL_STAGES). The other stages run in this process,
-as the tasks of flows.in_process, which also publish the run's artifacts.
+its own process, with dvc.yaml's command: its weights do not depend on the entry point nor on what
+is built beside it (flows.stagenames.MODEL_STAGES). The other stages run in this process, as the
+tasks of flows.in_process, which also publish the run's artifacts.
 """
 
 import fcntl
@@ -106,7 +106,8 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         workspace: the DVC repo to run in.
     Returns:
         {"ran": [...], "skipped": [...], "seconds": {stage: wall seconds}}: DVC stage names;
-        "seconds" has every stage the run looked at (`source` too), skipped ones included.
+        "seconds" has every stage the run looked at (the `source` and `production` stamps too),
+        skipped ones included.
     """
     logger = get_run_logger()
     root = Path(workspace).resolve()  # absolute: DVC calls switch the cwd briefly
@@ -123,8 +124,10 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         if sync(root, params):
             logger.info("rewrote merge stages / code deps of %s/dvc.yaml from the params", root)
         seconds: dict[str, float] = {}
-        # always changed (dvc.yaml): stamps the data at the source; ingest is stale if it changed
-        timed(seconds, "source", build, root, params)
+        # always changed (dvc.yaml): stamp the data at the source (ingest is stale if it changed)
+        # and whether production is damaged (promote is stale if it became so, or was repaired)
+        for stamp in ("source", "production"):
+            timed(seconds, stamp, build, root, params)
         known: frozenset[str] | None = stale_stages(root)  # None once a stage has run
         done: dict[str, bool] = {}
         for name in ("ingest", "train_teacher"):

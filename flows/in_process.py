@@ -19,7 +19,7 @@ from flows.retrying import io_task
 from squeeze.config.params import Params
 from squeeze.data.spec import FetchError
 from squeeze.registry.store import Unavailable
-from stages import evaluate, gate, ingest, promote, source
+from stages import evaluate, gate, ingest, production, promote, source
 
 
 def fetch_failed(err: BaseException) -> bool:
@@ -56,6 +56,9 @@ def promote_and_publish(root: Path, params: Params) -> None:
 # stage -> its task, called as TASKS[stage](root, params) inside the flow's `build` task
 TASKS: dict[str, Task] = {
     "source": io_task(source.run, "source", fetch_failed, timeout_seconds=600, log_prints=True),
+    "production": io_task(
+        production.run, "production", store_unavailable, timeout_seconds=600, log_prints=True
+    ),
     "ingest": io_task(ingest.run, "ingest", fetch_failed, timeout_seconds=1800, log_prints=True),
     "evaluate": task(evaluate_and_publish, name="evaluate", timeout_seconds=3600, log_prints=True),
     "gate": task(gate_and_publish, name="gate", timeout_seconds=600, log_prints=True),

@@ -22,5 +22,5 @@ MODEL_STAGES: dict[str, int] = {
 }  # fmt: skip
 # Stages that publish artifacts or retry I/O run inside the flow (the Prefect run context), as
 # the tasks of flows.in_process: the stage module's `run`, with a retry policy and artifacts.
-IN_PROCESS = ("source", "ingest", "evaluate", "gate", "promote")
+IN_PROCESS = ("source", "production", "ingest", "evaluate", "gate", "promote")
 STAGES = (*IN_PROCESS, *MODEL_STAGES)

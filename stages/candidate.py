@@ -25,6 +25,8 @@ from squeeze.config.files import load_params
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.errors import StageRefused
+from squeeze.registry.registry import RegistryError
+from squeeze.registry.store import StoreError
 
 
 def candidate(params: Params, stage: str, name: str) -> Any:
@@ -80,6 +82,24 @@ def main_for(run: Callable[[Path, Params, str], None], stage: str) -> None:
         run(Path("."), params, sys.argv[1])
 
 
+def stamp_main(
+    run: Callable[[Path, Params], None], unreadable: type[Exception], stamp: Path, what: str
+) -> None:
+    """`python -m stages.<stamp>` for an always-changed stamp stage (source, production): when
+    what it stamps cannot be read now (`unreadable`: offline, throttled), the last stamp stays,
+    with a warning, so that local work goes on: DVC leaves the file in place (persist) and what
+    depends on it stays current. The flow's task retries instead, then fails the run
+    (flows.in_process). Without a last stamp the error stands."""
+    params = stage_params()
+    with refusals_in_one_line():
+        try:
+            run(Path("."), params)
+        except unreadable as err:
+            if not stamp.exists():
+                raise
+            print(f"warning: {err}; kept the last {stamp}: {what}", file=sys.stderr)
+
+
 def stage_main(run: Callable[[Path, Params], None]) -> None:
     """`python -m stages.<stage>` for a stage without a NAME (what dvc.yaml runs)."""
     params = stage_params()
@@ -90,10 +110,11 @@ def stage_main(run: Callable[[Path, Params], None]) -> None:
 @contextmanager
 def refusals_in_one_line() -> Iterator[None]:
     """A stage that refuses its params or data (StageRefused: bad data, a teacher that learned
-    nothing, a sparsity a layer cannot take) exits non-zero with one line naming the key."""
+    nothing, a sparsity a layer cannot take) or cannot use the registry or a store (RegistryError,
+    StoreError: their messages say what to do) exits non-zero with one line naming the cause."""
     try:
         yield
-    except StageRefused as err:
+    except (StageRefused, RegistryError, StoreError) as err:
         sys.exit(str(err))
 
 

@@ -30,6 +30,7 @@ from squeeze.data.spec import Split, read_spec
 from squeeze.data.splits import load_split
 from squeeze.decide.champion import decide
 from squeeze.decide.gate import COMPARED, check
+from squeeze.errors import StageRefused
 from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import paired_table
 from squeeze.registry.card import build_card
@@ -38,6 +39,10 @@ from squeeze.registry.registry import Damaged, Registry, registry_of
 from stages.candidate import stage_main
 
 CHAMPION, CHALLENGER = "champion", "challenger"  # latency keys of the pair timed together
+
+
+class ProductionDamaged(StageRefused):
+    """Production is damaged and no candidate passed the gates to replace it."""
 
 
 def compact(record: dict[str, Any]) -> dict[str, Any]:
@@ -68,13 +73,9 @@ def measure_champion(
     version = pointer["version"]
     with tempfile.TemporaryDirectory(prefix="squeeze-champion-") as tmp:
         try:
-            folder = registry.download(version, Path(tmp) / "champion")
+            folder = registry.download_production(Path(tmp) / "champion", pointer)
         except Damaged as err:
-            damaged = f"production version {version} is damaged ({err.key}): it fails the gates"
-            print(damaged, flush=True)
-            summary = {"version": version, "name": None, "measured": None,
-                       "damaged": err.key, "failed_gates": ["checksums"]}  # fmt: skip
-            return summary, None, None, None
+            return damaged_champion(version, err.key), None, None, None
         path = unpack(folder)
         measured, logits = measure_logits(
             path, splits, list(read_spec(ws.profile).classes), params.evaluate
@@ -101,6 +102,23 @@ def measure_champion(
     return summary, measured, correct, timed[CHALLENGER]
 
 
+def damaged_champion(version: int | None, key: str) -> dict[str, Any]:
+    """The champion's summary when production is damaged (its pointer, or a file of its
+    version): not measurable, it fails the `checksums` gate, so a valid challenger replaces it."""
+    print(f"production version {version} is damaged ({key}): it fails the gates", flush=True)
+    return {"version": version, "name": None, "measured": None, "damaged": key,
+            "failed_gates": ["checksums"]}  # fmt: skip
+
+
+def production_now(registry: Registry) -> tuple[dict[str, Any] | None, str | None]:
+    """(the production pointer, None), (None, None) when nothing is promoted, or (None, the
+    damaged key) when production.json itself cannot be read as a pointer."""
+    try:
+        return registry.production(), None
+    except Damaged as err:
+        return None, err.key
+
+
 def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) -> dict[str, Any]:
     """Re-measure champion and challenger, decide, and publish + promote when the challenger
     wins. Returns the promote.json document."""
@@ -115,9 +133,11 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
     challenger_now, logits = measure_logits(ws.export(name), splits, classes, params.evaluate)
     challenger_correct = logits["val"].argmax(1) == labels
     teacher_pred = predicted_classes(ws.export(gate_report["teacher"]), splits["val"].images)
-    pointer = registry.production()
+    pointer, broken = production_now(registry)
     champion, champion_now, champion_correct, timing = None, None, None, None
-    if pointer:
+    if broken:
+        champion = damaged_champion(None, broken)
+    elif pointer:
         champion, champion_now, champion_correct, timing = measure_champion(
             registry, pointer, ws, params, splits, teacher_pred == labels, ws.export(name)
         )
@@ -130,8 +150,11 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
         None if champion_correct is None else paired_table(challenger_correct, champion_correct),
         params.gate,
         champion_failed=champion["failed_gates"] if champion else None,
-        # a damaged champion is replaced even by its own bytes: that repairs production
-        identical=bool(champion_now) and pointer["sha256"].get(SHIPPED) == sha,
+        # a damaged champion is replaced even by its own bytes: that repairs production. The
+        # ONNX bytes are compared, not the shipped .xz ones (which change with liblzma)
+        identical=bool(champion_now)
+        and registry.onnx_sha256(pointer["version"])
+        == hashlib.sha256(ws.export(name).read_bytes()).hexdigest(),
     )
     version = None
     if decision["promote"]:
@@ -141,7 +164,8 @@ def promote_challenger(root: Path, params: Params, gate_report: dict[str, Any]) 
             root, name, candidates[name], gate_report["candidates"][name], params, summary
         )
         version = registry.publish({SHIPPED: shipped}, card, candidates[name])
-        registry.promote(version, expected=champion["version"] if champion else None)
+        registry.promote(version, expected=champion["version"] if champion else None,
+                         replace_damaged=broken is not None)  # fmt: skip
     production = registry.production()
     now = production["version"] if production else None
     return {
@@ -166,7 +190,8 @@ def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> d
     """promote.json when no candidate passed: the registry is not touched (only read: what
     stays in production)."""
     registry = registry_of(root, params)
-    pointer = registry.production()
+    pointer, damaged = production_now(registry)
+    damaged = damaged or registry.damaged_production()
     now = pointer["version"] if pointer else None
     return {
         "outcome": "nothing_passed",
@@ -177,7 +202,8 @@ def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> d
         "challenger": None,
         "champion": None,
         "registry": {"url": registry.store.url, "family": registry.family, "published": None,
-                     "production": now, "model": registry.url(now, SHIPPED) if now else None},
+                     "production": now, "model": registry.url(now, SHIPPED) if now else None,
+                     "damaged": damaged},
     }  # fmt: skip
 
 
@@ -193,6 +219,14 @@ def run(root: Path, params: Params) -> None:
     print(headline(result), flush=True)
     for reason in result["reasons"]:
         print(f"  - {reason}", flush=True)
+    reg = result["registry"]
+    if reg.get("damaged"):
+        raise ProductionDamaged(
+            f"production of {reg['family']!r} at {reg['url']} is damaged ({reg['damaged']}) and "
+            "no candidate passed the gates to replace it: `squeeze rollback` to the previous "
+            "version, or `squeeze promote VERSION` an intact one (`squeeze status` lists them), "
+            "or change the data or params so that a candidate passes, and run again"
+        )
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -202,7 +236,8 @@ def headline(result: dict[str, Any]) -> str:
     if result["outcome"] == "promoted":
         return f"promoted {result['challenger']['name']} as version {reg['published']} of {where}"
     if result["outcome"] == "nothing_passed":
-        return f"nothing promoted: no candidate passed the gates; {where} is unchanged"
+        left = "damaged" if reg.get("damaged") else "unchanged"
+        return f"nothing promoted: no candidate passed the gates; {where} is {left}"
     name = result["challenger"]["name"]
     return f"kept production version {reg['production']} of {where}; challenger {name} not promoted"
 

@@ -21,14 +21,13 @@ Fashion-MNIST; an S3 prefix or a mirror is downloaded, ~30 MB); an ImageFolder i
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, write_json
 from squeeze.data.sources import fingerprint, read_source
 from squeeze.data.spec import FetchError
-from stages.candidate import refusals_in_one_line, stage_params
+from stages.candidate import stamp_main
 
 
 def run(root: Path, params: Params) -> None:
@@ -39,24 +38,9 @@ def run(root: Path, params: Params) -> None:
 
 
 def main() -> None:
-    """`dvc repro`'s entry. A source that cannot be read now (offline, throttled) keeps the last
-    stamp, with a warning, so that local work goes on: DVC leaves the file in place (persist)
-    and ingest stays current. The flow's task retries instead, then fails the run
-    (flows.in_process)."""
-    root = Path(".")
-    params = stage_params()
-    with refusals_in_one_line():
-        try:
-            run(root, params)
-        except FetchError as err:
-            stamp = Workspace(root).source
-            if not stamp.exists():
-                raise
-            print(
-                f"warning: {err}; kept the last {stamp}: data the source holds now is seen once "
-                "it can be read again",
-                file=sys.stderr,
-            )
+    """`dvc repro`'s entry; a source that cannot be read now keeps the last stamp (stamp_main)."""
+    stamp_main(run, FetchError, Workspace(Path(".")).source,
+               "data the source holds now is seen once it can be read again")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from squeeze.config.errors import ParamsError
 from squeeze.config.files import apply_profile, load_params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.spec import DataError
+from squeeze.errors import StageRefused
+from squeeze.registry.registry import RegistryError
+from squeeze.registry.store import StoreError
 
 INVALID_PARAMS, WORKSPACE_BUSY, DATA_REFUSED, GATE_REFUSED = 2, 3, 4, 5
 
@@ -33,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = Path(args.workspace)
     # the ephemeral API server's telemetry logs "database is locked" noise on SQLite
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from dvc.exceptions import DvcException
+
     from flows.compress import StageFailed, WorkspaceBusy, retrain_and_compress, workspace_lock
 
     try:
@@ -47,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return WORKSPACE_BUSY
     except StageFailed as err:  # the run log has its whole output
         print(f"squeeze: {err.stage} failed: {err.last_line}", file=sys.stderr)
+        return 1
+    except DvcException as err:  # the DVC remote, or DVC's view of the workspace
+        print(f"squeeze: DVC failed: {one_line(err)}; `dvc status` and `dvc remote list` show "
+              "the workspace and its remote", file=sys.stderr)  # fmt: skip
         return 1
     print(stage_table(result, time.perf_counter() - start))
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
@@ -68,7 +77,8 @@ def stage_table(result: dict, wall_s: float) -> str:
     Args:
         result: the flow's return value; "seconds" maps every stage, in run order, to its wall
             time in seconds (a skipped stage's is DVC's staleness check), "skipped" lists the
-            stages DVC found current. `source` stamps the data on every run: it shows as ran.
+            stages DVC found current. `source` and `production` stamp the data and the registry on
+            every run: they show as ran.
         wall_s: the whole run's wall time, in seconds.
     """
     seconds = result["seconds"]
@@ -137,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"squeeze: data refused: {err}", file=sys.stderr)
         return DATA_REFUSED
+    except (StageRefused, RegistryError) as err:  # their messages say what to do
+        print(f"squeeze: {one_line(err)}", file=sys.stderr)
+        return 1
+    except StoreError as err:
+        print(f"squeeze: a store could not be used: {one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a wrapped library message may span several)."""
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

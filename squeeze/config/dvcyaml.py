@@ -32,6 +32,9 @@ from squeeze.config.imports import closures, module_file
 from squeeze.config.params import Params
 
 DVC_FILE = "dvc.yaml"
+# always_changed stages (dvc.yaml): they stamp what DVC cannot see, the data at the source and
+# whether production is damaged, so that the stages reading the stamps re-run when that changed
+STAMPS = ("source", "production")
 STAGE_CMD = re.compile(r"^python -m (?P<module>stages\.[a-z_]+)\b")
 MERGE_CMD = "python -m stages.merge"
 # what a merge stage reads besides its code and its upstreams' model folders
@@ -64,10 +67,9 @@ def parse_stage(dvc_name: str) -> tuple[str, str | None]:
 
 
 def stages_ran(repro_output: str) -> list[str]:
-    """The stages a `dvc repro` printed as run, less `source`, which DVC runs every time
-    (always_changed: it stamps the data at the source, see dvc.yaml)."""
+    """The stages a `dvc repro` printed as run, less the STAMPS, which DVC runs every time."""
     names = [line.split("'")[1] for line in repro_output.splitlines() if "Running stage" in line]
-    return [name for name in names if name != "source"]
+    return [name for name in names if name not in STAMPS]
 
 
 def user_deps(root: Path, params: Params) -> list[str]:

@@ -33,6 +33,11 @@ class Workspace:
         """The `source` stage's stamp: the fingerprint of the data ingest.source holds now."""
         return self.root / "data" / "source.json"
 
+    @property
+    def production(self) -> Path:
+        """The `production` stage's stamp: whether production in the registry is damaged."""
+        return self.root / "data" / "production.json"
+
     def model(self, name: str) -> Path:
         return self.root / "models" / name
 

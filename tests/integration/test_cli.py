@@ -93,3 +93,43 @@ def test_a_failed_stage_exits_1_with_its_reason_in_one_line(workspace: Path) -> 
     assert status == 1 and ours.count("\n") == 0
     assert ours.startswith("squeeze: train_teacher failed: ") and "lr" in ours
     assert not (workspace / "models" / "teacher").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        ("store", "squeeze: a store could not be used: s3://bucket/registry: unreachable"),
+        ("registry", "squeeze: production of 'fmnist' moved (now version 3)"),
+        ("damaged", "squeeze: production of 'fmnist' at registry is damaged"),
+        ("dvc", "squeeze: DVC failed: failed to push data to the cloud"),
+    ],
+)
+def test_a_registry_store_or_remote_error_during_a_run_is_one_line_exit_1(
+    workspace: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    error: str,
+    says: str,
+) -> None:
+    from dvc.exceptions import DvcException
+
+    import flows.compress
+    from squeeze.registry.registry import RegistryError
+    from squeeze.registry.store import Unavailable
+    from stages.promote import ProductionDamaged
+
+    raised = {
+        "store": Unavailable("s3://bucket/registry: unreachable\n(after 3 attempts)"),
+        "registry": RegistryError("production of 'fmnist' moved (now version 3)"),
+        "damaged": ProductionDamaged("production of 'fmnist' at registry is damaged (x)"),
+        "dvc": DvcException("failed to push data to the cloud"),
+    }[error]
+
+    def failing(**_: object) -> None:
+        raise raised
+
+    # the flow raises what failed inside it (a stage task, the push to the remote) as it is
+    monkeypatch.setattr(flows.compress, "retrain_and_compress", failing)
+    assert cli.main(["-w", str(workspace), "run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(says) and err.count("\n") == 1 and "Traceback" not in err, err

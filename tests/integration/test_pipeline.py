@@ -16,6 +16,8 @@ from squeeze.cli import main as cli
 from squeeze.config.dvcyaml import stages_ran as ran_stages
 from squeeze.config.files import load_params
 from squeeze.config.workspace import Workspace, read_json
+from squeeze.registry.package import SHIPPED
+from squeeze.registry.registry import registry_of
 from tests.conftest import dvc_up_to_date, run
 from tests.integration.conftest import artifacts_of
 
@@ -118,6 +120,23 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
         assert "kd_small_ch50_int8" not in names and "kd_small_ch50" in names, metrics
     assert dvc_up_to_date(workspace)
 
+    # production's model damaged in the registry, nothing else changed: the `production` stamp
+    # shows it to both entry points, and promote replaces it with a passing challenger (here the
+    # same model: that repairs production); once repaired, promote checks once more, then rests
+    registry = registry_of(workspace, load_params(workspace))
+    for entry in ("dvc", "flow"):
+        before = registry.production()["version"]
+        Path(registry.url(before, SHIPPED)).write_bytes(b"bit rot")
+        assert registry.damaged_production().endswith(f"versions/{before}/{SHIPPED}")
+        if entry == "dvc":
+            assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["promote"]
+        else:
+            assert retrain_and_compress(workspace=str(workspace))["ran"] == ["promote"]
+        assert registry.damaged_production() is None
+        assert registry.production()["version"] == before + 1
+        assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["promote"]  # repaired
+        assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
+
     # the gates refuse every candidate: `squeeze run` says so and exits 5 (only gate and promote
     # re-run: their params changed)
     smoke_min = load_params(workspace).gate.min_accuracy
@@ -125,16 +144,17 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     capsys.readouterr()
     assert cli.main(["-w", str(workspace), "run"]) == cli.GATE_REFUSED
     # it ends with a table of every stage (ran or skipped, seconds) and the decision
-    current = ["source", *(s for s in stages if s != "quantize@kd_small_ch50_int8")]
+    current = ["source", "production", *(s for s in stages if s != "quantize@kd_small_ch50_int8")]
     table = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in table[1 : len(current) + 1]}
     assert table[0].split() == ["stage", "seconds"] and set(rows) == set(current)
-    assert list(rows)[:3] == current[:3] and list(rows)[-3:] == downstream  # in run order
-    assert {name for name, row in rows.items() if row[0] == "ran"} == {"source", "gate", "promote"}
+    assert list(rows)[:4] == current[:4] and list(rows)[-3:] == downstream  # in run order
+    ran = {name for name, row in rows.items() if row[0] == "ran"}
+    assert ran == {"source", "production", "gate", "promote"}
     assert all(float(row[1]) >= 0 for row in rows.values())
     assert table[len(current) + 1].split()[:6] == [
         "total:",
-        "3",
+        "4",
         "of",
         str(len(current)),
         "ran",
@@ -146,7 +166,7 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
 
     # new data at the source: the next (scheduled) run ingests it and retrains everything
     shuffle_training_files(source)
-    rebuilt = set(current) - {"source"}  # kd_small_ch50_int8 was removed from params.yaml above
+    rebuilt = set(current) - {"source", "production"}  # kd_small_ch50_int8 was removed above
     assert set(retrain_and_compress(workspace=str(workspace))["ran"]) == rebuilt
     assert dvc_up_to_date(workspace)
 

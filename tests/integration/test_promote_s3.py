@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 
+from flows.artifacts import promote_markdown
 from flows.in_process import TASKS
 from squeeze.cli import main as cli
 from squeeze.config.files import load_params, read_yaml
@@ -40,7 +41,9 @@ from squeeze.nets.models import build_model
 from squeeze.registry.registry import Registry, RegistryError
 from squeeze.registry.store import StoreError
 from stages import gate as gate_stage
+from stages import production as production_stage
 from stages import promote as promote_stage
+from stages.promote import ProductionDamaged
 from tests.integration.conftest import S3Endpoint, StopBeforePointerMove, artifacts_of
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -383,6 +386,44 @@ def test_a_damaged_champion_is_replaced_by_a_valid_challenger(
     assert result["champion"]["failed_gates"] == ["checksums"]
     assert "the champion fails today's gates: checksums" in result["reasons"]
     registry.verify(2)
+
+
+def test_damaged_production_with_no_passing_candidate_is_refused_naming_it(
+    bench: Bench, registry: Registry, s3_endpoint: S3Endpoint, s3_prefix: str, registry_url: str
+) -> None:
+    bench.gate()
+    assert bench.promote()["registry"]["production"] == 1
+    production_stage.run(bench.root, bench.params)
+    assert read_json(bench.ws.production) == {"damaged": None}
+    key = f"{s3_prefix}/{FAMILY}/versions/1/model.onnx.xz"
+    s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"bit rot")
+    production_stage.run(bench.root, bench.params)  # what makes DVC and the flow re-run promote
+    damaged = f"s3://{s3_endpoint.bucket}/{key}"
+    assert read_json(bench.ws.production) == {"damaged": damaged}
+    strict = workspace_params(registry_url, s3_endpoint.url, min_accuracy=0.999)
+    (bench.root / "params.yaml").write_text(yaml.safe_dump(strict.model_dump(mode="json")))
+    bench.params = load_params(bench.root)
+    assert bench.gate()["challenger"] is None
+    with pytest.raises(ProductionDamaged, match=rf"damaged \({damaged}\) and no candidate passed"):
+        bench.promote()  # before: promote.json said "unchanged", the run exited 0
+    result = read_json(bench.ws.metrics("promote"))
+    assert result["outcome"] == "nothing_passed" and result["registry"]["damaged"] == damaged
+    assert "is damaged" in promote_markdown(bench.root, bench.params, result)  # no crash
+    assert registry.production()["version"] == 1  # nothing promoted over it, nothing removed
+
+
+def test_an_unreadable_production_pointer_is_replaced_by_a_passing_challenger(
+    bench: Bench, registry: Registry, s3_endpoint: S3Endpoint, s3_prefix: str
+) -> None:
+    bench.gate()
+    assert bench.promote()["registry"]["production"] == 1
+    key = f"{s3_prefix}/{FAMILY}/production.json"
+    s3_endpoint.client().put_object(Bucket=s3_endpoint.bucket, Key=key, Body=b"{}")
+    production_stage.run(bench.root, bench.params)
+    assert read_json(bench.ws.production)["damaged"] == f"s3://{s3_endpoint.bucket}/{key}"
+    result = bench.promote()
+    assert result["outcome"] == "promoted" and result["champion"]["failed_gates"] == ["checksums"]
+    assert registry.damaged_production() is None and registry.production()["version"] == 1
 
 
 CONSUMER = r"""

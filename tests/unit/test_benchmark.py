@@ -222,9 +222,9 @@ def fake_results() -> dict[str, Any]:
         "evaluate": {"threads": 1, "runs": 10, "rounds": 2, "warmup": 1},
         "teacher_training": {"train_seconds": 1.0, "epochs": 1, "parameters": 100, "threads": 1},
         "models": rows, "comparisons": [comparison],
-        "targets": [{"target": "shipped_40x", "label": "40×", "chosen": "cand",
+        "targets": [{"target": "accurate_small", "label": "small", "chosen": "cand",
                      "holds_on_test": True},
-                    {"target": "latency_3x", "label": "3×", "chosen": None,
+                    {"target": "latency_5x", "label": "fast", "chosen": None,
                      "holds_on_test": None}],
         "noop": [],
     }  # fmt: skip
@@ -239,7 +239,7 @@ def test_report_shows_intervals_comparisons_and_keeps_the_notes() -> None:
     assert "| vs peer | cand | peer_x | test |" in text
     assert "+1.00 [-0.20, +2.20] | 0.12 | 0.12 | no significant difference" in text  # Holm p
     assert "(1 on test)" in text  # the family Holm adjusts over
-    assert "| 40× | met | cand |" in text and "| 3× | missed |" in text
+    assert "| small | met | cand |" in text and "| fast | missed |" in text
     assert "| peer_x | default settings | cand | 0.50 |" in text
     assert "stale" not in text and text.endswith("## Budgets\n\nhand-measured: 19 min\n")
     assert report.kept_notes(text) == notes  # a second regeneration keeps them unchanged
@@ -257,14 +257,30 @@ def test_holm_adjusts_each_split_on_its_own_and_changes_no_verdict() -> None:
     assert "| < 1e-06 | < 2e-06 |" in table[6]
     assert "(3 on test, 2 on val)" in report.results_md(results)
     figures = report.readme_figures(results)
-    assert figures.count("(over the 3 comparisons on test)") == 3
+    assert "| vs peers (m): 3 paired comparisons | 0 no significant difference; " in figures
+    assert "+1.00 points [-0.20, +2.20] over m (McNemar p = 0.04, Holm p = 0.06)" in figures
 
 
 def test_readme_figures_replace_only_their_section() -> None:
     readme = "# squeeze\n\n## Figures\n\nold figures\n\n## Development\n\nmake test\n"
     out = report.replace_section(readme, "## Figures", report.readme_figures(fake_results()))
     assert "old figures" not in out and out.endswith("## Development\n\nmake test\n")
-    assert "`cand` vs `peer_x` on test: +1.00 points" in out
-    assert "McNemar p = 0.12, Holm-adjusted = 0.12 (over the 1 comparison on test)" in out
+    assert "| ≥ 92.5% with a shipped file ≤ 64 KB: `cand` | 90.00 [89.00, 91.00] %, 20 B " in out
+    assert "| ≥ 5× lower batch-1 latency, ≤ 0.5 pt drop | missed |" in out
+    assert "| vs peers (m): 1 paired comparison | 1 no significant difference |" in out
+
+
+def test_readme_figures_say_when_a_target_does_not_hold_and_what_distillation_adds() -> None:
+    results = fake_results()
+    results["targets"][0]["holds_on_test"] = False
+    peer = results["comparisons"][0]
+    distill = peer | {"method": "distillation", "b": "teacher", "p_value": 0.0, "better": True}
+    results["comparisons"] = [peer | {"split": "val"}, distill, peer]
+    figures = report.readme_figures(results)
+    assert "2.00× lower p50 latency (does not hold on test) |" in figures
+    assert (
+        "| distillation: `cand` vs `teacher` (same student, labels alone) | +1.00 points "
+        "[-0.20, +2.20], McNemar p < 1e-06, Holm p < 2e-06: cand more accurate |"
+    ) in figures
     with pytest.raises(ValueError, match="no '## Figures' section"):
         report.replace_section("# nothing\n", "## Figures", "x")

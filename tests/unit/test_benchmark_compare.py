@@ -26,6 +26,7 @@ from squeeze.config.workspace import Workspace, read_json, write_json
 from stages import evaluate, merge, prune, quantize
 
 CALIBRATION = 64
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,23 @@ def test_distillation_is_compared_with_its_twin_without_soft_targets(
     params = Params.model_construct(distill=distill, prune={}, quantize={}, merge=merged)
     # not the twin trained longer, nor the ensemble's student trained longer than any control
     assert compare.kd_pairs(params) == [("kd", "ce"), ("ens_kd", "ce")]
+
+
+def test_readme_figures_are_what_the_generator_writes_from_results_json() -> None:
+    """README's Figures section is readme_figures(benchmarks/results.json), byte for byte: a
+    regeneration (benchmarks.compare --readme) changes nothing a person wrote there."""
+    results = read_json(PROJECT / "benchmarks" / "results.json")
+    readme = (PROJECT / "README.md").read_text()
+    body = report.readme_figures(results)
+    assert report.replace_section(readme, report.README_SECTION, body) == readme
+
+
+def test_readme_figures_table_has_six_rows() -> None:
+    figures = report.readme_figures(read_json(PROJECT / "benchmarks" / "results.json"))
+    table = [line for line in figures.splitlines() if line.startswith("|")]
+    assert table[:2] == ["| figure | on test |", "| --- | --- |"]
+    prefixes = ["| teacher, after ", "| the gate's challenger ", "| ≥ 92.5% with ",
+                "| ≥ 5× lower ", "| distillation: ", "| vs peers ("]  # fmt: skip
+    assert len(table) == 2 + 6
+    assert all(row.startswith(p) for row, p in zip(table[2:], prefixes, strict=True))
+    assert all(line.count("Holm p") == line.count("McNemar p") for line in table)

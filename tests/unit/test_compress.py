@@ -192,15 +192,16 @@ def test_the_flow_knows_every_stage_of_dvc_yaml() -> None:
 
 def test_only_the_stages_that_touch_the_outside_world_retry_and_only_on_transient_errors() -> None:
     retried = {stage for stage, task in TASKS.items() if task.retries}
-    assert retried == {"source", "ingest", "promote"}
+    assert retried == {"source", "production", "ingest", "promote"}
     assert all(task.log_prints for task in TASKS.values())  # a stage's printed lines: the run log
     for stage in ("source", "ingest"):
         retry = TASKS[stage].retry_condition_fn
         assert retry(None, None, Failed(data=FetchError("throttled")))
         assert not retry(None, None, Failed(data=DataError("not IDX data")))
-    retry = TASKS["promote"].retry_condition_fn
-    assert retry(None, None, Failed(data=Unavailable("endpoint down")))
-    assert not retry(None, None, Failed(data=NotFound("gone")))
+    for stage in ("production", "promote"):
+        retry = TASKS[stage].retry_condition_fn
+        assert retry(None, None, Failed(data=Unavailable("endpoint down")))
+        assert not retry(None, None, Failed(data=NotFound("gone")))
 
 
 # what importing the flow loads of the stages and their heaviest libraries
