@@ -1,0 +1,2 @@
+"""The benchmark: every model against the teacher and outside peers, chosen on validation,
+reported on test."""

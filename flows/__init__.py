@@ -1,0 +1,1 @@
+"""Orchestration: the Prefect flow, its scheduler, tasks, artifacts, alerts and deployments."""

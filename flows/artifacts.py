@@ -1,10 +1,10 @@
 """The run's artifacts, published by the flow from what the stages wrote.
 
 The stages are plain Python (no Prefect: `dvc repro` runs them too) and leave their results in
-files: evaluate metrics/candidates.json and plots/pareto.png, gate metrics/gate.json, promote
+files: evaluate metrics/candidates.json, gate metrics/gate.json and plots/pareto.png, promote
 metrics/promote.json. After one of them ran in the flow, its task (flows.in_process) reads those
-files back and files them on the run page under fixed keys: `candidates` and `pareto`,
-`gate-verdicts` and `gate-decision`, `promote-comparison`, `promote-decision` and
+files back and files them on the run page under fixed keys: `candidates`, `gate-verdicts`,
+`gate-decision` and `pareto`, `promote-comparison`, `promote-decision` and
 `registry-production`. Outside a run nothing is published (Prefect 3.9 would warn, start a
 temporary API server, ~10 s, and file an artifact that belongs to no run), and a failure to
 create one is logged, never raised: a report must not fail the stage that it reports on.
@@ -76,14 +76,18 @@ def link_for(location: str) -> str:
 
 
 def publish_evaluate(root: Path, params: Params) -> None:
-    """The candidates table (models in params' order, upstreams first) and the Pareto plot."""
-    ws = Workspace(root)
-    records = read_json(ws.metrics("candidates"))
+    """The candidates table (models in params' order, upstreams first)."""
+    records = read_json(Workspace(root).metrics("candidates"))
     rows = [{k: records[name][k] for k in CANDIDATE_COLUMNS} for name in params.model_names()]
     publish("table", key="candidates", table=rows, description="evaluate: every model measured")
+
+
+def publish_pareto(root: Path) -> None:
+    """The Pareto plot the gate stage drew (it knows the limits and the verdicts)."""
     # the UI cannot load a file on the worker's disk, so the PNG travels inside the markdown
-    png = base64.b64encode(ws.plot("pareto.png").read_bytes()).decode()
-    publish("markdown", key="pareto", description="accuracy vs size and latency",
+    png = base64.b64encode(Workspace(root).plot("pareto.png").read_bytes()).decode()
+    publish("markdown", key="pareto",
+            description="validation accuracy vs size and latency: the front and the gate's limits",
             markdown=f"![Pareto plot](data:image/png;base64,{png})")  # fmt: skip
 
 
@@ -100,6 +104,7 @@ def publish_gate(root: Path) -> None:
         description="Every candidate against every gate (observed value, ✓/✗, threshold)",
     )
     publish("markdown", markdown=gate_markdown(report), key="gate-decision")
+    publish_pareto(root)
 
 
 def gate_rows(report: dict[str, Any]) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ tasks of flows.in_process, which also publish the run's artifacts.
 """
 
 import fcntl
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -29,16 +31,23 @@ from flows.dvcstate import command, is_stale, record, stale_stages
 from flows.remote import default_remote, push_remote, shared_remote
 from flows.scheduler import schedule
 from flows.stagenames import IN_PROCESS, MODEL_STAGES
-from squeeze.config.allowlist import check_class_paths
+from squeeze.config.allowlist import check_class_paths, check_locations
 from squeeze.config.dvcyaml import dvc_stage, parse_stage, sync
+from squeeze.config.errors import ParamsError
 from squeeze.config.files import load_params, write_params
 from squeeze.config.params import Params
 from squeeze.config.sections import FlowParams
 from squeeze.config.workspace import Workspace, read_json
 
+WORKSPACE_ENV = "SQUEEZE_WORKSPACE"  # the workspace a deployment's runs are bound to
+
 
 class WorkspaceBusy(RuntimeError):
     """Another flow run holds the workspace."""
+
+
+class WorkspaceRefused(ParamsError):
+    """A deployment's run names a workspace other than the one it is served for."""
 
 
 _HELD: set[Path] = set()  # workspaces this process holds: `squeeze run` locks before the flow
@@ -66,6 +75,37 @@ def workspace_lock(root: Path) -> Iterator[None]:
             yield
         finally:
             _HELD.discard(root)
+
+
+def from_deployment() -> bool:
+    """Whether this flow run was created from a deployment (the Prefect API or UI, a schedule)
+    rather than called by the workspace's owner (`squeeze run`, Python)."""
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and context.flow_run.deployment_id)
+
+
+def bound_workspace(workspace: str) -> Path:
+    """The workspace to run in, absolute. A deployment's run may only name the one it is served
+    for, $SQUEEZE_WORKSPACE (`squeeze serve` sets it in its own environment, which a run cannot
+    change; a worker is started with it): another folder is refused before anything in it is
+    read or written, since its pyproject.toml would be the allow-list and its dvc.yaml the
+    commands run."""
+    root = Path(workspace).resolve()
+    if not from_deployment():
+        return root
+    bound = os.environ.get(WORKSPACE_ENV)
+    if not bound:
+        raise WorkspaceRefused(
+            f"workspace: a deployment's run needs {WORKSPACE_ENV}, the workspace it serves, in "
+            "the environment that runs it (`squeeze serve` sets it; start a worker with it)"
+        )
+    if root != Path(bound).resolve():
+        raise WorkspaceRefused(
+            f"workspace: {workspace!r} is not the workspace this deployment serves ({bound}); a "
+            "run from the Prefect API or UI cannot choose its workspace: serve that folder "
+            "(`squeeze -w FOLDER serve`) or run it there (`squeeze -w FOLDER run`)"
+        )
+    return root
 
 
 def stale(root: Path, dvc_stage: str, known: frozenset[str] | None) -> bool:
@@ -103,17 +143,22 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
     Args:
         params: the run's parameters; None uses the workspace's params.yaml. Given params are
             written to params.yaml first, so that DVC sees what the run used.
-        workspace: the DVC repo to run in.
+        workspace: the DVC repo to run in; a deployment's run may only name the one it is
+            served for (bound_workspace).
     Returns:
         {"ran": [...], "skipped": [...], "seconds": {stage: wall seconds}}: DVC stage names;
         "seconds" has every stage the run looked at (the `source` and `production` stamps too),
         skipped ones included.
     """
     logger = get_run_logger()
-    root = Path(workspace).resolve()  # absolute: DVC calls switch the cwd briefly
+    root = bound_workspace(workspace)  # absolute: DVC calls switch the cwd briefly
     with workspace_lock(root):
         if params is None:
             params = load_params(root)
+        elif from_deployment():
+            # params from the UI or API may not move where the run reads, writes or connects to
+            # away from params.yaml's places, but within the places the workspace allows
+            check_locations(params, load_params(root), root)
         # params from the UI or API name code to import: refuse a module the workspace does not
         # allow before anything runs (or is written to params.yaml)
         check_class_paths(params, root)

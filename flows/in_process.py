@@ -36,13 +36,13 @@ def store_unavailable(err: BaseException) -> bool:
 
 
 def evaluate_and_publish(root: Path, params: Params) -> None:
-    """Stage evaluate, then its candidates table and Pareto plot on the run page."""
+    """Stage evaluate, then its candidates table on the run page."""
     evaluate.run(root, params)
     artifacts.publish_evaluate(root, params)
 
 
 def gate_and_publish(root: Path, params: Params) -> None:
-    """Stage gate, then its verdicts and decision on the run page."""
+    """Stage gate, then its verdicts, decision and Pareto plot on the run page."""
     gate.run(root, params)
     artifacts.publish_gate(root)
 

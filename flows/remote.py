@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flows.dvcstate import open_repo
 from flows.retrying import io_task
@@ -25,14 +26,17 @@ class RemoteUnavailable(RemoteError):
     """Some files did not upload (network, endpoint, throttling): worth retrying."""
 
 
-# Settings of a DVC remote that hold or point at credentials (dvc/config_schema.py): a worker
-# gets the remote's url, endpoint and options, never these; it uses its own environment.
-SECRET_KEYS = frozenset({
-    "access_key_id", "secret_access_key", "session_token", "sse_customer_key", "credentialpath",
-    "password", "ask_password", "passphrase", "ask_passphrase", "keyfile", "token",
-    "bearer_token_command", "connection_string", "sas_token", "account_key", "client_secret",
-    "oss_key_id", "oss_key_secret", "gdrive_client_secret", "gdrive_user_credentials_file",
-    "gdrive_service_account_json_file_path", "key_path", "cert_path", "kerb_ticket",
+# The settings of a DVC remote (dvc/config_schema.py: the common ones, S3's and GCS's) that a
+# worker needs to reach it as this machine does: where it is and how to talk to it. Nothing else
+# travels: no credential, nor a setting that names where credentials are (credentialpath,
+# profile, configpath); a worker uses its own environment. An allow-list, so that a setting DVC
+# adds later stays home until someone decides it is safe to send.
+WORKER_KEYS = frozenset({
+    "url", "endpointurl", "region", "projectname", "jobs", "checksum_jobs", "worktree",
+    "version_aware", "verify", "use_ssl", "ssl_verify", "allow_anonymous_login", "listobjects",
+    "read_timeout", "connect_timeout", "cache_regions", "sse", "sse_kms_key_id",
+    "sse_customer_algorithm", "acl", "grant_read", "grant_read_acp", "grant_write_acp",
+    "grant_full_control",
 })  # fmt: skip
 
 
@@ -100,7 +104,22 @@ def shared_remote(root: Path) -> tuple[str, dict[str, Any]]:
         )
     with open_repo(root) as repo:
         settings = dict(repo.config["remote"][name])
-    return name, {key: value for key, value in settings.items() if key not in SECRET_KEYS}
+    return name, worker_settings(name, settings)
+
+
+def worker_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings in WORKER_KEYS; RemoteError, naming the key but not its value, for one that
+    is a URL carrying credentials (scheme://user:token@host): they would travel with it."""
+    shared = {key: value for key, value in settings.items() if key in WORKER_KEYS}
+    for key, value in shared.items():
+        if isinstance(value, str) and "@" in urlsplit(value).netloc:
+            raise RemoteError(
+                f"DVC remote {name!r}: its {key} holds a user name or password (user:pass@ in "
+                "the URL), which would travel to every Dask worker: remove it from the URL "
+                f"(`dvc remote modify {name} {key} URL`) and give the credentials to the "
+                "workers through their environment"
+            )
+    return shared
 
 
 def default_remote(root: Path) -> str | None:

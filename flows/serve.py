@@ -9,14 +9,21 @@
 
 Both deployments take the flow's own parameters, so the UI form is the pydantic Params schema
 (titles, descriptions, defaults, ranges, choices) and the API refuses a run whose parameters
-break it. The candidate fan-out runs on the task runner the run's params.flow names (threads or
-Dask). Runs execute one at a time, in a subprocess of this one;
-the workspace lock would refuse a second run on the same workspace anyway.
+break it. They are bound to the served workspace: serve puts it in $SQUEEZE_WORKSPACE of its
+own environment, which its runs inherit and no API call can change, and the flow refuses a run
+whose `workspace` names another folder (flows.compress.bound_workspace); a run's params may
+point the registry, data source, endpoints and Dask scheduler only where params.yaml does or
+where the workspace allows (squeeze.config.allowlist.check_locations).
+
+The candidate fan-out runs on the task runner the run's params.flow names (threads or Dask).
+Runs execute one at a time, in a subprocess of this one; the workspace lock would refuse a
+second run on the same workspace anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,7 +35,7 @@ from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import ValidationError
 
-from flows.compress import retrain_and_compress
+from flows.compress import WORKSPACE_ENV, retrain_and_compress
 from squeeze.config.errors import ParamsError
 from squeeze.config.files import PARAMS_FILE, load_params
 from squeeze.config.params import Params
@@ -101,6 +108,9 @@ def serve(root: Path, cron: str | None = None, **runner_options: Any) -> None:
     root = root.resolve()
     params = load_params(root)
     options = deployment_options(params, root, cron)
+    # the served flow's runs are subprocesses of this one (their parameters come from the API,
+    # their environment from here): bind them to this workspace
+    os.environ[WORKSPACE_ENV] = str(root)
     runner = Runner(name="squeeze", limit=1, **runner_options)
     for name, kwargs in options.items():
         runner.add_flow(

@@ -1,0 +1,1 @@
+"""One module per dvc.yaml stage: `run(root, params)` and `main()`, plain Python (no Prefect)."""

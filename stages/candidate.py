@@ -1,6 +1,6 @@
 """What the compression stages (distill, prune, quantize, merge) share: finding a candidate's
-params, the common part of its record, a clean output folder, the resume key (train_teacher
-uses it too) and the `python -m` entry points (evaluate's too).
+params, the common part of its record, a clean output folder swapped in only when complete, the
+resume key (train_teacher uses these two too) and the `python -m` entry points (evaluate's too).
 
 No Prefect and no math here: these are the file-and-params chores every candidate stage does the
 same way, kept in one place so the four stage modules stay about their method.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -38,11 +39,35 @@ def candidate(params: Params, stage: str, name: str) -> Any:
     return section[name]
 
 
-def fresh_folder(folder: Path) -> Path:
-    """Empty models/<name>/ first, so no file of an earlier, different build survives in it."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
+@contextmanager
+def fresh_folder(folder: Path) -> Iterator[Path]:
+    """Build models/<name>/ in an empty temporary sibling (models/.<name>.tmp-<hex>/), which
+    replaces it only when the block completes: a build that fails leaves the previous model as it
+    was and no temporary folder, and no file of an earlier, different build survives in the new
+    one. Temporary folders a killed build left behind are removed first.
+
+    Between the two renames (microseconds) models/<name>/ is absent, never half-built; if the
+    second fails the previous model is put back.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    build = folder.with_name(f".{folder.name}.tmp-{secrets.token_hex(4)}")
+    build.mkdir()
+    try:
+        yield build
+        old = build.with_name(f"{build.name}-old")
+        if folder.exists():
+            folder.rename(old)
+        try:
+            build.rename(folder)
+        except OSError:
+            if old.exists():
+                old.rename(folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)  # gone once renamed; a failed build's leftovers
 
 
 def base_record(

@@ -1,14 +1,15 @@
 """Stage `evaluate`: export every model to ONNX and measure the exports side by side.
 
 Reads params `evaluate.*`, data/splits/{val,test} and models/*; writes exports/<name>.onnx,
-metrics/candidates.json (one record per model, the teacher included) and the Pareto plots
-(plots/pareto.csv for `dvc plots`, plots/pareto.png).
+metrics/candidates.json (one record per model, the teacher included) and plots/pareto.csv (the
+columns dvc.yaml's Pareto plots read: validation accuracy, what decides, with test beside it).
+The gate stage draws plots/pareto.png, since it knows the limits and the verdicts.
 
 Every model is scored on both splits: validation for the decisions downstream (gate, promote),
 test for the report. Each record also holds `val_vs_teacher`, the paired 2×2 table of its and
 the teacher's per-image correctness on validation (squeeze.measure.stats), from which the gate
 decides non-inferiority to the teacher without the predictions themselves. In a flow run, the
-candidates table and the plot become artifacts of the run (flows.artifacts, from these files).
+candidates table becomes an artifact of the run (flows.artifacts, from these files).
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ from squeeze.data.spec import Split, read_spec
 from squeeze.data.splits import load_split
 from squeeze.decide.gate import TEACHER
 from squeeze.measure.export import export_onnx
-from squeeze.measure.plots import pareto_png
 from squeeze.measure.runtime import latencies, measure_logits
 from squeeze.measure.stats import paired_table
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
 from stages.candidate import stage_main
 
+# plots/pareto.csv; dvc.yaml's top-level `plots:` reads these names (tests/unit/test_dvc_plots.py)
 PARETO_COLUMNS = (
     "name",
     "method",
+    "val_accuracy",
     "test_accuracy",
     "size_bytes",
     "shipped_bytes",
@@ -64,13 +66,13 @@ def export(ws: Workspace, name: str, val: Split, val_logits: dict[str, np.ndarra
 
 
 def write_pareto(ws: Workspace, records: dict[str, dict[str, Any]]) -> None:
+    """Write plots/pareto.csv, one row per model, for `dvc plots show`."""
     path = ws.plot("pareto.csv")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PARETO_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records.values())
-    pareto_png(list(records.values()), ws.plot("pareto.png"))
 
 
 def run(root: Path, params: Params) -> None:

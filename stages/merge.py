@@ -49,18 +49,18 @@ def run(root: Path, params: Params, name: str) -> None:
         "val_accuracy": round(val_accuracy(model, val), 5),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
-    folder = fresh_folder(ws.model(name))
-    if isinstance(model, Ensemble):
-        export_onnx(model, folder / "model.onnx")
-        arch = {"name": "ensemble", "members": [m.arch for m in model.members]}
-        identity = {"arch": arch, "data": model.spec.to_json(), "format": "onnx"}
-        write_json(folder / "model.json", record | identity)
-    else:
-        save_checkpoint(model, folder, record | {"format": "safetensors"})
-    for variant, other in variants.items():
-        save_checkpoint(
-            other, ws.variant(name, variant), {"variant_of": name, "format": "safetensors"}
-        )
+    with fresh_folder(ws.model(name)) as folder:
+        if isinstance(model, Ensemble):
+            export_onnx(model, folder / "model.onnx")
+            arch = {"name": "ensemble", "members": [m.arch for m in model.members]}
+            identity = {"arch": arch, "data": model.spec.to_json(), "format": "onnx"}
+            write_json(folder / "model.json", record | identity)
+        else:
+            save_checkpoint(model, folder, record | {"format": "safetensors"})
+        for variant, other in variants.items():
+            # ws.variant's place inside the candidate's folder, in the folder being built
+            inside = ws.variant(name, variant).relative_to(ws.model(name))
+            save_checkpoint(other, folder / inside, {"variant_of": name, "format": "safetensors"})
 
 
 def main() -> None:

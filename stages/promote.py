@@ -7,6 +7,10 @@ this process next to the challenger's export, so the comparison is like for like
 is a paired comparison on validation (squeeze.decide.champion.decide); the test figures of both are
 measured for the report only. A production version that fails its checksums is a champion
 that fails the gates: a valid challenger replaces it, and the log names the damaged file.
+Before anything is measured, data that production does not fit (its card's input shape, dtype,
+layout or classes: squeeze.registry.card.check_production_fits) is refused naming promote.family
+and what differs, and nothing is published: such a model could not be measured here, nor replace
+production for its consumers.
 
 A promotion uploads model.onnx.xz (squeeze.registry.package) + card.json + metrics.json, verifies
 every checksum, and only then moves the production pointer by compare-and-swap against the champion
@@ -33,7 +37,7 @@ from squeeze.decide.gate import COMPARED, check
 from squeeze.errors import StageRefused
 from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import paired_table
-from squeeze.registry.card import build_card
+from squeeze.registry.card import build_card, check_production_fits
 from squeeze.registry.package import SHIPPED, pack, unpack
 from squeeze.registry.registry import Damaged, Registry, registry_of
 from stages.candidate import stage_main
@@ -208,8 +212,10 @@ def nothing_passed(root: Path, params: Params, gate_report: dict[str, Any]) -> d
 
 
 def run(root: Path, params: Params) -> None:
-    """Decide and (maybe) promote; write metrics/promote.json; print the decision."""
+    """Decide and (maybe) promote; write metrics/promote.json; print the decision. Raises
+    ContractChanged (nothing measured or published) on data that production does not fit."""
     ws = Workspace(root)
+    check_production_fits(registry_of(root, params), read_spec(ws.profile))
     gate_report = read_json(ws.metrics("gate"))
     if gate_report["challenger"] is None:
         result = nothing_passed(root, params, gate_report)

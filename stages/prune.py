@@ -51,7 +51,8 @@ def run(root: Path, params: Params, name: str) -> None:
         "history": history,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    save_checkpoint(pruned, fresh_folder(ws.model(name)), record)
+    with fresh_folder(ws.model(name)) as folder:
+        save_checkpoint(pruned, folder, record)
 
 
 def main() -> None:

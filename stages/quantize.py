@@ -42,27 +42,27 @@ def fp32_source(ws: Workspace, upstream: str, tmp: Path) -> Path:
 def run(root: Path, params: Params, name: str) -> None:
     ws, cfg = Workspace(root), candidate(params, STAGE, name)
     train, val = load_split(ws.split("train")), load_split(ws.split("val"))
-    out = fresh_folder(ws.model(name)) / "model.onnx"
     upstream = read_json(ws.model(cfg.upstream) / "model.json")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with fresh_folder(ws.model(name)) as folder, tempfile.TemporaryDirectory() as tmp:
+        out = folder / "model.onnx"
         source = fp32_source(ws, cfg.upstream, Path(tmp))
         # qat: the grid the upstream was fine-tuned on (prune.*.qat), which quantize keeps
         qat = upstream.get("params", {}).get("qat")
         result = quantize(source, cfg, MethodData(train, val), qat=qat)
         out.write_bytes(result.model)
         fp32_pred = predicted_classes(source, val.images)
-    pred = predicted_classes(out, val.images)
-    record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
-        "arch": upstream.get("arch"),
-        "format": "onnx",
-        "val_accuracy": round(float((pred == val.labels).mean()), 5),
-        "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
-        **result.record,  # on_trained_grid, int4_scheme, int4_scheme_val_accuracy
-        "size_bytes": out.stat().st_size,
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
-    write_json(out.parent / "model.json", record)
+        pred = predicted_classes(out, val.images)
+        record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
+            "arch": upstream.get("arch"),
+            "format": "onnx",
+            "val_accuracy": round(float((pred == val.labels).mean()), 5),
+            "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
+            **result.record,  # on_trained_grid, int4_scheme, int4_scheme_val_accuracy
+            "size_bytes": out.stat().st_size,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
+        write_json(folder / "model.json", record)
 
 
 def main() -> None:

@@ -9,6 +9,12 @@ from it, and nothing is written to models/teacher.
 With `train_teacher.init` the teacher starts from a safetensors file you already have: it is
 fine-tuned from it, or with `fit.epochs: 0` only checked on validation and saved as is (no
 curves), so the pipeline compresses it unchanged. The file's sha256 goes into the record.
+
+Before any training, data that the production model of promote.family does not fit (another
+input shape, dtype, layout or classes: squeeze.registry.card.check_production_fits) is refused,
+naming promote.family and what differs: a dataset of another shape needs its own family. This
+only reads the registry; it never changes what is trained, so promote.* is no param of this
+stage. A registry that cannot be reached now does not hold training up: promote checks again.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ from squeeze.data.splits import load_split
 from squeeze.methods import MethodData
 from squeeze.methods.train import TrainingError, accuracy, predict, train
 from squeeze.nets.models import build_model, count_params, load_init, save_checkpoint
-from stages.candidate import resume_key, stage_main
+from squeeze.registry.card import check_production_fits
+from squeeze.registry.registry import registry_of
+from squeeze.registry.store import Unavailable
+from stages.candidate import fresh_folder, resume_key, stage_main
 
 NAME = "teacher"
 # A teacher must end clearly above chance on validation: at most CHANCE_FACTOR × chance it has
@@ -84,10 +93,23 @@ def val_accuracy_as_is(model: torch.nn.Module, val: Split) -> float:
     return round(accuracy(logits, torch.from_numpy(val.labels)), 5)
 
 
+def check_family(root: Path, params: Params) -> None:
+    """Refuse (ContractChanged) data that production of promote.family does not fit; a registry
+    that cannot be reached now is a warning, not a refusal: promote checks again."""
+    try:
+        check_production_fits(registry_of(root, params), read_spec(Workspace(root).profile))
+    except Unavailable as err:
+        print(f"warning: production of promote.family {params.promote.family!r} could not be "
+              f"checked against the data ({err}); training goes on and promote checks it "
+              "again", flush=True)  # fmt: skip
+
+
 def run(root: Path, params: Params, stop_after: int | None = None) -> None:
-    """Train (or take from train_teacher.init), check and save the teacher; raises TrainingError
-    (nothing saved) on a teacher that diverged or learned nothing, InitError on unusable init
-    weights."""
+    """Train (or take from train_teacher.init), check and save the teacher; raises
+    ContractChanged (nothing trained) on data that production of promote.family does not fit,
+    TrainingError (nothing saved) on a teacher that diverged or learned nothing, InitError on
+    unusable init weights."""
+    check_family(root, params)
     section = params.train_teacher
     ws, arch_cfg, cfg = Workspace(root), section.arch, section.fit
     torch.set_num_threads(cfg.threads)  # deliberate: the default may oversubscribe shared CPUs
@@ -130,7 +152,8 @@ def run(root: Path, params: Params, stop_after: int | None = None) -> None:
     if init_sha is not None:
         record |= {"method": "init" if cfg.epochs == 0 else "finetune",
                    "init": {"source": section.init, "sha256": init_sha}}  # fmt: skip
-    save_checkpoint(model, ws.model(NAME), record)
+    with fresh_folder(ws.model(NAME)) as folder:
+        save_checkpoint(model, folder, record)
     write_curves(ws.plot("train_teacher.csv"), history)
     state.unlink(missing_ok=True)
 

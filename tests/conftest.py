@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from squeeze.config.dvcyaml import STAMPS
 from squeeze.data.idx import read_split
 from squeeze.data.sources import SYSTEM_DIR
 from squeeze.data.spec import Split
@@ -63,10 +64,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def dvc_up_to_date(root: Path, *targets: str) -> bool:
-    """`dvc status` reports nothing to do: no stage but `source`, which DVC lists as "always
-    changed" (it stamps the data at the source on every run, see dvc.yaml)."""
+    """`dvc status` reports nothing to do: no stage but the stamps (`source`, `production`),
+    which DVC lists as "always changed" (they stamp what DVC cannot see, see dvc.yaml)."""
     status = json.loads(run(["dvc", "status", "--json", *targets], root).stdout)
-    return status in ({}, {"source": ["always changed"]})
+    return all(
+        stage in STAMPS and changes == ["always changed"] for stage, changes in status.items()
+    )
 
 
 @pytest.fixture

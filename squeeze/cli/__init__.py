@@ -1,0 +1,1 @@
+"""The `squeeze` command line."""

@@ -16,22 +16,37 @@ outside params, where a run's params cannot change it:
 
 An entry is a module prefix on dotted boundaries: `mynets` allows `mynets` and `mynets.resnet`,
 never `mynetsevil`. Importing `mynets.resnet` also runs `mynets/__init__.py`, as any import does.
+
+The params that name a place squeeze reads, writes or connects to (`locations`: the registry,
+the data source and mirror, the teacher's init weights, the S3 endpoints, the Dask scheduler)
+are the same risk from the API: a run may not point them anywhere else than params.yaml does
+(check_locations), unless the new place is under one the owner allowed, again outside params:
+`[tool.squeeze] allowed_locations = ["s3://bucket/", "/data/", ...]` in pyproject.toml and
+SQUEEZE_ALLOWED_LOCATIONS (comma-separated). An entry is a prefix on `/` boundaries: a local
+folder (relative ones from the workspace; `..` and symlinks resolved) or a URL (`s3://bucket/x`
+allows `s3://bucket/x/y`, never `s3://bucket/xy`; `http://host:9000` allows only that host).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from squeeze.config.errors import ParamsError
+from squeeze.config.locations import hide_userinfo
 from squeeze.config.params import Params
 from squeeze.errors import StageRefused
 
 ENV_VAR = "SQUEEZE_ALLOWED_MODULES"
+
+
+LOCATIONS_ENV_VAR = "SQUEEZE_ALLOWED_LOCATIONS"
 
 
 BUILT_IN = ("squeeze",)
@@ -155,3 +170,90 @@ def check_class_paths(params: Params, root: Path) -> None:
     ]
     if refused:
         raise ClassPathRefused("\n".join(refused) + f"\nTo allow a module, {HOW_TO_ALLOW}.")
+
+
+# -- locations ------------------------------------------------------------------------------
+
+HOW_TO_ALLOW_LOCATION = (
+    f"change params.yaml in the workspace itself, or add the location (or a folder or URL "
+    f"above it) to `[tool.squeeze] allowed_locations` in the workspace's {PYPROJECT}, or to "
+    f"{LOCATIONS_ENV_VAR} (comma-separated) in the environment of what runs the flow "
+    "(`squeeze serve`, a Prefect worker)"
+)
+
+
+class LocationRefused(ParamsError, StageRefused):
+    """A run from the Prefect API or UI points a place-naming key somewhere the workspace does not
+    allow, or the location allow-list itself is malformed; raised before anything is written."""
+
+
+def locations(params: Params) -> dict[str, str | None]:
+    """Every value in params that names a place squeeze reads, writes or connects to, by key."""
+    return {
+        "ingest.source": params.ingest.source,
+        "ingest.mirror": params.ingest.mirror,
+        "ingest.endpoint_url": params.ingest.endpoint_url,
+        "train_teacher.init": params.train_teacher.init,
+        "train_teacher.endpoint_url": params.train_teacher.endpoint_url,
+        "promote.registry": params.promote.registry,
+        "promote.endpoint_url": params.promote.endpoint_url,
+        "flow.dask_address": params.flow.dask_address,
+    }
+
+
+def place(value: str, root: Path) -> str:
+    """value as one comparable string: a URL with its scheme and host in lower case and its path
+    normalised (no `..`, no trailing `/`); anything else a local path, resolved from root."""
+    if "://" not in value:
+        return str((root / value).resolve())
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() == "file":
+        return str(Path(parts.path).resolve())
+    path = posixpath.normpath(parts.path) if parts.path else ""
+    path = "" if path in ("/", ".") else path
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+
+
+def is_under(value: str, allowed: Sequence[str]) -> bool:
+    """value (a place) is an allowed one or inside one, on `/` boundaries."""
+    return any(value == entry or value.startswith(entry.rstrip("/") + "/") for entry in allowed)
+
+
+def allowed_locations(root: Path) -> tuple[str, ...]:
+    """The places (see `place`) the workspace at root lets a run from the API point its location
+    keys at: `[tool.squeeze] allowed_locations` and $SQUEEZE_ALLOWED_LOCATIONS; relative
+    folders are read from root. Raises LocationRefused naming the file when the list is not one.
+    """
+    squeeze = read_pyproject(root).get("tool", {}).get("squeeze", {})
+    configured = squeeze.get("allowed_locations", [])
+    if not isinstance(configured, list) or not all(isinstance(e, str) and e for e in configured):
+        raise LocationRefused(
+            f"{root / PYPROJECT}: tool.squeeze.allowed_locations: expected a list of folders or "
+            f"URLs, got {configured!r}"
+        )
+    env = [e.strip() for e in os.environ.get(LOCATIONS_ENV_VAR, "").split(",") if e.strip()]
+    return tuple(dict.fromkeys(place(entry, root) for entry in [*configured, *env]))
+
+
+def check_locations(params: Params, trusted: Params, root: Path) -> None:
+    """Refuse params from the Prefect API or UI that point a location key (`locations`) away from
+    trusted's value (the workspace's params.yaml) to a place outside the workspace's allowed
+    locations: one LocationRefused naming every such key. null (no endpoint, no init, a local
+    Dask cluster) and ingest.source `auto` (the system copy, else ingest.mirror) name no new
+    place and pass."""
+    allowed, before = allowed_locations(root), locations(trusted)
+    refused = [
+        f"{key}: {hide_userinfo(value)!r} is not params.yaml's value "
+        f"({hide_userinfo(str(before[key]))!r}) nor under a location the workspace allows "
+        f"({', '.join(map(hide_userinfo, allowed)) or 'none'})"
+        for key, value in locations(params).items()
+        if value is not None
+        and not (key == "ingest.source" and value == "auto")
+        and (before[key] is None or place(value, root) != place(before[key], root))
+        and not is_under(place(value, root), allowed)
+    ]
+    if refused:
+        raise LocationRefused(
+            "a run from the Prefect API or UI may not move where squeeze reads, writes or "
+            "connects:\n" + "\n".join(refused) + f"\nTo allow a location, {HOW_TO_ALLOW_LOCATION}."
+        )

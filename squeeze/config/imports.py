@@ -89,7 +89,9 @@ def closures(root: Path, modules: list[str]) -> dict[str, list[str]]:
                     direct[name] = imports(root, name)
                 todo.extend(direct[name])
         files = {module_file(root, name) for name in seen}
-        out[module] = sorted(str(path.relative_to(root)) for path in files if path is not None)
+        # an empty file (a package's bare __init__.py) holds no code, and DVC warns on empty deps
+        out[module] = sorted(str(path.relative_to(root)) for path in files
+                             if path is not None and path.stat().st_size)  # fmt: skip
     return out
 
 

@@ -401,6 +401,19 @@ class GateParams(Section):
         description="A smaller/faster challenger replaces the champion only if its validation "
         "accuracy is non-inferior within this margin (absolute, 0.005 = 0.5 points).",
     )  # fmt: skip
+    multiplicity: Literal["none", "holm", "bonferroni"] = Field(
+        description="How the non-inferiority-to-the-teacher tests of all candidates share alpha. "
+        "none: each candidate at alpha (a per-candidate guarantee only; the selected model is "
+        "one of many tested); holm (step-down) or bonferroni (alpha / number of candidates): "
+        "the chance that any candidate more than max_accuracy_drop worse than the teacher "
+        "passes is at most alpha, so the selected challenger carries it too.",
+    )
+    latency_margin: float = Field(
+        ge=0, lt=1,
+        description="Policy fastest: a challenger beats the champion on latency only if its p50 "
+        "is below the champion's × (1 - latency_margin) (relative, 0.05 = more than 5% faster): "
+        "the medians of two timings differ by noise alone. 0 = any lower median.",
+    )  # fmt: skip
 
 
 class PromoteParams(Section):
@@ -408,7 +421,12 @@ class PromoteParams(Section):
 
     registry: Location = Field(description="Registry root: a local folder or s3://bucket/prefix.")
     endpoint_url: Endpoint = Field(description="S3 endpoint (MinIO, moto); null for AWS.")
-    family: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Model family name.")
+    family: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Model family name: one input contract (shape, dtype, layout, classes) for "
+        "all its versions. Data of another shape or classes needs its own family: train_teacher "
+        "and promote refuse data that production of this family does not fit.",
+    )
 
 
 class FlowParams(Section):

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 from safetensors.numpy import save
 
 from squeeze.config.sections import IngestParams
@@ -24,7 +26,7 @@ from squeeze.data.idx import IDX_FILES, raw_names, read_split, write_raw
 from squeeze.data.memory import check_memory
 from squeeze.data.spec import DataError, FetchError, Source, Split
 from squeeze.data.splits import tensors
-from squeeze.registry.store import Unavailable, open_store
+from squeeze.registry.store import Stat, Unavailable, open_store
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 
@@ -35,6 +37,11 @@ ARRAY_GZIP_LEVEL = 1
 
 
 TRANSIENT_HTTP = {408, 425, 429}  # client-error statuses that mean "not now" rather than "no"
+
+# a local file written this recently may be rewritten within the same mtime tick (a second or two
+# on some file systems) at the same size: its listing is not trusted yet (git's "racily clean")
+RACY_NS = 2 * 10**9
+HEAD_TIMEOUT_S = 10
 
 
 def resolve_source(source: str, mirror: str) -> str:
@@ -104,6 +111,67 @@ def download(url: str, dest: Path, timeout_s: float = 60) -> None:
         tmp.unlink(missing_ok=True)
         raise FetchError(f"cannot download {url}: {err}; check ingest.mirror") from err
     tmp.replace(dest)
+
+
+def listing_digest(cfg: IngestParams) -> str | None:
+    """sha256 of what the source holds, listed without reading an image, and of the settings
+    that decode it (the ingest params, Pillow's version): while it stays the same, so does the
+    source's fingerprint. The listing is every file's key, size and tag (list_stats).
+
+    None when the source gives no listing to trust, and the `source` stamp then decodes: an
+    http(s) mirror that answers HEAD with neither ETag nor Last-Modified (or not at all), a
+    local file changed in the last RACY_NS, a source read_source refuses (it says why).
+    """
+    stats = imagefolder.list_stats(cfg) if cfg.format == "imagefolder" else idx_stats(cfg)
+    if stats is None:
+        return None
+    if not is_remote(resolve_source(cfg.source, cfg.mirror)):
+        recent = time.time_ns() - RACY_NS
+        if any(stat.tag and int(stat.tag) > recent for stat in stats):
+            return None
+    blob = {"ingest": cfg.model_dump(mode="json"), "pillow": PIL.__version__,
+            "files": [list(stat) for stat in stats]}  # fmt: skip
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def idx_stats(cfg: IngestParams) -> list[Stat] | None:
+    """The four IDX files' sizes and tags (the stamp's listing): a local folder's by stat
+    (mtime in ns), an s3:// prefix's by listing it (ETags), a mirror's by HEAD requests."""
+    resolved = resolve_source(cfg.source, cfg.mirror)
+    if resolved.startswith(("http://", "https://")):
+        return head_stats(resolved.rstrip("/"))
+    if resolved.startswith("s3://"):
+        try:
+            return open_store(resolved, cfg.endpoint_url).list_stats()
+        except Unavailable as err:
+            raise FetchError(f"cannot list {resolved}: {err}") from err
+    stats = []
+    for name in raw_names():
+        for key in (f"{name}.gz", name):
+            path = Path(resolved) / key
+            if path.is_file():
+                found = path.stat()
+                stats.append(Stat(key, found.st_size, str(found.st_mtime_ns)))
+    return stats
+
+
+def head_stats(base: str) -> list[Stat] | None:
+    """The mirror's four files by HEAD requests (ETag, else Last-Modified; Content-Length); None
+    when one gives neither or cannot be asked: the files are then downloaded, which says why."""
+    stats = []
+    for name in raw_names():
+        url = f"{base}/{name}.gz"
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=HEAD_TIMEOUT_S) as response:
+                headers = response.headers
+        except OSError:  # HTTPError and URLError too
+            return None
+        tag = headers.get("ETag") or headers.get("Last-Modified")
+        if not tag:
+            return None
+        stats.append(Stat(name, int(headers.get("Content-Length") or -1), tag))
+    return stats
 
 
 def read_source(cfg: IngestParams, scratch: Path) -> Source:

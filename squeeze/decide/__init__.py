@@ -1,0 +1,1 @@
+"""Decisions on validation: the quality gate, the one chooser, champion vs challenger."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from squeeze.config.sections import GateParams
-from squeeze.decide.choose import ACCURACY, POLICY_METRIC
+from squeeze.decide.choose import ACCURACY, LATENCY, POLICY_METRIC
 from squeeze.measure.stats import compare
 
 
@@ -23,10 +23,12 @@ def decide(
     squeeze.measure.stats.paired_table(challenger correct, champion correct) on them. The rule:
 
     - nothing in production, or a champion that fails today's gates: the challenger wins;
-    - smallest / fastest: the challenger wins when its shipped size / p50 latency is strictly
-      lower and its accuracy is non-inferior within gate.noninferiority_margin (the one-sided
-      1 - alpha paired bootstrap bound of challenger - champion >= -margin), or when it is
-      significantly more accurate (McNemar exact p < alpha) and not larger / slower;
+    - smallest / fastest: the challenger wins when its shipped size is strictly lower / its p50
+      latency strictly below the champion's × (1 - gate.latency_margin) (two medians differ by
+      timing noise alone; bytes are exact), and its accuracy is non-inferior within
+      gate.noninferiority_margin (the one-sided 1 - alpha paired bootstrap bound of challenger -
+      champion >= -margin), or when it is significantly more accurate (McNemar exact p < alpha)
+      and not larger / slower;
     - most_accurate: the challenger wins only when it is significantly more accurate.
 
     Returns:
@@ -65,18 +67,32 @@ def decide(
         return verdict(False, stats, f"not significantly more accurate (alpha {cfg.alpha})",
                        accuracy)  # fmt: skip
     ours, theirs = challenger[metric], champion[metric]
-    if ours < theirs and stats["noninferior"]:
-        why = (f"policy {cfg.policy!r}: {metric} {ours} < champion's {theirs}, accuracy "
+    bar, beaten = _bar(metric, theirs, cfg)
+    wins = ours < bar
+    if wins and stats["noninferior"]:
+        why = (f"policy {cfg.policy!r}: {metric} {ours} < {beaten}, accuracy "
                f"non-inferior within margin {cfg.noninferiority_margin}")  # fmt: skip
         return verdict(True, stats, why, accuracy)
     if ours <= theirs and stats["better"]:
         why = (f"policy {cfg.policy!r}: {metric} {ours} <= champion's {theirs} and significantly "
                f"more accurate (p < {cfg.alpha})")  # fmt: skip
         return verdict(True, stats, why, accuracy)
-    if ours < theirs:
-        why = (f"policy {cfg.policy!r}: {metric} {ours} < champion's {theirs}, but accuracy is "
+    if wins:
+        why = (f"policy {cfg.policy!r}: {metric} {ours} < {beaten}, but accuracy is "
                f"not non-inferior within margin {cfg.noninferiority_margin}")  # fmt: skip
     else:
-        why = (f"policy {cfg.policy!r}: {metric} {ours} is not below the champion's {theirs} "
+        why = (f"policy {cfg.policy!r}: {metric} {ours} is not below {beaten} "
                "and the challenger is not significantly more accurate")  # fmt: skip
     return verdict(False, stats, why, accuracy)
+
+
+def _bar(metric: str, theirs: float, cfg: GateParams) -> tuple[float, str]:
+    """What the challenger's metric must be strictly below to win on it, and how to say so.
+
+    Bytes are exact: any smaller file wins. A p50 latency is the median of a noisy timing, so a
+    challenger must be at least gate.latency_margin (relative) faster than the champion.
+    """
+    if metric != LATENCY:
+        return theirs, f"champion's {theirs}"
+    bar = theirs * (1 - cfg.latency_margin)
+    return bar, f"champion's {theirs} less the latency margin {cfg.latency_margin:.0%} ({bar:.4g})"

@@ -10,7 +10,10 @@ first: ``accuracy_drop`` (teacher - candidate validation accuracy, absolute), it
 upper bound ``accuracy_drop_bound`` at 1 - gate.alpha from a paired bootstrap of the
 per-image differences (squeeze.measure.stats; the row's ``val_vs_teacher`` table), and
 ``worst_class_drop`` (the largest per-class drop). The accuracy-drop gate is a
-non-inferiority test: the bound must not exceed ``max_accuracy_drop``. Each gate is a
+non-inferiority test: the bound must not exceed ``max_accuracy_drop``. With
+``gate.multiplicity`` holm or bonferroni the candidates' non-inferiority tests are one family and
+each bound is taken at the level the family-wise rule gives it (``noninferiority_alphas``), so the
+chance that any candidate worse than the margin passes stays under alpha. Each gate is a
 column-map expectation, and GX names every row that broke it by the table's ``name`` column
 (its ``unexpected_index_column_names``): that is the per-candidate verdict.
 Every gated value must be present: a not-null expectation fails a row that lacks it (evaluate
@@ -28,7 +31,7 @@ from typing import Any, Literal
 
 from squeeze.config.sections import GateParams
 from squeeze.decide.choose import ACCURACY, LATENCY, POLICY_METRIC, SIZE, rank
-from squeeze.measure.stats import compare
+from squeeze.measure.stats import compare, difference_ci
 
 TEACHER = "teacher"
 
@@ -77,17 +80,64 @@ def _drop(reference: float | None, value: float | None) -> float | None:
     return round(reference - value, 5)
 
 
-def vs_teacher(record: dict[str, Any], cfg: GateParams) -> dict[str, Any] | None:
+def vs_teacher(record: dict[str, Any], cfg: GateParams, alpha: float) -> dict[str, Any] | None:
     """The paired comparison of a candidate with the teacher on validation (squeeze.measure.stats),
-    non-inferiority within max_accuracy_drop; None when evaluate recorded no table."""
+    non-inferiority within max_accuracy_drop at one-sided level alpha; None when evaluate
+    recorded no table."""
     table = record.get("val_vs_teacher")
-    return None if table is None else compare(table, cfg.alpha, cfg.max_accuracy_drop)
+    return None if table is None else compare(table, alpha, cfg.max_accuracy_drop)
+
+
+def _noninferior(table: list[list[int]], alpha: float, margin: float) -> bool:
+    """compare(table, alpha, margin)["noninferior"] without its 95% interval and McNemar test:
+    the one-sided (1 - alpha) bound, the two-sided (1 - 2·alpha) interval's low end, is at least
+    -margin. The bootstrap's seed is fixed, so the bound only falls as alpha does."""
+    return difference_ci(table, level=1 - 2 * alpha)[0] >= -margin
+
+
+def noninferiority_alphas(
+    candidates: dict[str, dict[str, Any]], cfg: GateParams, teacher: str = TEACHER
+) -> dict[str, float]:
+    """The one-sided level at which each model's non-inferiority to the teacher is judged.
+
+    The family is every candidate with a paired table (the teacher, the reference, is no test of
+    its own and keeps alpha). none: alpha each. bonferroni: alpha / m for the m of the family.
+    holm: Holm's step-down on the p-values the bounds imply (a candidate's p-value is the
+    smallest level at which its bound passes): with r candidates not yet passed, every one whose
+    bound passes at alpha / r passes, and the rest are retried at alpha / (the fewer left) until
+    a step passes none; each is reported at the last level it was judged at.
+    """
+    alphas = dict.fromkeys(candidates, cfg.alpha)
+    family = sorted(
+        n for n, r in candidates.items() if n != teacher and r.get("val_vs_teacher") is not None
+    )
+    if cfg.multiplicity == "none" or not family:
+        return alphas
+    if cfg.multiplicity == "bonferroni":
+        return alphas | dict.fromkeys(family, cfg.alpha / len(family))
+    remaining = family
+    while remaining:
+        level = cfg.alpha / len(remaining)
+        alphas |= dict.fromkeys(remaining, level)
+        left = [
+            n for n in remaining
+            if not _noninferior(candidates[n]["val_vs_teacher"], level, cfg.max_accuracy_drop)
+        ]  # fmt: skip
+        if len(left) == len(remaining):
+            break
+        remaining = left
+    return alphas
 
 
 def candidate_row(
-    name: str, record: dict[str, Any], teacher: dict[str, Any], cfg: GateParams
+    name: str,
+    record: dict[str, Any],
+    teacher: dict[str, Any],
+    cfg: GateParams,
+    alpha: float,
 ) -> dict[str, Any]:
-    """One row of the candidates table: the gated validation metrics plus the derived drops."""
+    """One row of the candidates table: the gated validation metrics plus the derived drops,
+    non-inferiority to the teacher judged at one-sided level alpha (noninferiority_alphas)."""
     per_class = record.get("val_per_class_accuracy") or {}
     drops = {
         cls: _drop(acc, per_class.get(cls))
@@ -96,7 +146,7 @@ def candidate_row(
     known = {cls: d for cls, d in drops.items() if d is not None}
     # a class missing from the record counts as unmeasured: the whole column value is null
     worst = max(known, key=known.__getitem__) if known and len(known) == len(drops) else None
-    paired = vs_teacher(record, cfg)
+    paired = vs_teacher(record, cfg, alpha)
     return {
         "name": name,
         ACCURACY: record.get(ACCURACY),
@@ -105,6 +155,7 @@ def candidate_row(
         # + 0.0: the teacher's own bound is 0.0, not -0.0
         "accuracy_drop_bound": None if paired is None else round(-paired["lower_bound"], 5) + 0.0,
         "drop_p_value": None if paired is None else paired["p_value"],
+        "drop_alpha": alpha,
         "worst_class_drop": known[worst] if worst else None,
         "worst_class": worst,
         SIZE: record.get(SIZE),
@@ -128,8 +179,9 @@ def candidates_table(
             f"the candidates table has no {teacher!r} record, the reference of every drop gate; "
             "run the evaluate stage (dvc repro evaluate)"
         )
+    alphas = noninferiority_alphas(candidates, cfg, teacher)
     rows = [
-        candidate_row(name, candidates[name], candidates[teacher], cfg)
+        candidate_row(name, candidates[name], candidates[teacher], cfg, alphas[name])
         for name in sorted(candidates)
     ]
     return pd.DataFrame(rows)
@@ -187,6 +239,8 @@ def verdicts(table: Any, cfg: GateParams, failed: dict[str, set[str]]) -> dict[s
             if gate.name == "accuracy_drop":
                 entry["drop"] = _json_value(row["accuracy_drop"])
                 entry["p_value"] = _json_value(row["drop_p_value"])
+                # the one-sided level of the bound: alpha, or less under gate.multiplicity
+                entry["alpha"] = _json_value(row["drop_alpha"])
             if observed is None:
                 entry["note"] = "not measured: fails"
             per_gate[gate.name] = entry
@@ -240,6 +294,7 @@ def check(
         "teacher": teacher,
         "policy": cfg.policy,
         "thresholds": cfg.model_dump(mode="json"),
+        "multiplicity": cfg.multiplicity,
         "candidates": per_candidate,
         "expectations": expectations,
         "passed": sorted(ranking),

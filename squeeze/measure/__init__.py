@@ -1,0 +1,2 @@
+"""Measurement in the deployment runtime: ONNX export, onnxruntime accuracy and latency, paired
+statistics, plots."""

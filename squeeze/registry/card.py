@@ -16,7 +16,9 @@ from typing import Any
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.spec import DataSpec, read_spec
+from squeeze.errors import StageRefused
 from squeeze.registry.package import SHIPPED
+from squeeze.registry.registry import Damaged, Registry
 
 CARD_SCHEMA = 2  # 2: input and output shapes, classes and pixel statistics come from the data
 
@@ -62,6 +64,40 @@ def contract_differences(card: dict[str, Any], spec: DataSpec) -> list[str]:
     if list(card.get("classes", [])) != list(spec.classes):
         found.append(f"classes {list(card.get('classes', []))}, the data's {list(spec.classes)}")
     return found
+
+
+class ContractChanged(StageRefused):
+    """The data no longer fits the contract of the production model of promote.family."""
+
+
+def check_production_fits(registry: Registry, spec: DataSpec) -> None:
+    """Refuse data that the production model of the registry's family does not fit.
+
+    A family is one contract: its consumers call every version the same way, and promote
+    compares a challenger with production on the same images. A model of data of another input
+    shape, dtype, layout or classes can neither be measured against production nor replace it,
+    so a dataset of another shape needs its own promote.family. Nothing promoted, or production
+    damaged (Damaged: promote replaces it), is no refusal.
+
+    Raises:
+        ContractChanged: naming promote.family, the production version and every difference.
+        StoreError: the registry could not be read (Unavailable: worth retrying).
+    """
+    try:
+        pointer = registry.production()
+        card = None if pointer is None else registry.card(pointer["version"])
+    except Damaged:
+        return
+    differences = [] if card is None else contract_differences(card, spec)
+    if differences:
+        name = card.get("model", {}).get("name")
+        raise ContractChanged(
+            f"promote.family {registry.family!r} at {registry.store.url}: production version "
+            f"{pointer['version']} ({name}) does not fit the data (data/profile.json): "
+            f"{'; '.join(differences)}. Its consumers could not use a model of this data, nor "
+            "can promote compare the two: set promote.family in params.yaml to a new family for "
+            "this data, or switch ingest back to the data that version was trained on"
+        )
 
 
 def git(root: Path, *args: str) -> str | None:

@@ -33,7 +33,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from squeeze.config.locations import check_endpoint, check_location
@@ -100,6 +100,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class Stat(NamedTuple):
+    """One key of a listing and what tells its content apart without reading it."""
+
+    key: str
+    size: int  # bytes
+    tag: str  # changes when the content does: S3's ETag, a local file's mtime in ns
+
+
 class Store(ABC):
     """Minimal object store used by the registry; see the module docstring."""
 
@@ -136,6 +144,16 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Return all keys that start with ``prefix`` (a plain string prefix), sorted."""
+
+    def list_stats(self, prefix: str = "") -> list[Stat]:
+        """The keys of :meth:`list` with their sizes and tags, sorted, so that a caller can
+        tell whether anything changed without reading the objects (S3: one listing request per
+        1000 keys). This default reads every object (tag: its sha256); stores override it."""
+        stats = []
+        for key in self.list(prefix):
+            data = self.get(key)
+            stats.append(Stat(key, len(data), _sha256(data)))
+        return stats
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -266,6 +284,16 @@ class LocalStore(Store):
                 if not name.startswith(_HIDDEN) and key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def list_stats(self, prefix: str = "") -> list[Stat]:
+        stats = []
+        for key in self.list(prefix):
+            try:
+                found = self._path(key).stat()
+            except OSError as err:
+                raise StoreError(f"cannot stat {key!r} in {self.url}: {err}") from err
+            stats.append(Stat(key, found.st_size, str(found.st_mtime_ns)))
+        return stats
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -654,15 +682,22 @@ class S3Store(Store):
             return response["Body"].read(), response["ETag"]
 
     def list(self, prefix: str = "") -> list[str]:
+        return [stat.key for stat in self.list_stats(prefix)]
+
+    def list_stats(self, prefix: str = "") -> list[Stat]:
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
+        stats = []
         with self._translated("list", prefix or None):
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                # A zero-length "folder marker" object would map to the empty key; skip it.
-                keys.extend(o["Key"][strip:] for o in page.get("Contents", []) if o["Key"][strip:])
-        return sorted(keys)
+                stats.extend(
+                    Stat(o["Key"][strip:], int(o["Size"]), o["ETag"])
+                    for o in page.get("Contents", [])
+                    # a zero-length "folder marker" of the prefix itself maps to the empty key
+                    if o["Key"][strip:]
+                )
+        return sorted(stats)
 
     def exists(self, key: str) -> bool:
         return self._tag(key) is not None

@@ -450,13 +450,15 @@ def test_prefect_deploy_all_onto_a_process_pool_and_a_worker_runs_in_the_workspa
     assert (schedule.schedule.cron, schedule.schedule.timezone) == (
         params.flow.cron, params.flow.timezone)  # fmt: skip
 
-    # a worker loads the flow from SQUEEZE_WORKSPACE and runs it there (quickly failing ingest)
+    # a worker loads the flow from SQUEEZE_WORKSPACE and runs it there (quickly failing ingest);
+    # its environment allows the run's new ingest.source (squeeze.config.allowlist)
     missing = merge(params.model_dump(mode="json"), {"ingest": {"source": "/nonexistent/fmnist"}})
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(manual.id, parameters={
             "params": missing})  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SQUEEZE_WORKSPACE", str(workspace))
+        mp.setenv("SQUEEZE_ALLOWED_LOCATIONS", "/nonexistent")
         run(["prefect", "worker", "start", "--pool", "squeeze", "--run-once"], workspace.parent)
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state

@@ -4,6 +4,7 @@ Prefect flow (on a real Prefect API) run the same stages and agree on what is up
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from squeeze.registry.package import SHIPPED
 from squeeze.registry.registry import registry_of
 from tests.conftest import dvc_up_to_date, run
 from tests.integration.conftest import artifacts_of
+from tests.unit.test_dvc_plots import check_pareto_plots
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +70,13 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     ]
     candidates = read_json(Workspace(workspace).metrics("candidates"))
     assert candidates["teacher"]["val_accuracy"] > 0.5  # smoke teacher: clearly above chance (0.1)
+    # every plot of pareto.csv in dvc.yaml has a val and a test point per model, and `dvc metrics
+    # show` is the gate's summary, one short row per model (no 300 KB candidates table)
+    check_pareto_plots(workspace, set(candidates))
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], workspace).stdout)[""]["data"]
+    summary = {Path(p).stem: m["data"] for p, m in shown.items() if p.startswith("metrics/summary")}
+    assert set(summary) == set(candidates) and "metrics/candidates.json" not in shown
+    assert {m["verdict"] for m in summary.values()} <= {"challenger", "pass", "fail"}
 
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
     result = retrain_and_compress(workspace=str(workspace))

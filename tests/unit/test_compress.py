@@ -143,11 +143,23 @@ def test_a_remote_build_from_other_inputs_than_the_workspace_has_is_refused(
 def test_the_workers_get_the_remote_without_its_credentials(pipeline: Path) -> None:
     run(["dvc", "remote", "add", "-d", "s3", "s3://bucket/dvc"], pipeline)
     run(["dvc", "remote", "modify", "s3", "endpointurl", "http://127.0.0.1:9"], pipeline)
-    for key in ("access_key_id", "secret_access_key", "session_token"):
+    for key in ("access_key_id", "secret_access_key", "session_token", "sse_customer_key",
+                "credentialpath", "profile", "configpath"):  # fmt: skip
         run(["dvc", "remote", "modify", "--local", "s3", key, "SECRET-" + key], pipeline)
+    run(["dvc", "remote", "modify", "s3", "region", "eu-west-3"], pipeline)
     name, config = shared_remote(pipeline)
     assert name == "s3" and config["endpointurl"] == "http://127.0.0.1:9"
+    assert config["url"] == "s3://bucket/dvc" and config["region"] == "eu-west-3"
+    assert not {"profile", "credentialpath", "configpath", "sse_customer_key"} & set(config)
     assert "SECRET" not in repr(bundle(pipeline, "second", name, config))
+    # credentials in a URL's userinfo do not travel either: refused, naming the key, not the token
+    for key, url in (("endpointurl", "http://user:SECRET-token@127.0.0.1:9"),
+                     ("url", "s3://SECRET-token@bucket/dvc")):  # fmt: skip
+        run(["dvc", "remote", "modify", "--local", "s3", key, url], pipeline)
+        with pytest.raises(RemoteError, match=f"'s3': its {key} holds a user name") as refused:
+            shared_remote(pipeline)
+        assert "SECRET" not in str(refused.value)
+        run(["dvc", "remote", "modify", "--local", "--unset", "s3", key], pipeline)
 
 
 def test_dask_without_a_default_remote_is_refused_with_the_fix(pipeline: Path) -> None:

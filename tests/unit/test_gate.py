@@ -26,6 +26,8 @@ CFG = GateParams(
     policy="smallest",
     alpha=0.05,
     noninferiority_margin=0.005,
+    multiplicity="none",
+    latency_margin=0.05,
 )
 N = 2000  # validation images of the hand-made tables
 TEACHER_ACC = 0.91
@@ -54,9 +56,11 @@ def record(
     opposite of validation's: a decision that read them would show."""
     return {
         "val_accuracy": accuracy,
+        "val_accuracy_ci": [accuracy - 0.01, accuracy + 0.01],
         "val_per_class_accuracy": {c: accuracy for c in CLASSES} | (per_class or {}),
         "val_vs_teacher": paired(accuracy, TEACHER_ACC, swaps),
         "test_accuracy": 1 - accuracy,
+        "test_accuracy_ci": [0.99 - accuracy, 1.01 - accuracy],
         "test_per_class_accuracy": {c: 1 - accuracy for c in CLASSES},
         "size_bytes": size * 2,
         "shipped_bytes": size,
@@ -121,6 +125,41 @@ def test_drop_gate_is_non_inferiority_not_the_point_estimate() -> None:
     tight, loose = (report["candidates"][n]["gates"]["accuracy_drop"] for n in ("tight", "loose"))
     assert tight["drop"] == loose["drop"] == 0.02
     assert tight["passed"] and not loose["passed"] and loose["observed"] > 0.03
+
+
+# 2 points below the teacher on 2,000 images, disagreeing on 40 more images each way: the drop's
+# one-sided bound is within the 3-point margin at alpha 0.05 (2.9 points), not at 0.025 (3.05)
+EDGE = {"accuracy": 0.89, "swaps": 40}
+
+
+@pytest.mark.parametrize(
+    ("multiplicity", "with_bad", "edge_alpha", "edge_passes"),
+    [
+        ("none", True, 0.05, True),  # per candidate: the edge passes at alpha and is selected
+        ("bonferroni", False, 0.025, False),  # alpha / 2 for each of 2
+        # Holm: tight passes at alpha / 2, then the edge alone is judged at alpha
+        ("holm", False, 0.05, True),
+        # ... but with a third candidate that never passes, the edge stays at alpha / 2
+        ("holm", True, 0.025, False),
+    ],
+)
+def test_multiplicity_shares_alpha_over_every_candidate(
+    multiplicity: str, with_bad: bool, edge_alpha: float, edge_passes: bool
+) -> None:
+    """gate.multiplicity: the family is every candidate's non-inferiority test; the smallest
+    (edge) is selected only while its bound passes at the level the rule gives it."""
+    candidates = {"tight": record(accuracy=0.89, size=100_000),
+                  "edge": record(**EDGE, size=50_000)}  # fmt: skip
+    if with_bad:
+        candidates["bad"] = record(accuracy=0.87, size=10_000)
+    report = check(table(**candidates), CFG.model_copy(update={"multiplicity": multiplicity}))
+    assert report["multiplicity"] == multiplicity
+    edge = report["candidates"]["edge"]
+    assert edge["gates"]["accuracy_drop"]["alpha"] == edge_alpha
+    assert edge["passed"] == edge_passes and report["candidates"]["tight"]["passed"]
+    assert edge_passes or edge["failed"] == ["accuracy_drop"]
+    assert report["challenger"] == ("edge" if edge_passes else "tight")
+    assert report["candidates"]["teacher"]["gates"]["accuracy_drop"]["alpha"] == 0.05
 
 
 def test_thresholds_are_inclusive_without_float_noise() -> None:
@@ -233,6 +272,11 @@ CHAMPION = {"val_accuracy": 0.90, BYTES: 100_000, "latency_ms_p50": 1.0}
         # same size, 0.1 point more accurate: not significant
         ("smallest", {"val_accuracy": 0.901}, 0, "champion_kept", "not significantly"),
         ("fastest", {"latency_ms_p50": 0.5}, 0, "promoted", "non-inferior"),
+        # gate.latency_margin 5%: a median 1% below is timing noise, 10% below is a win
+        ("fastest", {"latency_ms_p50": 0.99}, 0, "champion_kept", "not below"),
+        ("fastest", {"latency_ms_p50": 0.9}, 0, "promoted", "non-inferior"),
+        # bytes are exact: one byte smaller is smaller, whatever the latency margin
+        ("smallest", {BYTES: 99_999}, 0, "promoted", "non-inferior"),
         ("fastest", {"latency_ms_p50": 1.5, BYTES: 10}, 0, "champion_kept", "not below"),
         ("most_accurate", {"val_accuracy": 0.92, BYTES: 500_000}, 0, "promoted", "signif"),
         ("most_accurate", {"val_accuracy": 0.901, BYTES: 90_000}, 0, "champion_kept", "not"),
@@ -250,6 +294,13 @@ def test_champion_vs_challenger(
     stats = decision["comparison"]
     assert stats["table"] == pairs and "McNemar exact p" in decision["reasons"][1]
     assert stats["ci95"][0] <= stats["difference"] <= stats["ci95"][1]
+
+
+def test_latency_margin_zero_is_any_lower_median() -> None:
+    cfg = CFG.model_copy(update={"policy": "fastest", "latency_margin": 0.0})
+    challenger = CHAMPION | {"latency_ms_p50": 0.99}
+    decision = decide(challenger, CHAMPION, paired(0.9, 0.9), cfg)
+    assert decision["outcome"] == "promoted", decision
 
 
 def test_no_champion_failing_champion_and_identical_model() -> None:

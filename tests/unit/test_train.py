@@ -15,7 +15,13 @@ import torch
 
 from squeeze.config import sections
 from squeeze.config.params import Params
-from squeeze.config.sections import ConvNetArch, FitParams, TeacherFitParams, TrainTeacherParams
+from squeeze.config.sections import (
+    ConvNetArch,
+    FitParams,
+    PromoteParams,
+    TeacherFitParams,
+    TrainTeacherParams,
+)
 from squeeze.config.workspace import Workspace, write_json
 from squeeze.data.spec import DataSpec
 from squeeze.data.splits import save_split
@@ -143,7 +149,9 @@ def teacher_params(init: str | None = None, **fit_changes: object) -> Params:
     fit_cfg = TeacherFitParams(**{**FIT.model_dump(), "epochs": 2, "threads": 1, **fit_changes})
     section = TrainTeacherParams(arch=ConvNetArch(**ARCH), fit=fit_cfg, init=init,
                                  endpoint_url=None)  # fmt: skip
-    return Params.model_construct(train_teacher=section)
+    # an empty registry in the workspace: the contract guard finds nothing in production
+    promote = PromoteParams(registry="registry", endpoint_url=None, family="test")
+    return Params.model_construct(train_teacher=section, promote=promote)
 
 
 def teacher_workspace(root: Path, data: dict, spec: DataSpec) -> Workspace:
