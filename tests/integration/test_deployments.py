@@ -353,10 +353,14 @@ def test_serve_deploys_a_typed_form_refuses_bad_params_and_runs_custom_ones(
     assert_run_report(done.id, {"teacher"})
 
 
-def wait_for_a_scheduled_run(deployment_id: Any, proc: subprocess.Popen, timeout_s: float) -> Any:
-    """The first run of the deployment that the server's scheduler created and the runner
-    started; then the deployment is paused, which deletes its other auto-scheduled runs (one
-    a minute), so that no second run follows this one into the workspace."""
+def wait_for_a_scheduled_run(
+    deployment_id: Any, proc: subprocess.Popen, timeout_s: float, workspace: Path
+) -> Any:
+    """The first run for `workspace` of the deployment that the server's scheduler created and
+    the runner started; then the deployment is paused, which deletes its other auto-scheduled
+    runs (one a minute), so that no second run follows this one into the workspace. Runs that
+    an earlier test's serve of the same deployment left scheduled name that test's workspace:
+    this serve refuses them (flows.compress.bound_workspace), and they are passed over here."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -377,11 +381,12 @@ def wait_for_a_scheduled_run(deployment_id: Any, proc: subprocess.Popen, timeout
             if proc.poll() is not None:
                 raise AssertionError(f"squeeze serve exited ({proc.returncode})")
             runs = client.read_flow_runs(
-                flow_run_filter=started, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1
+                flow_run_filter=started, sort=FlowRunSort.EXPECTED_START_TIME_ASC
             )
-            if runs:
+            ours = [r for r in runs if r.parameters.get("workspace") == str(workspace)]
+            if ours:
                 client.pause_deployment(deployment_id)
-                return runs[0]
+                return ours[0]
             if time.monotonic() > deadline:
                 raise AssertionError(f"no scheduled run started within {timeout_s:.0f} s")
             time.sleep(1)
@@ -409,7 +414,7 @@ def test_the_scheduled_deployment_runs_on_its_cron_from_params_yaml(
         mode="json"), sort_keys=False))  # fmt: skip
     with serving(workspace, "--cron", "* * * * *") as proc:  # due within a minute
         scheduled = wait_for_deployments(["scheduled"], proc, workspace, timeout_s=120)["scheduled"]
-        started = wait_for_a_scheduled_run(scheduled.id, proc, timeout_s=150)
+        started = wait_for_a_scheduled_run(scheduled.id, proc, timeout_s=150, workspace=workspace)
         flow_run = wait_for_final_state(started.id, timeout_s=240)
         assert flow_run.state.is_completed(), flow_run.state
     # made by the server's scheduler on the cron; params: none, so params.yaml at run time

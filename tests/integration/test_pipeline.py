@@ -143,8 +143,11 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
             assert retrain_and_compress(workspace=str(workspace))["ran"] == ["promote"]
         assert registry.damaged_production() is None
         assert registry.production()["version"] == before + 1
-        assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["promote"]  # repaired
+        # the stamp flips back to intact: promote runs once more (never restored from DVC's run
+        # cache: it acts on the registry), then nothing does
+        assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["promote"]
         assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
+        assert registry.production()["version"] == before + 1
 
     # the gates refuse every candidate: `squeeze run` says so and exits 5 (only gate and promote
     # re-run: their params changed)

@@ -658,7 +658,7 @@ def test_gate_and_promote_publish_artifacts_in_a_flow(bench: Bench, prefect_api:
     state = gate_and_promote(str(bench.root), return_state=True)
     assert state.is_completed(), state
     by_key = artifacts_of(state.state_details.flow_run_id)
-    assert set(by_key) == {"gate-verdicts", "gate-decision", "promote-comparison",
+    assert set(by_key) == {"gate-verdicts", "gate-decision", "pareto", "promote-comparison",
                            "promote-decision", "registry-production"}  # fmt: skip
     assert "challenger **kd**" in by_key["gate-decision"].data
     assert "/fmnist/versions/1/model.onnx.xz" in by_key["registry-production"].data
