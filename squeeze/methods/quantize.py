@@ -5,7 +5,7 @@ Cast/Div/Sub/Div standardisation, then the convs. That preprocessing stays fp32 
 excluded from quantization); the layers after it get int8 or int4 weights (per-channel
 symmetric scales when asked: a BatchNorm folded into a conv gives its channels very different
 ranges; symmetric, so a pruned weight stays exactly 0) and, in
-static mode, int8 activations whose ranges come from calibration on training images. Dynamic
+static mode, uint8 activations whose ranges come from calibration on training images. Dynamic
 mode quantizes weights only and computes activation scales at run time (no calibration).
 The classifier's output (the logits) is not re-quantized: with 256 levels, near-ties between
 classes flip; keeping it fp32 costs nothing in size.
@@ -175,11 +175,16 @@ def quantize_onnx(
         if cfg.mode == "static":
             if calibration is None or len(calibration) == 0:
                 raise ValueError("static quantization needs calibration images")
+            # uint8 activations, int8 weights (U8S8): onnxruntime's x86 QDQ fusions turn a
+            # Conv and its residual Add into QLinearConv/QLinearAdd only for uint8 activations
+            # when a quantized tensor feeds two consumers (a residual block's input); with int8
+            # activations those stay fp32 between DequantizeLinear and QuantizeLinear. Same grid
+            # (asymmetric, 256 levels), so accuracy does not move.
             with quiet_opset_notice():
                 quantize_static(
                     str(prepared), str(out), PixelBatches(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                    activation_type=QuantType.QInt8, weight_type=WEIGHT_TYPES[cfg.weights],
+                    activation_type=QuantType.QUInt8, weight_type=WEIGHT_TYPES[cfg.weights],
                     nodes_to_exclude=excluded,
                     extra_options={
                         "ActivationSymmetric": False, "WeightSymmetric": True,

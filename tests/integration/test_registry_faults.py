@@ -199,14 +199,15 @@ def test_overlapping_publishes_never_return_the_other_runs_model(
 ) -> None:
     a_store, b_store = checked_then_ignoring(proxy, s3_prefix, 2)
     listed, a_written, b_written = threading.Barrier(2), threading.Event(), threading.Event()
-    # Both list before either claims (both pick version 1); A writes all of version 1, then B
-    # overwrites all of it; then both read back what they published.
+    # Both have listed before either claims (both pick version 1: the barrier is after the
+    # listing, so neither can claim before the other's listing is done); A writes all of
+    # version 1, then B overwrites all of it; then both read back what they published.
     a = Overlapping(a_store, "put_if_absent", "checksums.json", lambda: None,
                     lambda: (a_written.set(), b_written.wait(30)))  # fmt: skip
     b = Overlapping(b_store, "put_if_absent", "claim.json", lambda: a_written.wait(30),
                     lambda: None)  # fmt: skip
     b = Overlapping(b, "put_if_absent", "checksums.json", lambda: None, b_written.set)
-    a, b = (Overlapping(s, "list", "", lambda: listed.wait(30), lambda: None) for s in (a, b))
+    a, b = (Overlapping(s, "list", "", lambda: None, lambda: listed.wait(30)) for s in (a, b))
     outcomes = race({tag: lambda s=store, t=tag: publish(Registry(s, FAMILY), t)
                      for tag, store in (("a", a), ("b", b))})  # fmt: skip
     assert outcomes["b"] == 1, outcomes

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -138,6 +140,30 @@ def test_pixel_preprocessing_stays_fp32(
         if node.name in pre:  # fed by the input or by other fp32 preprocessing, never by int8
             assert all(producers.get(i) not in ("DequantizeLinear",) for i in node.input)
             assert node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+
+
+def test_a_residual_network_runs_every_conv_and_add_in_int8(
+    small_fmnist: Data, fmnist_spec: DataSpec, tmp_path: Path
+) -> None:
+    """onnxruntime fuses DequantizeLinear -> Conv/Add -> QuantizeLinear into QLinearConv and
+    QLinearAdd; a residual block's input feeds two consumers, where int8 activations left the
+    convs and adds fp32 between Q/DQ pairs (slower than the fp32 model). The graph onnxruntime
+    runs (its optimised model) must hold no float Conv or Add."""
+    torch.manual_seed(0)
+    init_args = {"in_channels": 1, "num_classes": 10, "widths": [8, 16], "blocks": [1, 1]}
+    arch = {"class_path": "examples.user_models.ResNet", "init_args": init_args}
+    model = build_model(arch, fmnist_spec).eval()
+    fp32, int8, optimised = (tmp_path / name for name in ("fp32.onnx", "int8.onnx", "run.onnx"))
+    export_onnx(model, fp32)
+    quantize_onnx(fp32, int8, STATIC_INT8, small_fmnist["train"].images[:64])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(optimised)
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    ops = Counter(node.op_type for node in onnx.load(str(optimised)).graph.node)
+    # the stem, two convs in each of the two blocks, the second block's shortcut; two adds
+    assert (ops["QLinearConv"], ops["QLinearAdd"]) == (6, 2), ops
+    assert ops["Conv"] == ops["Add"] == 0, ops
 
 
 @pytest.mark.parametrize(("weights", "qat"), [("int8", None), ("int4", "int4")])
