@@ -120,6 +120,16 @@ TARGETS = (
 )  # fmt: skip
 
 
+def by_method(rows: list[Row]) -> dict[str, str]:
+    """{method: the name of its candidate most accurate on validation (ties: the smaller shipped
+    file, then the name)} over the candidate rows, methods in the order they first appear."""
+    candidates = [r for r in rows if r["role"] == "candidate"]
+    return {
+        method: best([r for r in candidates if r["method"] == method], BY_SIZE)["name"]
+        for method in dict.fromkeys(r["method"] for r in candidates)
+    }
+
+
 def choose_target(target: Target, candidates: list[Row], teacher: Row) -> dict[str, Any]:
     """The best candidate meeting target on validation, and whether it still holds on test.
 

@@ -47,12 +47,16 @@ from squeeze.measure.stats import compare, paired_table
 from squeeze.methods.quantize import calibration_images
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
+from squeeze.registry.card import git_dirty, git_revision
 from stages.quantize import fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
 DEFAULT = "default"  # the profile name of params.yaml as committed
 SPLITS = ("val", "test")
 ALPHA = 0.05  # significance level of every paired verdict
+# Whole interleaved timings of every row per benchmark, fixed before any was read: a row's p50 is
+# the median of its REPEATS p50s, and the spread of the repeats is reported beside it.
+REPEATS = 5
 
 
 @dataclass
@@ -80,10 +84,15 @@ class Bench:
 
     def time_all(self) -> None:
         """Every row's batch-1 latency, all files timed together in interleaved rounds
-        (squeeze.measure.runtime.latencies), once every row is built."""
-        timed = latencies(self.paths, self.splits["val"].images[0], self.cfg)
+        (squeeze.measure.runtime.latencies), REPEATS times once every row is built: p50 and p95
+        are the medians over the repeats, `latency_ms_p50_repeats` the REPEATS p50s (ms)."""
+        timed = [latencies(self.paths, self.splits["val"].images[0], self.cfg)
+                 for _ in range(REPEATS)]  # fmt: skip
         for row in self.rows:
-            row |= timed[row["name"]]
+            repeats = {k: [t[row["name"]][k] for t in timed]
+                       for k in ("latency_ms_p50", "latency_ms_p95")}  # fmt: skip
+            row |= {k: round(float(np.median(v)), 4) for k, v in repeats.items()}
+            row["latency_ms_p50_repeats"] = repeats["latency_ms_p50"]
 
 
 def torch_classes(model: nn.Module, images: np.ndarray) -> np.ndarray:
@@ -212,6 +221,13 @@ def comparisons(
     return [paired(bench, *pair, split) for pair in pairs for split in SPLITS]
 
 
+def speedup_range(row: dict[str, Any], teacher: dict[str, Any]) -> list[float]:
+    """[lowest, highest] teacher p50 ÷ row p50 over the repeats (each ratio within one repeat)."""
+    ratios = [t / r for t, r in zip(teacher["latency_ms_p50_repeats"],
+                                    row["latency_ms_p50_repeats"], strict=True)]  # fmt: skip
+    return [round(min(ratios), 3), round(max(ratios), 3)]
+
+
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with their size and latency ratios to the teacher and, for a peer, squeeze ÷ peer."""
     teacher = next(r for r in rows if r["name"] == "teacher")
@@ -221,6 +237,7 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r = {**r, "shipped_ratio": round(choose.shipped_ratio(r, teacher), 3),
              "onnx_ratio": round(choose.onnx_ratio(r, teacher), 3),
              "speedup_p50": round(choose.speedup(r, teacher), 3),
+             "speedup_p50_range": speedup_range(r, teacher),
              "macs_ratio": round(choose.macs_ratio(r, teacher), 3)}  # fmt: skip
         if r["role"] == "peer":
             ours = by_name[r["compared_with"]]
@@ -325,14 +342,20 @@ def results(
         "command": command,
         "profile": profile,
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        # the code that built the models; RESULTS' hand-written notes carry it (notes_commit)
+        "commit": git_revision(root),
+        "dirty": git_dirty(root),
         "machine": machine(),
         "evaluate": params.evaluate.model_dump(mode="json"),
+        "latency_repeats": REPEATS,
         "choose_split": choose.CHOOSE,
         "report_split": choose.REPORT,
         "teacher_training": teacher_training(ws, params),
         "models": rows,
         "comparisons": compared,
         "targets": targets(rows),
+        "by_method": choose.by_method(rows),
+        "network": params.train_teacher.arch.model_dump(mode="json"),
         "gate": gate_choice(ws, params),
         "noop": noop_timings(root) if noop else [],
     }
@@ -346,9 +369,18 @@ def write(data: dict[str, Any], out: Path, json_path: Path, readme: Path | None)
     out.write_text(text)
     write_json(json_path, data)
     if readme is not None:
-        body = report.readme_figures(data)
-        readme.write_text(report.replace_section(readme.read_text(), report.README_SECTION, body))
+        text_of_readme = report.replace_section(
+            readme.read_text(), report.README_SECTION, report.readme_figures(data)
+        )
+        methods = report.methods_by_network(committed_results(json_path.parent))
+        readme.write_text(report.replace_section(text_of_readme, report.METHODS_SECTION, methods))
     return text
+
+
+def committed_results(folder: Path) -> list[dict[str, Any]]:
+    """Every benchmark's results in folder (results.json first, then results-*.json by name)."""
+    paths = sorted(folder.glob("results*.json"), key=lambda p: (p.name != "results.json", p.name))
+    return [read_json(path) for path in paths]
 
 
 def main(argv: list[str] | None = None) -> None:

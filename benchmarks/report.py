@@ -6,6 +6,7 @@ both rendered from the same results dict, so the three never disagree.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from benchmarks.choose import REPORT
@@ -28,6 +29,13 @@ def with_ci(row: Row, split: str) -> str:
     return f"{pct(row[f'{split}_accuracy'])} [{pct(low)}, {pct(high)}]"
 
 
+def speedup(row: Row) -> str:
+    """'2.07× (1.95–2.10)': the speed-up of the median p50s, with the lowest and highest of the
+    repeats' own speed-ups (benchmarks.compare.REPEATS)."""
+    low, high = row["speedup_p50_range"]
+    return f"{row['speedup_p50']:.2f}× ({low:.2f}–{high:.2f})"
+
+
 def by_name(results: Results) -> dict[str, Row]:
     return {r["name"]: r for r in results["models"]}
 
@@ -47,7 +55,7 @@ def models_table(results: Results) -> list[str]:
             f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | {r['size_bytes']:,} | "
             f"{r['shipped_bytes']:,} | {r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | "
             f"{r['nonzero_params']:,} | {r['macs']:,} | {r['latency_ms_p50']:.4f} | "
-            f"{r['latency_ms_p95']:.4f} | {r['speedup_p50']:.2f}× | {r['throughput']:,.0f} |"
+            f"{r['latency_ms_p95']:.4f} | {speedup(r)} | {r['throughput']:,.0f} |"
         )
     return out
 
@@ -156,7 +164,7 @@ def targets_table(results: Results) -> list[str]:
         out.append(
             f"| {g['label']} | met | {r['name']} | {pct(r['val_accuracy'])} | "
             f"{with_ci(r, REPORT)} | {(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
-            f"{r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | {r['speedup_p50']:.2f}× | "
+            f"{r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | {speedup(r)} | "
             f"{r['macs_ratio']:.2f}× | {'yes' if g['holds_on_test'] else 'no'} |"
         )
     return out
@@ -189,11 +197,16 @@ def header(results: Results, json_name: str) -> list[str]:
         f"Command: `{results['command']}` ({results.get('profile', 'default')} params). It "
         "regenerates this file and "
         f"`{json_name}` (the same figures, one record per model). "
-        f"Machine: {results['machine']}.",
+        f"Machine: {results['machine']}. The models were built by commit {results['commit']}"
+        f"{' with uncommitted changes' if results['dirty'] else ''}.",
         f"Measured {results['measured']}, all rows in one process, onnxruntime with "
         f"{ev['threads']} thread(s), batch-1 latency over {ev['runs']} runs after "
         f"{ev['warmup']} warm-up runs, in {ev['rounds']} interleaved rounds (each round times "
-        "every row in turn, so a slow spell of the machine falls on all rows alike).",
+        "every row in turn, so a slow spell of the machine falls on all rows alike); the whole "
+        f"timing is repeated {results['latency_repeats']} times (a number fixed before any was "
+        "read). p50 and p95 are the medians over the repeats; a speed-up is the teacher's "
+        "median p50 ÷ the row's, followed by the lowest and highest of the repeats' own "
+        "speed-ups. A latency target is judged on that median.",
         "",
         "Every choice reads validation, every figure reported is test: the int8 candidate "
         "the quantization peers stand against and each target's row are the highest validation "
@@ -268,6 +281,17 @@ def results_md(
     lines += ["", ANCHORS]
     text = "\n".join(lines) + "\n"
     return text + ("\n" + notes.rstrip("\n") + "\n" if notes else "")
+
+
+NOTES_COMMIT = re.compile(r"<!-- notes checked against the results of commit ([0-9a-f]{40}) -->")
+
+
+def notes_commit(text: str) -> str | None:
+    """The commit whose results a RESULTS file's hand-written notes were last checked against
+    (its NOTES_COMMIT line), or None when they carry none. A test fails when it is not the
+    commit of the figures above them, so regenerated figures cannot leave stale notes behind."""
+    found = NOTES_COMMIT.search(text.partition(NOTES_MARKER)[2])
+    return found.group(1) if found else None
 
 
 def kept_notes(previous: str) -> str:
@@ -346,7 +370,7 @@ def model_rows(results: Results) -> list[str]:
         r = rows[g["chosen"]]
         out.append(
             f"| {label}: `{r['name']}` | {with_ci(r, REPORT)} %, {r['shipped_bytes']:,} B shipped "
-            f"({r['shipped_ratio']:.1f}× smaller), {r['speedup_p50']:.2f}× lower p50 latency"
+            f"({r['shipped_ratio']:.1f}× smaller), {speedup(r)} lower p50 latency"
             f"{'' if g['holds_on_test'] else ' (does not hold on test)'} |"
         )
     return out
@@ -398,6 +422,49 @@ def readme_figures(results: Results) -> str:
     table = ["| figure | on test |", "| --- | --- |", *model_rows(results),
              *distillation_row(results), *peers_row(results)]  # fmt: skip
     return "\n".join([*readme_intro(results), "", *table]) + "\n"
+
+
+METHODS_SECTION = "## What each method buys"
+
+
+def network(results: Results) -> str:
+    """The teacher's network as its params name it: 'examples.user_models.ResNet' or
+    'the built-in convnet'."""
+    arch = results["network"]
+    return f"`{arch['class_path']}`" if "class_path" in arch else f"the built-in {arch['name']}"
+
+
+def methods_rows(results: Results) -> list[str]:
+    """One row per compression method of one benchmark: the candidate benchmarks.choose.by_method
+    chose for it on validation, with that row's test drop, size and speed-up."""
+    rows = by_name(results)
+    t = rows["teacher"]
+    out = []
+    for method, name in results["by_method"].items():
+        r = rows[name]
+        out.append(
+            f"| {network(results)} ({results['profile']} params) | {method} | `{r['name']}` | "
+            f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
+            f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
+        )
+    return out
+
+
+def methods_by_network(all_results: list[Results]) -> str:
+    """The body of README's 'What each method buys' section: for every committed benchmark
+    (benchmarks/results*.json), each method's candidate chosen on validation and its test
+    figures against that run's teacher."""
+    return "\n".join([
+        "Each method's candidate most accurate on validation, per network, from the committed",
+        "benchmarks (`benchmarks/results*.json`, each regenerated by the command in its",
+        "RESULTS file; this section by `benchmarks.compare --readme README.md`). Δ is test points",
+        "against that network's teacher; a speed-up below 1× is slower than the fp32 teacher;",
+        "the brackets hold the lowest and highest of the repeated timings.",
+        "",
+        "| network | method | candidate | Δ test pts | teacher shipped ÷ shipped | speed-up p50 |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(row for results in all_results for row in methods_rows(results)),
+    ]) + "\n"  # fmt: skip
 
 
 def replace_section(text: str, heading: str, body: str) -> str:

@@ -202,6 +202,7 @@ def fake_results() -> dict[str, Any]:
             "shipped_ratio": 1000 / r["shipped_bytes"],
             "onnx_ratio": 1000 / r["shipped_bytes"],
             "speedup_p50": 0.2 / r["latency_ms_p50"],
+            "speedup_p50_range": [0.19 / r["latency_ms_p50"], 0.21 / r["latency_ms_p50"]],
             "macs_ratio": 1.0,
         }
     comparison = {
@@ -219,6 +220,8 @@ def fake_results() -> dict[str, Any]:
     }
     return {
         "command": "python -m benchmarks.compare", "measured": "now", "machine": "test",
+        "commit": "0" * 40, "dirty": False, "latency_repeats": 3, "profile": "default",
+        "network": {"name": "convnet"}, "by_method": {"m": "cand"},
         "evaluate": {"threads": 1, "runs": 10, "rounds": 2, "warmup": 1},
         "teacher_training": {"train_seconds": 1.0, "epochs": 1, "parameters": 100, "threads": 1},
         "models": rows, "comparisons": [comparison],
@@ -277,7 +280,7 @@ def test_readme_figures_say_when_a_target_does_not_hold_and_what_distillation_ad
     distill = peer | {"method": "distillation", "b": "teacher", "p_value": 0.0, "better": True}
     results["comparisons"] = [peer | {"split": "val"}, distill, peer]
     figures = report.readme_figures(results)
-    assert "2.00× lower p50 latency (does not hold on test) |" in figures
+    assert "2.00× (1.90–2.10) lower p50 latency (does not hold on test) |" in figures
     assert (
         "| distillation: `cand` vs `teacher` (same student, labels alone) | +1.00 points "
         "[-0.20, +2.20], McNemar p < 1e-06, Holm p < 2e-06: cand more accurate |"

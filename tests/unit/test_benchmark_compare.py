@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from benchmarks import compare, report
+from benchmarks import choose, compare, report
 from squeeze.config.params import Params
 from squeeze.config.sections import (
     ConvNetArch,
@@ -79,6 +80,12 @@ def measured(bench_ws: tuple[Workspace, Params], tmp_path_factory: pytest.TempPa
 
 def test_every_row_is_measured_on_both_splits_with_intervals(measured: tuple) -> None:
     rows, _ = measured
+    for r in rows:  # timed REPEATS times; p50 is the median of the repeats, their spread kept
+        repeats = r["latency_ms_p50_repeats"]
+        assert len(repeats) == compare.REPEATS
+        assert r["latency_ms_p50"] == round(float(np.median(repeats)), 4)
+        low, high = r["speedup_p50_range"]
+        assert low <= r["speedup_p50"] <= high
     names = [r["name"] for r in rows]
     assert names == ["teacher", "sp50", "int8", "soup", "ens", "soup/best_ingredient",
                      "soup/uniform_soup", "anchor_random_mask50",
@@ -137,6 +144,9 @@ def test_outputs_are_written_from_one_results_dict(
     rows, compared = measured
     data: dict[str, Any] = {
         "command": compare.COMMAND, "measured": "now", "machine": "test",
+        "commit": "0" * 40, "dirty": True, "latency_repeats": compare.REPEATS,
+        "profile": "default", "network": {"name": "convnet"},
+        "by_method": choose.by_method(rows),
         "evaluate": bench_ws[1].evaluate.model_dump(), "choose_split": "val",
         "report_split": "test",
         "teacher_training": {"train_seconds": 1.0, "epochs": 1, "parameters": 1, "threads": 1},
@@ -144,13 +154,17 @@ def test_outputs_are_written_from_one_results_dict(
     }  # fmt: skip
     out, js, readme = tmp_path / "RESULTS.md", tmp_path / "results.json", tmp_path / "README.md"
     out.write_text("# old\n\n## Budgets\n\nby hand\n")
-    readme.write_text("# x\n\n## Figures\n\nold\n\n## Development\n")
+    readme.write_text("# x\n\n## Figures\n\nold\n\n## What each method buys\n\nold\n\n## Dev\n")
     text = compare.write(data, out, js, readme)
     assert [r["name"] for r in read_json(js)["models"]] == [r["name"] for r in rows]
     assert "| ensemble | ens |" in text and "| soup | soup | soup/uniform_soup | test |" in text
     assert text.startswith("# Benchmark results") and text.endswith("## Budgets\n\nby hand\n")
     assert f"`{compare.COMMAND}`" in text
     assert "## Figures\n\n" + report.readme_figures(data) in readme.read_text()
+    methods = readme.read_text().partition("## What each method buys\n\n")[2]
+    assert methods.startswith(report.methods_by_network([read_json(js)]))
+    assert "| the built-in convnet (default params) | prune_unstructured | `sp50` |" in methods
+    assert "with uncommitted changes" in text  # the header names the commit that built them
 
 
 def test_distillation_is_compared_with_its_twin_without_soft_targets(
@@ -182,6 +196,27 @@ def test_readme_figures_are_what_the_generator_writes_from_results_json() -> Non
     readme = (PROJECT / "README.md").read_text()
     body = report.readme_figures(results)
     assert report.replace_section(readme, report.README_SECTION, body) == readme
+
+
+def test_readme_says_what_each_method_buys_on_each_network_from_the_committed_results() -> None:
+    readme = (PROJECT / "README.md").read_text()
+    body = report.methods_by_network(compare.committed_results(PROJECT / "benchmarks"))
+    assert report.replace_section(readme, report.METHODS_SECTION, body) == readme
+    for network in ("the built-in convnet (default params)", "`examples.user_models.ResNet`"):
+        assert f"| {network}" in body
+
+
+@pytest.mark.parametrize("name", ["", "-resnet"])
+def test_hand_written_notes_were_checked_against_the_figures_above_them(name: str) -> None:
+    """RESULTS' notes name the commit whose results they were checked against; regenerating the
+    figures (a new commit) fails here until a person re-reads the notes and updates the line."""
+    results = read_json(PROJECT / "benchmarks" / f"results{name}.json")
+    text = (PROJECT / "benchmarks" / f"RESULTS{name}.md").read_text()
+    assert results["dirty"] is False, "benchmark a committed tree"
+    assert report.notes_commit(text) == results["commit"], (
+        f"benchmarks/RESULTS{name}.md: its notes were checked against other figures; re-read "
+        f"them and set their '<!-- notes checked ... -->' line to {results['commit']}"
+    )
 
 
 def test_readme_figures_table_has_six_rows() -> None:
