@@ -303,8 +303,7 @@ class QuantizeParams(Section):
     fp32_first_layer: bool = Field(
         description="Keep the weight layers the pixels enter first in fp32 (DoReFa-Net and PACT "
         "do so for accuracy). On 1-channel images also for speed: onnxruntime's int8 kernel for "
-        "a 1-input-channel conv is slow; teacher_ch50_sp70's int8 export ran 4.89× faster than "
-        "the teacher with it quantized, 5.95× with it fp32 (batch 1, issue 12)."
+        "a 1-input-channel conv is slower than its fp32 kernel."
     )
 
     @model_validator(mode="after")

@@ -447,3 +447,24 @@ def test_a_profile_replaces_whole_the_keys_it_lists(tmp_path: Path) -> None:
     (tmp_path / "profiles" / "mine.yaml").write_text(yaml.safe_dump(overlay))
     with pytest.raises(ParamsError, match="replace names 'gate.policy', which the profile does"):
         apply_profile(tmp_path, "mine")
+
+
+MEASURED = re.compile(r"\d+\.\d+ ?(×|%|ms|s\b)|\d+× faster")
+
+
+def descriptions(schema: object) -> list[str]:
+    """Every "description" anywhere in a JSON schema."""
+    if isinstance(schema, dict):
+        found = [schema["description"]] if isinstance(schema.get("description"), str) else []
+        return found + [d for value in schema.values() for d in descriptions(value)]
+    if isinstance(schema, list):
+        return [d for value in schema for d in descriptions(value)]
+    return []
+
+
+def test_the_schema_carries_no_measured_figure() -> None:
+    """Descriptions are the UI form's help text; a measured ratio, accuracy or time there would
+    go stale when the code or data changes. Figures live in benchmarks/RESULTS*.md."""
+    texts = descriptions(Params.model_json_schema())
+    assert len(texts) > 50
+    assert [t for t in texts if MEASURED.search(t)] == []
