@@ -17,8 +17,9 @@ from squeeze.config.workspace import Workspace
 from squeeze.data.splits import load_split
 from squeeze.methods import MethodData
 from squeeze.methods.distill import distill
-from squeeze.nets.models import count_params, load_checkpoint, save_checkpoint
-from stages.candidate import base_record, candidate, fresh_folder, main_for, resume_key
+from squeeze.nets.models import load_checkpoint
+from stages.candidate import base_record, candidate, main_for, resume_key
+from stages.trained import save_trained
 
 STAGE = "distill"
 
@@ -33,16 +34,7 @@ def run(root: Path, params: Params, name: str) -> None:
     start = time.perf_counter()
     data = MethodData(load_split(ws.split("train")), load_split(ws.split("val")))
     result = distill(teacher, cfg, data, state_path=state)
-    student, history = result.model, result.history
-    record |= {
-        "format": "safetensors",
-        "parameters": count_params(student),
-        "val_accuracy": history[-1]["val_accuracy"],
-        "history": history,
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
-    with fresh_folder(ws.model(name)) as folder:
-        save_checkpoint(student, folder, record)
+    save_trained(ws, name, result.model, record, result.history, start)
     state.unlink(missing_ok=True)
 
 

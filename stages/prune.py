@@ -22,8 +22,9 @@ from squeeze.config.workspace import Workspace
 from squeeze.data.splits import load_split
 from squeeze.methods import MethodData
 from squeeze.methods.prune import PruningError, prune
-from squeeze.nets.models import count_params, load_checkpoint, save_checkpoint
-from stages.candidate import base_record, candidate, fresh_folder, main_for
+from squeeze.nets.models import load_checkpoint
+from stages.candidate import base_record, candidate, main_for
+from stages.trained import save_trained
 
 STAGE = "prune"
 TEACHER = "teacher"  # what fine-tuning distils from, whatever the upstream
@@ -42,17 +43,9 @@ def run(root: Path, params: Params, name: str) -> None:
         result = prune(model, cfg, data)
     except PruningError as err:
         raise PruningError(f"params.yaml prune.{name}: {err}") from err
-    pruned, history = result.model, result.history
-    record = base_record(ws, name, f"prune_{cfg.kind}", [cfg.upstream], cfg) | {
-        "format": "safetensors",
-        "parameters": count_params(pruned),
-        **result.record,  # parameters_before, sparsity, sparsity_over, channels_removed, layers
-        "val_accuracy": history[-1]["val_accuracy"],
-        "history": history,
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
-    with fresh_folder(ws.model(name)) as folder:
-        save_checkpoint(pruned, folder, record)
+    # result.record: parameters_before, sparsity, sparsity_over, channels_removed, layers
+    record = base_record(ws, name, f"prune_{cfg.kind}", [cfg.upstream], cfg) | result.record
+    save_trained(ws, name, result.model, record, result.history, start)
 
 
 def main() -> None:
