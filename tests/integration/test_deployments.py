@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prefect.exceptions import PrefectHTTPStatusError
 
 from squeeze.config.files import load_params, merge
 from squeeze.config.params import COMPRESSION_STAGES, Params, validate
@@ -433,7 +434,8 @@ def test_prefect_deploy_all_onto_a_process_pool_and_a_worker_runs_in_the_workspa
 
     (workspace / "infra").mkdir()
     (workspace / "infra" / "prefect.yaml").write_text((INFRA / "prefect.yaml").read_text())
-    run(["prefect", "work-pool", "create", "squeeze", "--type", "process"], workspace)
+    run(["prefect", "work-pool", "create", "squeeze", "--type", "process", "--base-job-template",
+         str(INFRA / "process-pool.json")], workspace)  # fmt: skip
     out = run(
         ["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
         workspace,
@@ -471,6 +473,14 @@ def test_prefect_deploy_all_onto_a_process_pool_and_a_worker_runs_in_the_workspa
     assert "ingest.source: /nonexistent/fmnist is not a folder" in state.message
     assert load_params(workspace).ingest.source == "/nonexistent/fmnist"  # it ran in workspace
     assert outputs(workspace) == []
+
+    # the pool's template (infra/process-pool.json) gives a run no job variable that could move
+    # the workspace, widen the allow-lists or change the command: the API refuses such a run
+    refused = pytest.raises(PrefectHTTPStatusError, match="422")
+    for variables in ({"env": {"SQUEEZE_WORKSPACE": "/tmp"}}, {"command": "sh -c id"},
+                      {"working_dir": "/tmp"}):  # fmt: skip
+        with get_client(sync_client=True) as client, refused:
+            client.create_flow_run_from_deployment(manual.id, job_variables=variables)
 
 
 class _Receiver(BaseHTTPRequestHandler):
