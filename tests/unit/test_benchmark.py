@@ -287,3 +287,22 @@ def test_readme_figures_say_when_a_target_does_not_hold_and_what_distillation_ad
     ) in figures
     with pytest.raises(ValueError, match="no '## Figures' section"):
         report.replace_section("# nothing\n", "## Figures", "x")
+
+
+def test_the_results_name_the_commit_and_whether_code_differed_from_it(tmp_path: Path) -> None:
+    """A profile rewrites params.yaml and dvc.yaml (the run's configuration, recorded beside the
+    figures); any other tracked change means the commit alone did not build the models."""
+    from benchmarks.compare import code_changed
+    from tests.conftest import run
+
+    assert code_changed(tmp_path) is None  # outside git
+    for name in ("params.yaml", "dvc.yaml", "train.py"):
+        (tmp_path / name).write_text("a\n")
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "."], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], tmp_path)
+    (tmp_path / "params.yaml").write_text("b\n")
+    (tmp_path / "dvc.yaml").write_text("b\n")
+    assert code_changed(tmp_path) is False
+    (tmp_path / "train.py").write_text("b\n")
+    assert code_changed(tmp_path) is True
