@@ -228,6 +228,15 @@ def speedup_range(row: dict[str, Any], teacher: dict[str, Any]) -> list[float]:
     return [round(min(ratios), 3), round(max(ratios), 3)]
 
 
+def latency_over_peer(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """squeeze p50 ÷ peer p50 (medians over the repeats) and [lowest, highest] of that ratio
+    within each repeat: a range that holds 1 is a tie on this machine."""
+    ratios = [o / p for o, p in zip(ours["latency_ms_p50_repeats"],
+                                    peer["latency_ms_p50_repeats"], strict=True)]  # fmt: skip
+    return {"latency_ms_p50": round(ours["latency_ms_p50"] / peer["latency_ms_p50"], 4),
+            "latency_ms_p50_range": [round(min(ratios), 4), round(max(ratios), 4)]}  # fmt: skip
+
+
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with their size and latency ratios to the teacher and, for a peer, squeeze ÷ peer."""
     teacher = next(r for r in rows if r["name"] == "teacher")
@@ -242,9 +251,8 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["role"] == "peer":
             ours = by_name[r["compared_with"]]
             r["squeeze_over_peer"] = {
-                k: round(ours[k] / r[k], 4)
-                for k in ("shipped_bytes", "size_bytes", "latency_ms_p50")
-            }
+                k: round(ours[k] / r[k], 4) for k in ("shipped_bytes", "size_bytes")
+            } | latency_over_peer(ours, r)
         out.append(r)
     return out
 

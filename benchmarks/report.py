@@ -132,16 +132,17 @@ def peers_table(results: Results) -> list[str]:
     out = [
         "| peer | built as | squeeze candidate (chosen on validation) "
         "| shipped bytes squeeze ÷ peer | .onnx bytes squeeze ÷ peer "
-        "| p50 latency squeeze ÷ peer |",
+        "| p50 latency squeeze ÷ peer (lowest–highest of the repeats) |",
         "|---|---|---|---|---|---|",
     ]
     for r in results["models"]:
         if r["role"] != "peer":
             continue
         ratio = r["squeeze_over_peer"]
+        low, high = ratio["latency_ms_p50_range"]
         out.append(
             f"| {r['name']} | {r['built']} | {r['compared_with']} | {ratio['shipped_bytes']:.2f} | "
-            f"{ratio['size_bytes']:.2f} | {ratio['latency_ms_p50']:.2f} |"
+            f"{ratio['size_bytes']:.2f} | {ratio['latency_ms_p50']:.2f} ({low:.2f}–{high:.2f}) |"
         )
     return out
 

@@ -194,7 +194,8 @@ def fake_results() -> dict[str, Any]:
         "role": "peer",
         "compared_with": "cand",
         "built": "default settings",
-        "squeeze_over_peer": {"shipped_bytes": 0.5, "size_bytes": 0.5, "latency_ms_p50": 1.0},
+        "squeeze_over_peer": {"shipped_bytes": 0.5, "size_bytes": 0.5, "latency_ms_p50": 1.0,
+                              "latency_ms_p50_range": [0.9, 1.1]},
     }
     rows = [teacher, cand, peer]
     for r in rows:
@@ -243,7 +244,7 @@ def test_report_shows_intervals_comparisons_and_keeps_the_notes() -> None:
     assert "+1.00 [-0.20, +2.20] | 0.12 | 0.12 | no significant difference" in text  # Holm p
     assert "(1 on test)" in text  # the family Holm adjusts over
     assert "| small | met | cand |" in text and "| fast | missed |" in text
-    assert "| peer_x | default settings | cand | 0.50 |" in text
+    assert "| peer_x | default settings | cand | 0.50 | 0.50 | 1.00 (0.90–1.10) |" in text
     assert "stale" not in text and text.endswith("## Budgets\n\nhand-measured: 19 min\n")
     assert report.kept_notes(text) == notes  # a second regeneration keeps them unchanged
 
