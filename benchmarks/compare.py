@@ -221,18 +221,22 @@ def comparisons(
     return [paired(bench, *pair, split) for pair in pairs for split in SPLITS]
 
 
+def repeat_ratios(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """Row a's p50 ÷ row b's p50 within each repeat of the timing (Bench.time_all)."""
+    return [x / y for x, y in zip(a["latency_ms_p50_repeats"], b["latency_ms_p50_repeats"],
+                                  strict=True)]  # fmt: skip
+
+
 def speedup_range(row: dict[str, Any], teacher: dict[str, Any]) -> list[float]:
     """[lowest, highest] teacher p50 ÷ row p50 over the repeats (each ratio within one repeat)."""
-    ratios = [t / r for t, r in zip(teacher["latency_ms_p50_repeats"],
-                                    row["latency_ms_p50_repeats"], strict=True)]  # fmt: skip
+    ratios = repeat_ratios(teacher, row)
     return [round(min(ratios), 3), round(max(ratios), 3)]
 
 
 def latency_over_peer(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
     """squeeze p50 ÷ peer p50 (medians over the repeats) and [lowest, highest] of that ratio
     within each repeat: a range that holds 1 is a tie on this machine."""
-    ratios = [o / p for o, p in zip(ours["latency_ms_p50_repeats"],
-                                    peer["latency_ms_p50_repeats"], strict=True)]  # fmt: skip
+    ratios = repeat_ratios(ours, peer)
     return {"latency_ms_p50": round(ours["latency_ms_p50"] / peer["latency_ms_p50"], 4),
             "latency_ms_p50_range": [round(min(ratios), 4), round(max(ratios), 4)]}  # fmt: skip
 
