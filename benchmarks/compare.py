@@ -52,11 +52,25 @@ from stages.quantize import fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
 DEFAULT = "default"  # the profile name of params.yaml as committed
+# what a profile's data needs before its run (profiles/<name>.yaml names the data it reads)
+PROFILE_DATA = {"resnet": "python -m examples.fmnist_imagefolder datasets/fmnist-rgb32 --rgb32"}
+
 SPLITS = ("val", "test")
 ALPHA = 0.05  # significance level of every paired verdict
 # Whole interleaved timings of every row per benchmark, fixed before any was read: a row's p50 is
 # the median of its REPEATS p50s, and the spread of the repeats is reported beside it.
 REPEATS = 5
+
+
+def command_for(profile: str) -> str:
+    """The command that reproduces a profile's benchmark from a fresh clone, for its report."""
+    if profile == DEFAULT:
+        return COMMAND
+    data = f"{PROFILE_DATA[profile]} && " if profile in PROFILE_DATA else ""
+    return (f"make setup && . .venv/bin/activate && {data}squeeze profile {profile} && "
+            f"squeeze run && python -m benchmarks.compare --profile {profile} "
+            f"--out benchmarks/RESULTS-{profile}.md "
+            f"--json benchmarks/results-{profile}.json")  # fmt: skip
 
 
 @dataclass
@@ -418,11 +432,14 @@ def main(argv: list[str] | None = None) -> None:
         "--profile", default=DEFAULT, help="the profile the workspace ran, for the report"
     )
     p.add_argument(
-        "--command", default=COMMAND, help="the command that reproduces it, for the report"
+        "--command",
+        default=None,
+        help="the command that reproduces it, for the report (default: command_for(profile))",
     )
     args = p.parse_args(argv)
     root = Path(args.workspace).resolve()
-    data = results(root, load_params(root), args.noop, args.profile, args.command)
+    command = args.command or command_for(args.profile)
+    data = results(root, load_params(root), args.noop, args.profile, command)
     readme = Path(args.readme) if args.readme else None
     print(write(data, Path(args.out), Path(args.json), readme))
 

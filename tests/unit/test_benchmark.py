@@ -307,3 +307,10 @@ def test_the_results_name_the_commit_and_whether_code_differed_from_it(tmp_path:
     assert code_changed(tmp_path) is False
     (tmp_path / "train.py").write_text("b\n")
     assert code_changed(tmp_path) is True
+
+
+def test_each_committed_benchmark_names_the_command_that_regenerates_it() -> None:
+    from benchmarks.compare import command_for, committed_results
+
+    for results in committed_results(Path(__file__).resolve().parents[2] / "benchmarks"):
+        assert results["command"] == command_for(results["profile"])
