@@ -194,8 +194,12 @@ def fake_results() -> dict[str, Any]:
         "role": "peer",
         "compared_with": "cand",
         "built": "default settings",
-        "squeeze_over_peer": {"shipped_bytes": 0.5, "size_bytes": 0.5, "latency_ms_p50": 1.0,
-                              "latency_ms_p50_range": [0.9, 1.1]},
+        "squeeze_over_peer": {
+            "shipped_bytes": 0.5,
+            "size_bytes": 0.5,
+            "latency_ms_p50": 1.0,
+            "latency_ms_p50_range": [0.9, 1.1],
+        },
     }
     rows = [teacher, cand, peer]
     for r in rows:
