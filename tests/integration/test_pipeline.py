@@ -180,7 +180,7 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     # new data at the source: once ingested, every stage downstream of the data is stale (a
     # full rebuild from new data in both entry points: test_reproducible, test_ingest)
     shuffle_training_files(source)
-    assert ran_stages(run(["dvc", "repro", "ingest"], workspace).stdout) == ["source", "ingest"]
+    assert ran_stages(run(["dvc", "repro", "ingest"], workspace).stdout) == ["ingest"]
     stale = json.loads(run(["dvc", "status", "--json"], workspace).stdout)
     rebuilt = set(current) - {"source", "production", "ingest"}  # kd_small_ch50_int8 was removed
     assert set(stale) - set(STAMPS) == rebuilt
