@@ -47,7 +47,7 @@ from squeeze.measure.stats import compare, paired_table
 from squeeze.methods.quantize import calibration_images
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
-from squeeze.registry.card import git, git_revision
+from squeeze.registry.card import git_dirty, git_revision
 from stages.quantize import fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
@@ -331,15 +331,6 @@ def noop_timings(root: Path) -> list[dict[str, Any]]:
 RUN_CONFIGURATION = ("params.yaml", "dvc.yaml")  # a profile rewrites both; results record it
 
 
-def code_changed(root: Path) -> bool | None:
-    """Whether a tracked file other than RUN_CONFIGURATION differs from the commit in the
-    workspace at root (None outside git): then the commit alone does not say what built it."""
-    status = git(root, "status", "--porcelain", "--untracked-files=no")
-    if status is None:
-        return None
-    return any(line.split(maxsplit=1)[1] not in RUN_CONFIGURATION for line in status.splitlines())
-
-
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
@@ -382,7 +373,7 @@ def results(
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         # the code that built the models; RESULTS' hand-written notes carry it (notes_commit)
         "commit": git_revision(root),
-        "dirty": code_changed(root),
+        "dirty": git_dirty(root, ignore=RUN_CONFIGURATION),
         "machine": machine(),
         "evaluate": params.evaluate.model_dump(mode="json"),
         "latency_repeats": REPEATS,

@@ -114,14 +114,17 @@ def git_revision(root: Path) -> str:
     return git(root, "rev-parse", "HEAD") or "unknown"
 
 
-def git_dirty(root: Path) -> bool | None:
-    """Whether tracked files differ from HEAD (params.yaml edited, code changed): the revision
-    alone then does not say what built the model. None outside git. Untracked files and what git
-    ignores (DVC's outputs) do not count."""
+def git_dirty(root: Path, ignore: tuple[str, ...] = ()) -> bool | None:
+    """Whether tracked files other than the paths in `ignore` differ from HEAD (params.yaml
+    edited, code changed): the revision alone then does not say what built the model. None
+    outside git. Untracked files and what git ignores (DVC's outputs) do not count."""
     if git_revision(root) == "unknown":
         return None
     status = git(root, "status", "--porcelain", "--untracked-files=no")
-    return None if status is None else status != ""
+    if status is None:
+        return None
+    # each line is "XY PATH" (git() strips the first line's leading blank, so split, not slice)
+    return any(line.split(maxsplit=1)[1] not in ignore for line in status.splitlines())
 
 
 def file_sha256(path: Path) -> str | None:

@@ -297,8 +297,12 @@ def test_readme_figures_say_when_a_target_does_not_hold_and_what_distillation_ad
 def test_the_results_name_the_commit_and_whether_code_differed_from_it(tmp_path: Path) -> None:
     """A profile rewrites params.yaml and dvc.yaml (the run's configuration, recorded beside the
     figures); any other tracked change means the commit alone did not build the models."""
-    from benchmarks.compare import code_changed
+    from benchmarks.compare import RUN_CONFIGURATION
+    from squeeze.registry.card import git_dirty
     from tests.conftest import run
+
+    def code_changed(root: Path) -> bool | None:
+        return git_dirty(root, ignore=RUN_CONFIGURATION)
 
     assert code_changed(tmp_path) is None  # outside git
     for name in ("params.yaml", "dvc.yaml", "train.py"):
