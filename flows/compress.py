@@ -138,7 +138,8 @@ def build(dvc_stage: str, root: Path, params: Params, known: frozenset[str] | No
 
 @flow(name="retrain_and_compress", on_failure=[alert])
 def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> dict:
-    """Ingest → train_teacher → candidates → evaluate → gate → promote, skipping what is current.
+    """Ingest → train_teacher → search → candidates → evaluate → gate → promote, skipping what is
+    current.
 
     Args:
         params: the run's parameters; None uses the workspace's params.yaml. Given params are
@@ -175,10 +176,12 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             timed(seconds, stamp, build, root, params)
         known: frozenset[str] | None = stale_stages(root)  # None once a stage has run
         done: dict[str, bool] = {}
-        for name in ("ingest", "train_teacher"):
+        # the budget search runs here, one trial at a time: its trials share no state with the
+        # candidates, but they time latency, which builds running beside them would distort
+        for name in ("ingest", "train_teacher", "search"):
             done[name] = timed(seconds, name, build, root, params, known)
             known = None if done[name] else known
-        if remote:  # the workers' inputs: the data and the teacher
+        if remote:  # the workers' inputs: the data, the teacher and the search's recipes
             logger.info("pushed %d files to the DVC remote for the workers", push_remote(root))
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run
         # can choose threads or Dask like `squeeze run` does

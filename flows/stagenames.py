@@ -18,7 +18,7 @@ alert hook (flows.alerts) finds the failed ones among a run's task runs by them.
 # ~20 s to a smoke run, under 2% of a default one, whose builds take minutes.
 MODEL_STAGES: dict[str, int] = {
     "train_teacher": 4 * 3600, "distill": 4 * 3600, "prune": 4 * 3600, "merge": 4 * 3600,
-    "quantize": 3600,
+    "quantize": 3600, "search": 24 * 3600, "finalist": 4 * 3600,
 }  # fmt: skip
 # Stages that publish artifacts or retry I/O run inside the flow (the Prefect run context), as
 # the tasks of flows.in_process: the stage module's `run`, with a retry policy and artifacts.

@@ -31,8 +31,9 @@ from squeeze.registry.store import StoreError
 
 
 def candidate(params: Params, stage: str, name: str) -> Any:
-    """The params of candidate `name` under `stage`, or an error listing the names there."""
-    section = getattr(params, stage)
+    """The params of candidate `name` under `stage`, or an error listing the names there (a
+    search finalist's params are params.search, whatever its name)."""
+    section = params.section_of(stage)
     if name not in section:
         known = ", ".join(sorted(section)) or "none"
         raise KeyError(f"params.yaml {stage}: no candidate {name!r} (known: {known})")

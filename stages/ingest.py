@@ -41,13 +41,18 @@ def make_splits(
     full: dict[str, Split], cfg: IngestParams, rng: np.random.Generator
 ) -> dict[str, Split]:
     """train, val and test: the stratified subsets of the source's train and test splits
-    (ingest.train_per_class, test_per_class), val held out of train (ingest.val_fraction)."""
+    (ingest.train_per_class, test_per_class), val held out of train (ingest.val_fraction); and
+    with ingest.search_fraction, search held out of what is left of train, after val, so that
+    train, val and test are those of no search when it is 0."""
     train = subset(
         full["train"], stratified_indices(full["train"].labels, cfg.train_per_class, rng)
     )
     test = subset(full["test"], stratified_indices(full["test"].labels, cfg.test_per_class, rng))
     train, val = hold_out(train, cfg.val_fraction, rng)
-    return {"train": train, "val": val, "test": test}
+    if not cfg.search_fraction:
+        return {"train": train, "val": val, "test": test}
+    train, search = hold_out(train, cfg.search_fraction, rng)
+    return {"train": train, "val": val, "test": test, "search": search}
 
 
 def image_report(source: Source) -> dict[str, Any]:
@@ -93,6 +98,7 @@ def run(root: Path, params: Params) -> None:
             f"the training images from {source.location} are constant in a channel (std "
             f"{list(spec.std)}): a model cannot learn from them"
         )
+    ws.split("search").unlink(missing_ok=True)  # a search split of earlier params must not stay
     for name, split in splits.items():
         save_split(split, ws.split(name))
     # the snapshot is re-encoded from the decoded data: its bytes do not depend on how the

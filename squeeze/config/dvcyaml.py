@@ -1,10 +1,12 @@
-"""The parts of dvc.yaml written out from params.yaml and the code: the merge stages, and the
-code among every stage's deps.
+"""The parts of dvc.yaml written out from params.yaml and the code: the merge stages, the search
+finalists' stages, and the code among every stage's deps.
 
 A merge has any number of upstreams, and DVC's templating cannot put a list into `deps`
 (treeverse/dvc#8171: "Cannot interpolate data of type 'list'"), so merge cannot be a `foreach`
 like distill, prune and quantize. Its stages are generated instead, one per `merge.NAME`, named
-`merge-NAME`: `squeeze sync` writes them, `squeeze profile` and every flow run call it, and a stage
+`merge-NAME`; so are the budget search's finalists (search.finalists: `finalist-search_1` ...
+and `finalist-search_uniform`, which read the recipes the `search` stage wrote). `squeeze sync`
+writes them, `squeeze profile` and every flow run call it, and a stage
 run by `dvc repro` refuses a dvc.yaml that disagrees with params.yaml and names that command.
 
 A stage's code is every project file its stage module imports, directly or not (its import
@@ -29,7 +31,7 @@ import yaml
 from squeeze.config.allowlist import class_paths, workspace_packages
 from squeeze.config.errors import ParamsError
 from squeeze.config.imports import closures, module_file
-from squeeze.config.params import Params
+from squeeze.config.params import FINALIST, Params
 
 DVC_FILE = "dvc.yaml"
 # always_changed stages (dvc.yaml): they stamp what DVC cannot see, the data at the source and
@@ -37,32 +39,38 @@ DVC_FILE = "dvc.yaml"
 STAMPS = ("source", "production")
 STAGE_CMD = re.compile(r"^python -m (?P<module>stages\.[a-z_]+)\b")
 MERGE_CMD = "python -m stages.merge"
-# what a merge stage reads besides its code and its upstreams' model folders
+FINALIST_CMD = "python -m stages.finalist"
+# what a merge or finalist stage reads besides its code and the model folders it builds from
 MERGE_DATA = ["data/splits/train.safetensors", "data/splits/val.safetensors",
               "data/fingerprint.json"]  # fmt: skip
+SEARCH_OUT = "search/finalists.json"  # the search stage's recipes, which each finalist reads
 # the stages that build or load a model, so run the user's network code; merge-* besides
-CODE_STAGES = ("train_teacher", "distill", "prune", "quantize", "evaluate")
+CODE_STAGES = ("train_teacher", "search", "distill", "prune", "quantize", "evaluate")
 # deps dvc.yaml lists itself (what a stage reads besides code); sync writes every other dep
 OWN_DEPS = ("data/", "models", "exports", "metrics/")
-_STAGE_NAME = re.compile(r"^(?:merge-(?P<merged>.+)|(?P<stage>[a-z_]+)(?:@(?P<name>.+))?)$")
+_STAGE_NAME = re.compile(
+    r"^(?:(?P<generated>merge|finalist)-(?P<built>.+)|(?P<stage>[a-z_]+)(?:@(?P<name>.+))?)$"
+)
 
 
 def dvc_stage(params: Params, name: str) -> str:
-    """The DVC stage that builds model `name`: `merge-NAME`, or `distill@NAME` style (foreach)."""
+    """The DVC stage that builds model `name`: `merge-NAME` or `finalist-NAME` (generated), or
+    `distill@NAME` style (foreach)."""
     stage = params.stage_of(name)
     if stage == "train_teacher":
         return stage
-    return f"{stage}-{name}" if stage == "merge" else f"{stage}@{name}"
+    return f"{stage}-{name}" if stage in ("merge", FINALIST) else f"{stage}@{name}"
 
 
 def parse_stage(dvc_name: str) -> tuple[str, str | None]:
     """`prune@teacher_ch50` -> ("prune", "teacher_ch50"), `merge-ensemble_small` -> ("merge",
-    "ensemble_small"), `evaluate` -> ("evaluate", None); ValueError for anything else."""
+    "ensemble_small"), `finalist-search_1` -> ("finalist", "search_1"), `evaluate` ->
+    ("evaluate", None); ValueError for anything else."""
     match = _STAGE_NAME.match(dvc_name)
     if match is None:
         raise ValueError(f"not a squeeze stage name: {dvc_name!r}")
-    if match["merged"]:
-        return "merge", match["merged"]
+    if match["generated"]:
+        return match["generated"], match["built"]
     return match["stage"], match["name"]
 
 
@@ -83,15 +91,17 @@ def init_deps(params: Params) -> list[str]:
     return [] if init is None or "://" in init or Path(init).is_absolute() else [init]
 
 
-def merge_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
-    """The dvc.yaml stage of every merge candidate: the code stages.merge runs (its import
-    closure), the data, the user's code (user_deps) and its upstreams' model folders."""
-    code = stage_code(root, ["stages.merge"])["stages.merge"]
+def generated_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
+    """The dvc.yaml stages written out from params: one per merge candidate (merge-NAME: the
+    code stages.merge runs, its import closure, the data, the user's code (user_deps) and its
+    upstreams' model folders) and one per search finalist (finalist-NAME: the same for
+    stages.finalist, the teacher and the search's recipes)."""
+    code = stage_code(root, ["stages.merge", "stages.finalist"])
     user = user_deps(root, params)
-    return {
+    merges = {
         f"merge-{name}": {
             "cmd": f"{MERGE_CMD} {name}",
-            "deps": code
+            "deps": code["stages.merge"]
             + MERGE_DATA
             + user
             + [f"models/{up}" for up in dict.fromkeys(cfg.upstreams)],
@@ -100,6 +110,16 @@ def merge_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
         }
         for name, cfg in params.merge.items()
     }
+    finalists = {
+        f"finalist-{name}": {
+            "cmd": f"{FINALIST_CMD} {name}",
+            "deps": code["stages.finalist"] + MERGE_DATA + user + ["models/teacher", SEARCH_OUT],
+            "params": ["search"],
+            "outs": [f"models/{name}"],
+        }
+        for name in params.finalists()
+    }
+    return merges | finalists
 
 
 def stage_code(root: Path, modules: list[str]) -> dict[str, list[str]]:
@@ -119,9 +139,9 @@ def _module(stage: dict[str, Any]) -> str | None:
 def code_deps(root: Path, params: Params, stages: dict[str, Any]) -> dict[str, list[str]]:
     """The deps every stage that runs a stage module should have: its import closure, then its
     other deps as dvc.yaml lists them (data, models, metrics), then for CODE_STAGES the user's
-    code, and train_teacher's init file. Merge stages are merge_stages' whole."""
+    code, and train_teacher's init file. Generated stages are generated_stages' whole."""
     bodies = {key: stage.get("do", stage) for key, stage in stages.items()
-              if not _is_merge(stage)}  # fmt: skip  # a foreach stage's deps are under do:
+              if not _is_generated(stage)}  # fmt: skip  # a foreach stage's deps are under do:
     modules = {key: _module(body) for key, body in bodies.items()}
     code = stage_code(root, sorted({m for m in modules.values() if m}))
     user = user_deps(root, params)
@@ -147,47 +167,50 @@ def stale_code_stages(root: Path, params: Params) -> list[str]:
             if stages[key].get("do", stages[key]).get("deps", []) != deps]  # fmt: skip
 
 
-def _is_merge(stage: Any) -> bool:
-    return isinstance(stage, dict) and str(stage.get("cmd", "")).startswith(MERGE_CMD)
+def _is_generated(stage: Any) -> bool:
+    return isinstance(stage, dict) and str(stage.get("cmd", "")).startswith(
+        (MERGE_CMD, FINALIST_CMD)
+    )
 
 
-def stale_merge_stages(root: Path, params: Params) -> list[str]:
-    """The merge stages where dvc.yaml and params.yaml disagree (missing, extra or different)."""
+def stale_generated_stages(root: Path, params: Params) -> list[str]:
+    """The generated stages (merge-NAME, finalist-NAME) where dvc.yaml and params.yaml disagree
+    (missing, extra or different)."""
     stages = yaml.safe_load((root / DVC_FILE).read_text())["stages"]
-    have = {key: value for key, value in stages.items() if _is_merge(value)}
-    want = merge_stages(root, params)
+    have = {key: value for key, value in stages.items() if _is_generated(value)}
+    want = generated_stages(root, params)
     return sorted(key for key in have.keys() | want.keys() if have.get(key) != want.get(key))
 
 
 def check_synced(root: Path, params: Params) -> None:
-    """Raise ParamsError, naming the stages and the fix, when dvc.yaml's merge stages or the
-    code among the deps are stale."""
-    stale = stale_merge_stages(root, params) + stale_code_stages(root, params)
+    """Raise ParamsError, naming the stages and the fix, when dvc.yaml's generated stages or
+    the code among the deps are stale."""
+    stale = stale_generated_stages(root, params) + stale_code_stages(root, params)
     if stale:
         raise ParamsError(
             f"{root / DVC_FILE}: stages {', '.join(stale)} do not match params.yaml (the merge "
-            f"section, the code they import, or the class_path code and train_teacher.init they "
-            f"depend on); run "
-            f"`squeeze sync` to regenerate them, then `dvc repro` again"
+            f"section, search.finalists, the code they import, or the class_path code and "
+            f"train_teacher.init they depend on); run `squeeze sync` to regenerate them, then "
+            f"`dvc repro` again"
         )
 
 
 def sync(root: Path, params: Params) -> bool:
-    """Rewrite dvc.yaml's merge stages and the code among every stage's deps from params and the
-    import graph (comments elsewhere kept); True if changed."""
-    if not stale_merge_stages(root, params) and not stale_code_stages(root, params):
+    """Rewrite dvc.yaml's generated stages and the code among every stage's deps from params
+    and the import graph (comments elsewhere kept); True if changed."""
+    if not stale_generated_stages(root, params) and not stale_code_stages(root, params):
         return False
     from dvc.utils.serialize import modify_yaml  # ruamel round trip: keeps comments and order
 
     with modify_yaml(root / DVC_FILE) as data:
         stages = data["stages"]
         keys = list(stages)
-        old = [key for key in keys if _is_merge(stages[key])]
+        old = [key for key in keys if _is_generated(stages[key])]
         # generated stages go where the old ones were, else before evaluate
         at = keys.index(old[0]) if old else keys.index("evaluate")
         for key in old:
             del stages[key]
-        for offset, (key, value) in enumerate(merge_stages(root, params).items()):
+        for offset, (key, value) in enumerate(generated_stages(root, params).items()):
             stages.insert(at + offset, key, value)
         for key, deps in code_deps(root, params, stages).items():
             stages[key].get("do", stages[key])["deps"] = deps

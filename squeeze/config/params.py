@@ -24,11 +24,14 @@ from squeeze.config.sections import (
     PromoteParams,
     PruneParams,
     QuantizeParams,
+    SearchParams,
     Section,
     TrainTeacherParams,
 )
 
 COMPRESSION_STAGES = ("distill", "prune", "quantize", "merge")
+FINALIST = "finalist"  # the stage that builds a search finalist (stages/finalist.py)
+UNIFORM = "search_uniform"  # the finalist of the uniform baseline search
 
 
 class Params(Section):
@@ -48,14 +51,21 @@ class Params(Section):
     merge: dict[Name, MergeParams] = Field(
         description="Candidates merged from others (ensembles, weight soups), by name."
     )
+    search: SearchParams
     evaluate: EvaluateParams
     gate: GateParams
     promote: PromoteParams
     flow: FlowParams
 
+    def finalists(self) -> list[str]:
+        """The candidates the budget search builds (search.finalists > 0): search_1..N, built
+        from the teacher, and the uniform baseline's; [] without a search."""
+        count = self.search.finalists
+        return [f"search_{i}" for i in range(1, count + 1)] + ([UNIFORM] if count else [])
+
     def upstreams(self) -> dict[str, list[str]]:
         """Every candidate model name -> the models it is built from."""
-        graph: dict[str, list[str]] = {}
+        graph: dict[str, list[str]] = {name: ["teacher"] for name in self.finalists()}
         for stage in COMPRESSION_STAGES:
             for name, cfg in getattr(self, stage).items():
                 graph[name] = list(cfg.upstreams) if stage == "merge" else [cfg.upstream]
@@ -72,7 +82,16 @@ class Params(Section):
 
     def stage_of(self, name: str) -> str:
         """The stage that builds a model ('train_teacher' for the teacher)."""
+        if name in self.finalists():
+            return FINALIST
         return next((s for s in COMPRESSION_STAGES if name in getattr(self, s)), "train_teacher")
+
+    def section_of(self, stage: str) -> dict[str, Any]:
+        """The candidates `stage` builds, by name, with their params: a compression section, or
+        for FINALIST every finalist with params.search (what each is searched and built by)."""
+        if stage == FINALIST:
+            return dict.fromkeys(self.finalists(), self.search)
+        return getattr(self, stage)
 
     def model_names(self) -> list[str]:
         """The teacher, then every candidate after all of its upstreams (topological order)."""
@@ -84,13 +103,19 @@ class Params(Section):
     @model_validator(mode="after")
     def check_graph(self) -> Params:
         """Names are unique across stages, upstreams exist, and there is no cycle."""
-        seen: dict[str, str] = {}
+        seen = dict.fromkeys(self.finalists(), "the budget search (search.finalists)")
         for stage in COMPRESSION_STAGES:
             for name in getattr(self, stage):
                 if name == "teacher" or name in seen:
                     other = seen.get(name, "train_teacher")
                     raise ValueError(f"{stage}.{name}: name already used by {other}")
                 seen[name] = stage
+        if self.search.finalists and not self.ingest.search_fraction:
+            raise ValueError(
+                f"search.finalists is {self.search.finalists} but ingest.search_fraction is 0: "
+                "the search scores its trials on a split of its own; set ingest.search_fraction "
+                "(e.g. 0.1), or search.finalists: 0"
+            )
         graph = self.upstreams()
         for name, ups in graph.items():
             for up in ups:

@@ -104,6 +104,12 @@ class IngestParams(Section):
     val_fraction: float = Field(
         gt=0, lt=0.5, description="Share of the training images held out for validation."
     )
+    search_fraction: float = Field(
+        ge=0, lt=0.5,
+        description="Share of the training images (after validation is held out) held out as "
+        "the search split, on which the budget search scores its trials (search.*), so that no "
+        "fit and no gate decision reads it; 0: none (no search).",
+    )  # fmt: skip
     train_per_class: int | None = Field(
         ge=10, description="Stratified subset: training images per class (null = all)."
     )
@@ -364,6 +370,96 @@ class MergeParams(Section):
                 f"upstreams: kind {self.kind} fine-tunes one shared starting point, got "
                 f"{self.upstreams}; list one model (or use kind ensemble)"
             )
+        return self
+
+
+Range = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class SearchParams(Section):
+    """The budget search (squeeze.methods.search): what a user can afford, instead of a
+    hand-written graph. Trials prune the teacher's channel groups each by its own share (a
+    per-layer policy) and fine-tune briefly; they are scored on the search split (ingest.
+    search_fraction), latency and shipped size measured on their ONNX export. The best
+    `finalists` that meet the budget are built in full as candidates search_1..N, beside
+    search_uniform (the best of a search over one share for all groups, the baseline a per-layer
+    policy is compared with), and go through evaluate, gate and promote like any other."""
+
+    finalists: int = Field(
+        ge=0, le=8,
+        description="Best trials built in full as candidates search_1..N (plus search_uniform); "
+        "0: no search.",
+    )  # fmt: skip
+    objective: Literal["smallest", "fastest", "most_accurate"] = Field(
+        description="What the finalists are ranked by among the trials within the budget: "
+        "shipped bytes, batch-1 p50 latency, or accuracy on the search split."
+    )
+    max_accuracy_drop: float = Field(
+        ge=0, le=1,
+        description="Accuracy a trial may lose against the teacher on the search split: "
+        "absolute (0.01 = 1 point) or relative (0.01 = 1% of the teacher's), as `drop` says.",
+    )  # fmt: skip
+    drop: Literal["absolute", "relative"] = Field(description="How max_accuracy_drop is read.")
+    max_latency_ms: float | None = Field(
+        gt=0,
+        description="Batch-1 p50 latency a trial's export may take in onnxruntime at "
+        "evaluate.threads, measured (not estimated); null: no limit.",
+    )  # fmt: skip
+    max_shipped_bytes: int | None = Field(
+        ge=1, description="Shipped (xz) size a trial's export may have; null: no limit."
+    )
+    trials: int = Field(ge=1, le=10000, description="Trials of the per-layer search.")
+    uniform_trials: int = Field(ge=1, le=10000, description="Trials of the uniform baseline.")
+    hours: float | None = Field(
+        gt=0, description="Wall-clock cap on both searches (hours); null: trials decide."
+    )
+    seed: int = Field(ge=0, description="Seed of the sampler (Optuna TPE).")
+    storage: str | None = Field(
+        description="Where the study lives (an SQLAlchemy URL such as "
+        "postgresql://user@host/db); null: search/study.db (SQLite) in the workspace."
+    )
+    max_sparsity: float = Field(
+        gt=0, lt=1, description="The largest share of a channel group's channels a trial removes."
+    )
+    sparsity_step: float = Field(
+        gt=0, lt=1, description="Shares are multiples of this (the grid of every range)."
+    )
+    sensitivity_limit: float = Field(
+        gt=0, le=1,
+        description="Sensitivity pass: each group is pruned alone at every share of the grid "
+        "(BatchNorm re-estimated, no fine-tune); a share whose accuracy drop on the search "
+        "split exceeds this (absolute) ends that group's range.",
+    )  # fmt: skip
+    importance: Literal["l1", "l2", "taylor"] = Field(description="Channel criterion.")
+    round_to: int | None = Field(
+        ge=1, le=512, description="Kept widths are multiples of this; null: no rounding."
+    )
+    distill_alpha: Range = Field(
+        description="[low, high] of the searched weight of distillation from the teacher."
+    )
+    temperature: float = Field(gt=0, le=100, description="Temperature of that distillation.")
+    lr: Range = Field(description="[low, high] of the searched peak learning rate (log scale).")
+    trial_images: int = Field(
+        ge=10, description="Training images a trial fine-tunes on (a seeded stratified subset)."
+    )
+    trial_fit: FitParams = Field(description="A trial's short fine-tune (lr is searched).")
+    steps: int = Field(ge=1, le=100, description="A finalist's pruning steps.")
+    fit: FitParams = Field(description="A finalist's fine-tune in full (lr is its trial's).")
+
+    @model_validator(mode="after")
+    def check_ranges(self) -> SearchParams:
+        for key, bounds in (("distill_alpha", "0 <= low <= high <= 1"),
+                            ("lr", "0 < low <= high <= 10")):  # fmt: skip
+            low, high = getattr(self, key)
+            floor_ok = low >= 0 if key == "distill_alpha" else low > 0
+            if not (floor_ok and low <= high <= (1 if key == "distill_alpha" else 10)):
+                raise ValueError(f"{key}: [{low}, {high}] is no range; give [low, high] with "
+                                 f"{bounds}")  # fmt: skip
+        if self.sparsity_step > self.max_sparsity:
+            raise ValueError(f"sparsity_step {self.sparsity_step} is above max_sparsity "
+                             f"{self.max_sparsity}: the grid would hold no share")  # fmt: skip
+        if self.finalists > self.trials:
+            raise ValueError(f"finalists: {self.finalists} is more than trials ({self.trials})")
         return self
 
 

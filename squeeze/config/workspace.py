@@ -46,6 +46,10 @@ class Workspace:
         ingredient and its other soup), saved inside the candidate's folder."""
         return self.model(name) / "variants" / variant
 
+    def search(self, name: str) -> Path:
+        """The budget search's outputs (search/finalists.json, trials.csv, pareto.png)."""
+        return self.root / "search" / name
+
     def export(self, name: str) -> Path:
         """The deployable ONNX file of a model, as evaluate measured it."""
         return self.root / "exports" / f"{name}.onnx"

@@ -17,6 +17,11 @@ from squeeze.config.sections import GateParams
 ACCURACY = "val_accuracy"  # the accuracy every decision reads (maximised)
 
 
+# the accuracy the budget search ranks its trials by (squeeze.methods.search), also maximised:
+# trials are scored on the search split, which no gate decision reads
+SEARCH_ACCURACY = "search_accuracy"
+
+
 # the size a gate and the `smallest` policy compare: the shipped file (squeeze.registry.package)
 SIZE = "shipped_bytes"
 
@@ -40,9 +45,10 @@ POLICY_METRIC = {policy: order[0] for policy, order in POLICIES.items()}
 
 
 def sort_key(record: dict[str, Any], order: Order) -> tuple:
-    """A record's sort key under order: its metrics in turn (accuracy negated, so that the
+    """A record's sort key under order: its metrics in turn (accuracies negated, so that the
     lowest key is the best record), then its name."""
-    return (*(-record[m] if m == ACCURACY else record[m] for m in order), record["name"])
+    maximised = (ACCURACY, SEARCH_ACCURACY)
+    return (*(-record[m] if m in maximised else record[m] for m in order), record["name"])
 
 
 def ranked(records: Iterable[dict[str, Any]], order: Order) -> list[dict[str, Any]]:

@@ -278,14 +278,17 @@ def next_width(group: ChannelGroup, current: int, ratio: float, round_to: int | 
 
 
 def width_plan(
-    groups: list[ChannelGroup], sparsity: float, steps: int, round_to: int | None
+    groups: list[ChannelGroup], ratios: list[float], steps: int, round_to: int | None
 ) -> list[dict[str, int]]:
-    """Every grouped layer's planned output channels after each of the steps (linear schedule:
-    step t prunes to t/steps of the sparsity, as the pruner is configured)."""
+    """Every grouped layer's planned output channels after each of the steps: group i pruned to
+    ratios[i] of its channels on the linear schedule (step t prunes to t/steps of it), as the
+    pruner is configured."""
     widths = [group.width for group in groups]
+    schedules = [linear_scheduler(ratio, steps)[1:] for ratio in ratios]
     plan = []
-    for ratio in linear_scheduler(sparsity, steps)[1:]:
-        widths = [next_width(g, w, ratio, round_to) for g, w in zip(groups, widths, strict=True)]
+    for step in range(steps):
+        widths = [next_width(g, w, schedule[step], round_to)
+                  for g, w, schedule in zip(groups, widths, schedules, strict=True)]  # fmt: skip
         plan.append({layer: w for g, w in zip(groups, widths, strict=True) for layer in g.layers})
     return plan
 
@@ -298,7 +301,7 @@ def check_plan(
     that fits them all."""
 
     def short(ratio: float) -> list[str]:
-        final = width_plan(groups, ratio, steps, round_to)[-1]
+        final = width_plan(groups, [ratio] * len(groups), steps, round_to)[-1]
         return [f"{' + '.join(g.layers)} ({g.width} → {final[g.layers[0]]})"
                 for g in groups if final[g.layers[0]] < MIN_CHANNELS]  # fmt: skip
 
@@ -330,10 +333,67 @@ def check_widths(achieved: dict[str, int], planned: dict[str, int], step: int, s
         )
 
 
+def group_ratios(groups: list[ChannelGroup], policy: dict[str, float]) -> list[float]:
+    """Each group's share of channels to remove under a per-layer policy ({group's first layer:
+    share}; a group it does not name keeps all its channels). PruningError naming the keys that
+    are no group's first layer, and the groups there are."""
+    known = {g.layers[0] for g in groups}
+    unknown = sorted(set(policy) - known)
+    if unknown:
+        raise PruningError(
+            f"the per-layer policy names {', '.join(unknown)}, which roots no channel group of "
+            f"this network; its groups are named by their first layer: {', '.join(sorted(known))}"
+        )
+    return [policy.get(g.layers[0], 0.0) for g in groups]
+
+
+def structured_pruner(
+    model: Classifier, cfg: PruneParams, policy: dict[str, float] | None = None
+) -> tuple[tp.pruner.MetaPruner, list[ChannelGroup], list[float]]:
+    """Torch-Pruning's MetaPruner for cfg (cfg.steps linear steps), its channel groups and each
+    group's target share: cfg.sparsity for all, or group_ratios(policy) (Torch-Pruning's
+    pruning_ratio_dict, every layer of a group at its group's share). check_plan and
+    group_ratios refuse, before any work, a plan some group cannot take."""
+    example = example_input(model.spec)
+    ignored = list(output_layers(model, example).values())
+
+    def pruner(ratio_dict: dict[nn.Module, float] | None) -> tp.pruner.MetaPruner:
+        return tp.pruner.MetaPruner(
+            model, example, importance=IMPORTANCE[cfg.importance](), pruning_ratio=cfg.sparsity,
+            iterative_steps=cfg.steps, iterative_pruning_ratio_scheduler=linear_scheduler,
+            ignored_layers=ignored, round_to=cfg.round_to, pruning_ratio_dict=ratio_dict,
+        )  # fmt: skip
+
+    found = pruner(None)
+    groups = channel_groups(found)
+    if policy is None:
+        check_plan(groups, cfg.sparsity, cfg.steps, cfg.round_to)
+        return found, groups, [cfg.sparsity] * len(groups)
+    ratios = group_ratios(groups, policy)
+    final = width_plan(groups, ratios, cfg.steps, cfg.round_to)[-1]
+    short = [f"{g.layers[0]} ({g.width} → {final[g.layers[0]]})"
+             for g in groups if final[g.layers[0]] < MIN_CHANNELS]  # fmt: skip
+    if short:
+        raise PruningError(
+            f"the per-layer policy leaves too few output channels in {', '.join(short)}: every "
+            f"pruned layer keeps at least {MIN_CHANNELS}; lower those layers' shares"
+        )
+    modules = dict(model.named_modules())
+    ratio_dict = {modules[layer]: ratio for g, ratio in zip(groups, ratios, strict=True)
+                  for layer in g.layers}  # fmt: skip
+    return pruner(ratio_dict), groups, ratios
+
+
 def prune_structured(
-    model: Classifier, cfg: PruneParams, train: Split, val: Split, teacher: nn.Module | None = None
+    model: Classifier,
+    cfg: PruneParams,
+    train: Split,
+    val: Split,
+    teacher: nn.Module | None = None,
+    policy: dict[str, float] | None = None,
 ) -> tuple[Classifier, list[dict[str, Any]]]:
-    """Remove cfg.sparsity of the output channels of every channel group with Torch-Pruning.
+    """Remove output channels of every channel group with Torch-Pruning: cfg.sparsity of each,
+    or each group's share under a per-layer policy.
 
     The pruner traces the model on a raw (1, H, W, C) uint8 example (its input contract) into a
     dependency graph, so layers whose channels must go together are pruned together: a
@@ -344,21 +404,16 @@ def prune_structured(
     layers (output_layers: the K classes) are never pruned. The model is changed in place;
     save_checkpoint records its structure, so it reloads without the pruner.
 
-    Every group loses the same share (Torch-Pruning's local pruning). check_plan refuses a
-    sparsity that would leave a group under MIN_CHANNELS, and each step's widths are checked
-    against the plan. Torch-Pruning's own knobs do not fix a ratio too high for the narrow
-    layers: on [16, 32, 64] at 0.97, global_pruning gave [1, 32, 2] and max_pruning_ratio (a cap
-    on layers already pruned, not on one step) changed nothing (measured).
+    Without a policy every group loses the same share (Torch-Pruning's local pruning); with one
+    (the budget search's, squeeze.methods.search: {group's first layer: share}) each group loses
+    its own (as AMC and NetAdapt choose per layer). check_plan refuses a sparsity that would
+    leave a group under MIN_CHANNELS, and each step's widths are checked against the plan.
+    Torch-Pruning's own knobs do not fix a ratio too high for the narrow layers: on [16, 32, 64]
+    at 0.97, global_pruning gave [1, 32, 2] and max_pruning_ratio (a cap on layers already
+    pruned, not on one step) changed nothing (measured).
     """
-    example = example_input(model.spec)
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=IMPORTANCE[cfg.importance](), pruning_ratio=cfg.sparsity,
-        iterative_steps=cfg.steps, iterative_pruning_ratio_scheduler=linear_scheduler,
-        ignored_layers=list(output_layers(model, example).values()), round_to=cfg.round_to,
-    )  # fmt: skip
-    groups = channel_groups(pruner)
-    check_plan(groups, cfg.sparsity, cfg.steps, cfg.round_to)
-    plan = width_plan(groups, cfg.sparsity, cfg.steps, cfg.round_to)
+    pruner, groups, ratios = structured_pruner(model, cfg, policy)
+    plan = width_plan(groups, ratios, cfg.steps, cfg.round_to)
     rng = np.random.default_rng(cfg.fit.seed)
     calibration = subset(train, rng.choice(len(train), cfg.fit.batch_size, replace=False))
     parts = step_splits(train, cfg.fit.epochs, cfg.steps, cfg.fit.seed)
@@ -373,13 +428,16 @@ def prune_structured(
     return model.eval(), history
 
 
-def prune(model: nn.Module, cfg: PruneParams, data: MethodData) -> Result[nn.Module]:
+def prune(
+    model: nn.Module, cfg: PruneParams, data: MethodData, *, policy: dict[str, float] | None = None
+) -> Result[nn.Module]:
     """Prune model as cfg.kind says, fine-tuning after each of cfg.steps steps.
 
     unstructured: global L1 magnitude pruning of every Conv2d and Linear weight to exactly
     cfg.sparsity, on the cubic AGP schedule (Zhu & Gupta 2017; torch.nn.utils.prune).
-    structured: cfg.sparsity of the output channels of every channel group removed, ranked by
-    cfg.importance (Torch-Pruning's MetaPruner, Fang et al. 2023). With cfg.qat the fine-tuning
+    structured: cfg.sparsity of the output channels of every channel group removed (or each
+    group's own share under `policy`), ranked by cfg.importance (Torch-Pruning's MetaPruner,
+    Fang et al. 2023). With cfg.qat the fine-tuning
     is quantization-aware and the weights end on that grid (squeeze.methods.qat).
 
     Args:
@@ -389,6 +447,9 @@ def prune(model: nn.Module, cfg: PruneParams, data: MethodData) -> Result[nn.Mod
             round_to, distillation (distill_alpha, temperature), qat, and the fine-tuning fit
             (fit.epochs passes over data.train in all, shared out over the steps).
         data: train, val, and the teacher fine-tuning distils from when cfg.distill_alpha > 0.
+        policy: structured only: {first layer of a channel group: share of its channels removed,
+            in [0, 1)}, a group not named keeping all (squeeze.methods.search writes these);
+            None: cfg.sparsity for every group.
 
     Returns:
         Result(the pruned model in eval mode on the CPU, one curve row per step, record): record
@@ -402,8 +463,12 @@ def prune(model: nn.Module, cfg: PruneParams, data: MethodData) -> Result[nn.Mod
         TrainingError: fine-tuning diverged (train.fit).
     """
     before, channels, widths = count_params(model), conv_channels(model), out_channels(model)
-    method = prune_structured if cfg.kind == "structured" else prune_unstructured
-    pruned, history = method(model, cfg, data.train, data.val, data.teacher)
+    if cfg.kind == "structured":
+        pruned, history = prune_structured(model, cfg, data.train, data.val, data.teacher, policy)
+    elif policy is not None:
+        raise ValueError("a per-layer policy is structured pruning's; prune.kind is unstructured")
+    else:
+        pruned, history = prune_unstructured(model, cfg, data.train, data.val, data.teacher)
     snap(pruned, cfg.qat)
     record = {
         "parameters_before": before,

@@ -179,8 +179,8 @@ def effective_params(params: Params, chain: list[dict[str, Any]]) -> dict[str, A
     models = {}
     for node in chain:
         stage = params.stage_of(node["name"])
-        section = getattr(params, stage)
-        cfg = section if stage == "train_teacher" else section.get(node["name"])
+        cfg = (params.train_teacher if stage == "train_teacher"
+               else params.section_of(stage).get(node["name"]))  # fmt: skip
         models[node["name"]] = {
             "stage": stage,
             "params": cfg.model_dump(mode="json") if cfg is not None else None,

@@ -18,7 +18,7 @@ from torch import nn
 
 from squeeze.config.files import load_params
 from squeeze.config.params import Params
-from squeeze.config.sections import FitParams
+from squeeze.config.sections import FitParams, SearchParams
 from squeeze.config.workspace import Workspace, write_json
 from squeeze.data.idx import read_split
 from squeeze.data.spec import DataSpec, Split
@@ -143,6 +143,7 @@ def stage_params() -> Callable[..., Params]:
 
     def build(**sections: dict[str, Any]) -> Params:
         empty = {stage: {} for stage in ("distill", "prune", "quantize", "merge")}
-        return Params.model_construct(**(empty | sections))
+        no_search = {"search": SearchParams.model_construct(finalists=0)}
+        return Params.model_construct(**(empty | no_search | sections))
 
     return build

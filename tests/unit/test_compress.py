@@ -24,7 +24,8 @@ from flows.dvcstate import is_stale, open_repo, stale_stages
 from flows.in_process import TASKS
 from flows.remote import RemoteError, shared_remote
 from flows.stagenames import IN_PROCESS, MODEL_STAGES, STAGES
-from squeeze.config.dvcyaml import parse_stage
+from squeeze.config.dvcyaml import generated_stages, parse_stage
+from squeeze.config.files import load_params
 from squeeze.data.spec import DataError, FetchError
 from squeeze.registry.store import NotFound, Unavailable
 from tests.conftest import run
@@ -196,8 +197,13 @@ def test_one_status_names_the_stale_stages_as_each_stage_check_does(pipeline: Pa
 
 def test_the_flow_knows_every_stage_of_dvc_yaml() -> None:
     """flows.stagenames names every stage dvc.yaml runs (the alert hook finds failed ones by it),
-    and each in-process stage has its task."""
+    those generated for a search's finalists too, and each in-process stage has its task."""
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    params = load_params(PROJECT)
+    searched = params.model_copy(
+        update={"search": params.search.model_copy(update={"finalists": 1})}
+    )
+    stages |= generated_stages(PROJECT, searched)
     assert {parse_stage(key)[0] for key in stages} == set(STAGES)
     assert set(TASKS) == set(IN_PROCESS) and not set(IN_PROCESS) & set(MODEL_STAGES)
 

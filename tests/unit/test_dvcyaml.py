@@ -15,10 +15,10 @@ import yaml
 from squeeze.config.dvcyaml import (
     check_synced,
     dvc_stage,
-    merge_stages,
+    generated_stages,
     parse_stage,
     stale_code_stages,
-    stale_merge_stages,
+    stale_generated_stages,
     sync,
 )
 from squeeze.config.errors import ParamsError
@@ -51,16 +51,16 @@ def with_trio(root: Path) -> None:
 
 
 def test_committed_dvc_yaml_matches_params_and_the_smoke_profile(project: Path) -> None:
-    assert stale_merge_stages(PROJECT, load_params(PROJECT)) == []
+    assert stale_generated_stages(PROJECT, load_params(PROJECT)) == []
     assert stale_code_stages(PROJECT, load_params(PROJECT)) == []
-    assert stale_merge_stages(project, apply_profile(project, "smoke")) == []
+    assert stale_generated_stages(project, apply_profile(project, "smoke")) == []
 
 
 def test_every_member_is_a_dependency() -> None:
     base = load_params(PROJECT).model_dump(mode="json")
     ens = base["merge"]["ensemble_small"] | {"upstreams": ["kd_small", "ce_small", "kd_small_ch50"]}
     params = validate(merge(base, {"merge": {"big": ens}}), "test")
-    deps = merge_stages(PROJECT, params)["merge-big"]["deps"]
+    deps = generated_stages(PROJECT, params)["merge-big"]["deps"]
     assert [d for d in deps if d.startswith("models/")] == [
         "models/kd_small",
         "models/ce_small",
@@ -68,7 +68,7 @@ def test_every_member_is_a_dependency() -> None:
     ]
 
 
-def test_sync_rewrites_the_merge_stages_and_keeps_the_rest(project: Path) -> None:
+def test_sync_rewrites_the_generated_stages_and_keeps_the_rest(project: Path) -> None:
     before = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     with_trio(project)
     params = load_params(project)
@@ -131,7 +131,7 @@ def test_sync_lists_the_users_network_code_and_init_file_among_the_deps(project:
     raw["distill"]["kd_small"]["student"] = {"class_path": "mynets.Tiny", "init_args": {}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(project)
-    stale = ["train_teacher", "distill", "prune", "quantize", "evaluate"]
+    stale = ["train_teacher", "search", "distill", "prune", "quantize", "evaluate"]
     assert stale_code_stages(project, params) == stale
     with pytest.raises(ParamsError, match="merge-ensemble_small, .*train_teacher.*squeeze sync"):
         check_synced(project, params)

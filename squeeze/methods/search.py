@@ -1,0 +1,499 @@
+"""The budget search: from "1 point, 0.1 ms on this CPU" to per-layer pruning policies.
+
+A user states a budget (params `search`: the accuracy they can lose, the latency and the shipped
+size they can afford, and an objective among what fits). The search turns it into recipes for
+squeeze's own structured pruning, in the field's practice for small machines:
+
+1. **Sensitivity pass** (Li et al. 2017, "Pruning Filters for Efficient ConvNets"; Distiller's
+   sensitivity analysis): every channel group is pruned alone at each share of the grid, its
+   BatchNorm statistics re-estimated (EagleEye's adaptive BN, Li et al. 2020), and scored on the
+   search split without fine-tuning. A group's range ends below the first share that costs more
+   than search.sensitivity_limit: the sampler never spends a trial on a share that alone breaks
+   the network.
+2. **Constrained multi-objective sampling** with Optuna's TPE (Watanabe 2023; constraints as in
+   Optuna's `constraints_func`): a trial picks each group's share within its range (a per-layer
+   policy, as AMC and NetAdapt choose it), the weight of distillation from the teacher and the
+   learning rate; it prunes the teacher in one step, re-estimates BatchNorm and, unless its
+   export already breaks the latency or size limit (the architecture alone sets both, so such
+   a trial stops there: early stopping without a fine-tune), fine-tunes briefly on a subset of
+   train. Its three objectives are measured, never estimated: accuracy on the search split,
+   batch-1 p50 latency of its ONNX export in onnxruntime, and the export's shipped (xz) size.
+3. **A uniform baseline** searched the same way over one share for every group, so that the
+   per-layer policy is compared with uniform width at the same budget.
+
+The finalists are the best trials within the budget under search.objective
+(squeeze.decide.choose), built in full by stages/finalist.py as ordinary candidates; evaluate,
+the gate (on validation) and promote then decide as for any other. Trials read only train (the
+fine-tune) and the search split (the scores): never validation, never test.
+
+The studies live in Optuna's RDB storage (search.storage; SQLite in the workspace by default),
+named by what determines their trials (data, teacher, space, timing), so a killed search
+resumes: finished trials are kept, the one under way when it died is marked failed and run
+again. Every trial's sampler is seeded by (search.seed, its number), so a resumed search asks
+what an uninterrupted one would have asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from squeeze.config.sections import EvaluateParams, PruneParams, SearchParams
+from squeeze.data.spec import Split
+from squeeze.data.splits import stratified_indices, subset
+from squeeze.decide.choose import ACCURACY, LATENCY, POLICIES, SEARCH_ACCURACY, SIZE, ranked
+from squeeze.errors import StageRefused
+from squeeze.measure.export import export_onnx
+from squeeze.measure.runtime import latencies, predicted_classes
+from squeeze.methods.distill import distillation_loss
+from squeeze.methods.merge import reestimate_bn
+from squeeze.methods.prune import (
+    MIN_CHANNELS,
+    ChannelGroup,
+    PruningError,
+    check_widths,
+    out_channels,
+    structured_pruner,
+    width_plan,
+)
+from squeeze.methods.train import fit, predict
+from squeeze.nets.models import Classifier
+from squeeze.registry.package import pack
+
+BN_IMAGES = 1024  # training images BatchNorm is re-estimated on after a trial's pruning
+PER_LAYER, UNIFORM = "per_layer", "uniform"  # the two studies
+
+
+class SearchError(StageRefused):
+    """The search cannot run on this network, or no trial met the budget."""
+
+
+@dataclass(frozen=True, eq=False)
+class SearchData:
+    """What the search reads: train (fine-tunes, BatchNorm statistics) and the search split
+    (every score), both (N, H, W, C) uint8 images with (N,) int64 labels. Never val or test."""
+
+    train: Split
+    search: Split
+
+
+def shares(cfg: SearchParams) -> list[float]:
+    """The grid of shares: 0, step, 2·step, ... up to max_sparsity (rounded to 6 places)."""
+    count = int(round(cfg.max_sparsity / cfg.sparsity_step, 9))
+    return [round(k * cfg.sparsity_step, 6) for k in range(count + 1)]
+
+
+def base_cfg(cfg: SearchParams, steps: int, fit_cfg: Any, alpha: float, lr: float) -> PruneParams:
+    """The PruneParams a trial (steps 1, cfg.trial_fit) or a finalist (cfg.steps, cfg.fit)
+    prunes with: structured, cfg's importance and round_to, its distillation weight and lr.
+    sparsity is only the pruner's default; every group's share comes from the policy."""
+    return PruneParams(
+        upstream="teacher", kind="structured", sparsity=cfg.max_sparsity, steps=steps,
+        importance=cfg.importance, round_to=cfg.round_to, distill_alpha=alpha,
+        temperature=cfg.temperature, qat=None, fit=fit_cfg.model_copy(update={"lr": lr}),
+    )  # fmt: skip
+
+
+def feasible_shares(group: ChannelGroup, grid: list[float], cfg: SearchParams) -> list[float]:
+    """The shares of the grid that leave the group MIN_CHANNELS or more, with a trial's one step
+    and with a finalist's cfg.steps (round_to applied at every step)."""
+    return [
+        share for share in grid
+        if all(width_plan([group], [share], steps, cfg.round_to)[-1][group.layers[0]]
+               >= MIN_CHANNELS for steps in (1, cfg.steps))
+    ]  # fmt: skip
+
+
+def channel_groups_of(teacher: Classifier, cfg: SearchParams) -> list[ChannelGroup]:
+    """The teacher's prunable channel groups; SearchError naming the network's weight layers
+    when Torch-Pruning finds none it can prune (nothing to search)."""
+    try:
+        _, groups, _ = structured_pruner(copy.deepcopy(teacher), base_cfg(
+            cfg, 1, cfg.trial_fit, 0.0, cfg.trial_fit.lr), {})  # fmt: skip
+    except PruningError as err:
+        raise SearchError(f"params.yaml search: {err}") from err
+    if not groups:
+        raise SearchError(
+            "params.yaml search: Torch-Pruning finds no channel group to prune in this network "
+            "(every weight layer is an output layer, or none is a Conv2d or Linear it can trace); "
+            "the search has nothing to choose: set search.finalists: 0"
+        )
+    return groups
+
+
+def prune_once(teacher: Classifier, policy: dict[str, float], cfg: PruneParams) -> Classifier:
+    """A copy of the teacher with each group pruned to its share in one step (no fine-tune)."""
+    model = copy.deepcopy(teacher)
+    pruner, groups, ratios = structured_pruner(model, cfg, policy)
+    pruner.step()
+    check_widths(out_channels(model), width_plan(groups, ratios, 1, cfg.round_to)[0], 1, 1)
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def bn_images(train: Split, seed: int) -> np.ndarray:
+    """BN_IMAGES training images (seeded) that BatchNorm is re-estimated on."""
+    rng = np.random.default_rng(seed)
+    return train.images[np.sort(rng.choice(len(train), min(BN_IMAGES, len(train)), replace=False))]
+
+
+def torch_accuracy(model: torch.nn.Module, split: Split) -> float:
+    """Accuracy of a torch model on a split (the sensitivity pass: quick, no export)."""
+    logits = predict(model, torch.from_numpy(split.images))
+    return float((logits.argmax(1).numpy() == split.labels).mean())
+
+
+def sensitivity(
+    teacher: Classifier, groups: list[ChannelGroup], data: SearchData, cfg: SearchParams,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Accuracy drop on the search split of every group pruned alone at each share of the grid
+    ({group's first layer: {share: drop}}), BatchNorm re-estimated, no fine-tune. A group's
+    shares stop at the first whose drop exceeds cfg.sensitivity_limit (that one recorded)."""
+    images = bn_images(data.train, cfg.seed)
+    prune_cfg = base_cfg(cfg, 1, cfg.trial_fit, 0.0, cfg.trial_fit.lr)
+    reference = torch_accuracy(teacher, data.search)
+    drops: dict[str, dict[str, float]] = {}
+    for group in groups:
+        root, drops[group.layers[0]] = group.layers[0], {}
+        for share in feasible_shares(group, shares(cfg), cfg)[1:]:
+            model = prune_once(teacher, {root: share}, prune_cfg)
+            reestimate_bn(model, images)
+            drop = round(reference - torch_accuracy(model, data.search), 6)
+            drops[root][str(share)] = drop
+            if drop > cfg.sensitivity_limit:
+                break
+        log(f"sensitivity {root} ({group.width} channels): " + ", ".join(
+            f"{float(s):.0%} → {d:+.1%}" for s, d in drops[root].items()))  # fmt: skip
+    return drops
+
+
+def ranges(
+    groups: list[ChannelGroup], drops: dict[str, dict[str, float]], cfg: SearchParams
+) -> dict[str, list[float]]:
+    """Each group's searchable shares: 0, then the grid's shares in order while their solo drop
+    stays within cfg.sensitivity_limit."""
+    out = {}
+    for group in groups:
+        kept = [0.0]
+        for share, drop in drops[group.layers[0]].items():
+            if drop > cfg.sensitivity_limit:
+                break
+            kept.append(float(share))
+        out[group.layers[0]] = kept
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """Everything a trial reads: the teacher, the data, the groups' ranges and the settings."""
+
+    teacher: Classifier
+    data: SearchData
+    cfg: SearchParams
+    timing: EvaluateParams
+    ranges: dict[str, list[float]]
+    uniform: list[float]  # the shares every group can take at once
+    fine_tune: Split  # the trial's training subset
+    bn_images: np.ndarray
+    scratch: Path
+
+
+def suggest(trial: optuna.Trial, ctx: Context, study: str) -> tuple[dict[str, float], float, float]:
+    """(policy, distillation weight, lr) the trial's sampler asks for: each group's share in
+    its range (per_layer) or one share for all (uniform)."""
+    if study == UNIFORM:
+        share = trial.suggest_categorical("share", ctx.uniform)
+        policy = dict.fromkeys(ctx.ranges, share)
+    else:
+        policy = {root: trial.suggest_categorical(root, choices)
+                  for root, choices in ctx.ranges.items() if len(choices) > 1}  # fmt: skip
+    low, high = ctx.cfg.distill_alpha
+    alpha = trial.suggest_float("distill_alpha", low, high) if high > low else low
+    lr = trial.suggest_float("lr", *ctx.cfg.lr, log=True) if ctx.cfg.lr[1] > ctx.cfg.lr[0] else (
+        ctx.cfg.lr[0])  # fmt: skip
+    return {root: share for root, share in policy.items() if share}, alpha, lr
+
+
+def measure(model: Classifier, ctx: Context) -> tuple[Path, dict[str, float]]:
+    """The model's export in the scratch folder, with its p50 latency and shipped bytes."""
+    path = ctx.scratch / "trial.onnx"
+    export_onnx(model, path)
+    timed = latencies({"trial": path}, ctx.data.search.images[0], ctx.timing)["trial"]
+    return path, {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes()))}
+
+
+def violations(metrics: dict[str, float], cfg: SearchParams, teacher: float) -> dict[str, float]:
+    """How far a trial's metrics are past each limit of the budget, as a share of the limit
+    (> 0: broken; <= 0: met), by key of params search."""
+    allowed = cfg.max_accuracy_drop * (teacher if cfg.drop == "relative" else 1.0)
+    out = {"max_accuracy_drop": (teacher - metrics[SEARCH_ACCURACY] - allowed) / max(allowed, 1e-9)}
+    if cfg.max_latency_ms is not None:
+        out["max_latency_ms"] = metrics[LATENCY] / cfg.max_latency_ms - 1
+    if cfg.max_shipped_bytes is not None:
+        out["max_shipped_bytes"] = metrics[SIZE] / cfg.max_shipped_bytes - 1
+    return out
+
+
+def run_trial(
+    policy: dict[str, float], alpha: float, lr: float, ctx: Context, teacher_accuracy: float
+) -> dict[str, Any]:
+    """Prune, re-estimate BatchNorm, measure the export; then, unless latency or size already
+    break the budget, fine-tune briefly and measure again. The trial's metrics and whether it
+    stopped early."""
+    cfg = base_cfg(ctx.cfg, 1, ctx.cfg.trial_fit, alpha, lr)
+    model = prune_once(ctx.teacher, policy, cfg)
+    reestimate_bn(model, ctx.bn_images)
+    path, metrics = measure(model, ctx)
+    metrics[SEARCH_ACCURACY] = float((predicted_classes(path, ctx.data.search.images)
+                                      == ctx.data.search.labels).mean())  # fmt: skip
+    cost = {k: v for k, v in violations(metrics, ctx.cfg, teacher_accuracy).items()
+            if k != "max_accuracy_drop"}  # fmt: skip
+    if any(v > 0 for v in cost.values()):
+        return {**metrics, "stopped_early": True}
+    loss = distillation_loss(ctx.teacher, cfg.temperature, alpha) if alpha > 0 else None
+    fit(model, ctx.fine_tune, ctx.data.search, cfg.fit, loss_fn=loss)
+    model.eval()
+    path = ctx.scratch / "trial.onnx"
+    export_onnx(model, path)
+    accuracy = (predicted_classes(path, ctx.data.search.images) == ctx.data.search.labels).mean()
+    return {**metrics, SEARCH_ACCURACY: float(accuracy), SIZE: len(pack(path.read_bytes())),
+            "stopped_early": False}  # fmt: skip
+
+
+def study_key(ctx_parts: dict[str, Any]) -> str:
+    """The name of the studies: a hash of what determines their trials."""
+    blob = json.dumps(ctx_parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """The budget's violations the trial recorded (Trial.set_constraint, what Optuna's samplers
+    read as constraints; <= 0: met)."""
+    return list(trial.constraints.values()) or [0.0]
+
+
+def open_study(storage: str, name: str) -> optuna.Study:
+    """The study `name` in storage, created if new; trials a killed search left RUNNING are
+    marked FAIL, so that they run again."""
+    study = optuna.create_study(
+        storage=storage, study_name=name, load_if_exists=True,
+        directions=["maximize", "minimize", "minimize"],  # search accuracy, latency, bytes
+    )  # fmt: skip
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return study
+
+
+def done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def run_study(
+    study: optuna.Study, kind: str, total: int, ctx: Context, teacher_accuracy: float,
+    deadline: float, log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Run the study's trials up to `total` completed ones or the deadline (time.monotonic()),
+    one at a time, each with a TPE sampler seeded by (cfg.seed, its number); one log line each."""
+    started = time.monotonic()
+    while len(done(study)) < total and time.monotonic() < deadline:
+        number = len(done(study))
+        study.sampler = optuna.samplers.TPESampler(
+            seed=ctx.cfg.seed * 100003 + number, multivariate=True
+        )
+        trial = study.ask()
+        policy, alpha, lr = suggest(trial, ctx, kind)
+        with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch lines: one per trial
+            metrics = run_trial(policy, alpha, lr, ctx, teacher_accuracy)
+        broken = violations(metrics, ctx.cfg, teacher_accuracy)
+        for key, value in {**metrics, "policy": policy}.items():
+            trial.set_user_attr(key, value)
+        for key, value in broken.items():
+            trial.set_constraint(key, value)
+        study.tell(trial, [metrics[SEARCH_ACCURACY], metrics[LATENCY], metrics[SIZE]])
+        log(progress(kind, number + 1, total, metrics, broken, study, ctx.cfg, started, deadline))
+
+
+def progress(
+    kind: str, number: int, total: int, metrics: dict[str, Any], broken: dict[str, float],
+    study: optuna.Study, cfg: SearchParams, started: float, deadline: float,
+) -> str:  # fmt: skip
+    """One line per trial: its figures, whether it met the budget, the best so far, time left."""
+    status = "within budget" if max(broken.values()) <= 0 else "over " + ", ".join(
+        k for k, v in broken.items() if v > 0)  # fmt: skip
+    early = "; stopped before fine-tuning" if metrics["stopped_early"] else ""
+    best = finalist_trials(study, cfg, 1)
+    best_text = f"trial {best[0].number + 1}" if best and feasible(best[0]) else "none yet"
+    elapsed = time.monotonic() - started
+    left = min(elapsed / max(1, number) * (total - number), max(0.0, deadline - time.monotonic()))
+    return (f"search {kind} trial {number}/{total}: {metrics[SEARCH_ACCURACY]:.2%} on search, "
+            f"{metrics[LATENCY]:.3f} ms p50, {metrics[SIZE]:,} bytes shipped, {status}{early}; "
+            f"best so far: {best_text}; about {left / 60:.0f} min left")  # fmt: skip
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return max(constraints(trial)) <= 0
+
+
+def finalist_trials(
+    study: optuna.Study, cfg: SearchParams, count: int
+) -> list[optuna.trial.FrozenTrial]:
+    """The best `count` completed trials: those within the budget ranked by cfg.objective
+    (squeeze.decide.choose's order, on the search split), then, to fill the count, the others by
+    their largest violation (closest first)."""
+    trials = done(study)
+    order = tuple(SEARCH_ACCURACY if m == ACCURACY else m for m in POLICIES[cfg.objective])
+    records = {f"{t.number:06d}": {**t.user_attrs, "name": f"{t.number:06d}"} for t in trials}
+    within = ranked([records[f"{t.number:06d}"] for t in trials if feasible(t)], order)
+    by_number = {f"{t.number:06d}": t for t in trials}
+    rest = sorted(
+        (t for t in trials if not feasible(t)), key=lambda t: (max(constraints(t)), t.number)
+    )
+    return ([by_number[r["name"]] for r in within] + rest)[:count]
+
+
+def tightest(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """The limit the fewest trials met (ties: the one missed by most), with that count."""
+    limits = trials[0].constraints
+    met = {k: sum(t.constraints[k] <= 0 for t in trials) for k in limits}
+    worst = {k: min(t.constraints[k] for t in trials) for k in limits}
+    key = min(limits, key=lambda k: (met[k], -worst[k]))
+    return f"{key}, met by {met[key]} of {len(trials)} trials"
+
+
+def no_fit(study: optuna.Study, cfg: SearchParams, teacher: dict[str, float]) -> SearchError:
+    """The error of a budget no trial met: the tightest limit and the closest trial."""
+    trials = done(study)
+    if not trials:
+        return SearchError(
+            "the budget search completed no trial within search.hours; raise search.hours"
+        )
+    closest = finalist_trials(study, cfg, 1)[0].user_attrs
+    limits = {
+        "max_accuracy_drop": f"{cfg.max_accuracy_drop:g} ({cfg.drop})",
+        "max_latency_ms": cfg.max_latency_ms,
+        "max_shipped_bytes": cfg.max_shipped_bytes,
+    }
+    budget = ", ".join(f"{k}: {v}" for k, v in limits.items() if v is not None)
+    return SearchError(
+        f"no trial of the budget search met params.yaml search ({budget}): the tightest limit "
+        f"is {tightest(trials)}. The closest trial scored {closest[SEARCH_ACCURACY]:.2%} on the "
+        f"search split (teacher {teacher[SEARCH_ACCURACY]:.2%}), {closest[LATENCY]:.3f} ms p50 "
+        f"(teacher {teacher[LATENCY]:.3f}), {closest[SIZE]:,} bytes shipped (teacher "
+        f"{teacher[SIZE]:,}). Nothing was built or promoted: loosen that limit, or raise "
+        "search.trials"
+    )  # fmt: skip
+
+
+def recipe(trial: optuna.trial.FrozenTrial, study: optuna.Study, kind: str) -> dict[str, Any]:
+    """What a finalist is built from (stages/finalist.py) and where it came from."""
+    attrs = trial.user_attrs
+    return {
+        "study": study.study_name, "kind": kind, "trial": trial.number,
+        "policy": attrs["policy"],
+        "distill_alpha": trial.params.get("distill_alpha"), "lr": trial.params.get("lr"),
+        **{k: attrs[k] for k in (SEARCH_ACCURACY, LATENCY, SIZE)},
+        "within_budget": feasible(trial),
+    }  # fmt: skip
+
+
+def rows(study: optuna.Study, kind: str, finalists: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per completed trial, for search/trials.csv and the Pareto front."""
+    chosen = {(r["study"], r["trial"]): name for name, r in finalists.items()}
+    return [
+        {"study": kind, "trial": t.number, **{k: t.user_attrs[k] for k in (
+            SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")},
+         "within_budget": feasible(t), "finalist": chosen.get((study.study_name, t.number), ""),
+         "policy": json.dumps(t.user_attrs["policy"], sort_keys=True)}
+        for t in done(study)
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a search found: the finalists' recipes by candidate name, one row per trial, the
+    teacher's own figures measured beside them and the sensitivity pass."""
+
+    finalists: dict[str, dict[str, Any]]
+    trials: list[dict[str, Any]]
+    teacher: dict[str, float]
+    sensitivity: dict[str, dict[str, float]]
+
+
+def search(
+    teacher: Classifier, cfg: SearchParams, data: SearchData, timing: EvaluateParams,
+    storage: str, key: str, names: list[str], log: Callable[[str], None] = print,
+) -> Outcome:  # fmt: skip
+    """Run (or resume) the budget search and choose its finalists.
+
+    Args:
+        teacher: the model searched from ((B, H, W, C) uint8 -> (B, K)); left unchanged.
+        cfg: params `search` (budget, objective, space, trials, seed).
+        data: train and the search split (SearchData); val and test are never read.
+        timing: params `evaluate` (threads, warmup, runs, rounds of the latency measurement).
+        storage: an SQLAlchemy URL of Optuna's RDB storage (sqlite:///..., postgresql://...).
+        key: names the studies (squeeze-KEY, squeeze-KEY-uniform): a hash of everything that
+            determines their trials, so that a search of other data or space starts afresh.
+        names: the per-layer finalists' candidate names (search_1..N), then the uniform one's.
+        log: where the per-trial progress lines go.
+    Returns:
+        Outcome: the finalists' recipes {name: {policy, distill_alpha, lr, study, trial, search
+        figures, within_budget}}, every trial's row, the teacher's figures, the sensitivity.
+    Raises:
+        SearchError: no channel group to prune, fewer completed trials than finalists, or no
+            per-layer trial within the budget (naming the tightest limit and the closest trial).
+    """
+    groups = channel_groups_of(teacher, cfg)
+    per_layer = open_study(storage, f"squeeze-{key}")
+    uniform = open_study(storage, f"squeeze-{key}-uniform")
+    drops = per_layer.user_attrs.get("sensitivity")
+    if drops is None:
+        drops = sensitivity(teacher, groups, data, cfg, log)
+        per_layer.set_user_attr("sensitivity", drops)
+    per_class = max(1, cfg.trial_images // len(np.unique(data.train.labels)))
+    picks = stratified_indices(data.train.labels, per_class, np.random.default_rng(cfg.seed))
+    grid = [
+        s for s in shares(cfg) if all(s in feasible_shares(g, shares(cfg), cfg) for g in groups)
+    ]
+    deadline = time.monotonic() + (cfg.hours * 3600 if cfg.hours else float("inf"))
+    with tempfile.TemporaryDirectory() as scratch:
+        ctx = Context(
+            teacher, data, cfg, timing, ranges(groups, drops, cfg), grid,
+            subset(data.train, picks), bn_images(data.train, cfg.seed), Path(scratch),
+        )  # fmt: skip
+        path, reference = measure(teacher, ctx)
+        reference[SEARCH_ACCURACY] = float(
+            (predicted_classes(path, data.search.images) == data.search.labels).mean()
+        )
+        for study, kind, total in ((uniform, UNIFORM, cfg.uniform_trials),
+                                   (per_layer, PER_LAYER, cfg.trials)):  # fmt: skip
+            run_study(study, kind, total, ctx, reference[SEARCH_ACCURACY], deadline, log)
+    best = finalist_trials(per_layer, cfg, cfg.finalists)
+    if not best or not feasible(best[0]):
+        raise no_fit(per_layer, cfg, reference)
+    if len(best) < cfg.finalists or not done(uniform):
+        raise SearchError(
+            f"the budget search completed {len(done(per_layer))} per-layer and "
+            f"{len(done(uniform))} uniform trials within search.hours ({cfg.hours}), fewer than "
+            f"search.finalists ({cfg.finalists}) and one: raise search.hours; the trials so far "
+            "are kept and the next run resumes them"
+        )
+    finalists = {
+        name: recipe(t, per_layer, PER_LAYER) for name, t in zip(names[:-1], best, strict=True)
+    }
+    finalists[names[-1]] = recipe(finalist_trials(uniform, cfg, 1)[0], uniform, UNIFORM)
+    trials = rows(uniform, UNIFORM, finalists) + rows(per_layer, PER_LAYER, finalists)
+    return Outcome(finalists, trials, reference, drops)

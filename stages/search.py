@@ -1,0 +1,110 @@
+"""Stage `search`: the budget search (squeeze.methods.search), turning params `search` into the
+recipes of the finalists search_1..N and search_uniform.
+
+Reads params `search` and `evaluate`, data/splits/{train,search}.safetensors and models/teacher/;
+writes search/finalists.json (the recipes, the teacher's figures on the search split, the
+sensitivity pass, the studies' names and seed) and search/trials.csv (one row per trial: the
+front dvc.yaml's plots draw). With search.finalists 0 it writes an empty search and imports no
+torch. The Optuna studies live in search.storage, by default the SQLite file .squeeze/search.db
+of the workspace (outside DVC's outs, so `dvc repro` never deletes it: a killed search resumes).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from squeeze.config.imports import closures
+from squeeze.config.params import Params
+from squeeze.config.workspace import Workspace, write_json
+from stages.candidate import stage_main
+
+FINALISTS, TRIALS = "finalists.json", "trials.csv"
+TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
+                 "within_budget", "stopped_early", "finalist", "policy")  # fmt: skip
+# what changes no trial: the objective (it only ranks the trials), how many trials there are and
+# how long they may take (more of them resume the study), where they live, and the finalists'
+# own build. The budget does: the sampler learns from which trials met it.
+NOT_IN_KEY = ("finalists", "objective", "trials", "uniform_trials", "hours", "storage", "steps",
+              "fit")  # fmt: skip
+
+
+def storage_url(ws: Workspace, params: Params) -> str:
+    """search.storage, or the workspace's SQLite file."""
+    if params.search.storage:
+        return params.search.storage
+    path = ws.state("search.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def study_key(ws: Workspace, params: Params) -> str:
+    """What determines the trials: the train and search splits, the teacher's weights, the
+    search space and sampler seed, the latency timing, and the code that runs a trial."""
+    code = closures(ws.root, ["stages.search"]).get("stages.search", [])
+    parts = {
+        "data": [sha256(ws.split(s)) for s in ("train", "search")],
+        "teacher": sha256(ws.model("teacher") / "model.safetensors"),
+        "space": params.search.model_dump(mode="json", exclude=set(NOT_IN_KEY)),
+        "timing": params.evaluate.model_dump(mode="json"),
+        "code": [sha256(ws.root / f) for f in code],
+    }
+    from squeeze.methods.search import study_key as key
+
+    return key(parts)
+
+
+def write_trials(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(root: Path, params: Params) -> None:
+    ws, cfg = Workspace(root), params.search
+    if not cfg.finalists:
+        write_trials(ws.search(TRIALS), [])
+        write_json(ws.search(FINALISTS), {"finalists": {}})
+        return
+    import torch
+    from sqlalchemy.engine import make_url
+
+    from squeeze.data.splits import load_split
+    from squeeze.methods.search import SearchData, search
+    from squeeze.nets.models import load_checkpoint
+
+    torch.set_num_threads(cfg.trial_fit.threads)
+    torch.manual_seed(cfg.seed)
+    teacher, _ = load_checkpoint(ws.model("teacher"))
+    data = SearchData(load_split(ws.split("train")), load_split(ws.split("search")))
+    storage, key = storage_url(ws, params), study_key(ws, params)
+    names = params.finalists()
+    outcome = search(teacher, cfg, data, params.evaluate, storage, key, names)
+    write_trials(ws.search(TRIALS), outcome.trials)
+    shown = make_url(storage).render_as_string(hide_password=True)  # no password in the output
+    write_json(ws.search(FINALISTS), {
+        "study": f"squeeze-{key}", "storage": shown,
+        "seed": cfg.seed, "objective": cfg.objective, "teacher": outcome.teacher,
+        "sensitivity": outcome.sensitivity, "trials_sha256": sha256(ws.search(TRIALS)),
+        "finalists": outcome.finalists,
+    })  # fmt: skip
+    for name, found in outcome.finalists.items():
+        print(f"finalist {name}: {found['kind']} trial {found['trial']}, "
+              f"{found['search_accuracy']:.2%} on search, {found['latency_ms_p50']:.3f} ms p50, "
+              f"{found['shipped_bytes']:,} bytes shipped")  # fmt: skip
+
+
+def main() -> None:
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()
