@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from squeeze.config.imports import closures
+from squeeze.config.dvcyaml import stage_code
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, write_json
 from stages.candidate import stage_main
@@ -24,10 +24,10 @@ from stages.candidate import stage_main
 FINALISTS, TRIALS = "finalists.json", "trials.csv"
 TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
                  "within_budget", "stopped_early", "finalist", "policy")  # fmt: skip
-# what changes no trial: the objective (it only ranks the trials), how many trials there are and
-# how long they may take (more of them resume the study), where they live, and the finalists'
-# own build. The budget does: the sampler learns from which trials met it.
-NOT_IN_KEY = ("finalists", "objective", "trials", "uniform_trials", "hours", "storage", "steps",
+# what changes no trial: how many trials there are and how long they may take (more of them
+# resume the study), where they live, and the finalists' own build. The budget and the objective
+# do: the sampler learns from which trials met the budget, and minimises the objective's cost.
+NOT_IN_KEY = ("finalists", "trials", "uniform_trials", "hours", "storage", "steps",
               "fit")  # fmt: skip
 
 
@@ -47,7 +47,7 @@ def sha256(path: Path) -> str:
 def study_key(ws: Workspace, params: Params) -> str:
     """What determines the trials: the train and search splits, the teacher's weights, the
     search space and sampler seed, the latency timing, and the code that runs a trial."""
-    code = closures(ws.root, ["stages.search"]).get("stages.search", [])
+    code = stage_code(ws.root, ["stages.search"])["stages.search"]
     parts = {
         "data": [sha256(ws.split(s)) for s in ("train", "search")],
         "teacher": sha256(ws.model("teacher") / "model.safetensors"),

@@ -16,8 +16,10 @@ squeeze's own structured pruning, in the field's practice for small machines:
    learning rate; it prunes the teacher in one step, re-estimates BatchNorm and, unless its
    export already breaks the latency or size limit (the architecture alone sets both, so such
    a trial stops there: early stopping without a fine-tune), fine-tunes briefly on a subset of
-   train. Its three objectives are measured, never estimated: accuracy on the search split,
-   batch-1 p50 latency of its ONNX export in onnxruntime, and the export's shipped (xz) size.
+   train. Its figures are measured, never estimated: accuracy on the search split, batch-1 p50
+   latency of its ONNX export in onnxruntime, and the export's shipped (xz) size. The sampler
+   maximises the accuracy and minimises the size, or the latency when the objective is
+   `fastest` (cost_metric), under the budget's limits as Optuna constraints.
 3. **A uniform baseline** searched the same way over one share for every group, so that the
    per-layer policy is compared with uniform width at the same budget.
 
@@ -30,7 +32,11 @@ The studies live in Optuna's RDB storage (search.storage; SQLite in the workspac
 named by what determines their trials (data, teacher, space, timing), so a killed search
 resumes: finished trials are kept, the one under way when it died is marked failed and run
 again. Every trial's sampler is seeded by (search.seed, its number), so a resumed search asks
-what an uninterrupted one would have asked.
+what an uninterrupted one would have asked. A search that latency does not steer (objective
+smallest or most_accurate, no max_latency_ms) is deterministic: the same data, teacher and
+params give the same trials and finalists in every run. One that it steers is not, since two
+timings of one export differ; its finalists are still rebuilt byte for byte from
+search/finalists.json.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from squeeze.methods.prune import (
     width_plan,
 )
 from squeeze.methods.train import fit, predict
-from squeeze.nets.models import Classifier
+from squeeze.nets.models import Classifier, example_input, output_layers, weight_layers
 from squeeze.registry.package import pack
 
 BN_IMAGES = 1024  # training images BatchNorm is re-estimated on after a trial's pruning
@@ -126,10 +132,14 @@ def channel_groups_of(teacher: Classifier, cfg: SearchParams) -> list[ChannelGro
     except PruningError as err:
         raise SearchError(f"params.yaml search: {err}") from err
     if not groups:
+        outputs = set(output_layers(teacher, example_input(teacher.spec)))
+        layers = ", ".join(f"{name} ({'output layer' if name in outputs else 'not prunable'})"
+                           for name in weight_layers(teacher)) or "none"  # fmt: skip
         raise SearchError(
-            "params.yaml search: Torch-Pruning finds no channel group to prune in this network "
-            "(every weight layer is an output layer, or none is a Conv2d or Linear it can trace); "
-            "the search has nothing to choose: set search.finalists: 0"
+            f"params.yaml search: the network has no channel group Torch-Pruning can prune, so "
+            f"the search has nothing to choose; its weight layers: {layers}. Output layers keep "
+            "their K classes; search a network with hidden Conv2d or Linear layers, or set "
+            "search.finalists: 0"
         )
     return groups
 
@@ -286,20 +296,35 @@ def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return list(trial.constraints.values()) or [0.0]
 
 
+def cost_metric(cfg: SearchParams) -> str:
+    """The sampler's second objective beside search accuracy: latency for `fastest`, else the
+    shipped size. Latency steers the sampler only where the user asks for speed: measured, it
+    differs a little from run to run, and a sampler that reads it asks different questions in
+    two runs; bytes and accuracy are the same in every run, so is a search guided by them."""
+    return LATENCY if cfg.objective == "fastest" else SIZE
+
+
 def open_study(storage: str, name: str) -> optuna.Study:
-    """The study `name` in storage, created if new; trials a killed search left RUNNING are
-    marked FAIL, so that they run again."""
+    """The study `name` in storage, created if new (search accuracy maximised, cost_metric
+    minimised); trials a killed search left RUNNING are marked FAIL, so that they run again."""
     study = optuna.create_study(
-        storage=storage, study_name=name, load_if_exists=True,
-        directions=["maximize", "minimize", "minimize"],  # search accuracy, latency, bytes
-    )  # fmt: skip
+        storage=storage, study_name=name, load_if_exists=True, directions=["maximize", "minimize"]
+    )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return study
 
 
 def done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's completed trials, in order."""
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def ordinal(trial: optuna.trial.FrozenTrial) -> int:
+    """Which completed trial of its study it is, from 1: what the search's outputs call it.
+    (Optuna's own number also counts the trials a kill failed, so a resumed search's numbers
+    differ from an unbroken one's; the ordinal does not.)"""
+    return trial.user_attrs["ordinal"]
 
 
 def run_study(
@@ -319,11 +344,11 @@ def run_study(
         with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch lines: one per trial
             metrics = run_trial(policy, alpha, lr, ctx, teacher_accuracy)
         broken = violations(metrics, ctx.cfg, teacher_accuracy)
-        for key, value in {**metrics, "policy": policy}.items():
+        for key, value in {**metrics, "policy": policy, "ordinal": number + 1}.items():
             trial.set_user_attr(key, value)
         for key, value in broken.items():
             trial.set_constraint(key, value)
-        study.tell(trial, [metrics[SEARCH_ACCURACY], metrics[LATENCY], metrics[SIZE]])
+        study.tell(trial, [metrics[SEARCH_ACCURACY], metrics[cost_metric(ctx.cfg)]])
         log(progress(kind, number + 1, total, metrics, broken, study, ctx.cfg, started, deadline))
 
 
@@ -336,7 +361,7 @@ def progress(
         k for k, v in broken.items() if v > 0)  # fmt: skip
     early = "; stopped before fine-tuning" if metrics["stopped_early"] else ""
     best = finalist_trials(study, cfg, 1)
-    best_text = f"trial {best[0].number + 1}" if best and feasible(best[0]) else "none yet"
+    best_text = f"trial {ordinal(best[0])}" if best and feasible(best[0]) else "none yet"
     elapsed = time.monotonic() - started
     left = min(elapsed / max(1, number) * (total - number), max(0.0, deadline - time.monotonic()))
     return (f"search {kind} trial {number}/{total}: {metrics[SEARCH_ACCURACY]:.2%} on search, "
@@ -402,7 +427,7 @@ def recipe(trial: optuna.trial.FrozenTrial, study: optuna.Study, kind: str) -> d
     """What a finalist is built from (stages/finalist.py) and where it came from."""
     attrs = trial.user_attrs
     return {
-        "study": study.study_name, "kind": kind, "trial": trial.number,
+        "study": study.study_name, "kind": kind, "trial": ordinal(trial),
         "policy": attrs["policy"],
         "distill_alpha": trial.params.get("distill_alpha"), "lr": trial.params.get("lr"),
         **{k: attrs[k] for k in (SEARCH_ACCURACY, LATENCY, SIZE)},
@@ -414,9 +439,9 @@ def rows(study: optuna.Study, kind: str, finalists: dict[str, dict]) -> list[dic
     """One row per completed trial, for search/trials.csv and the Pareto front."""
     chosen = {(r["study"], r["trial"]): name for name, r in finalists.items()}
     return [
-        {"study": kind, "trial": t.number, **{k: t.user_attrs[k] for k in (
+        {"study": kind, "trial": ordinal(t), **{k: t.user_attrs[k] for k in (
             SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")},
-         "within_budget": feasible(t), "finalist": chosen.get((study.study_name, t.number), ""),
+         "within_budget": feasible(t), "finalist": chosen.get((study.study_name, ordinal(t)), ""),
          "policy": json.dumps(t.user_attrs["policy"], sort_keys=True)}
         for t in done(study)
     ]  # fmt: skip

@@ -191,6 +191,30 @@ def test_the_highest_sparsity_the_error_suggests_prunes_as_planned(
     assert conv_widths(pruned) == [2, 4]  # MIN_CHANNELS in the narrowest layer
 
 
+def test_a_per_layer_policy_prunes_each_group_by_its_own_share(
+    small_fmnist: Data, tiny_trained: nn.Module, tiny_fit: Callable
+) -> None:
+    """The search's policies: each group its own share over the steps, a group not named kept
+    whole; a key that roots no group, or a share that leaves a group too narrow, refused before
+    the pruner touches the model."""
+    cfg = prune_cfg(tiny_fit, kind="structured", sparsity=0.5, steps=2,
+                    fit=tiny_fit(epochs=1, lr=0.02))  # fmt: skip
+    policy = {"net.features.0": 0.5, "net.features.4": 0.25}
+    pruned = prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist), policy=policy)
+    assert conv_widths(pruned.model) == [4, 12]
+    only_first = {"net.features.0": 0.75}
+    pruned = prune(copy.deepcopy(tiny_trained), cfg, method_data(small_fmnist), policy=only_first)
+    assert conv_widths(pruned.model) == [2, 16]
+    model = copy.deepcopy(tiny_trained)
+    with pytest.raises(PruningError, match=r"names net\.features\.1, which roots no channel"):
+        prune(model, cfg, method_data(small_fmnist), policy={"net.features.1": 0.5})
+    with pytest.raises(
+        PruningError, match=r"too few output channels in net\.features\.0 \(8 → 0\)"
+    ):
+        prune(model, cfg, method_data(small_fmnist), policy={"net.features.0": 0.9})
+    assert conv_widths(model) == [8, 16]
+
+
 def test_a_layer_torch_pruning_skips_is_caught_after_its_step(
     small_fmnist: Data,
     tiny_trained: nn.Module,

@@ -1,0 +1,181 @@
+"""The budget search (squeeze.methods.search, stages/search.py, stages/finalist.py) on real
+Fashion-MNIST images and a trained tiny ConvNet: finalists within the budget, built in full by
+their recipe; trials that read neither validation nor test; a killed search that resumes; a
+budget nobody meets and a network with nothing to prune refused in one clear message."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from torch import nn
+
+from squeeze.config.params import Params
+from squeeze.config.sections import EvaluateParams, SearchParams
+from squeeze.config.workspace import Workspace, read_json
+from squeeze.data.spec import Split
+from squeeze.data.splits import hold_out, load_split, save_split
+from squeeze.methods.search import SearchError, channel_groups_of
+from squeeze.nets.models import Classifier, load_checkpoint
+from stages import finalist, search
+from tests.unit.conftest import make_tiny_fit
+
+TIMING = EvaluateParams(threads=1, warmup=1, runs=10, rounds=2, throughput_batch=64)
+LATENCY_COLUMNS = ("latency_ms_p50",)  # timings differ from run to run; nothing else may
+
+
+def search_params(**changes: Any) -> SearchParams:
+    """A search of a few trials, each a 1-epoch fine-tune on 300 images, a budget of 30 points
+    (the tiny teacher scores about 75%)."""
+    fit = make_tiny_fit(epochs=1, lr=0.01)
+    base = {
+        "finalists": 2, "objective": "smallest", "max_accuracy_drop": 0.3, "drop": "absolute",
+        "max_latency_ms": None, "max_shipped_bytes": None, "trials": 3, "uniform_trials": 2,
+        "hours": None, "seed": 0, "storage": None, "max_sparsity": 0.75, "sparsity_step": 0.25,
+        "sensitivity_limit": 0.5, "importance": "l2", "round_to": None,
+        "distill_alpha": [0.0, 0.9], "temperature": 4.0, "lr": [0.005, 0.05],
+        "trial_images": 300, "trial_fit": fit, "steps": 1, "fit": fit,
+    }  # fmt: skip
+    return SearchParams(**(base | changes))
+
+
+@pytest.fixture
+def search_ws(workspace: Workspace, tmp_path: Path) -> Workspace:
+    """A copy of the stage workspace whose train split has lost 20% of every class to a search
+    split, as ingest carves it (ingest.search_fraction)."""
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(workspace.root, ws.root)
+    train, held = hold_out(load_split(workspace.split("train")), 0.2, np.random.default_rng(0))
+    save_split(train, ws.split("train"))
+    save_split(held, ws.split("search"))
+    return ws
+
+
+def with_search(stage_params: Any, cfg: SearchParams) -> Params:
+    return stage_params(search=cfg, evaluate=TIMING)
+
+
+def trial_rows(ws: Workspace) -> list[dict[str, str]]:
+    """search/trials.csv without the timing columns."""
+    with ws.search(search.TRIALS).open() as f:
+        return [{k: v for k, v in row.items() if k not in LATENCY_COLUMNS}
+                for row in csv.DictReader(f)]  # fmt: skip
+
+
+def recipes(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """The finalists' recipes without their timing."""
+    found = read_json(ws.search(search.FINALISTS))["finalists"]
+    return {name: {k: v for k, v in r.items() if k not in LATENCY_COLUMNS}
+            for name, r in found.items()}  # fmt: skip
+
+
+def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_recipe(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    params = with_search(stage_params, search_params())
+    search.run(search_ws.root, params)
+    found = read_json(search_ws.search(search.FINALISTS))
+    assert list(found["finalists"]) == ["search_1", "search_2", "search_uniform"]
+    grid = {0.25, 0.5, 0.75}
+    for name, recipe in found["finalists"].items():
+        assert recipe["within_budget"] and set(recipe["policy"].values()) <= grid, name
+        drop = found["teacher"]["search_accuracy"] - recipe["search_accuracy"]
+        assert drop <= 0.3 + 1e-9
+    uniform = found["finalists"]["search_uniform"]
+    assert uniform["kind"] == "uniform" and len(set(uniform["policy"].values())) <= 1
+    # smallest first among those within the budget
+    sizes = [found["finalists"][n]["shipped_bytes"] for n in ("search_1", "search_2")]
+    assert sizes == sorted(sizes)
+    rows = trial_rows(search_ws)
+    assert [r["study"] for r in rows] == ["uniform"] * 2 + ["per_layer"] * 3
+    assert {r["finalist"] for r in rows} == {"", "search_1", "search_2", "search_uniform"}
+    assert set(found["sensitivity"]) == {"net.features.0", "net.features.4"}
+
+    finalist.run(search_ws.root, params, "search_1")
+    model, record = load_checkpoint(search_ws.model("search_1"))
+    policy = found["finalists"]["search_1"]["policy"]
+    widths = {"net.features.0": 8, "net.features.4": 16}
+    for layer, width in widths.items():
+        kept = record["layers"][layer]["channels"]
+        assert kept == width - int(width * policy.get(layer, 0.0)), layer
+    assert record["search"]["trials_sha256"] == search.sha256(search_ws.search(search.TRIALS))
+    assert record["search"]["trial"] == found["finalists"]["search_1"]["trial"]
+    assert record["method"] == "search_finalist" and record["upstream"] == ["teacher"]
+
+
+def test_permuting_validation_and_test_labels_changes_no_trial_and_no_finalist(
+    search_ws: Workspace, stage_params: Any, tmp_path: Path
+) -> None:
+    """The search reads train and the search split only: two workspaces, one with its
+    validation and test labels shuffled, search alike (timings aside)."""
+    shuffled = Workspace(tmp_path / "shuffled")
+    shutil.copytree(search_ws.root, shuffled.root)
+    rng = np.random.default_rng(1)
+    for split in ("val", "test"):
+        data = load_split(shuffled.split(split))
+        save_split(Split(data.images, rng.permutation(data.labels)), shuffled.split(split))
+    params = with_search(stage_params, search_params())
+    for ws in (search_ws, shuffled):
+        search.run(ws.root, params)
+    assert trial_rows(search_ws) == trial_rows(shuffled)
+    assert recipes(search_ws) == recipes(shuffled)
+
+
+def test_a_killed_search_resumes_with_the_trials_an_unbroken_one_runs(
+    search_ws: Workspace, stage_params: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two trials, then a kill in the middle of the third (a RUNNING trial left in the study),
+    then the search again with three: one trial more runs, and the three are those of a search
+    that ran three at once."""
+    unbroken = Workspace(tmp_path / "unbroken")
+    shutil.copytree(search_ws.root, unbroken.root)
+    search.run(search_ws.root, with_search(stage_params, search_params(trials=2, finalists=1)))
+    storage = search.storage_url(search_ws, with_search(stage_params, search_params()))
+    name = read_json(search_ws.search(search.FINALISTS))["study"]
+    optuna.load_study(study_name=name, storage=storage).ask()  # the kill: never told
+    capsys.readouterr()
+    search.run(search_ws.root, with_search(stage_params, search_params()))
+    assert capsys.readouterr().out.count("search per_layer trial") == 1
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    search.run(unbroken.root, with_search(stage_params, search_params()))
+    assert trial_rows(search_ws) == trial_rows(unbroken)
+    assert recipes(search_ws) == recipes(unbroken)
+
+
+def test_a_budget_no_trial_meets_is_refused_naming_the_tightest_limit_and_the_closest_trial(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    """A latency nobody reaches: every trial stops before its fine-tune, and no recipe is
+    written (nothing downstream can build or promote from a search that found nothing)."""
+    params = with_search(stage_params, search_params(max_latency_ms=1e-6))
+    with pytest.raises(SearchError) as err:
+        search.run(search_ws.root, params)
+    message = str(err.value)
+    assert "the tightest limit is max_latency_ms, met by 0 of 3 trials" in message
+    assert "The closest trial scored" in message and "Nothing was built or promoted" in message
+    assert not search_ws.search(search.FINALISTS).exists()
+    storage = search.storage_url(search_ws, params)
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)
+               if not s.study_name.endswith("-uniform")]  # fmt: skip
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert all(t.user_attrs["stopped_early"] for t in trials)
+
+
+def test_a_network_with_nothing_to_prune_is_refused_naming_its_layers(
+    tiny_trained: Classifier,
+) -> None:
+    """A linear classifier: its one weight layer is the output, which keeps its K classes."""
+    linear = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), tiny_trained.spec,
+                        {"name": "linear"})  # fmt: skip
+    with pytest.raises(SearchError, match=r"net\.1 \(output layer\)"):
+        channel_groups_of(linear, search_params())
+    assert channel_groups_of(copy.deepcopy(tiny_trained), search_params())
