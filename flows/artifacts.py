@@ -13,6 +13,8 @@ create one is logged, never raised: a report must not fail the stage that it rep
 from __future__ import annotations
 
 import base64
+import csv
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,17 @@ from squeeze.config.params import Params
 from squeeze.config.sections import GateParams
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.decide.gate import COMPARED, gates
+from squeeze.measure.plots import search_png
+from squeeze.methods.search import accuracy_floor
 from squeeze.registry.card import summary_markdown
 from squeeze.registry.registry import RegistryError, registry_of
 from squeeze.registry.store import StoreError
 from stages import promote
+from stages import search as search_stage
 
+# the finalists table's columns, of each recipe of search/finalists.json
+FINALIST_COLUMNS = ("kind", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
+                    "within_budget", "distill_alpha", "lr", "policy")  # fmt: skip
 # the candidates table's columns, of each record of metrics/candidates.json
 CANDIDATE_COLUMNS = (
     "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",
@@ -89,6 +97,33 @@ def publish_pareto(root: Path) -> None:
     publish("markdown", key="pareto",
             description="validation accuracy vs size and latency: the front and the gate's limits",
             markdown=f"![Pareto plot](data:image/png;base64,{png})")  # fmt: skip
+
+
+# -- search -------------------------------------------------------------------------------------
+
+
+def publish_search(root: Path, params: Params) -> None:
+    """The budget search's trials as a Pareto plot (search/trials.csv, drawn here) and its
+    finalists as a table, from what the search stage wrote; nothing without a search."""
+    ws = Workspace(root)
+    found = read_json(ws.search(search_stage.FINALISTS))
+    if not found["finalists"]:
+        return
+    with ws.search(search_stage.TRIALS).open() as f:
+        rows = list(csv.DictReader(f))
+    cfg, teacher = params.search, found["teacher"]
+    limits = {"shipped_bytes": cfg.max_shipped_bytes, "latency_ms_p50": cfg.max_latency_ms}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "search.png"
+        search_png(rows, teacher, accuracy_floor(cfg, teacher["search_accuracy"]), limits, path)
+        png = base64.b64encode(path.read_bytes()).decode()
+    publish("markdown", key="search-front",
+            description="budget search: every trial on the search split, the budget, the finalists",
+            markdown=f"![Budget search](data:image/png;base64,{png})")  # fmt: skip
+    table = [{"name": name, **{k: r[k] for k in FINALIST_COLUMNS}}
+             for name, r in found["finalists"].items()]  # fmt: skip
+    about = f"budget search finalists (objective {cfg.objective}; study {found['study']})"
+    publish("table", key="search-finalists", table=table, description=about)
 
 
 # -- gate ---------------------------------------------------------------------------------------

@@ -181,6 +181,10 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         for name in ("ingest", "train_teacher", "search"):
             done[name] = timed(seconds, name, build, root, params, known)
             known = None if done[name] else known
+        if done["search"]:
+            from flows.artifacts import publish_search  # as flows.in_process: torch on demand
+
+            publish_search(root, params)
         if remote:  # the workers' inputs: the data, the teacher and the search's recipes
             logger.info("pushed %d files to the DVC remote for the workers", push_remote(root))
         # the runner comes from the run's params (not the decorator), so a UI or work-pool run

@@ -3,9 +3,10 @@ recipe in search/finalists.json: the teacher pruned by the recipe's per-layer po
 search.steps steps and fine-tuned for search.fit (its distillation weight and lr the recipe's),
 by the same prune method as any `prune` candidate (squeeze.methods.prune).
 
-Reads params `search`, search/finalists.json, models/teacher/ and data/splits/{train,val}; writes
-models/NAME/ as stages/prune does, its model.json's `search` naming the study, trial, seed and
-the sha256 of the trial list it was chosen from (the card's lineage).
+Reads params `search`, search/recipes/NAME.json, models/teacher/ and data/splits/{train,val};
+writes models/NAME/ as stages/prune does, its model.json's `search` the recipe: the study, the
+trial, the seed and the trial's own figures (the card's lineage; the study's whole trial list is
+search/trials.csv, its sha256 in search/finalists.json).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from squeeze.methods.prune import prune
 from squeeze.methods.search import base_cfg
 from squeeze.nets.models import load_checkpoint
 from stages.candidate import base_record, main_for
-from stages.search import FINALISTS
+from stages.search import RECIPES
 from stages.trained import save_trained
 
 TEACHER = "teacher"
@@ -32,11 +33,11 @@ TEACHER = "teacher"
 
 def run(root: Path, params: Params, name: str) -> None:
     ws, cfg = Workspace(root), params.search
-    found = read_json(ws.search(FINALISTS))
-    if name not in found["finalists"]:
-        raise StageRefused(f"{ws.search(FINALISTS)} holds no recipe for {name}: run the search "
-                           "stage first (dvc repro search)")  # fmt: skip
-    recipe = found["finalists"][name]
+    path = ws.search(f"{RECIPES}/{name}.json")
+    if not path.exists():
+        raise StageRefused(f"{path}: no recipe for {name}: run the search stage first (dvc "
+                           "repro search)")  # fmt: skip
+    recipe = read_json(path)
     prune_cfg = base_cfg(cfg, cfg.steps, cfg.fit, recipe["distill_alpha"], recipe["lr"])
     torch.set_num_threads(cfg.fit.threads)
     torch.manual_seed(cfg.fit.seed)
@@ -45,13 +46,8 @@ def run(root: Path, params: Params, name: str) -> None:
     start = time.perf_counter()
     data = MethodData(load_split(ws.split("train")), load_split(ws.split("val")), teacher)
     result = prune(model, prune_cfg, data, policy=recipe["policy"])
-    lineage = {k: found[k] for k in ("study", "seed", "objective", "trials_sha256")}
-    record = (
-        base_record(ws, name, "search_finalist", [TEACHER], prune_cfg)
-        | result.record
-        | {"search": lineage | recipe}
-    )
-    save_trained(ws, name, result.model, record, result.history, start)
+    method = base_record(ws, name, "search_finalist", [TEACHER], prune_cfg) | result.record
+    save_trained(ws, name, result.model, method | {"search": recipe}, result.history, start)
 
 
 def main() -> None:

@@ -1,18 +1,21 @@
 """Stage `search`: the budget search (squeeze.methods.search), turning params `search` into the
 recipes of the finalists search_1..N and search_uniform.
 
-Reads params `search` and `evaluate`, data/splits/{train,search}.safetensors and models/teacher/;
-writes search/finalists.json (the recipes, the teacher's figures on the search split, the
-sensitivity pass, the studies' names and seed) and search/trials.csv (one row per trial: the
-front dvc.yaml's plots draw). With search.finalists 0 it writes an empty search and imports no
-torch. The Optuna studies live in search.storage, by default the SQLite file .squeeze/search.db
-of the workspace (outside DVC's outs, so `dvc repro` never deletes it: a killed search resumes).
+Reads params `search` and `evaluate.threads`, data/splits/{train,search}.safetensors and
+models/teacher/; writes search/finalists.json (the recipes, the teacher's figures on the search
+split, the sensitivity pass, the studies' names and seed), search/recipes/NAME.json (each
+finalist's recipe, what its finalist-NAME stage reads) and search/trials.csv (one row per trial:
+the front dvc.yaml's plots draw). With search.finalists 0 it writes an
+empty search and imports no torch. The Optuna studies live in search.storage, by default the
+SQLite file .squeeze/search.db of the workspace (outside DVC's outs, so `dvc repro` never deletes
+it: a killed search resumes).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,11 @@ from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, write_json
 from stages.candidate import stage_main
 
-FINALISTS, TRIALS = "finalists.json", "trials.csv"
+FINALISTS, TRIALS, RECIPES = "finalists.json", "trials.csv", "recipes"
+# How a trial's export is timed, at evaluate.threads: fewer runs than evaluate's (a trial needs a
+# ranking and a limit check, evaluate the reported figure), and fixed here, so that a change of
+# evaluate's timing re-runs evaluate only, not the search and every finalist
+TRIAL_TIMING = {"warmup": 20, "runs": 100, "rounds": 5}
 TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
                  "within_budget", "stopped_early", "finalist", "policy")  # fmt: skip
 # what changes no trial: how many trials there are and how long they may take (more of them
@@ -46,13 +53,14 @@ def sha256(path: Path) -> str:
 
 def study_key(ws: Workspace, params: Params) -> str:
     """What determines the trials: the train and search splits, the teacher's weights, the
-    search space and sampler seed, the latency timing, and the code that runs a trial."""
+    search space, budget, objective and sampler seed, the latency's threads, and the code that
+    runs a trial."""
     code = stage_code(ws.root, ["stages.search"])["stages.search"]
     parts = {
         "data": [sha256(ws.split(s)) for s in ("train", "search")],
         "teacher": sha256(ws.model("teacher") / "model.safetensors"),
         "space": params.search.model_dump(mode="json", exclude=set(NOT_IN_KEY)),
-        "timing": params.evaluate.model_dump(mode="json"),
+        "threads": params.evaluate.threads,
         "code": [sha256(ws.root / f) for f in code],
     }
     from squeeze.methods.search import study_key as key
@@ -70,6 +78,9 @@ def write_trials(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def run(root: Path, params: Params) -> None:
     ws, cfg = Workspace(root), params.search
+    recipes = ws.search(RECIPES)
+    shutil.rmtree(recipes, ignore_errors=True)
+    recipes.mkdir(parents=True)
     if not cfg.finalists:
         write_trials(ws.search(TRIALS), [])
         write_json(ws.search(FINALISTS), {"finalists": {}})
@@ -87,7 +98,8 @@ def run(root: Path, params: Params) -> None:
     data = SearchData(load_split(ws.split("train")), load_split(ws.split("search")))
     storage, key = storage_url(ws, params), study_key(ws, params)
     names = params.finalists()
-    outcome = search(teacher, cfg, data, params.evaluate, storage, key, names)
+    timing = params.evaluate.model_copy(update=TRIAL_TIMING)
+    outcome = search(teacher, cfg, data, timing, storage, key, names)
     write_trials(ws.search(TRIALS), outcome.trials)
     shown = make_url(storage).render_as_string(hide_password=True)  # no password in the output
     write_json(ws.search(FINALISTS), {
@@ -97,6 +109,9 @@ def run(root: Path, params: Params) -> None:
         "finalists": outcome.finalists,
     })  # fmt: skip
     for name, found in outcome.finalists.items():
+        # one file per finalist, its stage's only dep on the search: a finalist whose recipe a
+        # longer search did not change is not rebuilt
+        write_json(recipes / f"{name}.json", found | {"seed": cfg.seed})
         print(f"finalist {name}: {found['kind']} trial {found['trial']}, "
               f"{found['search_accuracy']:.2%} on search, {found['latency_ms_p50']:.3f} ms p50, "
               f"{found['shipped_bytes']:,} bytes shipped")  # fmt: skip

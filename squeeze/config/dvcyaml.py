@@ -31,7 +31,7 @@ import yaml
 from squeeze.config.allowlist import class_paths, workspace_packages
 from squeeze.config.errors import ParamsError
 from squeeze.config.imports import closures, module_file
-from squeeze.config.params import FINALIST, Params
+from squeeze.config.params import FINALIST, FINALIST_KEYS, Params
 
 DVC_FILE = "dvc.yaml"
 # always_changed stages (dvc.yaml): they stamp what DVC cannot see, the data at the source and
@@ -43,7 +43,7 @@ FINALIST_CMD = "python -m stages.finalist"
 # what a merge or finalist stage reads besides its code and the model folders it builds from
 MERGE_DATA = ["data/splits/train.safetensors", "data/splits/val.safetensors",
               "data/fingerprint.json"]  # fmt: skip
-SEARCH_OUT = "search/finalists.json"  # the search stage's recipes, which each finalist reads
+RECIPES = "search/recipes"  # the search stage's recipes, one NAME.json per finalist
 # the stages that build or load a model, so run the user's network code; merge-* besides
 CODE_STAGES = ("train_teacher", "search", "distill", "prune", "quantize", "evaluate")
 # deps dvc.yaml lists itself (what a stage reads besides code); sync writes every other dep
@@ -113,8 +113,11 @@ def generated_stages(root: Path, params: Params) -> dict[str, dict[str, Any]]:
     finalists = {
         f"finalist-{name}": {
             "cmd": f"{FINALIST_CMD} {name}",
-            "deps": code["stages.finalist"] + MERGE_DATA + user + ["models/teacher", SEARCH_OUT],
-            "params": ["search"],
+            "deps": code["stages.finalist"]
+            + MERGE_DATA
+            + user
+            + ["models/teacher", f"{RECIPES}/{name}.json"],
+            "params": [f"search.{key}" for key in FINALIST_KEYS],
             "outs": [f"models/{name}"],
         }
         for name in params.finalists()

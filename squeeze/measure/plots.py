@@ -1,5 +1,7 @@
-"""The Pareto plots of the candidates table as a PNG: validation accuracy (what the gate reads)
-against shipped size and against latency, with the non-dominated front and the gate's limits."""
+"""The Pareto plots as PNGs: of the candidates table, validation accuracy (what the gate reads)
+against shipped size and against latency, with the non-dominated front and the gate's limits;
+and of the budget search's trials, accuracy on the search split against the same two, with the
+budget's limits and the finalists."""
 
 from __future__ import annotations
 
@@ -119,3 +121,67 @@ def set_log_x(ax: Any) -> None:
     ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def search_png(
+    rows: list[dict[str, Any]], teacher: dict[str, float], floor: float,
+    limits: dict[str, float | None], path: Path,
+) -> None:  # fmt: skip
+    """The budget search's trials, two panels (accuracy on the search split against shipped
+    size and against batch-1 p50 latency): per-layer trials blue, uniform ones orange, a trial
+    stopped before its fine-tune hollow, the finalists starred and named, the teacher red, the
+    per-layer trials' non-dominated front a step line, the budget's limits dashed.
+
+    Args:
+        rows: search/trials.csv's rows (stages/search.py's TRIAL_COLUMNS; values as read, str).
+        teacher: the teacher's search_accuracy, shipped_bytes and latency_ms_p50.
+        floor: the lowest search accuracy within the budget (the teacher's less the drop).
+        limits: {"shipped_bytes": max_shipped_bytes, "latency_ms_p50": max_latency_ms}, None
+            where the budget sets none.
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI or workers
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
+    labels = {"shipped_bytes": "shipped (xz) bytes", "latency_ms_p50": "batch-1 latency, median ms"}
+    for ax, (key, label) in zip(axes, labels.items(), strict=True):
+        for study, colour in (("per_layer", "tab:blue"), ("uniform", "tab:orange")):
+            for early in (False, True):
+                mine = [r for r in rows if r["study"] == study
+                        and (r["stopped_early"] == "True") == early]  # fmt: skip
+                if not mine:
+                    continue
+                name = f"{study} trials" + (", stopped early" if early else "")
+                ax.scatter([float(r[key]) for r in mine],
+                           [float(r["search_accuracy"]) * 100 for r in mine],
+                           s=22, edgecolors=colour, facecolors="none" if early else colour,
+                           label=name)  # fmt: skip
+        per_layer = [r for r in rows if r["study"] == "per_layer"]
+        points = [(float(r[key]), float(r["search_accuracy"]) * 100) for r in per_layer]
+        if points:
+            xs, ys = zip(*(points[i] for i in pareto_front(points)), strict=True)
+            ax.plot(xs, ys, drawstyle="steps-post", color="black", lw=0.8, alpha=0.6,
+                    label="per-layer front")  # fmt: skip
+        for r in (r for r in rows if r["finalist"]):
+            point = (float(r[key]), float(r["search_accuracy"]) * 100)
+            ax.scatter(*point, marker="*", s=150, color="gold", edgecolors="black", zorder=3)
+            ax.annotate(r["finalist"], point, fontsize=7, xytext=(5, 5), textcoords="offset points")
+        ax.scatter(teacher[key], teacher["search_accuracy"] * 100, color=TEACHER_COLOR, s=40,
+                   label="teacher", zorder=3)  # fmt: skip
+        ax.axhline(floor * 100, color="tab:purple", ls="--", lw=1, label="accuracy floor")
+        if limits[key] is not None:
+            ax.axvline(
+                limits[key], color="tab:purple", ls=":", lw=1, label=f"limit {limits[key]:g}"
+            )
+        set_log_x(ax)
+        ax.set_xlabel(label + " (log)")
+        ax.set_ylabel("accuracy on the search split, %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("squeeze budget search: every trial (stars: the finalists built in full)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -29,7 +29,7 @@ the gate (on validation) and promote then decide as for any other. Trials read o
 fine-tune) and the search split (the scores): never validation, never test.
 
 The studies live in Optuna's RDB storage (search.storage; SQLite in the workspace by default),
-named by what determines their trials (data, teacher, space, timing), so a killed search
+named by what determines their trials (data, teacher, space, budget), so a killed search
 resumes: finished trials are kept, the one under way when it died is marked failed and run
 again. Every trial's sampler is seeded by (search.seed, its number), so a resumed search asks
 what an uninterrupted one would have asked. A search that latency does not steer (objective
@@ -105,7 +105,8 @@ def shares(cfg: SearchParams) -> list[float]:
 def base_cfg(cfg: SearchParams, steps: int, fit_cfg: Any, alpha: float, lr: float) -> PruneParams:
     """The PruneParams a trial (steps 1, cfg.trial_fit) or a finalist (cfg.steps, cfg.fit)
     prunes with: structured, cfg's importance and round_to, its distillation weight and lr.
-    sparsity is only the pruner's default; every group's share comes from the policy."""
+    sparsity is only the pruner's default; every group's share comes from the policy. (What a
+    finalist reads of cfg here is squeeze.config.params.FINALIST_KEYS, its stage's params.)"""
     return PruneParams(
         upstream="teacher", kind="structured", sparsity=cfg.max_sparsity, steps=steps,
         importance=cfg.importance, round_to=cfg.round_to, distill_alpha=alpha,
@@ -246,11 +247,18 @@ def measure(model: Classifier, ctx: Context) -> tuple[Path, dict[str, float]]:
     return path, {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes()))}
 
 
+def accuracy_floor(cfg: SearchParams, teacher: float) -> float:
+    """The lowest search accuracy within the budget: the teacher's less max_accuracy_drop
+    (absolute points, or that share of the teacher's accuracy when cfg.drop is relative)."""
+    return teacher - cfg.max_accuracy_drop * (teacher if cfg.drop == "relative" else 1.0)
+
+
 def violations(metrics: dict[str, float], cfg: SearchParams, teacher: float) -> dict[str, float]:
     """How far a trial's metrics are past each limit of the budget, as a share of the limit
     (> 0: broken; <= 0: met), by key of params search."""
-    allowed = cfg.max_accuracy_drop * (teacher if cfg.drop == "relative" else 1.0)
-    out = {"max_accuracy_drop": (teacher - metrics[SEARCH_ACCURACY] - allowed) / max(allowed, 1e-9)}
+    floor = accuracy_floor(cfg, teacher)
+    allowed = max(teacher - floor, 1e-9)
+    out = {"max_accuracy_drop": (floor - metrics[SEARCH_ACCURACY]) / allowed}
     if cfg.max_latency_ms is not None:
         out["max_latency_ms"] = metrics[LATENCY] / cfg.max_latency_ms - 1
     if cfg.max_shipped_bytes is not None:
@@ -468,7 +476,8 @@ def search(
         teacher: the model searched from ((B, H, W, C) uint8 -> (B, K)); left unchanged.
         cfg: params `search` (budget, objective, space, trials, seed).
         data: train and the search split (SearchData); val and test are never read.
-        timing: params `evaluate` (threads, warmup, runs, rounds of the latency measurement).
+        timing: how a trial's latency is measured (EvaluateParams: threads, warmup, runs,
+            rounds; stages/search.py: evaluate.threads with fewer runs than evaluate's).
         storage: an SQLAlchemy URL of Optuna's RDB storage (sqlite:///..., postgresql://...).
         key: names the studies (squeeze-KEY, squeeze-KEY-uniform): a hash of everything that
             determines their trials, so that a search of other data or space starts afresh.

@@ -152,12 +152,22 @@ def model_record(root: Path, name: str, params: Params) -> dict[str, Any]:
         record = read_json(path)
         upstream = record.get("upstream") or []
         node = {"name": name, "method": record.get("method"), "upstream": list(upstream)}
-        for key in ("arch", "data_sha256", "parameters", "layers"):
+        for key in ("arch", "data_sha256", "parameters", "layers", "search"):
             if key in record:
                 node[key] = record[key]
         return node
     upstream = params.upstreams().get(name, [])
     return {"name": name, "method": params.stage_of(name), "upstream": upstream, "record": None}
+
+
+def search_lineage(root: Path, chain: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For a model the budget search found (a finalist in its chain, whose record holds its
+    recipe: study, trial, seed): the study and the sha256 of the trial list it was chosen from
+    (search/trials.csv, as search/finalists.json records it); None for any other."""
+    if not any("search" in node for node in chain):
+        return None
+    found = read_json(Workspace(root).search("finalists.json"))
+    return {key: found[key] for key in ("study", "storage", "seed", "objective", "trials_sha256")}
 
 
 def upstream_chain(root: Path, name: str, params: Params) -> list[dict[str, Any]]:
@@ -241,6 +251,7 @@ def build_card(
             "dvc_lock_sha256": file_sha256(root / "dvc.lock"),
             "data_fingerprint": data_fingerprint(root),
             "upstream_chain": chain,
+            "search": search_lineage(root, chain),
         },
         "params": effective_params(params, chain),
     }

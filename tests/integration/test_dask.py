@@ -153,8 +153,8 @@ def test_candidates_build_on_workers_that_share_no_disk(
 
     state = retrain_and_compress(params=params, workspace=str(workspace), return_state=True)
     result = state.result()
-    assert set(result["ran"]) == {"ingest", "train_teacher", *candidates, "evaluate", "gate",
-                                  "promote"}  # fmt: skip
+    assert set(result["ran"]) == {"ingest", "train_teacher", "search", *candidates, "evaluate",
+                                  "gate", "promote"}  # fmt: skip
     assert set(result["seconds"]) == {"source", "production", *result["ran"]}
     # the workers' dvc.lock entries, taken into the workspace: DVC agrees that all is current
     assert dvc_up_to_date(workspace)

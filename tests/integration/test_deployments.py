@@ -219,8 +219,10 @@ def read_deployment(name: str) -> Any:
 
 
 def quick_params(params: Params) -> dict[str, Any]:
-    """params with no candidates (the teacher alone) and fewer timing runs: a quick full run."""
-    quick = merge(params.model_dump(mode="json"), {"evaluate": {"runs": 20}})
+    """params with no candidates (the teacher alone: no search either) and fewer timing runs: a
+    quick full run."""
+    quick = merge(params.model_dump(mode="json"),
+                  {"evaluate": {"runs": 20}, "search": {"finalists": 0}})  # fmt: skip
     return quick | {stage: {} for stage in COMPRESSION_STAGES}
 
 

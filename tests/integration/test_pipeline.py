@@ -102,6 +102,21 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     } <= artifacts
     assert dvc_up_to_date(workspace)
 
+    # one finalist fewer: the search chooses again from the trials it holds (it runs none) and
+    # no finalist whose recipe stayed is rebuilt; the run shows the trials' front and finalists
+    set_param(workspace, "search", "finalists", 1)
+    state = retrain_and_compress(workspace=str(workspace), return_state=True)
+    assert state.result()["ran"] == ["search", *downstream]
+    found = artifacts_of(state.state_details.flow_run_id)
+    assert "data:image/png;base64," in found["search-front"].data
+    table = found["search-finalists"].data
+    finalists = json.loads(table) if isinstance(table, str) else table
+    assert [row["name"] for row in finalists] == ["search_1", "search_uniform"]
+    assert set(read_json(Workspace(workspace).metrics("candidates"))) == set(candidates) - {
+        "search_2"
+    }
+    assert dvc_up_to_date(workspace)
+
     # a fourth ensemble member added by hand: `dvc repro` stops on the stale merge stage and
     # names the fix; after `squeeze sync` the ensemble is rebuilt on all four members
     members = [*load_params(workspace).merge["ensemble_small"].upstreams, "teacher_ch50"]
