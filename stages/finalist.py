@@ -25,10 +25,9 @@ from squeeze.methods.prune import prune
 from squeeze.methods.search import base_cfg
 from squeeze.nets.models import load_checkpoint
 from stages.candidate import base_record, main_for
+from stages.prune import TEACHER
 from stages.search import RECIPES
 from stages.trained import save_trained
-
-TEACHER = "teacher"
 
 
 def run(root: Path, params: Params, name: str) -> None:
