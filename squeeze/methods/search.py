@@ -389,13 +389,12 @@ def finalist_trials(
     their largest violation (closest first)."""
     trials = done(study)
     order = tuple(SEARCH_ACCURACY if m == ACCURACY else m for m in POLICIES[cfg.objective])
-    records = {f"{t.number:06d}": {**t.user_attrs, "name": f"{t.number:06d}"} for t in trials}
-    within = ranked([records[f"{t.number:06d}"] for t in trials if feasible(t)], order)
-    by_number = {f"{t.number:06d}": t for t in trials}
+    keyed = {f"{t.number:06d}": t for t in trials}  # ranked's tie-break name: trial order
+    within = ranked([{**t.user_attrs, "name": k} for k, t in keyed.items() if feasible(t)], order)
     rest = sorted(
         (t for t in trials if not feasible(t)), key=lambda t: (max(constraints(t)), t.number)
     )
-    return ([by_number[r["name"]] for r in within] + rest)[:count]
+    return ([keyed[r["name"]] for r in within] + rest)[:count]
 
 
 def tightest(trials: list[optuna.trial.FrozenTrial]) -> str:
