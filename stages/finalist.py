@@ -1,31 +1,36 @@
 """Stage `finalist`: build search finalist NAME (search_1..N, search_uniform) in full from its
-recipe in search/finalists.json: the teacher pruned by the recipe's per-layer policy over
-search.steps steps and fine-tuned for search.fit (its distillation weight and lr the recipe's),
-by the same prune method as any `prune` candidate (squeeze.methods.prune).
+recipe search/recipes/NAME.json (squeeze.methods.search.Choice): the teacher's channel groups
+pruned by the recipe's per-layer policy, then its unstructured sparsity, each over search.steps
+steps with search.fit's fine-tune (distillation weight, temperature, lr and quantization-aware
+grid the recipe's), by the same prune method as any `prune` candidate; then, for int8/int4
+weights, its export quantized as a `quantize` candidate's is (squeeze.methods.quantize).
 
 Reads params `search`, search/recipes/NAME.json, models/teacher/ and data/splits/{train,val};
-writes models/NAME/ as stages/prune does, its model.json's `search` the recipe: the study, the
-trial, the seed and the trial's own figures (the card's lineage; the study's whole trial list is
-search/trials.csv, its sha256 in search/finalists.json).
+writes models/NAME/ as stages/prune does (fp32) or as stages/quantize does (model.onnx, "format":
+"onnx"); its model.json's `search` is the recipe: the study, the trial, the seed and the trial's
+own figures (the card's lineage; the study's whole trial list is search/trials.csv, its sha256
+in search/finalists.json).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from squeeze.config.params import FINALIST, Params
-from squeeze.config.workspace import Workspace, read_json
+from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.splits import load_split
 from squeeze.errors import StageRefused
 from squeeze.methods import MethodData
-from squeeze.methods.prune import prune
-from squeeze.methods.search import base_cfg
-from squeeze.nets.models import load_checkpoint
-from stages.candidate import base_record, main_for
+from squeeze.methods.search import Choice, compress, prune_cfg, shipped_form
+from squeeze.nets.models import count_params, load_checkpoint
+from stages.candidate import base_record, fresh_folder, main_for
 from stages.prune import TEACHER
+from stages.quantize import onnx_record
 from stages.search import RECIPES
 from stages.trained import save_trained
 
@@ -37,16 +42,26 @@ def run(root: Path, params: Params, name: str) -> None:
         raise StageRefused(f"{path}: no recipe for {name}: run the search stage first (dvc "
                            "repro search)")  # fmt: skip
     recipe = read_json(path)
-    prune_cfg = base_cfg(cfg, cfg.steps, cfg.fit, recipe["distill_alpha"], recipe["lr"])
+    choice = Choice.of(recipe)
     torch.set_num_threads(cfg.fit.threads)
     torch.manual_seed(cfg.fit.seed)
-    model, _ = load_checkpoint(ws.model(TEACHER))
-    teacher = load_checkpoint(ws.model(TEACHER))[0] if prune_cfg.distill_alpha > 0 else None
+    teacher, _ = load_checkpoint(ws.model(TEACHER))
     start = time.perf_counter()
     data = MethodData(load_split(ws.split("train")), load_split(ws.split("val")), teacher)
-    result = prune(model, prune_cfg, data, policy=recipe["policy"])
-    method = base_record(ws, name, "search_finalist", [TEACHER], prune_cfg) | result.record
-    save_trained(ws, name, result.model, method | {"search": recipe}, result.history, start)
+    model, history, record = compress(teacher, choice, cfg, cfg.steps, cfg.fit, data)
+    method = base_record(ws, name, "search_finalist", [TEACHER],
+                         prune_cfg(cfg, choice, cfg.steps, cfg.fit))  # fmt: skip
+    method |= record | {"search": recipe}
+    if choice.weights == "fp32":
+        save_trained(ws, name, model, method, history, start)
+        return
+    with fresh_folder(ws.model(name)) as folder, tempfile.TemporaryDirectory() as tmp:
+        shipped, quantized = shipped_form(model, choice, cfg, data, Path(tmp))
+        shutil.copyfile(shipped, folder / "model.onnx")
+        record = method | quantized | {"arch": model.arch, "parameters": count_params(model),
+                                       "history": history}  # fmt: skip
+        write_json(folder / "model.json", record | onnx_record(
+            Path(tmp) / "fp32.onnx", folder / "model.onnx", data.val, start))  # fmt: skip
 
 
 def main() -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from squeeze.config.params import Params
 from squeeze.config.workspace import Workspace, read_json, write_json
+from squeeze.data.spec import Split
 from squeeze.data.splits import load_split
 from squeeze.measure.export import export_onnx
 from squeeze.measure.runtime import predicted_classes
@@ -51,18 +53,25 @@ def run(root: Path, params: Params, name: str) -> None:
         qat = upstream.get("params", {}).get("qat")
         result = quantize(source, cfg, MethodData(train, val), qat=qat)
         out.write_bytes(result.model)
-        fp32_pred = predicted_classes(source, val.images)
-        pred = predicted_classes(out, val.images)
         record = base_record(ws, name, f"quantize_{cfg.mode}", [cfg.upstream], cfg) | {
             "arch": upstream.get("arch"),
-            "format": "onnx",
-            "val_accuracy": round(float((pred == val.labels).mean()), 5),
-            "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
             **result.record,  # on_trained_grid, int4_scheme, int4_scheme_val_accuracy
-            "size_bytes": out.stat().st_size,
-            "wall_seconds": round(time.perf_counter() - start, 1),
         }
-        write_json(folder / "model.json", record)
+        write_json(folder / "model.json", record | onnx_record(source, out, val, start))
+
+
+def onnx_record(source: Path, out: Path, val: Split, start: float) -> dict[str, Any]:
+    """What an ONNX-format candidate's model.json adds (`out`, quantized from the fp32 export
+    `source`): its format, validation accuracy, agreement with the source on val, file size and
+    the wall seconds since `start` (a time.perf_counter() value)."""
+    fp32_pred, pred = predicted_classes(source, val.images), predicted_classes(out, val.images)
+    return {
+        "format": "onnx",
+        "val_accuracy": round(float((pred == val.labels).mean()), 5),
+        "val_agreement_fp32": round(float((pred == fp32_pred).mean()), 5),
+        "size_bytes": out.stat().st_size,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ FINALISTS, TRIALS, RECIPES = "finalists.json", "trials.csv", "recipes"
 # evaluate's timing re-runs evaluate only, not the search and every finalist
 TRIAL_TIMING = {"warmup": 20, "runs": 100, "rounds": 5}
 TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
-                 "within_budget", "stopped_early", "finalist", "policy")  # fmt: skip
+                 "within_budget", "stopped_early", "finalist", "sparsity", "weights", "qat",
+                 "policy")  # fmt: skip
 # what changes no trial: how many trials there are and how long they may take (more of them
 # resume the study), where they live, and the finalists' own build. The budget and the objective
 # do: the sampler learns from which trials met the budget, and minimises the objective's cost.
@@ -112,7 +113,8 @@ def run(root: Path, params: Params) -> None:
         # one file per finalist, its stage's only dep on the search: a finalist whose recipe a
         # longer search did not change is not rebuilt
         write_json(recipes / f"{name}.json", found | {"seed": cfg.seed})
-        print(f"finalist {name}: {found['kind']} trial {found['trial']}, "
+        print(f"finalist {name}: {found['kind']} trial {found['trial']}, {found['weights']}, "
+              f"{found['sparsity']:.0%} of weights zeroed, "
               f"{found['search_accuracy']:.2%} on search, {found['latency_ms_p50']:.3f} ms p50, "
               f"{found['shipped_bytes']:,} bytes shipped")  # fmt: skip
 

@@ -33,9 +33,9 @@ COMPRESSION_STAGES = ("distill", "prune", "quantize", "merge")
 FINALIST = "finalist"  # the stage that builds a search finalist (stages/finalist.py)
 UNIFORM = "search_uniform"  # the finalist of the uniform baseline search
 # the keys of params.search a finalist's build reads besides its recipe (squeeze.methods.search.
-# base_cfg): its DVC stage depends on these alone, so a new budget or more trials rebuild only the
-# finalists whose recipe changed
-FINALIST_KEYS = ("max_sparsity", "importance", "round_to", "temperature", "steps", "fit")
+# prune_cfg, quantize_cfg): its DVC stage depends on these alone, so a new budget or more trials
+# rebuild only the finalists whose recipe changed
+FINALIST_KEYS = ("max_sparsity", "importance", "round_to", "calibration_samples", "steps", "fit")
 
 
 class Params(Section):

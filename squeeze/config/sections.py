@@ -379,7 +379,8 @@ Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 class SearchParams(Section):
     """The budget search (squeeze.methods.search): what a user can afford, instead of a
     hand-written graph. Trials prune the teacher's channel groups each by its own share (a
-    per-layer policy) and fine-tune briefly; they are scored on the search split (ingest.
+    per-layer policy), zero a share of the remaining weights, quantize or not, and fine-tune
+    briefly; they are scored on the search split (ingest.
     search_fraction), latency and shipped size measured on their ONNX export. The best
     `finalists` that meet the budget are built in full as candidates search_1..N, beside
     search_uniform (the best of a search over one share for all groups, the baseline a per-layer
@@ -437,8 +438,35 @@ class SearchParams(Section):
     distill_alpha: Range = Field(
         description="[low, high] of the searched weight of distillation from the teacher."
     )
-    temperature: float = Field(gt=0, le=100, description="Temperature of that distillation.")
+    temperature: Range = Field(
+        description="[low, high] of the searched temperature of that distillation (log scale)."
+    )
     lr: Range = Field(description="[low, high] of the searched peak learning rate (log scale).")
+    max_unstructured: float = Field(
+        ge=0, lt=1,
+        description="The largest share of the remaining weights a trial zeroes after its "
+        "channels (global L1 magnitude, so each layer's share follows from the ranking), on the "
+        "grid of sparsity_step; 0: no unstructured pruning.",
+    )  # fmt: skip
+    weights: list[Literal["fp32", "int8", "int4"]] = Field(
+        min_length=1,
+        description="The weight types a trial chooses among: fp32 (no quantization) or int8 / "
+        "int4 weights by onnxruntime's static quantization (per-channel, calibrated uint8 "
+        "activations; squeeze.methods.quantize).",
+    )  # fmt: skip
+    qat: list[bool] = Field(
+        min_length=1,
+        description="Whether a quantized trial's fine-tune is quantization-aware "
+        "(squeeze.methods.qat), among these choices.",
+    )  # fmt: skip
+    fp32_first_layer: list[bool] = Field(
+        min_length=1,
+        description="Whether a quantized trial keeps the weight layers the pixels enter first "
+        "in fp32, among these choices.",
+    )  # fmt: skip
+    calibration_samples: int = Field(
+        ge=1, le=60000, description="Training images that calibrate a quantized trial or finalist."
+    )
     trial_images: int = Field(
         ge=10, description="Training images a trial fine-tunes on (a seeded stratified subset)."
     )
@@ -448,13 +476,14 @@ class SearchParams(Section):
 
     @model_validator(mode="after")
     def check_ranges(self) -> SearchParams:
-        for key, bounds in (("distill_alpha", "0 <= low <= high <= 1"),
-                            ("lr", "0 < low <= high <= 10")):  # fmt: skip
+        for key, floor, ceiling in (("distill_alpha", 0, 1), ("lr", None, 10),
+                                    ("temperature", None, 100)):  # fmt: skip
             low, high = getattr(self, key)
-            floor_ok = low >= 0 if key == "distill_alpha" else low > 0
-            if not (floor_ok and low <= high <= (1 if key == "distill_alpha" else 10)):
+            floor_ok = low >= floor if floor is not None else low > 0
+            if not (floor_ok and low <= high <= ceiling):
+                bound = f"{floor} <=" if floor is not None else "0 <"
                 raise ValueError(f"{key}: [{low}, {high}] is no range; give [low, high] with "
-                                 f"{bounds}")  # fmt: skip
+                                 f"{bound} low <= high <= {ceiling}")  # fmt: skip
         if self.sparsity_step > self.max_sparsity:
             raise ValueError(f"sparsity_step {self.sparsity_step} is above max_sparsity "
                              f"{self.max_sparsity}: the grid would hold no share")  # fmt: skip

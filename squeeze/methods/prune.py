@@ -218,6 +218,19 @@ def prune_unstructured(
     return model.eval(), history
 
 
+def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
+    """Zero the round(sparsity · N) smallest-magnitude of the N prunable() weights, ranked over
+    all layers together, in one shot and without fine-tuning (global L1, torch.nn.utils.prune):
+    a quick look at what prune_unstructured ends with (squeeze.methods.search's probes)."""
+    tensors = prunable(model)
+    torch_prune.global_unstructured(
+        tensors, pruning_method=torch_prune.L1Unstructured, amount=sparsity
+    )
+    for module, name in tensors:
+        torch_prune.remove(module, name)
+    return model
+
+
 def taylor_gradients(model: nn.Module, batch: Split) -> None:
     """Fill .grad with the cross-entropy gradient of one batch, which TaylorImportance reads.
 

@@ -11,13 +11,18 @@ squeeze's own structured pruning, in the field's practice for small machines:
    than search.sensitivity_limit: the sampler never spends a trial on a share that alone breaks
    the network.
 2. **Constrained multi-objective sampling** with Optuna's TPE (Watanabe 2023; constraints as in
-   Optuna's `constraints_func`): a trial picks each group's share within its range (a per-layer
-   policy, as AMC and NetAdapt choose it), the weight of distillation from the teacher and the
-   learning rate; it prunes the teacher in one step, re-estimates BatchNorm and, unless its
-   export already breaks the latency or size limit (the architecture alone sets both, so such
-   a trial stops there: early stopping without a fine-tune), fine-tunes briefly on a subset of
-   train. Its figures are measured, never estimated: accuracy on the search split, batch-1 p50
-   latency of its ONNX export in onnxruntime, and the export's shipped (xz) size. The sampler
+   Optuna's `constraints_func`). A trial (a Choice) picks each group's share within its range
+   (a per-layer policy, as AMC and NetAdapt choose it), then the share of the remaining weights
+   to zero (global L1 magnitude, as Deep Compression prunes), the weight type of the shipped
+   file (fp32, or int8 / int4 by onnxruntime's static quantization), whether the last fine-tune
+   is quantization-aware, whether the first layer stays fp32, and the distillation weight,
+   temperature and learning rate. A one-shot probe of that choice (BatchNorm re-estimated,
+   EagleEye's adaptive BN, Li et al. 2020) is exported as it would ship; its latency and size
+   are the trial's own, so a probe that breaks the latency or size limit ends the trial there,
+   without a fine-tune (early stopping). Otherwise the choice is built as a finalist is
+   (compress, shipped_form), in one step with a short fine-tune on a subset of train. Its
+   figures are measured, never estimated: accuracy on the search split, batch-1 p50 latency of
+   the shipped ONNX file in onnxruntime, and that file's shipped (xz) size. The sampler
    maximises the accuracy and minimises the size, or the latency when the objective is
    `fastest` (cost_metric), under the budget's limits as Optuna constraints.
 3. **A uniform baseline** searched the same way over one share for every group, so that the
@@ -49,7 +54,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +62,28 @@ import numpy as np
 import optuna
 import torch
 
-from squeeze.config.sections import EvaluateParams, PruneParams, SearchParams
+from squeeze.config.sections import EvaluateParams, PruneParams, QuantizeParams, SearchParams
 from squeeze.data.spec import Split
 from squeeze.data.splits import stratified_indices, subset
 from squeeze.decide.choose import ACCURACY, LATENCY, POLICIES, SEARCH_ACCURACY, SIZE, ranked
 from squeeze.errors import StageRefused
 from squeeze.measure.export import export_onnx
 from squeeze.measure.runtime import latencies, predicted_classes
-from squeeze.methods.distill import distillation_loss
+from squeeze.methods import MethodData
 from squeeze.methods.merge import reestimate_bn
 from squeeze.methods.prune import (
     MIN_CHANNELS,
     ChannelGroup,
     PruningError,
     check_widths,
+    magnitude_prune,
     out_channels,
+    prune,
     structured_pruner,
     width_plan,
 )
-from squeeze.methods.train import fit, predict
+from squeeze.methods.quantize import quantize
+from squeeze.methods.train import predict
 from squeeze.nets.models import Classifier, example_input, output_layers, weight_layers
 from squeeze.registry.package import pack
 
@@ -96,22 +104,106 @@ class SearchData:
     search: Split
 
 
+def grid_to(top: float, step: float) -> list[float]:
+    """0, step, 2·step, ... up to top (rounded to 6 places)."""
+    return [round(k * step, 6) for k in range(int(round(top / step, 9)) + 1)]
+
+
 def shares(cfg: SearchParams) -> list[float]:
-    """The grid of shares: 0, step, 2·step, ... up to max_sparsity (rounded to 6 places)."""
-    count = int(round(cfg.max_sparsity / cfg.sparsity_step, 9))
-    return [round(k * cfg.sparsity_step, 6) for k in range(count + 1)]
+    """The grid of channel shares: 0, step, 2·step, ... up to max_sparsity."""
+    return grid_to(cfg.max_sparsity, cfg.sparsity_step)
 
 
-def base_cfg(cfg: SearchParams, steps: int, fit_cfg: Any, alpha: float, lr: float) -> PruneParams:
-    """The PruneParams a trial (steps 1, cfg.trial_fit) or a finalist (cfg.steps, cfg.fit)
-    prunes with: structured, cfg's importance and round_to, its distillation weight and lr.
-    sparsity is only the pruner's default; every group's share comes from the policy. (What a
-    finalist reads of cfg here is squeeze.config.params.FINALIST_KEYS, its stage's params.)"""
+@dataclass(frozen=True)
+class Choice:
+    """What a trial asks for and a finalist is built from (its recipe): the teacher's channel
+    groups each pruned by its share (policy: {group's first layer: share}, a group not named
+    keeping all), then `sparsity` of the remaining weights zeroed (global L1; 0: none), then the
+    export quantized to `weights` (fp32: not), the last fine-tune quantization-aware when `qat`,
+    the first weight layers kept fp32 when `fp32_first_layer`; every fine-tune distils from the
+    teacher with weight distill_alpha at `temperature`, at peak learning rate lr."""
+
+    policy: dict[str, float]
+    distill_alpha: float
+    temperature: float
+    lr: float
+    sparsity: float
+    weights: str
+    qat: bool
+    fp32_first_layer: bool
+
+    @classmethod
+    def of(cls, recipe: dict[str, Any]) -> Choice:
+        """The choice a recipe (search/recipes/NAME.json) records."""
+        return cls(**{key: recipe[key] for key in cls.__dataclass_fields__})
+
+    def grid(self) -> str | None:
+        """The weights the last fine-tune trains on the grid of (prune.*.qat), or None."""
+        return self.weights if self.qat and self.weights != "fp32" else None
+
+
+def prune_cfg(
+    cfg: SearchParams, choice: Choice, steps: int, fit_cfg: Any, kind: str = "structured"
+) -> PruneParams:  # fmt: skip
+    """The PruneParams of one of a choice's two pruning passes, for a trial (steps 1,
+    cfg.trial_fit) or a finalist (cfg.steps, cfg.fit): structured (every group's share from the
+    policy; sparsity is only the pruner's default) or unstructured (choice.sparsity). The last
+    pass fine-tunes on choice.grid(). (What a finalist reads of cfg here is
+    squeeze.config.params.FINALIST_KEYS, its stage's params.)"""
+    last = kind == "unstructured" or not choice.sparsity
     return PruneParams(
-        upstream="teacher", kind="structured", sparsity=cfg.max_sparsity, steps=steps,
-        importance=cfg.importance, round_to=cfg.round_to, distill_alpha=alpha,
-        temperature=cfg.temperature, qat=None, fit=fit_cfg.model_copy(update={"lr": lr}),
+        upstream="teacher", kind=kind,
+        sparsity=choice.sparsity if kind == "unstructured" else cfg.max_sparsity, steps=steps,
+        importance=cfg.importance, round_to=cfg.round_to, distill_alpha=choice.distill_alpha,
+        temperature=choice.temperature, qat=choice.grid() if last else None,
+        fit=fit_cfg.model_copy(update={"lr": choice.lr}),
     )  # fmt: skip
+
+
+def compress(
+    teacher: Classifier, choice: Choice, cfg: SearchParams, steps: int, fit_cfg: Any,
+    data: MethodData,
+) -> tuple[Classifier, list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """A copy of the teacher with the choice's channels removed, then its weights zeroed, each
+    over `steps` steps with fit_cfg's fine-tune (squeeze.methods.prune): (the model in eval mode,
+    one curve row per step, prune's record of the channels with the final sparsity). The
+    teacher is left unchanged.
+
+    Raises:
+        PruningError: the sparsity empties a layer (prune_unstructured).
+    """
+    channels = prune(copy.deepcopy(teacher), prune_cfg(cfg, choice, steps, fit_cfg), data,
+                     policy=choice.policy)  # fmt: skip
+    if not choice.sparsity:
+        return channels.model, channels.history, channels.record
+    weights = prune(channels.model, prune_cfg(cfg, choice, steps, fit_cfg, "unstructured"), data)
+    record = channels.record | {k: weights.record[k] for k in ("sparsity", "sparsity_over")}
+    return weights.model, channels.history + weights.history, record
+
+
+def quantize_cfg(cfg: SearchParams, choice: Choice) -> QuantizeParams:
+    """How a quantized choice's export is quantized: static, per-channel, choice.weights."""
+    return QuantizeParams(
+        upstream="teacher", mode="static", weights=choice.weights, per_channel=True,
+        calibration_samples=cfg.calibration_samples, fp32_first_layer=choice.fp32_first_layer,
+    )  # fmt: skip
+
+
+def shipped_form(
+    model: Classifier, choice: Choice, cfg: SearchParams, data: MethodData, folder: Path
+) -> tuple[Path, dict[str, Any]]:
+    """The model's ONNX export as the choice ships it, in `folder` (the fp32 export is always
+    folder/fp32.onnx): fp32, or quantized
+    (squeeze.methods.quantize: calibrated on data.train, an int4 scheme chosen on data.val),
+    with quantize's record ({} for fp32)."""
+    path = folder / "fp32.onnx"
+    export_onnx(model, path)
+    if choice.weights == "fp32":
+        return path, {}
+    result = quantize(path, quantize_cfg(cfg, choice), data, qat=choice.grid())
+    out = folder / "model.onnx"
+    out.write_bytes(result.model)
+    return out, result.record
 
 
 def feasible_shares(group: ChannelGroup, grid: list[float], cfg: SearchParams) -> list[float]:
@@ -128,8 +220,7 @@ def channel_groups_of(teacher: Classifier, cfg: SearchParams) -> list[ChannelGro
     """The teacher's prunable channel groups; SearchError naming the network's weight layers
     when Torch-Pruning finds none it can prune (nothing to search)."""
     try:
-        _, groups, _ = structured_pruner(copy.deepcopy(teacher), base_cfg(
-            cfg, 1, cfg.trial_fit, 0.0, cfg.trial_fit.lr), {})  # fmt: skip
+        _, groups, _ = structured_pruner(copy.deepcopy(teacher), probe_cfg(cfg), {})
     except PruningError as err:
         raise SearchError(f"params.yaml search: {err}") from err
     if not groups:
@@ -143,6 +234,12 @@ def channel_groups_of(teacher: Classifier, cfg: SearchParams) -> list[ChannelGro
             "search.finalists: 0"
         )
     return groups
+
+
+def probe_cfg(cfg: SearchParams) -> PruneParams:
+    """The structured PruneParams of a one-step probe: no fine-tune reads its fit."""
+    plain = Choice({}, 0.0, cfg.temperature[0], cfg.trial_fit.lr, 0.0, "fp32", False, False)
+    return prune_cfg(cfg, plain, 1, cfg.trial_fit)
 
 
 def prune_once(teacher: Classifier, policy: dict[str, float], cfg: PruneParams) -> Classifier:
@@ -175,13 +272,13 @@ def sensitivity(
     ({group's first layer: {share: drop}}), BatchNorm re-estimated, no fine-tune. A group's
     shares stop at the first whose drop exceeds cfg.sensitivity_limit (that one recorded)."""
     images = bn_images(data.train, cfg.seed)
-    prune_cfg = base_cfg(cfg, 1, cfg.trial_fit, 0.0, cfg.trial_fit.lr)
+    one_step = probe_cfg(cfg)
     reference = torch_accuracy(teacher, data.search)
     drops: dict[str, dict[str, float]] = {}
     for group in groups:
         root, drops[group.layers[0]] = group.layers[0], {}
         for share in feasible_shares(group, shares(cfg), cfg)[1:]:
-            model = prune_once(teacher, {root: share}, prune_cfg)
+            model = prune_once(teacher, {root: share}, one_step)
             reestimate_bn(model, images)
             drop = round(reference - torch_accuracy(model, data.search), 6)
             drops[root][str(share)] = drop
@@ -223,28 +320,43 @@ class Context:
     scratch: Path
 
 
-def suggest(trial: optuna.Trial, ctx: Context, study: str) -> tuple[dict[str, float], float, float]:
-    """(policy, distillation weight, lr) the trial's sampler asks for: each group's share in
-    its range (per_layer) or one share for all (uniform)."""
+def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
+    """The Choice the trial's sampler asks for: each group's share in its range (per_layer) or
+    one share for all (uniform), and the rest of the space alike in both studies. A range of one
+    value is not asked (Optuna would record a constant)."""
+    cfg = ctx.cfg
     if study == UNIFORM:
         share = trial.suggest_categorical("share", ctx.uniform)
         policy = dict.fromkeys(ctx.ranges, share)
     else:
         policy = {root: trial.suggest_categorical(root, choices)
                   for root, choices in ctx.ranges.items() if len(choices) > 1}  # fmt: skip
-    low, high = ctx.cfg.distill_alpha
-    alpha = trial.suggest_float("distill_alpha", low, high) if high > low else low
-    lr = trial.suggest_float("lr", *ctx.cfg.lr, log=True) if ctx.cfg.lr[1] > ctx.cfg.lr[0] else (
-        ctx.cfg.lr[0])  # fmt: skip
-    return {root: share for root, share in policy.items() if share}, alpha, lr
+
+    def pick(name: str, choices: list[Any]) -> Any:
+        return trial.suggest_categorical(name, choices) if len(choices) > 1 else choices[0]
+
+    def between(name: str, bounds: list[float], log: bool) -> float:
+        low, high = bounds
+        return trial.suggest_float(name, low, high, log=log) if high > low else low
+
+    return Choice(
+        policy={root: share for root, share in policy.items() if share},
+        distill_alpha=between("distill_alpha", cfg.distill_alpha, False),
+        temperature=between("temperature", cfg.temperature, True),
+        lr=between("lr", cfg.lr, True),
+        sparsity=pick("sparsity", grid_to(cfg.max_unstructured, cfg.sparsity_step)),
+        weights=pick("weights", list(cfg.weights)),
+        qat=pick("qat", list(cfg.qat)),
+        fp32_first_layer=pick("fp32_first_layer", list(cfg.fp32_first_layer)),
+    )
 
 
-def measure(model: Classifier, ctx: Context) -> tuple[Path, dict[str, float]]:
-    """The model's export in the scratch folder, with its p50 latency and shipped bytes."""
-    path = ctx.scratch / "trial.onnx"
-    export_onnx(model, path)
+def measure(path: Path, ctx: Context) -> dict[str, float]:
+    """An export's p50 latency, shipped bytes and accuracy on the search split."""
     timed = latencies({"trial": path}, ctx.data.search.images[0], ctx.timing)["trial"]
-    return path, {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes()))}
+    right = predicted_classes(path, ctx.data.search.images) == ctx.data.search.labels
+    return {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes())),
+            SEARCH_ACCURACY: float(right.mean())}  # fmt: skip
 
 
 def accuracy_floor(cfg: SearchParams, teacher: float) -> float:
@@ -266,30 +378,31 @@ def violations(metrics: dict[str, float], cfg: SearchParams, teacher: float) -> 
     return out
 
 
-def run_trial(
-    policy: dict[str, float], alpha: float, lr: float, ctx: Context, teacher_accuracy: float
-) -> dict[str, Any]:
-    """Prune, re-estimate BatchNorm, measure the export; then, unless latency or size already
-    break the budget, fine-tune briefly and measure again. The trial's metrics and whether it
-    stopped early."""
-    cfg = base_cfg(ctx.cfg, 1, ctx.cfg.trial_fit, alpha, lr)
-    model = prune_once(ctx.teacher, policy, cfg)
-    reestimate_bn(model, ctx.bn_images)
-    path, metrics = measure(model, ctx)
-    metrics[SEARCH_ACCURACY] = float((predicted_classes(path, ctx.data.search.images)
-                                      == ctx.data.search.labels).mean())  # fmt: skip
+def run_trial(choice: Choice, ctx: Context, teacher_accuracy: float) -> dict[str, Any]:
+    """A probe first: the channels removed and the weights zeroed in one shot, BatchNorm
+    re-estimated, the export as shipped measured. Its latency and size are (nearly) the trial's
+    own, so a probe that breaks the budget's latency or size limit ends the trial before any
+    fine-tune (stopped_early, scored by the probe); so does a sparsity that empties a layer.
+    Otherwise the choice is built as a finalist is (compress), in one step with cfg.trial_fit
+    on the trial's training subset, and measured again."""
+    data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
+    probe = prune_once(ctx.teacher, choice.policy, probe_cfg(ctx.cfg))
+    if choice.sparsity:
+        magnitude_prune(probe, choice.sparsity)
+    reestimate_bn(probe, ctx.bn_images)
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
+        metrics = measure(shipped_form(probe, choice, ctx.cfg, data, Path(tmp))[0], ctx)
     cost = {k: v for k, v in violations(metrics, ctx.cfg, teacher_accuracy).items()
             if k != "max_accuracy_drop"}  # fmt: skip
     if any(v > 0 for v in cost.values()):
         return {**metrics, "stopped_early": True}
-    loss = distillation_loss(ctx.teacher, cfg.temperature, alpha) if alpha > 0 else None
-    fit(model, ctx.fine_tune, ctx.data.search, cfg.fit, loss_fn=loss)
-    model.eval()
-    path = ctx.scratch / "trial.onnx"
-    export_onnx(model, path)
-    accuracy = (predicted_classes(path, ctx.data.search.images) == ctx.data.search.labels).mean()
-    return {**metrics, SEARCH_ACCURACY: float(accuracy), SIZE: len(pack(path.read_bytes())),
-            "stopped_early": False}  # fmt: skip
+    try:
+        model, _, _ = compress(ctx.teacher, choice, ctx.cfg, 1, ctx.cfg.trial_fit, data)
+    except PruningError:
+        return {**metrics, "stopped_early": True}
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
+        path, _ = shipped_form(model, choice, ctx.cfg, data, Path(tmp))
+        return {**measure(path, ctx), "stopped_early": False}
 
 
 def study_key(ctx_parts: dict[str, Any]) -> str:
@@ -348,11 +461,11 @@ def run_study(
             seed=ctx.cfg.seed * 100003 + number, multivariate=True
         )
         trial = study.ask()
-        policy, alpha, lr = suggest(trial, ctx, kind)
+        choice = suggest(trial, ctx, kind)
         with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch lines: one per trial
-            metrics = run_trial(policy, alpha, lr, ctx, teacher_accuracy)
+            metrics = run_trial(choice, ctx, teacher_accuracy)
         broken = violations(metrics, ctx.cfg, teacher_accuracy)
-        for key, value in {**metrics, "policy": policy, "ordinal": number + 1}.items():
+        for key, value in {**metrics, "choice": asdict(choice), "ordinal": number + 1}.items():
             trial.set_user_attr(key, value)
         for key, value in broken.items():
             trial.set_constraint(key, value)
@@ -435,8 +548,7 @@ def recipe(trial: optuna.trial.FrozenTrial, study: optuna.Study, kind: str) -> d
     attrs = trial.user_attrs
     return {
         "study": study.study_name, "kind": kind, "trial": ordinal(trial),
-        "policy": attrs["policy"],
-        "distill_alpha": trial.params.get("distill_alpha"), "lr": trial.params.get("lr"),
+        **attrs["choice"],
         **{k: attrs[k] for k in (SEARCH_ACCURACY, LATENCY, SIZE)},
         "within_budget": feasible(trial),
     }  # fmt: skip
@@ -449,7 +561,8 @@ def rows(study: optuna.Study, kind: str, finalists: dict[str, dict]) -> list[dic
         {"study": kind, "trial": ordinal(t), **{k: t.user_attrs[k] for k in (
             SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")},
          "within_budget": feasible(t), "finalist": chosen.get((study.study_name, ordinal(t)), ""),
-         "policy": json.dumps(t.user_attrs["policy"], sort_keys=True)}
+         **{k: t.user_attrs["choice"][k] for k in ("sparsity", "weights", "qat")},
+         "policy": json.dumps(t.user_attrs["choice"]["policy"], sort_keys=True)}
         for t in done(study)
     ]  # fmt: skip
 
@@ -507,10 +620,8 @@ def search(
             teacher, data, cfg, timing, ranges(groups, drops, cfg), grid,
             subset(data.train, picks), bn_images(data.train, cfg.seed), Path(scratch),
         )  # fmt: skip
-        path, reference = measure(teacher, ctx)
-        reference[SEARCH_ACCURACY] = float(
-            (predicted_classes(path, data.search.images) == data.search.labels).mean()
-        )
+        export_onnx(teacher, ctx.scratch / "teacher.onnx")
+        reference = measure(ctx.scratch / "teacher.onnx", ctx)
         for study, kind, total in ((uniform, UNIFORM, cfg.uniform_trials),
                                    (per_layer, PER_LAYER, cfg.trials)):  # fmt: skip
             run_study(study, kind, total, ctx, reference[SEARCH_ACCURACY], deadline, log)

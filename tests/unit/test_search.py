@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import optuna
 import pytest
 from torch import nn
@@ -39,7 +40,9 @@ def search_params(**changes: Any) -> SearchParams:
         "max_latency_ms": None, "max_shipped_bytes": None, "trials": 3, "uniform_trials": 2,
         "hours": None, "seed": 0, "storage": None, "max_sparsity": 0.75, "sparsity_step": 0.25,
         "sensitivity_limit": 0.5, "importance": "l2", "round_to": None,
-        "distill_alpha": [0.0, 0.9], "temperature": 4.0, "lr": [0.005, 0.05],
+        "distill_alpha": [0.0, 0.9], "temperature": [2.0, 8.0], "lr": [0.005, 0.05],
+        "max_unstructured": 0.5, "weights": ["fp32", "int8", "int4"], "qat": [False, True],
+        "fp32_first_layer": [False, True], "calibration_samples": 64,
         "trial_images": 300, "trial_fit": fit, "steps": 1, "fit": fit,
     }  # fmt: skip
     return SearchParams(**(base | changes))
@@ -97,15 +100,46 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     assert {r["finalist"] for r in rows} == {"", "search_1", "search_2", "search_uniform"}
     assert set(found["sensitivity"]) == {"net.features.0", "net.features.4"}
 
-    finalist.run(search_ws.root, params, "search_1")
-    model, record = load_checkpoint(search_ws.model("search_1"))
-    policy = found["finalists"]["search_1"]["policy"]
+    for name in ("search_1", "search_2"):
+        check_built_by_recipe(search_ws, params, name, found["finalists"][name])
+
+
+def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict) -> None:
+    """Build finalist `name` and check it is its recipe: each group's width, the sparsity, the
+    weight type of its shipped file, the recipe in its lineage."""
+    finalist.run(ws.root, params, name)
+    record = read_json(ws.model(name) / "model.json")
     widths = {"net.features.0": 8, "net.features.4": 16}
     for layer, width in widths.items():
         kept = record["layers"][layer]["channels"]
-        assert kept == width - int(width * policy.get(layer, 0.0)), layer
-    assert record["search"] == found["finalists"]["search_1"] | {"seed": 0}
+        assert kept == width - int(width * found["policy"].get(layer, 0.0)), layer
+    assert record["sparsity"] == pytest.approx(found["sparsity"], abs=0.01)
+    assert record["search"] == found | {"seed": 0}
     assert record["method"] == "search_finalist" and record["upstream"] == ["teacher"]
+    if found["weights"] == "fp32":
+        assert record["format"] == "safetensors"
+        load_checkpoint(ws.model(name))
+        return
+    model = onnx.load(ws.model(name) / "model.onnx")
+    ops = {node.op_type for node in model.graph.node}
+    assert record["format"] == "onnx" and "DequantizeLinear" in ops
+    assert record["on_trained_grid"] == found["qat"]
+    bits = {t.data_type for t in model.graph.initializer  # weights, not int32 biases
+            if t.name.endswith("_quantized") and len(t.dims) > 1}  # fmt: skip
+    assert bits == {onnx.TensorProto.INT8 if found["weights"] == "int8" else onnx.TensorProto.INT4}
+
+
+def test_a_quantized_sparse_finalist_is_built_by_its_recipe(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    """Every trial int8 and half its weights zeroed: the finalist ships int8 ONNX, as sparse."""
+    cfg = search_params(max_unstructured=0.5, sparsity_step=0.5, weights=["int8"], qat=[True],
+                        finalists=1, trials=2, uniform_trials=1)  # fmt: skip
+    params = with_search(stage_params, cfg)
+    search.run(search_ws.root, params)
+    found = read_json(search_ws.search(search.FINALISTS))["finalists"]
+    assert {r["weights"] for r in found.values()} == {"int8"}
+    check_built_by_recipe(search_ws, params, "search_1", found["search_1"])
 
 
 def test_permuting_validation_and_test_labels_changes_no_trial_and_no_finalist(
