@@ -18,6 +18,7 @@ results (benchmarks/report.py), and with --readme the body of README's Figures s
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
 import subprocess
@@ -36,7 +37,7 @@ from benchmarks import choose, peers, report
 from benchmarks.anchors import anchors
 from squeeze.config.dvcyaml import stages_ran
 from squeeze.config.files import load_params
-from squeeze.config.params import Params
+from squeeze.config.params import UNIFORM, Params
 from squeeze.config.sections import EvaluateParams
 from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split, read_spec
@@ -48,6 +49,7 @@ from squeeze.methods.quantize import calibration_images
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
 from squeeze.registry.card import git_dirty, git_revision
+from stages import search as search_stage
 from stages.quantize import fp32_source
 
 COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme README.md"
@@ -227,11 +229,14 @@ def comparisons(
 ) -> list[dict[str, Any]]:
     """What each method adds, on validation and on test: each squeeze candidate vs the peer
     built against it, each distilled student vs the same student without distillation, each
-    ensemble vs its best member, and each soup vs its variants (best ingredient, other soup)."""
+    ensemble vs its best member, each soup vs its variants (best ingredient, other soup), and
+    each per-layer search finalist vs the uniform one found at the same budget."""
     pairs = [("vs peer", r["compared_with"], r["name"]) for r in bench.rows if r["role"] == "peer"]
     pairs += [("distillation", a, b) for a, b in kd_pairs(params)]
     pairs += [("ensemble", a, b) for a, b in ensemble_pairs(params, records)]
     pairs += [("soup", r["upstream"][0], r["name"]) for r in bench.rows if r["role"] == "variant"]
+    pairs += [("per-layer vs uniform", name, UNIFORM) for name in params.finalists()
+              if name != UNIFORM]  # fmt: skip
     return [paired(bench, *pair, split) for pair in pairs for split in SPLITS]
 
 
@@ -349,6 +354,29 @@ def teacher_training(ws: Workspace, params: Params) -> dict[str, Any]:
     }
 
 
+def search_summary(ws: Workspace, params: Params) -> dict[str, Any] | None:
+    """The budget search the workspace ran (None if none): its budget, how long it took, its
+    trials (search/trials.csv) and finalists' recipes, and each finalist's build time."""
+    if not params.search.finalists:
+        return None
+    found = read_json(ws.search(search_stage.FINALISTS))
+    with ws.search(search_stage.TRIALS).open() as f:
+        trials = list(csv.DictReader(f))
+    budget = ("objective", "max_accuracy_drop", "drop", "max_latency_ms", "max_shipped_bytes",
+              "trials", "uniform_trials", "hours", "seed")  # fmt: skip
+    return {
+        "budget": {k: getattr(params.search, k) for k in budget},
+        # None: a search/finalists.json written before the search recorded its wall time
+        "search_seconds": found.get("seconds"),
+        "build_seconds": {
+            n: read_json(ws.model(n) / "model.json")["wall_seconds"] for n in found["finalists"]
+        },  # fmt: skip
+        "teacher": found["teacher"],
+        "finalists": found["finalists"],
+        "trials": trials,
+    }
+
+
 def gate_choice(ws: Workspace, params: Params) -> dict[str, Any] | None:
     """The gate's challenger (chosen on validation by gate.policy), when the gate ran and one
     passed."""
@@ -386,6 +414,7 @@ def results(
         "by_method": choose.by_method(rows),
         "network": params.train_teacher.arch.model_dump(mode="json"),
         "gate": gate_choice(ws, params),
+        "search": search_summary(ws, params),
         "noop": noop_timings(root) if noop else [],
     }
 

@@ -258,6 +258,79 @@ def peers_text(results: Results) -> list[str]:
     ]
 
 
+def seconds_text(seconds: float | None) -> str:
+    return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def front(trials: list[dict[str, str]], cost: str) -> list[dict[str, str]]:
+    """The per-layer trials no other per-layer trial beats on both search accuracy and `cost`
+    (a column of search/trials.csv: the Pareto front the sampler pushes), cheapest first."""
+    mine = [(float(t["search_accuracy"]), float(t[cost]), t) for t in trials
+            if t["study"] == "per_layer"]  # fmt: skip
+    kept = [t for acc, c, t in mine
+            if not any(a >= acc and o <= c and (a, o) != (acc, c) for a, o, _ in mine)]  # fmt: skip
+    return sorted(kept, key=lambda t: float(t[cost]))
+
+
+def search_section(results: Results) -> list[str]:
+    """The budget search (results["search"], from benchmarks.compare.search_summary): the
+    budget, the trials and their front on the search split, and each finalist built in full,
+    measured on validation and test beside the teacher; [] when the run had no search."""
+    found = results.get("search")
+    if not found:
+        return []
+    b, rows, t = found["budget"], by_name(results), by_name(results)["teacher"]
+    limits = ", ".join(f"{k} {b[k]}" for k in ("max_latency_ms", "max_shipped_bytes") if b[k])
+    trials = found["trials"]
+    counts = {study: [r for r in trials if r["study"] == study]
+              for study in ("per_layer", "uniform")}  # fmt: skip
+    challenger = (results.get("gate") or {}).get("challenger")
+    out = [
+        "## Search", "",
+        f"Budget: objective `{b['objective']}` among the trials at most {b['max_accuracy_drop']:g} "
+        f"({b['drop']}) below the teacher on the search split"
+        + (f", {limits}" if limits else "") + f"; {b['trials']} per-layer and "
+        f"{b['uniform_trials']} uniform trials (cap {b['hours']} h), seed {b['seed']}. The teacher "
+        f"scored {pct(found['teacher']['search_accuracy'])}% on the search split. The search "
+        f"(sensitivity pass and trials) took {seconds_text(found['search_seconds'])}; building "
+        "the finalists in full took " + ", ".join(
+            f"{n} {seconds_text(s)}" for n, s in found["build_seconds"].items()) + ".",
+        "",
+        "Trials: " + "; ".join(
+            f"{study} {len(r)} completed, {sum(x['within_budget'] == 'True' for x in r)} within "
+            f"the budget, {sum(x['stopped_early'] == 'True' for x in r)} stopped before "
+            "fine-tuning" for study, r in counts.items()) + ". The per-layer front on the search "
+        "split (no other per-layer trial is both as accurate and as "
+        + ("fast" if b["objective"] == "fastest" else "small") + "):",
+        "",
+        "| trial | search % | shipped bytes | p50 ms | weights | sparsity | qat | within budget "
+        "| finalist |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {r['trial']} | {pct(float(r['search_accuracy']))} | {int(r['shipped_bytes']):,} | "
+          f"{float(r['latency_ms_p50']):.4f} | {r['weights']} | {r['sparsity']} | {r['qat']} | "
+          f"{r['within_budget']} | {r['finalist']} |" for r in front(
+            trials, "latency_ms_p50" if b["objective"] == "fastest" else "shipped_bytes")),
+        "",
+        "Finalists, each built in full from its trial's recipe, measured above with every "
+        "other row (the gate's challenger, chosen on validation, marked ★):",
+        "",
+        "| finalist | trial | weights | sparsity | qat | search % (trial) | val % [95% CI] "
+        "| test % [95% CI] | Δ test pts | teacher shipped ÷ shipped | speed-up p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, recipe in found["finalists"].items():
+        r = rows[name]
+        out.append(
+            f"| {name}{' ★' if name == challenger else ''} | {recipe['kind']} "
+            f"{recipe['trial']} | {recipe['weights']} | {recipe['sparsity']:g} | {recipe['qat']} "
+            f"| {pct(recipe['search_accuracy'])} | {with_ci(r, 'val')} | {with_ci(r, 'test')} | "
+            f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
+            f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
+        )
+    return out + ["", "Per-layer against uniform: the `per-layer vs uniform` rows of the paired "
+                  "comparisons above (McNemar exact p on the same images)."]  # fmt: skip
+
+
 ANCHORS = (
     "Anchors (literal, from the original sketch): `anchor_random_mask50` zeroes a random half "
     "of every weight tensor; `anchor_minmax_int_no_zero_point` rounds w / ((max - min) / 255) "
@@ -277,6 +350,8 @@ def results_md(
         *targets_table(results), "", *peers_text(results), "", "## Teacher", "",
         teacher_line(results),
     ]  # fmt: skip
+    if results.get("search"):
+        lines += ["", *search_section(results)]
     if results.get("noop"):
         lines += ["", "## Nothing changed", "", *noop_table(results)]
     lines += ["", ANCHORS]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +101,15 @@ def run(root: Path, params: Params) -> None:
     storage, key = storage_url(ws, params), study_key(ws, params)
     names = params.finalists()
     timing = params.evaluate.model_copy(update=TRIAL_TIMING)
+    start = time.perf_counter()
     outcome = search(teacher, cfg, data, timing, storage, key, names)
     write_trials(ws.search(TRIALS), outcome.trials)
     shown = make_url(storage).render_as_string(hide_password=True)  # no password in the output
     write_json(ws.search(FINALISTS), {
         "study": f"squeeze-{key}", "storage": shown,
         "seed": cfg.seed, "objective": cfg.objective, "teacher": outcome.teacher,
+        # this run's wall time (a resumed search's: since it resumed)
+        "seconds": round(time.perf_counter() - start, 1),
         "sensitivity": outcome.sensitivity, "trials_sha256": sha256(ws.search(TRIALS)),
         "finalists": outcome.finalists,
     })  # fmt: skip

@@ -53,6 +53,7 @@ import io
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -425,12 +426,16 @@ def cost_metric(cfg: SearchParams) -> str:
     return LATENCY if cfg.objective == "fastest" else SIZE
 
 
-def open_study(storage: str, name: str) -> optuna.Study:
+def open_study(storage: str, name: str, cfg: SearchParams) -> optuna.Study:
     """The study `name` in storage, created if new (search accuracy maximised, cost_metric
-    minimised); trials a killed search left RUNNING are marked FAIL, so that they run again."""
+    minimised, so named for optuna-dashboard's axes); trials a killed search left RUNNING are
+    marked FAIL, so that they run again."""
     study = optuna.create_study(
         storage=storage, study_name=name, load_if_exists=True, directions=["maximize", "minimize"]
     )
+    with warnings.catch_warnings():  # optuna marks set_metric_names experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([SEARCH_ACCURACY, cost_metric(cfg)])
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return study
@@ -603,8 +608,8 @@ def search(
             per-layer trial within the budget (naming the tightest limit and the closest trial).
     """
     groups = channel_groups_of(teacher, cfg)
-    per_layer = open_study(storage, f"squeeze-{key}")
-    uniform = open_study(storage, f"squeeze-{key}-uniform")
+    per_layer = open_study(storage, f"squeeze-{key}", cfg)
+    uniform = open_study(storage, f"squeeze-{key}-uniform", cfg)
     drops = per_layer.user_attrs.get("sensitivity")
     if drops is None:
         drops = sensitivity(teacher, groups, data, cfg, log)

@@ -322,3 +322,37 @@ def test_each_committed_benchmark_names_the_command_that_regenerates_it() -> Non
 
     for results in committed_results(Path(__file__).resolve().parents[2] / "benchmarks"):
         assert results["command"] == command_for(results["profile"])
+
+
+def trial(number: int, accuracy: float, shipped: int, finalist: str = "") -> dict[str, str]:
+    """A row of search/trials.csv, as csv.DictReader gives it (strings)."""
+    return {"study": "per_layer", "trial": str(number), "search_accuracy": str(accuracy),
+            "latency_ms_p50": "0.1", "shipped_bytes": str(shipped), "within_budget": "True",
+            "stopped_early": "False", "finalist": finalist, "sparsity": "0.5",
+            "weights": "int8", "qat": "True", "policy": "{}"}  # fmt: skip
+
+
+def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built() -> None:
+    results = fake_results()
+    recipe = {"kind": "per_layer", "trial": 1, "weights": "int8", "sparsity": 0.5, "qat": True,
+              "search_accuracy": 0.9}  # fmt: skip
+    results["gate"] = {"challenger": "cand", "policy": "smallest"}
+    results["search"] = {
+        "budget": {"objective": "smallest", "max_accuracy_drop": 0.01, "drop": "absolute",
+                   "max_latency_ms": None, "max_shipped_bytes": 5000, "trials": 3,
+                   "uniform_trials": 1, "hours": 1.0, "seed": 0},
+        "search_seconds": 600.0, "build_seconds": {"cand": 120.0},
+        "teacher": {"search_accuracy": 0.92}, "finalists": {"cand": recipe},
+        # trial 3 is beaten by trial 1 (as accurate, smaller): off the front
+        "trials": [trial(1, 0.9, 100, "cand"), trial(2, 0.95, 300), trial(3, 0.9, 200),
+                   {**trial(1, 0.8, 50), "study": "uniform", "within_budget": "False"}],
+    }  # fmt: skip
+    text = report.results_md(results)
+    assert "objective `smallest`" in text and "max_shipped_bytes 5000" in text
+    assert "took 10.0 min; building the finalists in full took cand 2.0 min" in text
+    assert "per_layer 3 completed, 3 within the budget" in text
+    assert "uniform 1 completed, 0 within the budget" in text
+    front = [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ")]
+    assert "| 1" in front and "| 2" in front and "| 3" not in front
+    assert "| cand ★ | per_layer 1 | int8 | 0.5 | True | 90.00 |" in text
+    assert "## Search" not in report.results_md(fake_results())  # no search, no section

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 import optuna
 import pytest
+import sqlalchemy
 from torch import nn
 
 from squeeze.config.params import Params
@@ -160,25 +162,44 @@ def test_permuting_validation_and_test_labels_changes_no_trial_and_no_finalist(
     assert recipes(search_ws) == recipes(shuffled)
 
 
+def database_of_its_own(server_url: str) -> str:
+    """A new database on the PostgreSQL server of server_url: its URL. (Optuna and Prefect both
+    keep an alembic_version table, so a study must not share Prefect's database.)"""
+    name = f"search_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as db:
+        db.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_killed_search_resumes_with_the_trials_an_unbroken_one_runs(
-    search_ws: Workspace, stage_params: Any, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+    search_ws: Workspace, stage_params: Any, tmp_path: Path, capsys: pytest.CaptureFixture,
+    backend: str, request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
     """Two trials, then a kill in the middle of the third (a RUNNING trial left in the study),
     then the search again with three: one trial more runs, and the three are those of a search
-    that ran three at once."""
+    that ran three at once. In the workspace's SQLite file, and on PostgreSQL (search.storage;
+    the PostgreSQL server the Prefect API of the tests runs on)."""
+    url = database_of_its_own(request.getfixturevalue("prefect_db")) if backend == "postgresql" \
+        else None  # fmt: skip
     unbroken = Workspace(tmp_path / "unbroken")
     shutil.copytree(search_ws.root, unbroken.root)
-    search.run(search_ws.root, with_search(stage_params, search_params(trials=2, finalists=1)))
-    storage = search.storage_url(search_ws, with_search(stage_params, search_params()))
-    name = read_json(search_ws.search(search.FINALISTS))["study"]
-    optuna.load_study(study_name=name, storage=storage).ask()  # the kill: never told
+    search.run(search_ws.root, with_search(stage_params, search_params(trials=2, finalists=1,
+                                                                       storage=url)))  # fmt: skip
+    storage = search.storage_url(search_ws, with_search(stage_params, search_params(storage=url)))
+    found = read_json(search_ws.search(search.FINALISTS))
+    assert found["storage"] == (url or storage)
+    optuna.load_study(study_name=found["study"], storage=storage).ask()  # the kill: never told
     capsys.readouterr()
-    search.run(search_ws.root, with_search(stage_params, search_params()))
+    search.run(search_ws.root, with_search(stage_params, search_params(storage=url)))
     assert capsys.readouterr().out.count("search per_layer trial") == 1
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=found["study"], storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert study.metric_names == ["search_accuracy", "shipped_bytes"]  # optuna-dashboard's axes
     search.run(unbroken.root, with_search(stage_params, search_params()))
     assert trial_rows(search_ws) == trial_rows(unbroken)
     assert recipes(search_ws) == recipes(unbroken)
