@@ -31,7 +31,7 @@ from squeeze.config.sections import GateParams
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.decide.gate import COMPARED, gates
 from squeeze.measure.plots import search_png
-from squeeze.methods.search import accuracy_floor
+from squeeze.methods.search import REFERENCE, accuracy_floor
 from squeeze.registry.card import summary_markdown
 from squeeze.registry.registry import RegistryError, registry_of
 from squeeze.registry.store import StoreError
@@ -116,7 +116,7 @@ def publish_search(root: Path, params: Params) -> None:
     limits = {"shipped_bytes": cfg.max_shipped_bytes, "latency_ms_p50": cfg.max_latency_ms}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "search.png"
-        search_png(rows, teacher, accuracy_floor(cfg, teacher["search_accuracy"]), limits, path)
+        search_png(rows, teacher, accuracy_floor(cfg, teacher[REFERENCE]), limits, path)
         png = base64.b64encode(path.read_bytes()).decode()
     publish("markdown", key="search-front",
             description="budget search: every trial on the search split, the budget, the finalists",

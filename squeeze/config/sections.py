@@ -397,8 +397,10 @@ class SearchParams(Section):
     )
     max_accuracy_drop: float = Field(
         ge=0, le=1,
-        description="Accuracy a trial may lose against the teacher on the search split: "
-        "absolute (0.01 = 1 point) or relative (0.01 = 1% of the teacher's), as `drop` says.",
+        description="Accuracy a trial may lose on the search split against the teacher put "
+        "through a trial's own short fine-tune uncompressed: absolute (0.01 = 1 point) or "
+        "relative (0.01 = 1% of it), as `drop` says. The gate holds the finalists to "
+        "gate.max_accuracy_drop against the teacher on validation.",
     )  # fmt: skip
     drop: Literal["absolute", "relative"] = Field(description="How max_accuracy_drop is read.")
     max_latency_ms: float | None = Field(
