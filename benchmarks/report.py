@@ -262,16 +262,6 @@ def seconds_text(seconds: float | None) -> str:
     return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def front(trials: list[dict[str, str]], cost: str) -> list[dict[str, str]]:
-    """The per-layer trials no other per-layer trial beats on both search accuracy and `cost`
-    (a column of search/trials.csv: the Pareto front the sampler pushes), cheapest first."""
-    mine = [(float(t["search_accuracy"]), float(t[cost]), t) for t in trials
-            if t["study"] == "per_layer"]  # fmt: skip
-    kept = [t for acc, c, t in mine
-            if not any(a >= acc and o <= c and (a, o) != (acc, c) for a, o, _ in mine)]  # fmt: skip
-    return sorted(kept, key=lambda t: float(t[cost]))
-
-
 def search_section(results: Results) -> list[str]:
     """The budget search (results["search"], from benchmarks.compare.search_summary): the
     budget, the trials and their front on the search split, and each finalist built in full,
@@ -308,8 +298,8 @@ def search_section(results: Results) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['trial']} | {pct(float(r['search_accuracy']))} | {int(r['shipped_bytes']):,} | "
           f"{float(r['latency_ms_p50']):.4f} | {r['weights']} | {r['sparsity']} | {r['qat']} | "
-          f"{r['within_budget']} | {r['finalist']} |" for r in front(
-            trials, "latency_ms_p50" if b["objective"] == "fastest" else "shipped_bytes")),
+          f"{r['within_budget']} | {r['finalist']} |" for r in trials
+          if r["study"] == "per_layer" and r["front"] == "True"),
         "",
         "Finalists, each built in full from its trial's recipe, measured above with every "
         "other row (the gate's challenger, chosen on validation, marked ★):",

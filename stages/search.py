@@ -31,8 +31,8 @@ FINALISTS, TRIALS, RECIPES = "finalists.json", "trials.csv", "recipes"
 # evaluate's timing re-runs evaluate only, not the search and every finalist
 TRIAL_TIMING = {"warmup": 20, "runs": 100, "rounds": 5}
 TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
-                 "within_budget", "stopped_early", "finalist", "sparsity", "weights", "qat",
-                 "policy")  # fmt: skip
+                 "within_budget", "stopped_early", "front", "finalist", "sparsity", "weights",
+                 "qat", "policy")  # fmt: skip
 # what changes no trial: how many trials there are and how long they may take (more of them
 # resume the study), where they live, and the finalists' own build. The budget and the objective
 # do: the sampler learns from which trials met the budget, and minimises the objective's cost.

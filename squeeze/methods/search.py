@@ -51,6 +51,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import tempfile
 import time
 import warnings
@@ -514,7 +515,7 @@ def progress(
     status = "within budget" if max(broken.values()) <= 0 else "over " + ", ".join(
         k for k, v in broken.items() if v > 0)  # fmt: skip
     early = "; stopped before fine-tuning" if metrics["stopped_early"] else ""
-    best = finalist_trials(study, cfg, 1)
+    best = best_trials(study, cfg)
     best_text = f"trial {ordinal(best[0])}" if best and feasible(best[0]) else "none yet"
     elapsed = time.monotonic() - started
     left = min(elapsed / max(1, number) * (total - number), max(0.0, deadline - time.monotonic()))
@@ -527,12 +528,10 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return max(constraints(trial)) <= 0
 
 
-def finalist_trials(
-    study: optuna.Study, cfg: SearchParams, count: int
-) -> list[optuna.trial.FrozenTrial]:
-    """The best `count` completed trials: those within the budget ranked by cfg.objective
-    (squeeze.decide.choose's order, on the search split), then, to fill the count, the others by
-    their largest violation (closest first)."""
+def best_trials(study: optuna.Study, cfg: SearchParams) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials, best first: those within the budget ranked by cfg.objective
+    (squeeze.decide.choose's order, on the search split), then the others by their largest
+    violation (closest first)."""
     trials = done(study)
     order = tuple(SEARCH_ACCURACY if m == ACCURACY else m for m in POLICIES[cfg.objective])
     keyed = {f"{t.number:06d}": t for t in trials}  # ranked's tie-break name: trial order
@@ -540,7 +539,63 @@ def finalist_trials(
     rest = sorted(
         (t for t in trials if not feasible(t)), key=lambda t: (max(constraints(t)), t.number)
     )
-    return ([keyed[r["name"]] for r in within] + rest)[:count]
+    return [keyed[r["name"]] for r in within] + rest
+
+
+def affordable(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial meets the budget's latency and size limits: measured on its shipped
+    file, they hold for its finalist too (accuracy does not: see finalist_trials)."""
+    return all(v <= 0 for k, v in trial.constraints.items() if k != "max_accuracy_drop")
+
+
+def front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials no other beats on both search accuracy and `cost` (the Pareto front), most
+    accurate first (so the cost falls along it); of equal figures, the earliest."""
+
+    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
+        return -t.user_attrs[SEARCH_ACCURACY], t.user_attrs[cost], t.number
+
+    def beats(q: optuna.trial.FrozenTrial, t: optuna.trial.FrozenTrial) -> bool:
+        (qa, qc, qn), (ta, tc, tn) = key(q), key(t)
+        return qa <= ta and qc <= tc and (qa, qc, qn) < (ta, tc, tn)
+
+    return sorted((t for t in trials if not any(beats(q, t) for q in trials)), key=key)
+
+
+def finalist_trials(
+    study: optuna.Study, cfg: SearchParams, count: int
+) -> list[optuna.trial.FrozenTrial]:
+    """The per-layer finalists: `count` neighbours on the front of the affordable trials (search
+    accuracy against cfg's cost), straddling the accuracy floor: the cheapest trial within it
+    (or, if none is, the most accurate), then the next cheaper ones beyond it; with too few
+    beyond, the next dearer ones before it. For most_accurate, the front's most accurate.
+
+    A trial's accuracy is that of a one-step build with a short fine-tune on a subset, which
+    understates what a finalist's full fine-tune recovers, and by more the more it compresses;
+    so the finalists reach past the floor, and the gate (validation) decides which holds the
+    budget. Too few affordable trials on the front: the rest are filled from best_trials."""
+    pool = [t for t in done(study) if affordable(t)]
+    line = front(pool, cost_metric(cfg))
+    if cfg.objective == "most_accurate":
+        start = 0
+    else:
+        within = [i for i, t in enumerate(line) if feasible(t)]
+        start = max(0, min(within[-1] if within else 0, len(line) - count))
+    chosen = line[start : start + count]
+    return chosen + [t for t in best_trials(study, cfg) if t not in chosen][: count - len(chosen)]
+
+
+def nearest(
+    study: optuna.Study, cfg: SearchParams, to: optuna.trial.FrozenTrial
+) -> optuna.trial.FrozenTrial:
+    """The affordable trial of `study` whose cost (cost_metric) is nearest to that of `to` (by
+    ratio; ties: the more accurate): the uniform baseline at the per-layer finalist's cost, as
+    AMC and NetAdapt compare policies at equal latency or size."""
+    cost = cost_metric(cfg)
+    pool = [t for t in done(study) if affordable(t)] or done(study)
+    target = to.user_attrs[cost]
+    return min(pool, key=lambda t: (abs(math.log(t.user_attrs[cost] / target)),
+                                    -t.user_attrs[SEARCH_ACCURACY], t.number))  # fmt: skip
 
 
 def tightest(trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -559,7 +614,7 @@ def no_fit(study: optuna.Study, cfg: SearchParams, teacher: dict[str, float]) ->
         return SearchError(
             "the budget search completed no trial within search.hours; raise search.hours"
         )
-    closest = finalist_trials(study, cfg, 1)[0].user_attrs
+    closest = best_trials(study, cfg)[0].user_attrs
     limits = {
         "max_accuracy_drop": f"{cfg.max_accuracy_drop:g} ({cfg.drop})",
         "max_latency_ms": cfg.max_latency_ms,
@@ -588,13 +643,19 @@ def recipe(trial: optuna.trial.FrozenTrial, study: optuna.Study, kind: str) -> d
     }  # fmt: skip
 
 
-def rows(study: optuna.Study, kind: str, finalists: dict[str, dict]) -> list[dict[str, Any]]:
-    """One row per completed trial, for search/trials.csv and the Pareto front."""
+def rows(
+    study: optuna.Study, kind: str, finalists: dict[str, dict], cfg: SearchParams
+) -> list[dict[str, Any]]:
+    """One row per completed trial, for search/trials.csv: its figures, whether it met the
+    budget, whether it is on its study's front (search accuracy against cfg's cost), which
+    finalist it became, its choice."""
     chosen = {(r["study"], r["trial"]): name for name, r in finalists.items()}
+    on_front = set(map(ordinal, front(done(study), cost_metric(cfg))))
     return [
         {"study": kind, "trial": ordinal(t), **{k: t.user_attrs[k] for k in (
             SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")},
-         "within_budget": feasible(t), "finalist": chosen.get((study.study_name, ordinal(t)), ""),
+         "within_budget": feasible(t), "front": ordinal(t) in on_front,
+         "finalist": chosen.get((study.study_name, ordinal(t)), ""),
          **{k: t.user_attrs["choice"][k] for k in ("sparsity", "weights", "qat")},
          "policy": json.dumps(t.user_attrs["choice"]["policy"], sort_keys=True)}
         for t in done(study)
@@ -660,9 +721,9 @@ def search(
         for study, kind, total in ((uniform, UNIFORM, cfg.uniform_trials),
                                    (per_layer, PER_LAYER, cfg.trials)):  # fmt: skip
             run_study(study, kind, total, ctx, reference[REFERENCE], deadline, log)
-    best = finalist_trials(per_layer, cfg, cfg.finalists)
-    if not best or not feasible(best[0]):
+    if not any(affordable(t) for t in done(per_layer)):
         raise no_fit(per_layer, cfg, reference)
+    best = finalist_trials(per_layer, cfg, cfg.finalists)
     if len(best) < cfg.finalists or not done(uniform):
         raise SearchError(
             f"the budget search completed {len(done(per_layer))} per-layer and "
@@ -673,6 +734,6 @@ def search(
     finalists = {
         name: recipe(t, per_layer, PER_LAYER) for name, t in zip(names[:-1], best, strict=True)
     }
-    finalists[names[-1]] = recipe(finalist_trials(uniform, cfg, 1)[0], uniform, UNIFORM)
-    trials = rows(uniform, UNIFORM, finalists) + rows(per_layer, PER_LAYER, finalists)
+    finalists[names[-1]] = recipe(nearest(uniform, cfg, best[0]), uniform, UNIFORM)
+    trials = rows(uniform, UNIFORM, finalists, cfg) + rows(per_layer, PER_LAYER, finalists, cfg)
     return Outcome(finalists, trials, reference, drops)

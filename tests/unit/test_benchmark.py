@@ -328,7 +328,8 @@ def trial(number: int, accuracy: float, shipped: int, finalist: str = "") -> dic
     """A row of search/trials.csv, as csv.DictReader gives it (strings)."""
     return {"study": "per_layer", "trial": str(number), "search_accuracy": str(accuracy),
             "latency_ms_p50": "0.1", "shipped_bytes": str(shipped), "within_budget": "True",
-            "stopped_early": "False", "finalist": finalist, "sparsity": "0.5",
+            "stopped_early": "False", "front": str(number != 3), "finalist": finalist,
+            "sparsity": "0.5",
             "weights": "int8", "qat": "True", "policy": "{}"}  # fmt: skip
 
 
@@ -343,7 +344,7 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
                    "uniform_trials": 1, "hours": 1.0, "seed": 0},
         "search_seconds": 600.0, "build_seconds": {"cand": 120.0},
         "teacher": {"search_accuracy": 0.92}, "finalists": {"cand": recipe},
-        # trial 3 is beaten by trial 1 (as accurate, smaller): off the front
+        # trial 3 is beaten by trial 1 (as accurate, smaller): off the front (search.front)
         "trials": [trial(1, 0.9, 100, "cand"), trial(2, 0.95, 300), trial(3, 0.9, 200),
                    {**trial(1, 0.8, 50), "study": "uniform", "within_budget": "False"}],
     }  # fmt: skip

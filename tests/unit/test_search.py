@@ -24,7 +24,15 @@ from squeeze.config.sections import EvaluateParams, SearchParams
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
-from squeeze.methods.search import SearchError, channel_groups_of
+from squeeze.methods.search import (
+    SearchError,
+    channel_groups_of,
+    done,
+    finalist_trials,
+    front,
+    nearest,
+    ordinal,
+)
 from squeeze.nets.models import Classifier, load_checkpoint
 from stages import finalist, search
 from tests.unit.conftest import make_tiny_fit
@@ -94,9 +102,10 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
         assert drop <= 0.3 + 1e-9
     uniform = found["finalists"]["search_uniform"]
     assert uniform["kind"] == "uniform" and len(set(uniform["policy"].values())) <= 1
-    # smallest first among those within the budget
-    sizes = [found["finalists"][n]["shipped_bytes"] for n in ("search_1", "search_2")]
-    assert sizes == sorted(sizes)
+    # neighbours along the front, most accurate first: the size falls as the accuracy does
+    pair = [found["finalists"][n] for n in ("search_1", "search_2")]
+    assert pair[0]["search_accuracy"] >= pair[1]["search_accuracy"]
+    assert pair[0]["shipped_bytes"] > pair[1]["shipped_bytes"]
     rows = trial_rows(search_ws)
     assert [r["study"] for r in rows] == ["uniform"] * 2 + ["per_layer"] * 3
     assert {r["finalist"] for r in rows} == {"", "search_1", "search_2", "search_uniform"}
@@ -233,3 +242,40 @@ def test_a_network_with_nothing_to_prune_is_refused_naming_its_layers(
     with pytest.raises(SearchError, match=r"net\.1 \(output layer\)"):
         channel_groups_of(linear, search_params())
     assert channel_groups_of(copy.deepcopy(tiny_trained), search_params())
+
+
+def study_of(points: list[tuple[float, int]], floor: float) -> optuna.Study:
+    """An in-memory study of completed trials with these (search accuracy, shipped bytes),
+    told as run_study tells them, under an accuracy floor and a size limit of 10,000 bytes."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number, (accuracy, size) in enumerate(points):
+        trial = study.ask()
+        for key, value in {"search_accuracy": accuracy, "shipped_bytes": size,
+                           "latency_ms_p50": 0.1, "ordinal": number + 1}.items():  # fmt: skip
+            trial.set_user_attr(key, value)
+        trial.set_constraint("max_accuracy_drop", floor - accuracy)
+        trial.set_constraint("max_shipped_bytes", size / 10_000 - 1)
+        study.tell(trial, [accuracy, size])
+    return study
+
+
+def test_finalists_straddle_the_accuracy_floor_along_the_front_and_uniform_matches_the_cost() -> (
+    None
+):
+    """A trial's short fine-tune understates its finalist's accuracy: the finalists are the
+    cheapest front trial within the floor and the next cheaper ones past it; the uniform
+    finalist is the uniform trial of the nearest cost."""
+    points = [(0.95, 1000), (0.93, 500), (0.90, 200), (0.85, 100), (0.80, 300), (0.99, 20_000)]
+    study = study_of(points, floor=0.92)
+    # 0.80 @ 300 is beaten by 0.90 @ 200; 0.99 @ 20,000 breaks the size limit
+    assert [ordinal(t) for t in front(done(study), "shipped_bytes")] == [6, 1, 2, 3, 4]
+    cfg = search_params(finalists=3)
+    assert [ordinal(t) for t in finalist_trials(study, cfg, 3)] == [2, 3, 4]
+    assert [ordinal(t) for t in finalist_trials(study, cfg, 2)] == [2, 3]
+    # nothing within the floor: the most accurate affordable trial and the next cheaper ones
+    none_within = study_of(points, floor=0.97)
+    assert [ordinal(t) for t in finalist_trials(none_within, cfg, 3)] == [1, 2, 3]
+    accurate = search_params(objective="most_accurate")
+    assert [ordinal(t) for t in finalist_trials(study, accurate, 2)] == [1, 2]
+    uniform = study_of([(0.9, 120), (0.91, 450), (0.92, 800)], floor=0.92)
+    assert ordinal(nearest(uniform, cfg, finalist_trials(study, cfg, 1)[0])) == 2
