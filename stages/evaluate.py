@@ -28,8 +28,9 @@ from squeeze.data.spec import Split, read_spec
 from squeeze.data.splits import load_split
 from squeeze.decide.gate import TEACHER
 from squeeze.measure.export import export_onnx
-from squeeze.measure.runtime import latencies, measure_logits
+from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import paired_table
+from squeeze.methods.quantize import FP32_SOURCE
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
 from stages.candidate import stage_main
@@ -52,12 +53,16 @@ def export(ws: Workspace, name: str, val: Split, val_logits: dict[str, np.ndarra
     A checkpoint's source is its torch model. A model that exists only as ONNX (int8/int4
     quantization, a logit ensemble) has as source its upstreams' exports: the upstream's own
     predictions for a quantized model, the members' averaged logits for an ensemble, read from
-    val_logits (upstreams are evaluated first). So every export has an agreement figure.
+    val_logits (upstreams are evaluated first). A quantized search finalist's source is the
+    fp32 export it was quantized from, kept beside it (FP32_SOURCE): its upstream is the teacher,
+    from which it differs by more than quantization. So every export has an agreement figure.
     """
     folder = ws.model(name)
     record = read_json(folder / "model.json")
     if record.get("format") == "onnx":
         shutil.copyfile(folder / "model.onnx", ws.export(name))
+        if (folder / FP32_SOURCE).exists():
+            return predicted_classes(folder / FP32_SOURCE, val.images)
         # n × (N, K) -> (N, K): f(x) = 1/n Σ fᵢ(x), which for one upstream is its own logits
         return np.mean([val_logits[up] for up in record["upstream"]], axis=0).argmax(1)
     model, _ = load_checkpoint(folder)

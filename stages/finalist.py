@@ -26,6 +26,7 @@ from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.splits import load_split
 from squeeze.errors import StageRefused
 from squeeze.methods import MethodData
+from squeeze.methods.quantize import FP32_SOURCE
 from squeeze.methods.search import Choice, compress, prune_cfg, shipped_form
 from squeeze.nets.models import count_params, load_checkpoint
 from stages.candidate import base_record, fresh_folder, main_for
@@ -58,10 +59,11 @@ def run(root: Path, params: Params, name: str) -> None:
     with fresh_folder(ws.model(name)) as folder, tempfile.TemporaryDirectory() as tmp:
         shipped, quantized = shipped_form(model, choice, cfg, data, Path(tmp))
         shutil.copyfile(shipped, folder / "model.onnx")
+        shutil.copyfile(Path(tmp) / FP32_SOURCE, folder / FP32_SOURCE)  # evaluate's agreement
         record = method | quantized | {"arch": model.arch, "parameters": count_params(model),
                                        "history": history}  # fmt: skip
         write_json(folder / "model.json", record | onnx_record(
-            Path(tmp) / "fp32.onnx", folder / "model.onnx", data.val, start))  # fmt: skip
+            folder / FP32_SOURCE, folder / "model.onnx", data.val, start))  # fmt: skip
 
 
 def main() -> None:

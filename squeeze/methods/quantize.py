@@ -45,6 +45,9 @@ from squeeze.measure.runtime import predicted_classes
 from squeeze.methods import MethodData, Result
 from squeeze.methods.qat import LEVELS
 
+# the fp32 export a quantized search finalist was made from, kept beside its model.onnx: what
+# evaluate measures its agreement against (a quantize candidate's is its upstream's own)
+FP32_SOURCE = "fp32.onnx"
 CALIBRATION_BATCH = 64  # images per calibration run; bounds memory, not the result
 WEIGHT_OPS = {"Conv", "Gemm", "MatMul"}
 # int4 needs QDQ operators of opset 21; below that (our exports) onnxruntime writes them in its

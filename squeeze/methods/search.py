@@ -84,7 +84,7 @@ from squeeze.methods.prune import (
     structured_pruner,
     width_plan,
 )
-from squeeze.methods.quantize import quantize
+from squeeze.methods.quantize import FP32_SOURCE, quantize
 from squeeze.methods.train import predict
 from squeeze.nets.models import Classifier, example_input, output_layers, weight_layers
 from squeeze.registry.package import pack
@@ -198,10 +198,10 @@ def shipped_form(
     model: Classifier, choice: Choice, cfg: SearchParams, data: MethodData, folder: Path
 ) -> tuple[Path, dict[str, Any]]:
     """The model's ONNX export as the choice ships it, in `folder` (the fp32 export is always
-    folder/fp32.onnx): fp32, or quantized
+    folder/FP32_SOURCE): fp32, or quantized
     (squeeze.methods.quantize: calibrated on data.train, an int4 scheme chosen on data.val),
     with quantize's record ({} for fp32)."""
-    path = folder / "fp32.onnx"
+    path = folder / FP32_SOURCE
     export_onnx(model, path)
     if choice.weights == "fp32":
         return path, {}

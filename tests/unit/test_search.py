@@ -134,6 +134,8 @@ def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict)
     model = onnx.load(ws.model(name) / "model.onnx")
     ops = {node.op_type for node in model.graph.node}
     assert record["format"] == "onnx" and "DequantizeLinear" in ops
+    # its own fp32 export beside it: what evaluate measures its agreement against
+    assert record["val_agreement_fp32"] > 0 and (ws.model(name) / "fp32.onnx").exists()
     assert record["on_trained_grid"] == found["qat"]
     bits = {t.data_type for t in model.graph.initializer  # weights, not int32 biases
             if t.name.endswith("_quantized") and len(t.dims) > 1}  # fmt: skip
