@@ -566,22 +566,20 @@ def finalist_trials(
     study: optuna.Study, cfg: SearchParams, count: int
 ) -> list[optuna.trial.FrozenTrial]:
     """The per-layer finalists: `count` neighbours on the front of the affordable trials (search
-    accuracy against cfg's cost), straddling the accuracy floor: the cheapest trial within it
-    (or, if none is, the most accurate), then the next cheaper ones beyond it; with too few
-    beyond, the next dearer ones before it. For most_accurate, the front's most accurate.
+    accuracy against cfg's cost), straddling the accuracy floor: first the cheapest trial within
+    it (or, if none is, the most accurate), then the next cheaper ones past it, then, with too
+    few past it, the next dearer ones before it. For most_accurate, the front's most accurate.
+    The first does not depend on `count`, so fewer finalists rebuild none that stays.
 
     A trial's accuracy is that of a one-step build with a short fine-tune on a subset, which
     understates what a finalist's full fine-tune recovers, and by more the more it compresses;
     so the finalists reach past the floor, and the gate (validation) decides which holds the
     budget. Too few affordable trials on the front: the rest are filled from best_trials."""
-    pool = [t for t in done(study) if affordable(t)]
-    line = front(pool, cost_metric(cfg))
-    if cfg.objective == "most_accurate":
-        start = 0
-    else:
-        within = [i for i, t in enumerate(line) if feasible(t)]
-        start = max(0, min(within[-1] if within else 0, len(line) - count))
-    chosen = line[start : start + count]
+    line = front([t for t in done(study) if affordable(t)], cost_metric(cfg))
+    within = [i for i, t in enumerate(line) if feasible(t)]
+    first = within[-1] if within and cfg.objective != "most_accurate" else 0
+    beyond = line[first : first + count]
+    chosen = beyond + line[:first][::-1][: count - len(beyond)]
     return chosen + [t for t in best_trials(study, cfg) if t not in chosen][: count - len(chosen)]
 
 

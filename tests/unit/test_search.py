@@ -102,10 +102,9 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
         assert drop <= 0.3 + 1e-9
     uniform = found["finalists"]["search_uniform"]
     assert uniform["kind"] == "uniform" and len(set(uniform["policy"].values())) <= 1
-    # neighbours along the front, most accurate first: the size falls as the accuracy does
-    pair = [found["finalists"][n] for n in ("search_1", "search_2")]
-    assert pair[0]["search_accuracy"] >= pair[1]["search_accuracy"]
-    assert pair[0]["shipped_bytes"] > pair[1]["shipped_bytes"]
+    # search_1: the smallest trial within the budget (every trial here is within it)
+    sizes = [r["shipped_bytes"] for r in trial_rows(search_ws) if r["study"] == "per_layer"]
+    assert found["finalists"]["search_1"]["shipped_bytes"] == min(map(int, sizes))
     rows = trial_rows(search_ws)
     assert [r["study"] for r in rows] == ["uniform"] * 2 + ["per_layer"] * 3
     assert {r["finalist"] for r in rows} == {"", "search_1", "search_2", "search_uniform"}
@@ -277,6 +276,10 @@ def test_finalists_straddle_the_accuracy_floor_along_the_front_and_uniform_match
     # nothing within the floor: the most accurate affordable trial and the next cheaper ones
     none_within = study_of(points, floor=0.97)
     assert [ordinal(t) for t in finalist_trials(none_within, cfg, 3)] == [1, 2, 3]
+    # all within: the cheapest, then (nothing past it) the next dearer; the first stays put
+    all_within = study_of(points, floor=0.5)
+    assert [ordinal(t) for t in finalist_trials(all_within, cfg, 3)] == [4, 3, 2]
+    assert [ordinal(t) for t in finalist_trials(all_within, cfg, 1)] == [4]
     accurate = search_params(objective="most_accurate")
     assert [ordinal(t) for t in finalist_trials(study, accurate, 2)] == [1, 2]
     uniform = study_of([(0.9, 120), (0.91, 450), (0.92, 800)], floor=0.92)
