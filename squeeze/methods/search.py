@@ -543,9 +543,13 @@ def best_trials(study: optuna.Study, cfg: SearchParams) -> list[optuna.trial.Fro
 
 
 def affordable(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial meets the budget's latency and size limits: measured on its shipped
-    file, they hold for its finalist too (accuracy does not: see finalist_trials)."""
-    return all(v <= 0 for k, v in trial.constraints.items() if k != "max_accuracy_drop")
+    """Whether the trial can be a finalist: it was built in full (not stopped early: a probe
+    over the latency or size limit, or a sparsity that empties a layer, which no finalist could
+    build) and meets the budget's latency and size limits, which, measured on its shipped file,
+    hold for its finalist too (accuracy does not: see finalist_trials)."""
+    return not trial.user_attrs["stopped_early"] and all(
+        v <= 0 for k, v in trial.constraints.items() if k != "max_accuracy_drop"
+    )
 
 
 def front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[optuna.trial.FrozenTrial]:
@@ -580,7 +584,8 @@ def finalist_trials(
     first = within[-1] if within and cfg.objective != "most_accurate" else 0
     beyond = line[first : first + count]
     chosen = beyond + line[:first][::-1][: count - len(beyond)]
-    return chosen + [t for t in best_trials(study, cfg) if t not in chosen][: count - len(chosen)]
+    rest = [t for t in best_trials(study, cfg) if affordable(t) and t not in chosen]
+    return chosen + rest[: count - len(chosen)]
 
 
 def nearest(
@@ -590,7 +595,11 @@ def nearest(
     ratio; ties: the more accurate): the uniform baseline at the per-layer finalist's cost, as
     AMC and NetAdapt compare policies at equal latency or size."""
     cost = cost_metric(cfg)
-    pool = [t for t in done(study) if affordable(t)] or done(study)
+    pool = [t for t in done(study) if affordable(t)]
+    if not pool:
+        raise SearchError(f"no trial of the budget search's study {study.study_name} was built "
+                          "in full within its latency and size limits: raise search."
+                          "uniform_trials, or loosen those limits")  # fmt: skip
     target = to.user_attrs[cost]
     return min(pool, key=lambda t: (abs(math.log(t.user_attrs[cost] / target)),
                                     -t.user_attrs[SEARCH_ACCURACY], t.number))  # fmt: skip
