@@ -398,14 +398,23 @@ def search_reference(study: optuna.Study, ctx: Context) -> float:
     budget on validation (gate.max_accuracy_drop)."""
     stored = study.user_attrs.get(REFERENCE)
     if stored is None:
-        data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
         with contextlib.redirect_stdout(io.StringIO()):
-            model, _, _ = compress(ctx.teacher, plain(ctx.cfg), ctx.cfg, 1, ctx.cfg.trial_fit, data)
-        with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
-            stored = measure(shipped_form(model, plain(ctx.cfg), ctx.cfg, data, Path(tmp))[0],
-                             ctx)[SEARCH_ACCURACY]  # fmt: skip
+            stored = built(plain(ctx.cfg), ctx)[SEARCH_ACCURACY]
         study.set_user_attr(REFERENCE, stored)
     return stored
+
+
+def built(choice: Choice, ctx: Context) -> dict[str, float]:
+    """The choice built as its finalist is (compress), in one step with cfg.trial_fit on the
+    trial's training subset, and measured as shipped (measure).
+
+    Raises:
+        PruningError: the choice's sparsity empties a layer.
+    """
+    data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
+    model, _, _ = compress(ctx.teacher, choice, ctx.cfg, 1, ctx.cfg.trial_fit, data)
+    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
+        return measure(shipped_form(model, choice, ctx.cfg, data, Path(tmp))[0], ctx)
 
 
 def run_trial(choice: Choice, ctx: Context, reference: float) -> dict[str, Any]:
@@ -413,8 +422,7 @@ def run_trial(choice: Choice, ctx: Context, reference: float) -> dict[str, Any]:
     re-estimated, the export as shipped measured. Its latency and size are (nearly) the trial's
     own, so a probe that breaks the budget's latency or size limit ends the trial before any
     fine-tune (stopped_early, scored by the probe); so does a sparsity that empties a layer.
-    Otherwise the choice is built as a finalist is (compress), in one step with cfg.trial_fit
-    on the trial's training subset, and measured again."""
+    Otherwise the choice is built and measured again (built)."""
     data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
     probe = prune_once(ctx.teacher, choice.policy, probe_cfg(ctx.cfg))
     if choice.sparsity:
@@ -427,12 +435,9 @@ def run_trial(choice: Choice, ctx: Context, reference: float) -> dict[str, Any]:
     if any(v > 0 for v in cost.values()):
         return {**metrics, "stopped_early": True}
     try:
-        model, _, _ = compress(ctx.teacher, choice, ctx.cfg, 1, ctx.cfg.trial_fit, data)
+        return {**built(choice, ctx), "stopped_early": False}
     except PruningError:
         return {**metrics, "stopped_early": True}
-    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
-        path, _ = shipped_form(model, choice, ctx.cfg, data, Path(tmp))
-        return {**measure(path, ctx), "stopped_early": False}
 
 
 def study_key(ctx_parts: dict[str, Any]) -> str:
@@ -701,8 +706,9 @@ def search(
         Outcome: the finalists' recipes {name: {policy, distill_alpha, lr, study, trial, search
         figures, within_budget}}, every trial's row, the teacher's figures, the sensitivity.
     Raises:
-        SearchError: no channel group to prune, fewer completed trials than finalists, or no
-            per-layer trial within the budget (naming the tightest limit and the closest trial).
+        SearchError: no channel group to prune, fewer completed trials than finalists, no
+            per-layer trial built within the latency and size limits (naming the tightest limit
+            and the closest trial), or no such uniform trial.
     """
     groups = channel_groups_of(teacher, cfg)
     per_layer = open_study(storage, f"squeeze-{key}", cfg)
