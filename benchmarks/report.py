@@ -36,6 +36,11 @@ def speedup(row: Row) -> str:
     return f"{row['speedup_p50']:.2f}× ({low:.2f}–{high:.2f})"
 
 
+def test_pts(row: Row, teacher: Row) -> str:
+    """'-0.68': the row's test accuracy less the teacher's, in points."""
+    return f"{(row['test_accuracy'] - teacher['test_accuracy']) * 100:+.2f}"
+
+
 def by_name(results: Results) -> dict[str, Row]:
     return {r["name"]: r for r in results["models"]}
 
@@ -52,7 +57,7 @@ def models_table(results: Results) -> list[str]:
     for r in results["models"]:
         out.append(
             f"| {r['name']} | {r['method']} | {with_ci(r, 'val')} | {with_ci(r, 'test')} | "
-            f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | {r['size_bytes']:,} | "
+            f"{test_pts(r, t)} | {r['size_bytes']:,} | "
             f"{r['shipped_bytes']:,} | {r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | "
             f"{r['nonzero_params']:,} | {r['macs']:,} | {r['latency_ms_p50']:.4f} | "
             f"{r['latency_ms_p95']:.4f} | {speedup(r)} | {r['throughput']:,.0f} |"
@@ -164,7 +169,7 @@ def targets_table(results: Results) -> list[str]:
         r = rows[g["chosen"]]
         out.append(
             f"| {g['label']} | met | {r['name']} | {pct(r['val_accuracy'])} | "
-            f"{with_ci(r, REPORT)} | {(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
+            f"{with_ci(r, REPORT)} | {test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {r['onnx_ratio']:.1f}× | {speedup(r)} | "
             f"{r['macs_ratio']:.2f}× | {'yes' if g['holds_on_test'] else 'no'} |"
         )
@@ -314,7 +319,7 @@ def search_section(results: Results) -> list[str]:
             f"| {name}{' ★' if name == challenger else ''} | {recipe['kind']} "
             f"{recipe['trial']} | {recipe['weights']} | {recipe['sparsity']:g} | {recipe['qat']} "
             f"| {pct(recipe['search_accuracy'])} | {with_ci(r, 'val')} | {with_ci(r, 'test')} | "
-            f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
+            f"{test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
         )
     return out + ["", "Per-layer against uniform: the `per-layer vs uniform` rows of the paired "
@@ -510,7 +515,7 @@ def methods_rows(results: Results) -> list[str]:
         r = rows[name]
         out.append(
             f"| {network(results)} ({results['profile']} params) | {method} | `{r['name']}` | "
-            f"{(r['test_accuracy'] - t['test_accuracy']) * 100:+.2f} | "
+            f"{test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
         )
     return out
