@@ -14,8 +14,6 @@ in search/finalists.json).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,14 +54,13 @@ def run(root: Path, params: Params, name: str) -> None:
     if choice.weights == "fp32":
         save_trained(ws, name, model, method, history, start)
         return
-    with fresh_folder(ws.model(name)) as folder, tempfile.TemporaryDirectory() as tmp:
-        shipped, quantized = shipped_form(model, choice, cfg, data, Path(tmp))
-        shutil.copyfile(shipped, folder / "model.onnx")
-        shutil.copyfile(Path(tmp) / FP32_SOURCE, folder / FP32_SOURCE)  # evaluate's agreement
+    with fresh_folder(ws.model(name)) as folder:
+        # model.onnx, and beside it FP32_SOURCE, what evaluate measures its agreement against
+        shipped, quantized = shipped_form(model, choice, cfg, data, folder)
         record = method | quantized | {"arch": model.arch, "parameters": count_params(model),
                                        "history": history}  # fmt: skip
         write_json(folder / "model.json", record | onnx_record(
-            folder / FP32_SOURCE, folder / "model.onnx", data.val, start))  # fmt: skip
+            folder / FP32_SOURCE, shipped, data.val, start))  # fmt: skip
 
 
 def main() -> None:
