@@ -90,6 +90,10 @@ from squeeze.nets.models import Classifier, example_input, output_layers, weight
 from squeeze.registry.package import pack
 
 BN_IMAGES = 1024  # training images BatchNorm is re-estimated on after a trial's pruning
+# Each finalist past the first costs at most this share of the one before it: front neighbours
+# a few percent apart in cost are near-duplicates to the gate, so a full build (the dear part of
+# the search) tests each further step of compression instead.
+SPACING = 2 / 3
 # the teacher put through a trial's own fine-tune, uncompressed: what a trial's drop is measured
 # from (search_reference)
 REFERENCE = "trial_reference_accuracy"
@@ -574,23 +578,29 @@ def front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[optuna.tria
 def finalist_trials(
     study: optuna.Study, cfg: SearchParams, count: int
 ) -> list[optuna.trial.FrozenTrial]:
-    """The per-layer finalists: `count` neighbours on the front of the affordable trials (search
+    """The per-layer finalists: `count` trials on the front of the affordable trials (search
     accuracy against cfg's cost), straddling the accuracy floor: first the cheapest trial within
-    it (or, if none is, the most accurate), then the next cheaper ones past it, then, with too
-    few past it, the next dearer ones before it. For most_accurate, the front's most accurate.
-    The first does not depend on `count`, so fewer finalists rebuild none that stays.
+    it (or, if none is, the most accurate), then cheaper ones past it, each at most SPACING of
+    the last one's cost; then, with too few such, the front's trials that spacing skipped past
+    the first, then the next dearer ones before it. For most_accurate, the front's most
+    accurate. The order does not depend on `count`, so fewer finalists rebuild none that stays.
 
     A trial's accuracy is that of a one-step build with a short fine-tune on a subset, which
     understates what a finalist's full fine-tune recovers, and by more the more it compresses;
     so the finalists reach past the floor, and the gate (validation) decides which holds the
     budget. Too few affordable trials on the front: the rest are filled from best_trials."""
-    line = front([t for t in done(study) if affordable(t)], cost_metric(cfg))
+    cost = cost_metric(cfg)
+    line = front([t for t in done(study) if affordable(t)], cost)
     within = [i for i, t in enumerate(line) if feasible(t)]
     first = within[-1] if within and cfg.objective != "most_accurate" else 0
-    beyond = line[first : first + count]
-    chosen = beyond + line[:first][::-1][: count - len(beyond)]
-    rest = [t for t in best_trials(study, cfg) if affordable(t) and t not in chosen]
-    return chosen + rest[: count - len(chosen)]
+    spaced = [line[first]] if line else []
+    for t in line[first + 1 :]:
+        if t.user_attrs[cost] <= SPACING * spaced[-1].user_attrs[cost]:
+            spaced.append(t)
+    skipped = [t for t in line[first:] if t not in spaced]
+    order = spaced + skipped + line[:first][::-1]
+    rest = [t for t in best_trials(study, cfg) if affordable(t) and t not in order]
+    return (order + rest)[:count]
 
 
 def nearest(

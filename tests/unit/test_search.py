@@ -274,6 +274,11 @@ def test_finalists_straddle_the_accuracy_floor_along_the_front_and_uniform_match
     cfg = search_params(finalists=3)
     assert [ordinal(t) for t in finalist_trials(study, cfg, 3)] == [2, 3, 4]
     assert [ordinal(t) for t in finalist_trials(study, cfg, 2)] == [2, 3]
+    # a front neighbour less than a third cheaper than the last finalist is passed over, and
+    # built only when the spaced ones run out
+    crowded = study_of([*points, (0.915, 450)], floor=0.92)
+    assert [ordinal(t) for t in finalist_trials(crowded, cfg, 3)] == [2, 3, 4]
+    assert [ordinal(t) for t in finalist_trials(crowded, cfg, 4)] == [2, 3, 4, 7]
     # nothing within the floor: the most accurate affordable trial and the next cheaper ones
     none_within = study_of(points, floor=0.97)
     assert [ordinal(t) for t in finalist_trials(none_within, cfg, 3)] == [1, 2, 3]
