@@ -139,9 +139,15 @@ class Params(Section):
         return self
 
     def onnx_only(self) -> set[str]:
-        """Models that exist only as ONNX: quantized ones and logit ensembles."""
+        """Models that exist only as ONNX: quantized ones, logit ensembles, and the budget
+        search's finalists when search.weights lets a trial ship int8/int4 (which weights a
+        finalist ships is known only after the search)."""
         ensembles = {n for n, cfg in self.merge.items() if cfg.kind == "ensemble"}
-        return set(self.quantize) | ensembles
+        return set(self.quantize) | ensembles | self.maybe_quantized()
+
+    def maybe_quantized(self) -> set[str]:
+        """The finalists that may ship quantized: all of them unless search.weights is fp32."""
+        return set(self.finalists()) if set(self.search.weights) - {"fp32"} else set()
 
     def check_float_upstreams(self) -> None:
         """Every upstream is something its stage can read: distill, prune and merge need a
@@ -156,14 +162,22 @@ class Params(Section):
                 for up in ups:
                     if up in onnx_only:
                         raise ValueError(
-                            f"{stage}.{name}.{key}: {up!r} exists only as ONNX (quantized or an "
-                            f"ensemble); {stage} needs a torch model: use {up!r}'s own upstream"
+                            f"{stage}.{name}.{key}: {up!r} exists only as ONNX (quantized, an "
+                            f"ensemble, or a finalist that search.weights lets ship int8/int4); "
+                            f"{stage} needs a torch model: use {up!r}'s own upstream, or "
+                            "search.weights: [fp32] for a finalist"
                         )
         for name, cfg in self.quantize.items():
             if cfg.upstream in self.quantize:
                 raise ValueError(
                     f"quantize.{name}.upstream: {cfg.upstream!r} is already quantized; quantize "
                     f"needs a float upstream (e.g. {self.quantize[cfg.upstream].upstream!r})"
+                )
+            if cfg.upstream in self.maybe_quantized():
+                raise ValueError(
+                    f"quantize.{name}.upstream: {cfg.upstream!r} may ship quantized (search."
+                    f"weights is {self.search.weights}); quantize needs a float upstream: set "
+                    "search.weights: [fp32], or let the search choose the weights"
                 )
             trained = self.prune.get(cfg.upstream)
             if trained is not None and trained.qat is not None and not cfg.per_channel:

@@ -333,6 +333,24 @@ def test_torch_stages_refuse_an_onnx_only_upstream(raw: dict, stage: str, onnx_o
     assert f"prune.teacher_ch50_sp70.upstream: {onnx_only!r} exists only as ONNX" in error_of(raw)
 
 
+def test_a_finalist_that_may_ship_quantized_is_no_float_upstream(raw: dict) -> None:
+    """Which weights a finalist ships is known only after the search: while search.weights
+    allows int8/int4, no stage may need it as a float model; with fp32 only, every stage may."""
+    raw["ingest"]["search_fraction"] = 0.1
+    raw["search"]["finalists"] = 2
+    raw["prune"]["teacher_ch50_sp70"]["upstream"] = "search_2"
+    assert "prune.teacher_ch50_sp70.upstream: 'search_2' exists only as ONNX" in error_of(raw)
+    raw["prune"]["teacher_ch50_sp70"]["upstream"] = "teacher"
+    raw["quantize"]["teacher_ch50_int8"]["upstream"] = "search_uniform"
+    assert (
+        "quantize.teacher_ch50_int8.upstream: 'search_uniform' may ship quantized (search.weights "
+        "is ['fp32', 'int8', 'int4'])"
+    ) in error_of(raw)
+    raw["search"]["weights"] = ["fp32"]
+    raw["prune"]["teacher_ch50_sp70"]["upstream"] = "search_2"
+    assert Params.model_validate(raw).upstreams()["teacher_ch50_int8"] == ["search_uniform"]
+
+
 def test_quantize_keeps_the_per_channel_grid_qat_trained_on(raw: dict) -> None:
     raw["quantize"]["teacher_ch50_sp60_qat_int4"]["per_channel"] = False
     assert (
