@@ -525,7 +525,8 @@ def progress(
         k for k, v in broken.items() if v > 0)  # fmt: skip
     early = "; stopped before fine-tuning" if metrics["stopped_early"] else ""
     best = best_trials(study, cfg)
-    best_text = f"trial {ordinal(best[0])}" if best and feasible(best[0]) else "none yet"
+    best_text = (f"trial {ordinal(best[0])}" if feasible(best[0])
+                 else f"none within budget yet, closest trial {ordinal(best[0])}")  # fmt: skip
     elapsed = time.monotonic() - started
     left = min(elapsed / max(1, number) * (total - number), max(0.0, deadline - time.monotonic()))
     return (f"search {kind} trial {number}/{total}: {metrics[SEARCH_ACCURACY]:.2%} on search, "
