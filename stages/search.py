@@ -110,7 +110,8 @@ def run(root: Path, params: Params) -> None:
         "seed": cfg.seed, "objective": cfg.objective, "teacher": outcome.teacher,
         # this run's wall time (a resumed search's: since it resumed)
         "seconds": round(time.perf_counter() - start, 1),
-        "sensitivity": outcome.sensitivity, "trials_sha256": sha256(ws.search(TRIALS)),
+        "sensitivity": outcome.sensitivity, "weight_sensitivity": outcome.weight_sensitivity,
+        "trials_sha256": sha256(ws.search(TRIALS)),
         "finalists": outcome.finalists,
     })  # fmt: skip
     for name, found in outcome.finalists.items():

@@ -466,6 +466,11 @@ class SearchParams(Section):
         description="Whether a quantized trial keeps the weight layers the pixels enter first "
         "in fp32, among these choices.",
     )  # fmt: skip
+    fp32_layers: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        description="[low, high] of how many weight layers a quantized trial keeps fp32 (mixed "
+        "precision): the ones whose quantization alone costs most accuracy on the search split "
+        "(the weight-sensitivity pass); [0, 0]: none beyond fp32_first_layer's."
+    )
     calibration_samples: int = Field(
         ge=1, le=60000, description="Training images that calibrate a quantized trial or finalist."
     )
@@ -486,6 +491,10 @@ class SearchParams(Section):
                 bound = f"{floor} <=" if floor is not None else "0 <"
                 raise ValueError(f"{key}: [{low}, {high}] is no range; give [low, high] with "
                                  f"{bound} low <= high <= {ceiling}")  # fmt: skip
+        low, high = self.fp32_layers
+        if not 0 <= low <= high:
+            raise ValueError(f"fp32_layers: [{low}, {high}] is no range; give [low, high] with "
+                             "0 <= low <= high (a count of weight layers)")  # fmt: skip
         if self.sparsity_step > self.max_sparsity:
             raise ValueError(f"sparsity_step {self.sparsity_step} is above max_sparsity "
                              f"{self.max_sparsity}: the grid would hold no share")  # fmt: skip

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,19 @@ def input_side(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return list(found), list(first)
 
 
+def quantizable_layers(source: Path) -> list[str]:
+    """The names of the weight layers (Conv, Gemm, MatMul) of the fp32 ONNX file `source` after
+    onnxruntime's pre-processing, in graph order, less the preprocessing: what keep_fp32 names.
+    The names come from the torch modules (e.g. /net/features/features.0/Conv), so a pruned copy
+    of the same network has the same ones."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        model = onnx.load(str(prepared))
+    skipped = set(input_side(model)[0])
+    return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and n.name not in skipped]
+
+
 def int4_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
     """Per-channel int4 weight scales max|w| / 7: the symmetric [-7, 7] grid of squeeze.methods.qat.
 
@@ -152,6 +165,7 @@ def quantize_onnx(
     cfg: QuantizeParams,
     calibration: np.ndarray | None,
     int4_scheme: str = "onnxruntime",
+    keep_fp32: Sequence[str] = (),
 ) -> None:
     """Write the quantized version of the fp32 ONNX file `source` to `dest`.
 
@@ -163,6 +177,7 @@ def quantize_onnx(
             dynamic mode.
         int4_scheme: one of INT4_SCHEMES, for int4 weights (int8's symmetric range [-127, 127]
             already is squeeze.methods.qat's int8 grid).
+        keep_fp32: names of weight layers (quantizable_layers) left unquantized as well.
     """
     if int4_scheme not in INT4_SCHEMES:
         raise ValueError(f"int4_scheme {int4_scheme!r}: expected one of {INT4_SCHEMES}")
@@ -173,7 +188,7 @@ def quantize_onnx(
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         prepared_model = onnx.load(str(prepared))
         preprocessing, first_layers = input_side(prepared_model)
-        excluded = preprocessing + (first_layers if cfg.fp32_first_layer else [])
+        excluded = preprocessing + (first_layers if cfg.fp32_first_layer else []) + [*keep_fp32]
         out = Path(tmp) / "int8.onnx"
         if cfg.mode == "static":
             if calibration is None or len(calibration) == 0:
@@ -216,14 +231,15 @@ def calibration_images(train: Split, n: int) -> np.ndarray:
 
 
 def quantize_by_val(
-    source: Path, out: Path, cfg: QuantizeParams, images: np.ndarray, val: Split, tmp: Path
-) -> tuple[str, dict[str, float]]:
+    source: Path, out: Path, cfg: QuantizeParams, images: np.ndarray, val: Split, tmp: Path,
+    keep_fp32: Sequence[str] = (),
+) -> tuple[str, dict[str, float]]:  # fmt: skip
     """Quantize `source` with each of INT4_SCHEMES and keep, at `out`, the one with the higher
     validation accuracy (choose_int4_scheme). Returns (that scheme, each scheme's val accuracy)."""
     scores = {}
     for scheme in INT4_SCHEMES:
         path = tmp / f"int4_{scheme}.onnx"
-        quantize_onnx(source, path, cfg, images, scheme)
+        quantize_onnx(source, path, cfg, images, scheme, keep_fp32)
         scores[scheme] = round(float((predicted_classes(path, val.images) == val.labels).mean()), 5)
     chosen = choose_int4_scheme(scores)
     shutil.move(tmp / f"int4_{chosen}.onnx", out)
@@ -231,8 +247,9 @@ def quantize_by_val(
 
 
 def quantize(
-    source: Path, cfg: QuantizeParams, data: MethodData, *, qat: str | None = None
-) -> Result[bytes]:
+    source: Path, cfg: QuantizeParams, data: MethodData, *, qat: str | None = None,
+    keep_fp32: Sequence[str] = (),
+) -> Result[bytes]:  # fmt: skip
     """The quantized version of the fp32 ONNX file `source` (onnxruntime.quantization).
 
     Args:
@@ -246,6 +263,8 @@ def quantize(
         qat: the weights the upstream was fine-tuned quantization-aware for (its prune.*.qat),
             None if any other: int4 weights equal to it keep exactly that grid, compared with
             nothing.
+        keep_fp32: names of weight layers (quantizable_layers) kept fp32 besides those cfg
+            keeps: mixed precision, as the budget search chooses it (squeeze.methods.search).
 
     Returns:
         Result(the quantized ONNX model's bytes, record={"on_trained_grid", "int4_scheme" (None
@@ -261,12 +280,14 @@ def quantize(
         out = Path(tmp) / "quantized.onnx"
         if cfg.weights == "int8":  # one symmetric range, [-127, 127]: it is the int8 grid
             scheme, scheme_val = None, {}
-            quantize_onnx(source, out, cfg, images)
+            quantize_onnx(source, out, cfg, images, keep_fp32=keep_fp32)
         elif on_grid:
             scheme, scheme_val = "grid", {}
-            quantize_onnx(source, out, cfg, images, "grid")
+            quantize_onnx(source, out, cfg, images, "grid", keep_fp32)
         else:
-            scheme, scheme_val = quantize_by_val(source, out, cfg, images, data.val, Path(tmp))
+            scheme, scheme_val = quantize_by_val(
+                source, out, cfg, images, data.val, Path(tmp), keep_fp32
+            )
         onnx_bytes = out.read_bytes()
     record = {
         "on_trained_grid": on_grid,

@@ -56,7 +56,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ from squeeze.methods.prune import (
     structured_pruner,
     width_plan,
 )
-from squeeze.methods.quantize import FP32_SOURCE, quantize
+from squeeze.methods.quantize import FP32_SOURCE, quantizable_layers, quantize
 from squeeze.methods.train import predict
 from squeeze.nets.models import Classifier, example_input, output_layers, weight_layers
 from squeeze.registry.package import pack
@@ -97,6 +97,7 @@ SPACING = 2 / 3
 # the teacher put through a trial's own fine-tune, uncompressed: what a trial's drop is measured
 # from (search_reference)
 REFERENCE = "trial_reference_accuracy"
+WEIGHT_SENSITIVITY = "weight_sensitivity"  # the study's record of weight_sensitivity's drops
 PER_LAYER, UNIFORM = "per_layer", "uniform"  # the two studies
 
 
@@ -129,8 +130,10 @@ class Choice:
     groups each pruned by its share (policy: {group's first layer: share}, a group not named
     keeping all), then `sparsity` of the remaining weights zeroed (global L1; 0: none), then the
     export quantized to `weights` (fp32: not), the last fine-tune quantization-aware when `qat`,
-    the first weight layers kept fp32 when `fp32_first_layer`; every fine-tune distils from the
-    teacher with weight distill_alpha at `temperature`, at peak learning rate lr."""
+    the first weight layers kept fp32 when `fp32_first_layer`, and so are the weight layers
+    named in fp32_layers (ONNX node names, squeeze.methods.quantize.quantizable_layers); every
+    fine-tune distils from the teacher with weight distill_alpha at `temperature`, at peak
+    learning rate lr."""
 
     policy: dict[str, float]
     distill_alpha: float
@@ -140,6 +143,7 @@ class Choice:
     weights: str
     qat: bool
     fp32_first_layer: bool
+    fp32_layers: list[str]
 
     @classmethod
     def of(cls, recipe: dict[str, Any]) -> Choice:
@@ -209,7 +213,9 @@ def shipped_form(
     export_onnx(model, path)
     if choice.weights == "fp32":
         return path, {}
-    result = quantize(path, quantize_cfg(cfg, choice), data, qat=choice.grid())
+    result = quantize(
+        path, quantize_cfg(cfg, choice), data, qat=choice.grid(), keep_fp32=choice.fp32_layers
+    )
     out = folder / "model.onnx"
     out.write_bytes(result.model)
     return out, result.record
@@ -247,7 +253,7 @@ def channel_groups_of(teacher: Classifier, cfg: SearchParams) -> list[ChannelGro
 
 def plain(cfg: SearchParams) -> Choice:
     """The choice that compresses nothing: fp32, no distillation, trial_fit's own lr."""
-    return Choice({}, 0.0, cfg.temperature[0], cfg.trial_fit.lr, 0.0, "fp32", False, False)
+    return Choice({}, 0.0, cfg.temperature[0], cfg.trial_fit.lr, 0.0, "fp32", False, False, [])
 
 
 def probe_cfg(cfg: SearchParams) -> PruneParams:
@@ -302,6 +308,41 @@ def sensitivity(
     return drops
 
 
+def weight_sensitivity(
+    source: Path, data: MethodData, cfg: SearchParams, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Accuracy drop on the search split (data.val) of the fp32 export `source` with one weight
+    layer quantized alone, the others fp32 ({layer: drop} in graph order, the layers named as
+    in squeeze.methods.quantize.quantizable_layers), to the lowest precision in cfg.weights
+    (int4, else int8), calibrated on data.train. {} when no trial quantizes or keeps a layer
+    fp32 (cfg.weights fp32 only, or cfg.fp32_layers [0, 0]). The per-layer sensitivity
+    analysis of Wu et al. 2020 (Integer Quantization for Deep Learning Inference, sec. 6):
+    the layers that lose most stay fp32 (Context.fp32_order)."""
+    lowest = next((w for w in ("int4", "int8") if w in cfg.weights), None)
+    if lowest is None or not cfg.fp32_layers[1]:
+        return {}
+    quant = quantize_cfg(cfg, replace(plain(cfg), weights=lowest))
+    images, labels = data.val.images, data.val.labels
+    reference = float((predicted_classes(source, images) == labels).mean())
+    layers = quantizable_layers(source)
+    drops = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "one_layer.onnx"
+        for layer in layers:
+            others = [name for name in layers if name != layer]
+            out.write_bytes(quantize(source, quant, data, keep_fp32=others).model)
+            drops[layer] = round(reference - float((predicted_classes(out, images) == labels)
+                                                   .mean()), 6)  # fmt: skip
+    log(f"weight sensitivity ({lowest}, one layer at a time): " + ", ".join(
+        f"{layer} {drop:+.1%}" for layer, drop in drops.items()))  # fmt: skip
+    return drops
+
+
+def fp32_order(drops: dict[str, float]) -> list[str]:
+    """The layers of weight_sensitivity's drops, the most sensitive first (ties: graph order)."""
+    return sorted(drops, key=lambda layer: -drops[layer])
+
+
 def ranges(
     groups: list[ChannelGroup], drops: dict[str, dict[str, float]], cfg: SearchParams
 ) -> dict[str, list[float]]:
@@ -328,6 +369,7 @@ class Context:
     timing: EvaluateParams
     ranges: dict[str, list[float]]
     uniform: list[float]  # the shares every group can take at once
+    fp32_order: list[str]  # weight layers, the most sensitive to quantization first
     fine_tune: Split  # the trial's training subset
     bn_images: np.ndarray
     scratch: Path
@@ -352,15 +394,19 @@ def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
         low, high = bounds
         return trial.suggest_float(name, low, high, log=log) if high > low else low
 
+    weights = pick("weights", list(cfg.weights))
+    low, high = (min(n, len(ctx.fp32_order)) for n in cfg.fp32_layers)
+    kept = trial.suggest_int("fp32_layers", low, high) if high > low else low
     return Choice(
         policy={root: share for root, share in policy.items() if share},
         distill_alpha=between("distill_alpha", cfg.distill_alpha, False),
         temperature=between("temperature", cfg.temperature, True),
         lr=between("lr", cfg.lr, True),
         sparsity=pick("sparsity", grid_to(cfg.max_unstructured, cfg.sparsity_step)),
-        weights=pick("weights", list(cfg.weights)),
+        weights=weights,
         qat=pick("qat", list(cfg.qat)),
         fp32_first_layer=pick("fp32_first_layer", list(cfg.fp32_first_layer)),
+        fp32_layers=ctx.fp32_order[:kept] if weights != "fp32" else [],
     )
 
 
@@ -688,12 +734,13 @@ def rows(
 @dataclass(frozen=True)
 class Outcome:
     """What a search found: the finalists' recipes by candidate name, one row per trial, the
-    teacher's own figures measured beside them and the sensitivity pass."""
+    teacher's own figures measured beside them and the two sensitivity passes."""
 
     finalists: dict[str, dict[str, Any]]
     trials: list[dict[str, Any]]
     teacher: dict[str, float]
     sensitivity: dict[str, dict[str, float]]
+    weight_sensitivity: dict[str, float]
 
 
 def search(
@@ -715,7 +762,8 @@ def search(
         log: where the per-trial progress lines go.
     Returns:
         Outcome: the finalists' recipes {name: {policy, distill_alpha, lr, study, trial, search
-        figures, within_budget}}, every trial's row, the teacher's figures, the sensitivity.
+        figures, within_budget}}, every trial's row, the teacher's figures, the sensitivity
+        of each channel group (sensitivity) and of each weight layer (weight_sensitivity).
     Raises:
         SearchError: no channel group to prune, fewer completed trials than finalists, no
             per-layer trial built within the latency and size limits (naming the tightest limit
@@ -734,13 +782,20 @@ def search(
         s for s in shares(cfg) if all(s in feasible_shares(g, shares(cfg), cfg) for g in groups)
     ]
     deadline = time.monotonic() + (cfg.hours * 3600 if cfg.hours else float("inf"))
+    fine_tune = subset(data.train, picks)
     with tempfile.TemporaryDirectory() as scratch:
+        exported = Path(scratch) / "teacher.onnx"
+        export_onnx(teacher, exported)
+        quantized = per_layer.user_attrs.get(WEIGHT_SENSITIVITY)
+        if quantized is None:
+            calibration = MethodData(fine_tune, data.search, teacher)
+            quantized = weight_sensitivity(exported, calibration, cfg, log)
+            per_layer.set_user_attr(WEIGHT_SENSITIVITY, quantized)
         ctx = Context(
-            teacher, data, cfg, timing, ranges(groups, drops, cfg), grid,
-            subset(data.train, picks), bn_images(data.train, cfg.seed), Path(scratch),
+            teacher, data, cfg, timing, ranges(groups, drops, cfg), grid, fp32_order(quantized),
+            fine_tune, bn_images(data.train, cfg.seed), Path(scratch),
         )  # fmt: skip
-        export_onnx(teacher, ctx.scratch / "teacher.onnx")
-        reference = measure(ctx.scratch / "teacher.onnx", ctx)
+        reference = measure(exported, ctx)
         reference[REFERENCE] = search_reference(per_layer, ctx)
         for study, kind, total in ((uniform, UNIFORM, cfg.uniform_trials),
                                    (per_layer, PER_LAYER, cfg.trials)):  # fmt: skip
@@ -760,4 +815,4 @@ def search(
     }
     finalists[names[-1]] = recipe(nearest(uniform, cfg, best[0]), uniform, UNIFORM)
     trials = rows(uniform, UNIFORM, finalists, cfg) + rows(per_layer, PER_LAYER, finalists, cfg)
-    return Outcome(finalists, trials, reference, drops)
+    return Outcome(finalists, trials, reference, drops, quantized)

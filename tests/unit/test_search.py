@@ -52,7 +52,7 @@ def search_params(**changes: Any) -> SearchParams:
         "sensitivity_limit": 0.5, "importance": "l2", "round_to": None,
         "distill_alpha": [0.0, 0.9], "temperature": [2.0, 8.0], "lr": [0.005, 0.05],
         "max_unstructured": 0.5, "weights": ["fp32", "int8", "int4"], "qat": [False, True],
-        "fp32_first_layer": [False, True], "calibration_samples": 64,
+        "fp32_first_layer": [False, True], "fp32_layers": [0, 1], "calibration_samples": 64,
         "trial_images": 300, "trial_fit": fit, "steps": 1, "fit": fit,
     }  # fmt: skip
     return SearchParams(**(base | changes))
@@ -109,6 +109,10 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     assert [r["study"] for r in rows] == ["uniform"] * 2 + ["per_layer"] * 3
     assert {r["finalist"] for r in rows} == {"", "search_1", "search_2", "search_uniform"}
     assert set(found["sensitivity"]) == {"net.features.0", "net.features.4"}
+    # every weight layer quantized alone (int4, the lowest asked), named as in the export
+    assert set(found["weight_sensitivity"]) == {"/net/features/features.0/Conv",
+                                                "/net/features/features.4/Conv",
+                                                "/net/classifier/Gemm"}  # fmt: skip
 
     for name in ("search_1", "search_2"):
         check_built_by_recipe(search_ws, params, name, found["finalists"][name])
@@ -139,18 +143,31 @@ def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict)
     bits = {t.data_type for t in model.graph.initializer  # weights, not int32 biases
             if t.name.endswith("_quantized") and len(t.dims) > 1}  # fmt: skip
     assert bits == {onnx.TensorProto.INT8 if found["weights"] == "int8" else onnx.TensorProto.INT4}
+    # the layers its recipe keeps fp32 read their weights straight from fp32 initializers
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    weight_of = {node.name: node.input[1] for node in model.graph.node
+                 if node.op_type in ("Conv", "Gemm")}  # fmt: skip
+    kept = {name for name, weight in weight_of.items() if weight in floats}
+    assert kept - {"/net/features/features.0/Conv"} == set(found["fp32_layers"]) - {
+        "/net/features/features.0/Conv"
+    }
+    assert set(found["fp32_layers"]) <= kept
 
 
 def test_a_quantized_sparse_finalist_is_built_by_its_recipe(
     search_ws: Workspace, stage_params: Any
 ) -> None:
-    """Every trial int8 and half its weights zeroed: the finalist ships int8 ONNX, as sparse."""
+    """Every trial int8, half its weights zeroed and its layer most sensitive to quantization
+    kept fp32: the finalist ships int8 ONNX, as sparse, that layer fp32."""
     cfg = search_params(max_unstructured=0.5, sparsity_step=0.5, weights=["int8"], qat=[True],
-                        finalists=1, trials=2, uniform_trials=1)  # fmt: skip
+                        fp32_layers=[1, 1], finalists=1, trials=2, uniform_trials=1)  # fmt: skip
     params = with_search(stage_params, cfg)
     search.run(search_ws.root, params)
     found = read_json(search_ws.search(search.FINALISTS))["finalists"]
     assert {r["weights"] for r in found.values()} == {"int8"}
+    sensitivity = read_json(search_ws.search(search.FINALISTS))["weight_sensitivity"]
+    most = max(sensitivity, key=lambda layer: sensitivity[layer])
+    assert {tuple(r["fp32_layers"]) for r in found.values()} == {(most,)}
     check_built_by_recipe(search_ws, params, "search_1", found["search_1"])
 
 
