@@ -22,10 +22,12 @@ def test_a_budget_alone_promotes_a_finalist_and_one_nobody_meets_promotes_nothin
     workspace: Path,
 ) -> None:
     # the smoke data and a four-trial search, then the budget profile: no hand-written
-    # candidate; a 3-epoch smoke teacher's trials cannot keep 1 point, so 30 points here
+    # candidate; a 3-epoch smoke teacher's trials and finalists cannot keep 1 point, so the
+    # budget is 30 points here, in the search and at the gate
     run(["squeeze", "profile", "smoke"], workspace)
     run(["squeeze", "profile", "budget"], workspace)
     set_param(workspace, "search", "max_accuracy_drop", 0.3)
+    set_param(workspace, "gate", "max_accuracy_drop", 0.3)
     run(["squeeze", "sync"], workspace)
     params = load_params(workspace)
     assert params.model_names() == ["teacher", "search_1", "search_2", "search_3", "search_uniform"]
