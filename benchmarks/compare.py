@@ -435,6 +435,22 @@ def write(data: dict[str, Any], out: Path, json_path: Path, readme: Path | None)
     return text
 
 
+def hand_tuned(folder: Path) -> dict[str, Any] | None:
+    """The hand-written graph's challenger in folder's results.json (the default params' run),
+    with its teacher's row, for a search run's report to stand beside; None without one."""
+    path = folder / "results.json"
+    found = read_json(path) if path.exists() else {}
+    gate = found.get("gate") or {}
+    if not gate.get("challenger"):
+        return None
+    rows = {r["name"]: r for r in found["models"]}
+    return {
+        "report": "benchmarks/RESULTS.md", "commit": found["commit"],
+        "measured": found["measured"], "policy": gate["policy"],
+        "challenger": rows[gate["challenger"]], "teacher": rows["teacher"],
+    }  # fmt: skip
+
+
 def committed_results(folder: Path) -> list[dict[str, Any]]:
     """Every benchmark's results in folder (results.json first, then results-*.json by name)."""
     paths = sorted(folder.glob("results*.json"), key=lambda p: (p.name != "results.json", p.name))
@@ -460,6 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.workspace).resolve()
     command = args.command or command_for(args.profile)
     data = results(root, load_params(root), args.noop, args.profile, command)
+    if data["search"] and args.profile != DEFAULT:
+        data["hand_tuned"] = hand_tuned(Path(args.json).parent)
     readme = Path(args.readme) if args.readme else None
     print(write(data, Path(args.out), Path(args.json), readme))
 

@@ -309,21 +309,43 @@ def search_section(results: Results) -> list[str]:
         "Finalists, each built in full from its trial's recipe, measured above with every "
         "other row (the gate's challenger, chosen on validation, marked ★):",
         "",
-        "| finalist | trial | weights | sparsity | qat | search % (trial) | val % [95% CI] "
-        "| test % [95% CI] | Δ test pts | teacher shipped ÷ shipped | speed-up p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| finalist | trial | weights | fp32 layers | sparsity | qat | search % (trial) "
+        "| val % [95% CI] | test % [95% CI] | Δ test pts | teacher shipped ÷ shipped "
+        "| speed-up p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, recipe in found["finalists"].items():
         r = rows[name]
         out.append(
             f"| {name}{' ★' if name == challenger else ''} | {recipe['kind']} "
-            f"{recipe['trial']} | {recipe['weights']} | {recipe['sparsity']:g} | {recipe['qat']} "
-            f"| {pct(recipe['search_accuracy'])} | {with_ci(r, 'val')} | {with_ci(r, 'test')} | "
-            f"{test_pts(r, t)} | "
+            f"{recipe['trial']} | {recipe['weights']} | {len(recipe.get('fp32_layers', []))} | "
+            f"{recipe['sparsity']:g} | {recipe['qat']} | {pct(recipe['search_accuracy'])} | "
+            f"{with_ci(r, 'val')} | {with_ci(r, 'test')} | {test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
         )
     return out + ["", "Per-layer against uniform: the `per-layer vs uniform` rows of the paired "
-                  "comparisons above (McNemar exact p on the same images)."]  # fmt: skip
+                  "comparisons above (McNemar exact p on the same images).",
+                  *hand_tuned_text(results)]  # fmt: skip
+
+
+def hand_tuned_text(results: Results) -> list[str]:
+    """The hand-written graph's challenger beside this run's (results["hand_tuned"], from
+    benchmarks.compare.hand_tuned): [] without one. Another run, with a teacher of its own, so
+    the two are not compared on paired predictions: each figure with its own interval."""
+    other = results.get("hand_tuned")
+    if not other:
+        return []
+    r = other["challenger"]
+    return [
+        "", f"Against the hand-written graph: its challenger in `{other['report']}` (the "
+        f"default params, commit {other['commit'][:12]}, measured {other['measured']}; chosen "
+        f"on validation by gate.policy `{other['policy']}`) is `{r['name']}`: test "
+        f"{with_ci(r, 'test')} %, {test_pts(r, other['teacher'])} points against its teacher, "
+        f"{r['shipped_ratio']:.1f}× smaller shipped file, {speedup(r)} batch-1 speed-up. That "
+        "run's teacher trained on all of train (no search split), so the two runs' models are "
+        "compared by their ratios to their own teacher and by their intervals, not by a paired "
+        "test.",
+    ]  # fmt: skip
 
 
 ANCHORS = (

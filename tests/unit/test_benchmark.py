@@ -21,6 +21,7 @@ from torch import nn
 from benchmarks import choose, report
 from benchmarks.peers import nncf_quantized, ort_dynamic, torch_pruned
 from squeeze.config.sections import PruneParams, QuantizeParams
+from squeeze.config.workspace import write_json
 from squeeze.data.spec import Split
 from squeeze.decide.choose import best
 from squeeze.measure.export import INPUT, export_onnx
@@ -355,5 +356,25 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
     assert "uniform 1 completed, 0 within the budget" in text
     front = [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ")]
     assert "| 1" in front and "| 2" in front and "| 3" not in front
-    assert "| cand ★ | per_layer 1 | int8 | 0.5 | True | 90.00 |" in text
+    assert "| cand ★ | per_layer 1 | int8 | 0 | 0.5 | True | 90.00 |" in text
+    assert "Against the hand-written graph" not in text  # no default run to stand beside
     assert "## Search" not in report.results_md(fake_results())  # no search, no section
+
+
+def test_a_search_report_stands_beside_the_hand_written_graphs_challenger(tmp_path: Path) -> None:
+    """A search run's report names the committed default run's challenger with its test
+    interval and ratios (benchmarks.compare.hand_tuned), not a paired test across runs."""
+    from benchmarks.compare import hand_tuned
+
+    assert hand_tuned(tmp_path) is None  # no default run committed
+    default = fake_results()
+    default |= {"commit": "a" * 40, "measured": "2026-12-05 22:24 UTC",
+                "gate": {"challenger": "cand", "policy": "smallest"}}  # fmt: skip
+    write_json(tmp_path / "results.json", default)
+    other = hand_tuned(tmp_path)
+    assert other["challenger"]["name"] == "cand" and other["teacher"]["name"] == "teacher"
+    text = "\n".join(report.hand_tuned_text({"hand_tuned": other}))
+    cand = report.by_name(default)["cand"]
+    assert f"is `cand`: test {report.with_ci(cand, 'test')} %" in text
+    assert f"{cand['shipped_ratio']:.1f}× smaller shipped file" in text
+    assert "commit aaaaaaaaaaaa" in text and "not by a paired test" in text
