@@ -248,7 +248,7 @@ def quantize_by_val(
 
 def quantize(
     source: Path, cfg: QuantizeParams, data: MethodData, *, qat: str | None = None,
-    keep_fp32: Sequence[str] = (),
+    keep_fp32: Sequence[str] | None = None,
 ) -> Result[bytes]:  # fmt: skip
     """The quantized version of the fp32 ONNX file `source` (onnxruntime.quantization).
 
@@ -264,7 +264,8 @@ def quantize(
             None if any other: int4 weights equal to it keep exactly that grid, compared with
             nothing.
         keep_fp32: names of weight layers (quantizable_layers) kept fp32 besides those cfg
-            keeps: mixed precision, as the budget search chooses it (squeeze.methods.search).
+            keeps: mixed precision, as the budget search chooses it (squeeze.methods.search);
+            None: none.
 
     Returns:
         Result(the quantized ONNX model's bytes, record={"on_trained_grid", "int4_scheme" (None
@@ -275,6 +276,7 @@ def quantize(
         ValueError: static mode without calibration images (an empty train split).
     """
     on_grid = qat == cfg.weights
+    keep_fp32 = keep_fp32 or ()
     images = calibration_images(data.train, cfg.calibration_samples)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "quantized.onnx"
