@@ -79,6 +79,11 @@ def predicted_classes(path: Path, images: np.ndarray, threads: int = 1) -> np.nd
     return predict_onnx(session(path, threads), images, 512)[0].argmax(1)
 
 
+def accuracy_of(path: Path, split: Split) -> float:
+    """Share of the split's (N,) labels the ONNX model at path predicts, in [0, 1]."""
+    return float((predicted_classes(path, split.images) == split.labels).mean())
+
+
 def split_scores(
     split: str, pred: np.ndarray, labels: np.ndarray, classes: list[str]
 ) -> dict[str, Any]:

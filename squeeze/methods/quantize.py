@@ -41,7 +41,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from squeeze.config.sections import QuantizeParams
 from squeeze.data.spec import Split
 from squeeze.measure.export import INPUT, weight_tensors
-from squeeze.measure.runtime import predicted_classes
+from squeeze.measure.runtime import accuracy_of
 from squeeze.methods import MethodData, Result
 from squeeze.methods.qat import LEVELS
 
@@ -240,7 +240,7 @@ def quantize_by_val(
     for scheme in INT4_SCHEMES:
         path = tmp / f"int4_{scheme}.onnx"
         quantize_onnx(source, path, cfg, images, scheme, keep_fp32)
-        scores[scheme] = round(float((predicted_classes(path, val.images) == val.labels).mean()), 5)
+        scores[scheme] = round(accuracy_of(path, val), 5)
     chosen = choose_int4_scheme(scores)
     shutil.move(tmp / f"int4_{chosen}.onnx", out)
     return chosen, scores

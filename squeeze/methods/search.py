@@ -70,7 +70,7 @@ from squeeze.data.splits import stratified_indices, subset
 from squeeze.decide.choose import ACCURACY, LATENCY, POLICIES, SEARCH_ACCURACY, SIZE, ranked
 from squeeze.errors import StageRefused
 from squeeze.measure.export import export_onnx
-from squeeze.measure.runtime import latencies, predicted_classes
+from squeeze.measure.runtime import accuracy_of, latencies
 from squeeze.methods import MethodData
 from squeeze.methods.merge import reestimate_bn
 from squeeze.methods.prune import (
@@ -322,8 +322,7 @@ def weight_sensitivity(
     if lowest is None or not cfg.fp32_layers[1]:
         return {}
     quant = quantize_cfg(cfg, replace(plain(cfg), weights=lowest))
-    images, labels = data.val.images, data.val.labels
-    reference = float((predicted_classes(source, images) == labels).mean())
+    reference = accuracy_of(source, data.val)
     layers = quantizable_layers(source)
     drops = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -331,8 +330,7 @@ def weight_sensitivity(
         for layer in layers:
             others = [name for name in layers if name != layer]
             out.write_bytes(quantize(source, quant, data, keep_fp32=others).model)
-            drops[layer] = round(reference - float((predicted_classes(out, images) == labels)
-                                                   .mean()), 6)  # fmt: skip
+            drops[layer] = round(reference - accuracy_of(out, data.val), 6)
     log(f"weight sensitivity ({lowest}, one layer at a time): " + ", ".join(
         f"{layer} {drop:+.1%}" for layer, drop in drops.items()))  # fmt: skip
     return drops
@@ -413,9 +411,8 @@ def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
 def measure(path: Path, ctx: Context) -> dict[str, float]:
     """An export's p50 latency, shipped bytes and accuracy on the search split."""
     timed = latencies({"trial": path}, ctx.data.search.images[0], ctx.timing)["trial"]
-    right = predicted_classes(path, ctx.data.search.images) == ctx.data.search.labels
     return {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes())),
-            SEARCH_ACCURACY: float(right.mean())}  # fmt: skip
+            SEARCH_ACCURACY: accuracy_of(path, ctx.data.search)}  # fmt: skip
 
 
 def accuracy_floor(cfg: SearchParams, teacher: float) -> float:
