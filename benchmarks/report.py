@@ -318,7 +318,7 @@ def search_section(results: Results) -> list[str]:
         r = rows[name]
         out.append(
             f"| {name}{' ★' if name == challenger else ''} | {recipe['kind']} "
-            f"{recipe['trial']} | {recipe['weights']} | {len(recipe.get('fp32_layers', []))} | "
+            f"{recipe['trial']} | {recipe['weights']} | {len(recipe['fp32_layers'])} | "
             f"{recipe['sparsity']:g} | {recipe['qat']} | {pct(recipe['search_accuracy'])} | "
             f"{with_ci(r, 'val')} | {with_ci(r, 'test')} | {test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"

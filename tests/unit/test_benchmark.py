@@ -337,7 +337,7 @@ def trial(number: int, accuracy: float, shipped: int, finalist: str = "") -> dic
 def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built() -> None:
     results = fake_results()
     recipe = {"kind": "per_layer", "trial": 1, "weights": "int8", "sparsity": 0.5, "qat": True,
-              "search_accuracy": 0.9}  # fmt: skip
+              "fp32_layers": [], "search_accuracy": 0.9}  # fmt: skip
     results["gate"] = {"challenger": "cand", "policy": "smallest"}
     results["search"] = {
         "budget": {"objective": "smallest", "max_accuracy_drop": 0.01, "drop": "absolute",
