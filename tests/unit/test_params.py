@@ -141,6 +141,17 @@ def test_smoke_profile_overlays_params(tmp_path: Path) -> None:
     assert load_params(tmp_path) == params  # written back, still valid
 
 
+def test_the_fastest_profile_turns_the_budget_profile_to_speed(tmp_path: Path) -> None:
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
+    apply_profile(tmp_path, "budget")
+    params = apply_profile(tmp_path, "fastest")
+    assert params.search.finalists > 0 and not params.prune  # still the budget profile's search
+    assert (params.search.objective, params.gate.policy) == ("fastest", "fastest")
+    assert params.search.max_accuracy_drop == params.gate.max_accuracy_drop == 0.005
+    assert load_params(tmp_path) == params
+
+
 def workspace(tmp_path: Path) -> Path:
     """A copy of the project's params.yaml, profiles and pyproject.toml (its allow-list)."""
     for name in ("params.yaml", "pyproject.toml"):
@@ -261,7 +272,7 @@ def test_run_params_are_written_keeping_the_comments(tmp_path: Path) -> None:
 def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
-    with pytest.raises(ParamsError, match="no such profile .*known: budget, resnet, smoke"):
+    with pytest.raises(ParamsError, match="no such profile .*known: budget, fastest, resnet"):
         apply_profile(tmp_path, "tiny")
 
 
