@@ -42,6 +42,7 @@ from squeeze.config.sections import EvaluateParams
 from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split, read_spec
 from squeeze.data.splits import load_split
+from squeeze.decide.choose import POLICIES, best
 from squeeze.measure.export import export_onnx
 from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import compare, paired_table
@@ -56,6 +57,8 @@ COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme RE
 DEFAULT = "default"  # the profile name of params.yaml as committed
 # what a profile's data needs before its run (profiles/<name>.yaml names the data it reads)
 PROFILE_DATA = {"resnet": "python -m examples.fmnist_imagefolder datasets/fmnist-rgb32 --rgb32"}
+# the profile a profile overlays (profiles/<name>.yaml says it applies after that one)
+PROFILE_BASE = {"fastest": "budget"}
 
 SPLITS = ("val", "test")
 ALPHA = 0.05  # significance level of every paired verdict
@@ -69,7 +72,8 @@ def command_for(profile: str) -> str:
     if profile == DEFAULT:
         return COMMAND
     data = f"{PROFILE_DATA[profile]} && " if profile in PROFILE_DATA else ""
-    return (f"make setup && . .venv/bin/activate && {data}squeeze profile {profile} && "
+    base = f"squeeze profile {PROFILE_BASE[profile]} && " if profile in PROFILE_BASE else ""
+    return (f"make setup && . .venv/bin/activate && {data}{base}squeeze profile {profile} && "
             f"squeeze run && python -m benchmarks.compare --profile {profile} "
             f"--out benchmarks/RESULTS-{profile}.md "
             f"--json benchmarks/results-{profile}.json")  # fmt: skip
@@ -435,19 +439,29 @@ def write(data: dict[str, Any], out: Path, json_path: Path, readme: Path | None)
     return text
 
 
-def hand_tuned(folder: Path) -> dict[str, Any] | None:
-    """The hand-written graph's challenger in folder's results.json (the default params' run),
-    with its teacher's row, for a search run's report to stand beside; None without one."""
+def hand_tuned(folder: Path, policy: str, max_drop: float) -> dict[str, Any] | None:
+    """The hand-written graph's answer to a search run's budget, for its report to stand beside:
+    of folder's results.json (the default params' run), the candidate best under policy (a
+    gate.policy, squeeze.decide.choose's order) among those within max_drop (a fraction, absolute)
+    of that run's teacher on validation, with the teacher's row; None without such a run or
+    candidate. Chosen on validation only, as the gate would choose."""
     path = folder / "results.json"
-    found = read_json(path) if path.exists() else {}
-    gate = found.get("gate") or {}
-    if not gate.get("challenger"):
+    if not path.exists():
         return None
+    found = read_json(path)
     rows = {r["name"]: r for r in found["models"]}
+    teacher = rows["teacher"]
+    within = [
+        r for r in found["models"]
+        if r["role"] == "candidate" and teacher["val_accuracy"] - r["val_accuracy"] <= max_drop
+    ]  # fmt: skip
+    chosen = best(within, POLICIES[policy])
+    if chosen is None:
+        return None
     return {
         "report": "benchmarks/RESULTS.md", "commit": found["commit"],
-        "measured": found["measured"], "policy": gate["policy"],
-        "challenger": rows[gate["challenger"]], "teacher": rows["teacher"],
+        "measured": found["measured"], "policy": policy, "max_drop": max_drop,
+        "chosen": chosen, "teacher": teacher,
     }  # fmt: skip
 
 
@@ -475,9 +489,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     root = Path(args.workspace).resolve()
     command = args.command or command_for(args.profile)
-    data = results(root, load_params(root), args.noop, args.profile, command)
+    params = load_params(root)
+    data = results(root, params, args.noop, args.profile, command)
     if data["search"] and args.profile != DEFAULT:
-        data["hand_tuned"] = hand_tuned(Path(args.json).parent)
+        gate = params.gate
+        data["hand_tuned"] = hand_tuned(Path(args.json).parent, gate.policy, gate.max_accuracy_drop)
     readme = Path(args.readme) if args.readme else None
     print(write(data, Path(args.out), Path(args.json), readme))
 

@@ -329,18 +329,19 @@ def search_section(results: Results) -> list[str]:
 
 
 def hand_tuned_text(results: Results) -> list[str]:
-    """The hand-written graph's challenger beside this run's (results["hand_tuned"], from
+    """The hand-written graph's answer to the budget beside this run's (results["hand_tuned"], from
     benchmarks.compare.hand_tuned): [] without one. Another run, with a teacher of its own, so
     the two are not compared on paired predictions: each figure with its own interval."""
     other = results.get("hand_tuned")
     if not other:
         return []
-    r = other["challenger"]
+    r = other["chosen"]
     return [
-        "", f"Against the hand-written graph: its challenger in `{other['report']}` (the "
-        f"default params, commit {other['commit'][:12]}, measured {other['measured']}; chosen "
-        f"on validation by gate.policy `{other['policy']}`) is `{r['name']}`: test "
-        f"{with_ci(r, 'test')} %, {test_pts(r, other['teacher'])} points against its teacher, "
+        "", f"Against the hand-written graph: in `{other['report']}` (the default params, commit "
+        f"{other['commit'][:12]}, measured {other['measured']}), the candidate best under "
+        f"`{other['policy']}` among those within {other['max_drop'] * 100:g} points of its teacher "
+        f"on validation is `{r['name']}`: test {with_ci(r, 'test')} %, "
+        f"{test_pts(r, other['teacher'])} points against its teacher, "
         f"{r['shipped_ratio']:.1f}× smaller shipped file, {speedup(r)} batch-1 speed-up. That "
         "run's teacher trained on all of train (no search split), so the two runs' models are "
         "compared by their ratios to their own teacher and by their intervals, not by a paired "

@@ -361,20 +361,27 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
     assert "## Search" not in report.results_md(fake_results())  # no search, no section
 
 
-def test_a_search_report_stands_beside_the_hand_written_graphs_challenger(tmp_path: Path) -> None:
-    """A search run's report names the committed default run's challenger with its test
-    interval and ratios (benchmarks.compare.hand_tuned), not a paired test across runs."""
+def test_a_search_report_stands_beside_the_hand_written_graphs_answer(tmp_path: Path) -> None:
+    """A search run's report names the committed default run's candidate best under the gate's
+    policy within the gate's drop on validation, with its test interval and ratios
+    (benchmarks.compare.hand_tuned), not a paired test across runs."""
     from benchmarks.compare import hand_tuned
 
-    assert hand_tuned(tmp_path) is None  # no default run committed
+    assert hand_tuned(tmp_path, "smallest", 0.01) is None  # no default run committed
     default = fake_results()
+    fast = {**row("fast", 0.925, 0.92, shipped_bytes=500, p50=0.01), "shipped_ratio": 2.0,
+            "speedup_p50": 20.0, "speedup_p50_range": [19.0, 21.0]}  # fmt: skip
     default |= {"commit": "a" * 40, "measured": "2026-12-05 22:24 UTC",
-                "gate": {"challenger": "cand", "policy": "smallest"}}  # fmt: skip
+                "models": [*default["models"], fast]}  # fmt: skip
     write_json(tmp_path / "results.json", default)
-    other = hand_tuned(tmp_path)
-    assert other["challenger"]["name"] == "cand" and other["teacher"]["name"] == "teacher"
+    # cand (val 0.91) is 2 points under the teacher (0.93), fast (0.925) half a point
+    assert hand_tuned(tmp_path, "smallest", 0.025)["chosen"]["name"] == "cand"
+    assert hand_tuned(tmp_path, "smallest", 0.01)["chosen"]["name"] == "fast"
+    assert hand_tuned(tmp_path, "smallest", 0.001) is None
+    other = hand_tuned(tmp_path, "fastest", 0.025)
+    assert other["chosen"]["name"] == "fast" and other["teacher"]["name"] == "teacher"
     text = "\n".join(report.hand_tuned_text({"hand_tuned": other}))
-    cand = report.by_name(default)["cand"]
-    assert f"is `cand`: test {report.with_ci(cand, 'test')} %" in text
-    assert f"{cand['shipped_ratio']:.1f}× smaller shipped file" in text
+    assert f"is `fast`: test {report.with_ci(fast, 'test')} %" in text
+    assert "best under `fastest` among those within 2.5 points" in text
+    assert "2.0× smaller shipped file, 20.00× (19.00–21.00) batch-1 speed-up" in text
     assert "commit aaaaaaaaaaaa" in text and "not by a paired test" in text
