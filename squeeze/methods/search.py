@@ -522,6 +522,24 @@ def open_study(storage: str, name: str, cfg: SearchParams) -> optuna.Study:
     return study
 
 
+def warm_start(per_layer: optuna.Study, uniform: optuna.Study, ctx: Context) -> None:
+    """Start the per-layer search where the uniform one is best, as NetAdapt (Yang et al. 2018)
+    starts from a uniformly shrunk network: the first per-layer trial asks for the best uniform
+    trial's choice (best_trials: within the budget, else the closest), each group's share
+    clipped to the group's own range. Enqueued (Optuna's `Study.enqueue_trial`) only while the
+    per-layer study has no completed or waiting trial, so a search killed during that trial asks
+    for it again and a resumed search asks what an unbroken one asked."""
+    waiting = per_layer.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if done(per_layer) or waiting or not done(uniform):
+        return
+    start = dict(best_trials(uniform, ctx.cfg)[0].params)
+    share = start.pop("share")
+    for root, choices in ctx.ranges.items():
+        if len(choices) > 1:  # a range of one share is not asked (suggest)
+            start[root] = max(c for c in choices if c <= share)  # every range starts at 0
+    per_layer.enqueue_trial(start)
+
+
 def done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's completed trials, in order."""
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -794,9 +812,9 @@ def search(
         )  # fmt: skip
         reference = measure(exported, ctx)
         reference[REFERENCE] = search_reference(per_layer, ctx)
-        for study, kind, total in ((uniform, UNIFORM, cfg.uniform_trials),
-                                   (per_layer, PER_LAYER, cfg.trials)):  # fmt: skip
-            run_study(study, kind, total, ctx, reference[REFERENCE], deadline, log)
+        run_study(uniform, UNIFORM, cfg.uniform_trials, ctx, reference[REFERENCE], deadline, log)
+        warm_start(per_layer, uniform, ctx)
+        run_study(per_layer, PER_LAYER, cfg.trials, ctx, reference[REFERENCE], deadline, log)
     if not any(affordable(t) for t in done(per_layer)):
         raise no_fit(per_layer, cfg, reference)
     best = finalist_trials(per_layer, cfg, cfg.finalists)

@@ -26,6 +26,7 @@ from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
 from squeeze.methods.search import (
     SearchError,
+    best_trials,
     channel_groups_of,
     done,
     finalist_trials,
@@ -113,6 +114,18 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     assert set(found["weight_sensitivity"]) == {"/net/features/features.0/Conv",
                                                 "/net/features/features.4/Conv",
                                                 "/net/classifier/Gemm"}  # fmt: skip
+
+    # the per-layer search starts where the uniform one is best (search.warm_start)
+    storage = search.storage_url(search_ws, params)
+    uniform = optuna.load_study(study_name=f"{found['study']}-uniform", storage=storage)
+    first = optuna.load_study(study_name=found["study"], storage=storage).trials[0]
+    start = dict(best_trials(uniform, params.search)[0].params)
+    share = start.pop("share")
+    assert {k: first.params[k] for k in start} == start
+    groups = {k: v for k, v in first.params.items() if k not in start}
+    assert set(groups) <= set(found["sensitivity"])
+    for root, value in groups.items():  # the uniform share, or the top of the group's range
+        assert value == min(share, first.distributions[root].choices[-1]), root
 
     for name in ("search_1", "search_2"):
         check_built_by_recipe(search_ws, params, name, found["finalists"][name])
