@@ -458,6 +458,9 @@ def built(choice: Choice, ctx: Context) -> dict[str, float]:
     Raises:
         PruningError: the choice's sparsity empties a layer.
     """
+    # what draws from torch's global generator (dropout) starts alike in every build, so a
+    # choice scores the same whatever trials ran before it in this process (a resumed search)
+    torch.manual_seed(ctx.cfg.trial_fit.seed)
     data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
     model, _, _ = compress(ctx.teacher, choice, ctx.cfg, 1, ctx.cfg.trial_fit, data)
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
@@ -470,6 +473,7 @@ def run_trial(choice: Choice, ctx: Context, reference: float) -> dict[str, Any]:
     own, so a probe that breaks the budget's latency or size limit ends the trial before any
     fine-tune (stopped_early, scored by the probe); so does a sparsity that empties a layer.
     Otherwise the choice is built and measured again (built)."""
+    torch.manual_seed(ctx.cfg.trial_fit.seed)  # as built's: the probe's BN pass runs dropout
     data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
     probe = prune_once(ctx.teacher, choice.policy, probe_cfg(ctx.cfg))
     if choice.sparsity:

@@ -21,7 +21,7 @@ from torch import nn
 
 from squeeze.config.params import Params
 from squeeze.config.sections import EvaluateParams, SearchParams
-from squeeze.config.workspace import Workspace, read_json
+from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
 from squeeze.methods.search import (
@@ -93,6 +93,10 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     search_ws: Workspace, stage_params: Any
 ) -> None:
     params = with_search(stage_params, search_params())
+    teacher = search_ws.model("teacher") / "model.json"  # dropout draws from torch's generator
+    write_json(
+        teacher, read_json(teacher) | {"arch": {**read_json(teacher)["arch"], "dropout": 0.5}}
+    )
     search.run(search_ws.root, params)
     found = read_json(search_ws.search(search.FINALISTS))
     assert list(found["finalists"]) == ["search_1", "search_2", "search_uniform"]
@@ -122,6 +126,11 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     start = dict(best_trials(uniform, params.search)[0].params)
     share = start.pop("share")
     assert {k: first.params[k] for k in start} == start
+    # the same choice scores the same, though other trials ran between the two
+    best_uniform = best_trials(uniform, params.search)[0].user_attrs
+    assert {k: first.user_attrs[k] for k in ("search_accuracy", "shipped_bytes")} == {
+        k: best_uniform[k] for k in ("search_accuracy", "shipped_bytes")
+    }
     groups = {k: v for k, v in first.params.items() if k not in start}
     assert set(groups) <= set(found["sensitivity"])
     for root, value in groups.items():  # the uniform share, or the top of the group's range
