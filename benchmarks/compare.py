@@ -449,11 +449,10 @@ def hand_tuned(folder: Path, policy: str, max_drop: float) -> dict[str, Any] | N
     if not path.exists():
         return None
     found = read_json(path)
-    rows = {r["name"]: r for r in found["models"]}
-    teacher = rows["teacher"]
+    teacher = report.by_name(found)["teacher"]
     within = [
         r for r in found["models"]
-        if r["role"] == "candidate" and teacher["val_accuracy"] - r["val_accuracy"] <= max_drop
+        if r["role"] == "candidate" and choose.drop(r, teacher, choose.CHOOSE) <= max_drop
     ]  # fmt: skip
     chosen = best(within, POLICIES[policy])
     if chosen is None:
