@@ -376,6 +376,8 @@ def search_summary(ws: Workspace, params: Params) -> dict[str, Any] | None:
             n: read_json(ws.model(n) / "model.json")["wall_seconds"] for n in found["finalists"]
         },  # fmt: skip
         "teacher": found["teacher"],
+        # {} where size counts; absent from a search written before the levers were timed
+        "speed_levers": found.get("speed_levers") or {},
         "finalists": found["finalists"],
         "trials": trials,
     }

@@ -267,6 +267,20 @@ def seconds_text(seconds: float | None) -> str:
     return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+def levers_text(levers: dict[str, Any] | None) -> str:
+    """What the search timed of each lever on the teacher's export, and which it left out
+    (squeeze.methods.search.speed_levers); "" where it timed none (size counts)."""
+    if not levers:
+        return ""
+    space, p50 = levers["space"], levers["latency_ms_p50"]
+    out = [w for w in p50 if w not in ("fp32", "zeroed") and w not in space["weights"]]
+    if not space["max_unstructured"]:
+        out.append("zeroed weights")
+    return (" Only latency counts in this budget, so each lever was timed on the teacher's "
+            "export first (p50: " + ", ".join(f"{k} {v:.3f} ms" for k, v in p50.items())
+            + "); not searched, as no faster: " + (", ".join(out) or "none") + ".")  # fmt: skip
+
+
 def search_section(results: Results) -> list[str]:
     """The budget search (results["search"], from benchmarks.compare.search_summary): the
     budget, the trials and their front on the search split, and each finalist built in full,
@@ -289,7 +303,8 @@ def search_section(results: Results) -> list[str]:
         f"scored {pct(found['teacher']['search_accuracy'])}% on the search split. The search "
         f"(sensitivity pass and trials) took {seconds_text(found['search_seconds'])}; building "
         "the finalists in full took " + ", ".join(
-            f"{n} {seconds_text(s)}" for n, s in found["build_seconds"].items()) + ".",
+            f"{n} {seconds_text(s)}" for n, s in found["build_seconds"].items()) + "."
+        + levers_text(found.get("speed_levers")),
         "",
         "Trials: " + "; ".join(
             f"{study} {len(r)} completed, {sum(x['within_budget'] == 'True' for x in r)} within "

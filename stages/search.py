@@ -111,6 +111,7 @@ def run(root: Path, params: Params) -> None:
         # this run's wall time (a resumed search's: since it resumed)
         "seconds": round(time.perf_counter() - start, 1),
         "sensitivity": outcome.sensitivity, "weight_sensitivity": outcome.weight_sensitivity,
+        "speed_levers": outcome.speed_levers,
         "trials_sha256": sha256(ws.search(TRIALS)),
         "finalists": outcome.finalists,
     })  # fmt: skip

@@ -25,6 +25,9 @@ squeeze's own structured pruning, in the field's practice for small machines:
    the shipped ONNX file in onnxruntime, and that file's shipped (xz) size. The sampler
    maximises the accuracy and minimises the size, or the latency when the objective is
    `fastest` (cost_metric), under the budget's limits as Optuna constraints.
+   Where only latency counts (objective fastest or most_accurate, no max_shipped_bytes), a lever
+   that does not make the teacher's export faster (int4 weights without int4 kernels, zeroed
+   weights in dense kernels) is timed once and left out of the space (speed_levers).
 3. **A uniform baseline** searched the same way over one share for every group, so that the
    per-layer policy is compared with uniform width at the same budget.
 
@@ -98,6 +101,11 @@ SPACING = 2 / 3
 # from (search_reference)
 REFERENCE = "trial_reference_accuracy"
 WEIGHT_SENSITIVITY = "weight_sensitivity"  # the study's record of weight_sensitivity's drops
+SPEED_LEVERS = "speed_levers"  # the study's record of speed_levers' timings and what it kept
+# Where only latency counts, a lever is searched only if it makes the teacher's export at least
+# this much faster (p50 ratio): a smaller gain is within what two timings of one file differ by
+MIN_SPEEDUP = 1.05
+PRECISION = ("fp32", "int8", "int4")  # the weight types, the most precise first
 PER_LAYER, UNIFORM = "per_layer", "uniform"  # the two studies
 
 
@@ -334,6 +342,74 @@ def weight_sensitivity(
     log(f"weight sensitivity ({lowest}, one layer at a time): " + ", ".join(
         f"{layer} {drop:+.1%}" for layer, drop in drops.items()))  # fmt: skip
     return drops
+
+
+def size_counts(cfg: SearchParams) -> bool:
+    """Whether the budget rewards a smaller file: objective smallest, or a max_shipped_bytes."""
+    return cfg.objective == "smallest" or cfg.max_shipped_bytes is not None
+
+
+def speed_space(cfg: SearchParams, p50: dict[str, float]) -> dict[str, Any]:
+    """The part of the space worth searching where only latency counts (not size_counts), from
+    the batch-1 p50 (ms) of the teacher's export as each lever leaves it: `fp32`, each weight
+    type of cfg.weights, and `zeroed` (cfg.max_unstructured of its weights zeroed, fp32).
+
+    A weight type stays only if it is at least MIN_SPEEDUP faster than every more precise type
+    the space allows: otherwise the more precise type gives the same choice as fast and more
+    accurate (on CPUs without int4 kernels onnxruntime's int4 weights run slower than fp32).
+    Unstructured sparsity stays only if the zeroed export is MIN_SPEEDUP faster than the dense
+    one (onnxruntime's dense kernels skip no zeros, so it usually is not). With no quantized type
+    left, qat, fp32_first_layer and fp32_layers have nothing to act on and are fixed off.
+    Returns the SearchParams updates: {weights, max_unstructured, qat, fp32_first_layer,
+    fp32_layers}, the values of cfg where a lever stays."""
+    weights = [
+        w for w in cfg.weights
+        if all(p50[w] * MIN_SPEEDUP <= p50[v]
+               for v in PRECISION[: PRECISION.index(w)] if v in cfg.weights)
+    ]  # fmt: skip
+    quantized = any(w != "fp32" for w in weights)
+    sparse = p50["zeroed"] * MIN_SPEEDUP <= p50["fp32"]
+    return {
+        "weights": weights,
+        "max_unstructured": cfg.max_unstructured if sparse else 0.0,
+        "qat": list(cfg.qat) if quantized else [False],
+        "fp32_first_layer": list(cfg.fp32_first_layer) if quantized else [False],
+        "fp32_layers": list(cfg.fp32_layers) if quantized else [0, 0],
+    }
+
+
+def speed_levers(
+    teacher: Classifier, source: Path, data: MethodData, cfg: SearchParams,
+    timing: EvaluateParams, log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Time what each lever does to the teacher's export `source` and narrow the space to the
+    levers that make it faster (speed_space), where only latency counts; {} where size counts
+    (every lever makes the file smaller). The exports (fp32, each quantized type of cfg.weights
+    calibrated on data.train, and cfg.max_unstructured of the weights zeroed by global L1) are
+    timed together in interleaved rounds (squeeze.measure.runtime.latencies).
+
+    Returns:
+        {"latency_ms_p50": {lever: ms}, "space": speed_space's updates}, or {}.
+    """
+    if size_counts(cfg):
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"fp32": source, "zeroed": Path(tmp) / "zeroed.onnx"}
+        export_onnx(magnitude_prune(copy.deepcopy(teacher), cfg.max_unstructured), paths["zeroed"])
+        for weights in (w for w in cfg.weights if w != "fp32"):
+            paths[weights] = Path(tmp) / f"{weights}.onnx"
+            quant = quantize_cfg(cfg, replace(plain(cfg), weights=weights))
+            paths[weights].write_bytes(quantize(source, quant, data).model)
+        timed = latencies(paths, data.val.images[0], timing)
+    p50 = {lever: timed[lever][LATENCY] for lever in paths}
+    space = speed_space(cfg, p50)
+    dropped = [w for w in cfg.weights if w not in space["weights"]]
+    if not space["max_unstructured"] and cfg.max_unstructured:
+        dropped.append(f"{cfg.max_unstructured:.0%} of weights zeroed")
+    log("speed levers (teacher's export, p50): " + ", ".join(
+        f"{lever} {ms:.3f} ms" for lever, ms in p50.items()) + "; not searched, as no faster: "
+        + (", ".join(dropped) or "none"))  # fmt: skip
+    return {LATENCY: p50, "space": space}
 
 
 def fp32_order(drops: dict[str, float]) -> list[str]:
@@ -760,6 +836,7 @@ class Outcome:
     teacher: dict[str, float]
     sensitivity: dict[str, dict[str, float]]
     weight_sensitivity: dict[str, float]
+    speed_levers: dict[str, Any]
 
 
 def search(
@@ -782,7 +859,8 @@ def search(
     Returns:
         Outcome: the finalists' recipes {name: {policy, distill_alpha, lr, study, trial, search
         figures, within_budget}}, every trial's row, the teacher's figures, the sensitivity
-        of each channel group (sensitivity) and of each weight layer (weight_sensitivity).
+        of each channel group (sensitivity) and of each weight layer (weight_sensitivity), and
+        the timings that narrowed the space where only latency counts (speed_levers).
     Raises:
         SearchError: no channel group to prune, fewer completed trials than finalists, no
             per-layer trial built within the latency and size limits (naming the tightest limit
@@ -805,9 +883,15 @@ def search(
     with tempfile.TemporaryDirectory() as scratch:
         exported = Path(scratch) / "teacher.onnx"
         export_onnx(teacher, exported)
+        calibration = MethodData(fine_tune, data.search, teacher)
+        # timed once and kept in the study: a resumed search searches the space it started on
+        levers = per_layer.user_attrs.get(SPEED_LEVERS)
+        if levers is None:
+            levers = speed_levers(teacher, exported, calibration, cfg, timing, log)
+            per_layer.set_user_attr(SPEED_LEVERS, levers)
+        cfg = cfg.model_copy(update=levers.get("space", {}))
         quantized = per_layer.user_attrs.get(WEIGHT_SENSITIVITY)
         if quantized is None:
-            calibration = MethodData(fine_tune, data.search, teacher)
             quantized = weight_sensitivity(exported, calibration, cfg, log)
             per_layer.set_user_attr(WEIGHT_SENSITIVITY, quantized)
         ctx = Context(
@@ -834,4 +918,4 @@ def search(
     }
     finalists[names[-1]] = recipe(nearest(uniform, cfg, best[0]), uniform, UNIFORM)
     trials = rows(uniform, UNIFORM, finalists, cfg) + rows(per_layer, PER_LAYER, finalists, cfg)
-    return Outcome(finalists, trials, reference, drops, quantized)
+    return Outcome(finalists, trials, reference, drops, quantized, levers)

@@ -359,6 +359,14 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
     assert "| cand ★ | per_layer 1 | int8 | 0 | 0.5 | True | 90.00 |" in text
     assert "Against the hand-written graph" not in text  # no default run to stand beside
     assert "## Search" not in report.results_md(fake_results())  # no search, no section
+    assert "each lever was timed" not in text  # size counts: no lever was timed
+    space = {"weights": ["fp32", "int8"], "max_unstructured": 0.0}
+    results["search"]["speed_levers"] = {
+        "latency_ms_p50": {"fp32": 0.5, "zeroed": 0.5, "int8": 0.2, "int4": 0.6},
+        "space": space,
+    }
+    assert ("(p50: fp32 0.500 ms, zeroed 0.500 ms, int8 0.200 ms, int4 0.600 ms); not searched, "
+            "as no faster: int4, zeroed weights.") in report.results_md(results)  # fmt: skip
 
 
 def test_a_search_report_stands_beside_the_hand_written_graphs_answer(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from squeeze.methods.search import (
     front,
     nearest,
     ordinal,
+    speed_space,
 )
 from squeeze.nets.models import Classifier, load_checkpoint
 from stages import finalist, search
@@ -114,6 +115,7 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     assert [r["study"] for r in rows] == ["uniform"] * 2 + ["per_layer"] * 3
     assert {r["finalist"] for r in rows} == {"", "search_1", "search_2", "search_uniform"}
     assert set(found["sensitivity"]) == {"net.features.0", "net.features.4"}
+    assert found["speed_levers"] == {}  # smallest: every lever makes the file smaller
     # every weight layer quantized alone (int4, the lowest asked), named as in the export
     assert set(found["weight_sensitivity"]) == {"/net/features/features.0/Conv",
                                                 "/net/features/features.4/Conv",
@@ -282,6 +284,42 @@ def test_a_network_with_nothing_to_prune_is_refused_naming_its_layers(
     with pytest.raises(SearchError, match=r"net\.1 \(output layer\)"):
         channel_groups_of(linear, search_params())
     assert channel_groups_of(copy.deepcopy(tiny_trained), search_params())
+
+
+def test_where_only_latency_counts_levers_that_are_no_faster_are_not_searched() -> None:
+    cfg = search_params(objective="fastest")
+    # int4 slower than fp32 (onnxruntime without int4 kernels), zeros skipped by no kernel
+    space = speed_space(cfg, {"fp32": 0.50, "int8": 0.20, "int4": 0.60, "zeroed": 0.49})
+    assert space == {"weights": ["fp32", "int8"], "max_unstructured": 0.0, "qat": [False, True],
+                     "fp32_first_layer": [False, True], "fp32_layers": [0, 1]}  # fmt: skip
+    # int4 must beat int8 too, the more precise type the space allows; sparse kernels count
+    space = speed_space(cfg, {"fp32": 0.50, "int8": 0.20, "int4": 0.195, "zeroed": 0.30})
+    assert space["weights"] == ["fp32", "int8"] and space["max_unstructured"] == 0.5
+    assert speed_space(cfg, {"fp32": 0.5, "int8": 0.2, "int4": 0.1, "zeroed": 0.5})["weights"] == [
+        "fp32", "int8", "int4"]  # fmt: skip
+    # no quantized type left: nothing for qat, fp32_first_layer or fp32_layers to act on
+    space = speed_space(cfg, {"fp32": 0.50, "int8": 0.52, "int4": 0.60, "zeroed": 0.50})
+    assert space == {"weights": ["fp32"], "max_unstructured": 0.0, "qat": [False],
+                     "fp32_first_layer": [False], "fp32_layers": [0, 0]}  # fmt: skip
+    # a type the user asked for alone stays, however slow: nothing more precise is allowed
+    only = search_params(objective="fastest", weights=["int4"])
+    assert speed_space(only, {"fp32": 0.1, "int4": 0.6, "zeroed": 0.1})["weights"] == ["int4"]
+
+
+def test_a_fastest_search_times_the_levers_and_searches_only_those_that_pay(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    cfg = search_params(objective="fastest", trials=2, uniform_trials=1, finalists=1)
+    search.run(search_ws.root, with_search(stage_params, cfg))
+    levers = read_json(search_ws.search(search.FINALISTS))["speed_levers"]
+    assert set(levers["latency_ms_p50"]) == {"fp32", "zeroed", "int8", "int4"}
+    assert all(ms > 0 for ms in levers["latency_ms_p50"].values())
+    space = levers["space"]
+    assert space == speed_space(cfg, levers["latency_ms_p50"])
+    for row in trial_rows(search_ws):
+        assert row["weights"] in space["weights"], row
+        assert float(row["sparsity"]) <= space["max_unstructured"], row
+        assert row["qat"] == "False" or True in space["qat"], row
 
 
 def study_of(points: list[tuple[float, int]], floor: float) -> optuna.Study:
