@@ -80,17 +80,19 @@ class Built:
 
 
 def run_process(
-    dvc_stage: str, cmd: str, root: Path, timeout_s: int, debug: str = "rerun it there to debug"
-) -> None:
-    """Run a stage's dvc.yaml command in root, its `python` being this interpreter; every output
-    line goes to the run's log. Raises StageFailed on a non-zero exit or after timeout_s, saying
-    how to `debug` it."""
+    dvc_stage: str, cmd: str, root: Path, timeout_s: int, debug: str = "rerun it there to debug",
+    env: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Run a stage's dvc.yaml command in root, its `python` being this interpreter, with env
+    added to this process's environment; every output line goes to the run's log. Raises
+    StageFailed on a non-zero exit or after timeout_s, saying how to `debug` it."""
     logger, tail = get_run_logger(), deque[str](maxlen=TAIL_LINES)
     argv = shlex.split(cmd)
     argv[0] = sys.executable if argv[0] == "python" else argv[0]
     proc = subprocess.Popen(
         argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines reach the log as they are printed
+        # PYTHONUNBUFFERED: lines reach the log as they are printed
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     timed_out = threading.Event()
     timer = threading.Timer(timeout_s, lambda: (timed_out.set(), proc.kill()))

@@ -115,9 +115,13 @@ def stale(root: Path, dvc_stage: str, known: frozenset[str] | None) -> bool:
 
 
 @task(name="stage", task_run_name="{dvc_stage}")
-def build(dvc_stage: str, root: Path, params: Params, known: frozenset[str] | None = None) -> bool:
+def build(
+    dvc_stage: str, root: Path, params: Params, known: frozenset[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> bool:  # fmt: skip
     """Run one DVC stage (`ingest`, `train_teacher`, `evaluate`...) in the workspace if stale
-    (known: see `stale`); True if it ran."""
+    (known: see `stale`), a process's stage with env added to its environment; True if it
+    ran."""
     if not stale(root, dvc_stage, known):
         get_run_logger().info("skip %s: code, params and data unchanged", dvc_stage)
         return False
@@ -131,7 +135,7 @@ def build(dvc_stage: str, root: Path, params: Params, known: frozenset[str] | No
 
         TASKS[stage](root, params)
     else:
-        run_process(dvc_stage, command(root, dvc_stage), root, MODEL_STAGES[stage])
+        run_process(dvc_stage, command(root, dvc_stage), root, MODEL_STAGES[stage], env=env)
     record(root, dvc_stage)
     return True
 
@@ -176,11 +180,15 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
             timed(seconds, stamp, build, root, params)
         known: frozenset[str] | None = stale_stages(root)  # None once a stage has run
         done: dict[str, bool] = {}
-        # the budget search runs here, one trial at a time: its trials share no state with the
-        # candidates, but they time latency, which builds running beside them would distort
-        for name in ("ingest", "train_teacher", "search"):
+        for name in ("ingest", "train_teacher"):
             done[name] = timed(seconds, name, build, root, params, known)
             known = None if done[name] else known
+        # the budget search runs here, before the candidates: its trials share no state with
+        # them, but they time latency, which builds running beside them would distort (on Dask
+        # its trials' fine-tunes go to the workers, and the timings stay here)
+        with search_cluster(root, params, known) as env:
+            done["search"] = timed(seconds, "search", build, root, params, known, env)
+        known = None if done["search"] else known
         if done["search"]:
             from flows.artifacts import publish_search  # as flows.in_process: torch on demand
 
@@ -204,6 +212,31 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
     logger.info("ran %s; skipped %s", ran or "nothing", skipped or "nothing")
     name_run(run_summary(root, ran))
     return {"ran": ran, "skipped": skipped, "seconds": seconds}
+
+
+@contextmanager
+def search_cluster(
+    root: Path, params: Params, known: frozenset[str] | None
+) -> Iterator[dict[str, str] | None]:
+    """The environment of the search stage: on a Dask runner with search.parallel above 1 and
+    the search to run, $SQUEEZE_SEARCH_DASK names the cluster its trials' fine-tunes go to
+    (squeeze.methods.workers): flow.dask_address, or a LocalCluster of flow.workers processes
+    started for the search alone (the fan-out's runner starts after it); else None."""
+    cfg = params.flow
+    if cfg.task_runner != "dask" or params.search.parallel < 2 or not params.search.finalists \
+            or not stale(root, "search", known):  # fmt: skip
+        yield None
+        return
+    from squeeze.methods.workers import DASK_ENV
+
+    if cfg.dask_address:
+        yield {DASK_ENV: cfg.dask_address}
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=cfg.workers, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # fmt: skip
+        yield {DASK_ENV: cluster.scheduler_address}
 
 
 def timed(seconds: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:

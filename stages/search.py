@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,26 @@ def write_trials(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+@contextmanager
+def trial_pool() -> Iterator[Any]:
+    """Where the trials' fine-tunes run: on the Dask cluster $SQUEEZE_SEARCH_DASK names (a flow
+    on Dask sets it), else in this process one after the other."""
+    from squeeze.methods.search import one_by_one
+    from squeeze.methods.workers import DASK_ENV, dask_pool
+
+    address = os.environ.get(DASK_ENV)
+    if not address:
+        yield one_by_one
+        return
+    from distributed import Client
+
+    with Client(address) as client:
+        workers = len(client.scheduler_info()["workers"])
+        print(f"search: the trials' fine-tunes run on the Dask cluster at {address} "
+              f"({workers} workers)")  # fmt: skip
+        yield dask_pool(client)
+
+
 def run(root: Path, params: Params) -> None:
     ws, cfg = Workspace(root), params.search
     recipes = ws.search(RECIPES)
@@ -102,7 +125,8 @@ def run(root: Path, params: Params) -> None:
     names = params.finalists()
     timing = params.evaluate.model_copy(update=TRIAL_TIMING)
     start = time.perf_counter()
-    outcome = search(teacher, cfg, data, timing, storage, key, names)
+    with trial_pool() as pool:
+        outcome = search(teacher, cfg, data, timing, storage, key, names, pool=pool)
     write_trials(ws.search(TRIALS), outcome.trials)
     shown = make_url(storage).render_as_string(hide_password=True)  # no password in the output
     write_json(ws.search(FINALISTS), {

@@ -416,10 +416,16 @@ class SearchParams(Section):
     hours: float | None = Field(
         gt=0, description="Wall-clock cap on both searches (hours); null: trials decide."
     )
+    parallel: int = Field(
+        ge=1, le=64,
+        description="Trials asked at once (Optuna's constant liar keeps them apart): their "
+        "fine-tunes run side by side on the Dask cluster of a flow whose flow.task_runner is "
+        "dask, one after the other elsewhere; the same batches in both, so the same trials.",
+    )  # fmt: skip
     seed: int = Field(ge=0, description="Seed of the sampler (Optuna TPE).")
     storage: str | None = Field(
         description="Where the study lives (an SQLAlchemy URL such as "
-        "postgresql://user@host/db); null: search/study.db (SQLite) in the workspace."
+        "postgresql://user@host/db); null: .squeeze/search.db (SQLite) in the workspace."
     )
     max_sparsity: float = Field(
         gt=0, lt=1, description="The largest share of a channel group's channels a trial removes."

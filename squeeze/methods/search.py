@@ -434,8 +434,59 @@ def ranges(
 
 
 @dataclass(frozen=True, eq=False)
+class Inputs:
+    """What a trial's fine-tune reads, all in memory, so that it runs where no file of the
+    workspace is (a Dask worker): the teacher, the trial's training subset, the search split
+    (its score, and the int4 scheme's choice) and the search params."""
+
+    teacher: Classifier
+    fine_tune: Split
+    search: Split
+    cfg: SearchParams
+
+
+def fine_tuned(choice: Choice, inputs: Inputs) -> tuple[bytes, float]:
+    """The choice built as its finalist is (compress), in one step with cfg.trial_fit on the
+    trial's training subset, exported as it ships (shipped_form): (that ONNX file's bytes, its
+    accuracy on the search split). Reads and leaves no file: it runs alike in the search's
+    process and on a Dask worker (squeeze.methods.workers).
+
+    Raises:
+        PruningError: the choice's sparsity empties a layer.
+    """
+    cfg = inputs.cfg
+    torch.set_num_threads(cfg.trial_fit.threads)
+    # what draws from torch's global generator (dropout) starts alike in every build, so a
+    # choice scores the same whatever trials ran before it in this process (a resumed search)
+    torch.manual_seed(cfg.trial_fit.seed)
+    data = MethodData(inputs.fine_tune, inputs.search, inputs.teacher)
+    model, _, _ = compress(inputs.teacher, choice, cfg, 1, cfg.trial_fit, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = shipped_form(model, choice, cfg, data, Path(tmp))
+        return path.read_bytes(), accuracy_of(path, inputs.search)
+
+
+# fine_tuned's results for a batch of choices, in order: (its result, or the PruningError it
+# raised; where it ran, "" for this process)
+Built = tuple[tuple[bytes, float] | PruningError, str]
+Pool = Callable[[list[Choice], Inputs], list[Built]]
+
+
+def one_by_one(choices: list[Choice], inputs: Inputs) -> list[Built]:
+    """fine_tuned of each choice in turn, in this process (the Pool of `dvc repro`)."""
+    out: list[Built] = []
+    for choice in choices:
+        try:
+            out.append((fine_tuned(choice, inputs), ""))
+        except PruningError as err:
+            out.append((err, ""))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
 class Context:
-    """Everything a trial reads: the teacher, the data, the groups' ranges and the settings."""
+    """Everything a trial reads: the teacher, the data, the groups' ranges and the settings, and
+    the pool its fine-tune runs on."""
 
     teacher: Classifier
     data: SearchData
@@ -447,6 +498,10 @@ class Context:
     fine_tune: Split  # the trial's training subset
     bn_images: np.ndarray
     scratch: Path
+    pool: Pool
+
+    def inputs(self) -> Inputs:
+        return Inputs(self.teacher, self.fine_tune, self.data.search, self.cfg)
 
 
 def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
@@ -484,11 +539,15 @@ def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
     )
 
 
+def cost(path: Path, ctx: Context) -> dict[str, float]:
+    """An export's p50 latency (ms) and shipped (xz) bytes, timed in this process."""
+    timed = latencies({"trial": path}, ctx.data.search.images[0], ctx.timing)["trial"]
+    return {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes()))}
+
+
 def measure(path: Path, ctx: Context) -> dict[str, float]:
     """An export's p50 latency, shipped bytes and accuracy on the search split."""
-    timed = latencies({"trial": path}, ctx.data.search.images[0], ctx.timing)["trial"]
-    return {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes())),
-            SEARCH_ACCURACY: accuracy_of(path, ctx.data.search)}  # fmt: skip
+    return cost(path, ctx) | {SEARCH_ACCURACY: accuracy_of(path, ctx.data.search)}
 
 
 def accuracy_floor(cfg: SearchParams, teacher: float) -> float:
@@ -522,49 +581,53 @@ def search_reference(study: optuna.Study, ctx: Context) -> float:
     stored = study.user_attrs.get(REFERENCE)
     if stored is None:
         with contextlib.redirect_stdout(io.StringIO()):
-            stored = built(plain(ctx.cfg), ctx)[SEARCH_ACCURACY]
+            stored = fine_tuned(plain(ctx.cfg), ctx.inputs())[1]
         study.set_user_attr(REFERENCE, stored)
     return stored
 
 
-def built(choice: Choice, ctx: Context) -> dict[str, float]:
-    """The choice built as its finalist is (compress), in one step with cfg.trial_fit on the
-    trial's training subset, and measured as shipped (measure).
-
-    Raises:
-        PruningError: the choice's sparsity empties a layer.
-    """
-    # what draws from torch's global generator (dropout) starts alike in every build, so a
-    # choice scores the same whatever trials ran before it in this process (a resumed search)
-    torch.manual_seed(ctx.cfg.trial_fit.seed)
+def probe(choice: Choice, ctx: Context, reference: float) -> tuple[dict[str, float], bool]:
+    """The choice in one shot: the channels removed and the weights zeroed, BatchNorm
+    re-estimated, the export as shipped measured; (its metrics, whether they break the budget's
+    latency or size limit). Its latency and size are (nearly) the trial's own, so a probe that
+    breaks a limit ends the trial before any fine-tune."""
+    torch.manual_seed(ctx.cfg.trial_fit.seed)  # as fine_tuned's: the probe's BN pass runs dropout
     data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
-    model, _, _ = compress(ctx.teacher, choice, ctx.cfg, 1, ctx.cfg.trial_fit, data)
-    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
-        return measure(shipped_form(model, choice, ctx.cfg, data, Path(tmp))[0], ctx)
-
-
-def run_trial(choice: Choice, ctx: Context, reference: float) -> dict[str, Any]:
-    """A probe first: the channels removed and the weights zeroed in one shot, BatchNorm
-    re-estimated, the export as shipped measured. Its latency and size are (nearly) the trial's
-    own, so a probe that breaks the budget's latency or size limit ends the trial before any
-    fine-tune (stopped_early, scored by the probe); so does a sparsity that empties a layer.
-    Otherwise the choice is built and measured again (built)."""
-    torch.manual_seed(ctx.cfg.trial_fit.seed)  # as built's: the probe's BN pass runs dropout
-    data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
-    probe = prune_once(ctx.teacher, choice.policy, probe_cfg(ctx.cfg))
+    model = prune_once(ctx.teacher, choice.policy, probe_cfg(ctx.cfg))
     if choice.sparsity:
-        magnitude_prune(probe, choice.sparsity)
-    reestimate_bn(probe, ctx.bn_images)
+        magnitude_prune(model, choice.sparsity)
+    reestimate_bn(model, ctx.bn_images)
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
-        metrics = measure(shipped_form(probe, choice, ctx.cfg, data, Path(tmp))[0], ctx)
-    cost = {k: v for k, v in violations(metrics, ctx.cfg, reference).items()
-            if k != "max_accuracy_drop"}  # fmt: skip
-    if any(v > 0 for v in cost.values()):
-        return {**metrics, "stopped_early": True}
-    try:
-        return {**built(choice, ctx), "stopped_early": False}
-    except PruningError:
-        return {**metrics, "stopped_early": True}
+        metrics = measure(shipped_form(model, choice, ctx.cfg, data, Path(tmp))[0], ctx)
+    limits = violations(metrics, ctx.cfg, reference)
+    return metrics, any(v > 0 for k, v in limits.items() if k != "max_accuracy_drop")
+
+
+def run_trials(choices: list[Choice], ctx: Context, reference: float) -> list[tuple[dict, str]]:
+    """Each choice's trial: a probe first (probe, in this process); a probe that breaks a limit,
+    or a sparsity that empties a layer, ends it (stopped_early, scored by the probe). The others
+    are fine-tuned together on ctx.pool (fine_tuned: in turn here, or side by side on Dask
+    workers), then timed here one at a time, after all of them finished, so that no fine-tune
+    runs beside a timing. Returns (metrics, where its fine-tune ran) per choice, in order."""
+    probes = [probe(choice, ctx, reference) for choice in choices]
+    todo = [choice for choice, (_, broken) in zip(choices, probes, strict=True) if not broken]
+    results = iter(ctx.pool(todo, ctx.inputs()))
+    out = []
+    for metrics, broken in probes:
+        if broken:
+            out.append(({**metrics, "stopped_early": True}, ""))
+            continue
+        result, where = next(results)
+        if isinstance(result, PruningError):
+            out.append(({**metrics, "stopped_early": True}, where))
+            continue
+        blob, accuracy = result
+        with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(blob)
+            timed = cost(path, ctx)
+        out.append(({**timed, SEARCH_ACCURACY: accuracy, "stopped_early": False}, where))
+    return out
 
 
 def study_key(ctx_parts: dict[str, Any]) -> str:
@@ -637,24 +700,34 @@ def run_study(
     deadline: float, log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Run the study's trials up to `total` completed ones or the deadline (time.monotonic()),
-    one at a time, each with a TPE sampler seeded by (cfg.seed, its number); one log line each."""
+    cfg.parallel at a time (run_trials), each asked of a TPE sampler seeded by (cfg.seed, its
+    ordinal); within a batch, Optuna's constant liar keeps the asks apart (Optuna's batch
+    optimization). A batch is told in order once all of it ran, so its trials are the same
+    whether its fine-tunes ran in turn or side by side; one log line per trial."""
     started = time.monotonic()
     while len(done(study)) < total and time.monotonic() < deadline:
         number = len(done(study))
-        study.sampler = optuna.samplers.TPESampler(
-            seed=ctx.cfg.seed * 100003 + number, multivariate=True
-        )
-        trial = study.ask()
-        choice = suggest(trial, ctx, kind)
+        asked = []
+        for k in range(min(ctx.cfg.parallel, total - number)):
+            study.sampler = optuna.samplers.TPESampler(
+                seed=ctx.cfg.seed * 100003 + number + k, multivariate=True,
+                constant_liar=ctx.cfg.parallel > 1,
+            )  # fmt: skip
+            trial = study.ask()
+            asked.append((trial, suggest(trial, ctx, kind)))
         with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch lines: one per trial
-            metrics = run_trial(choice, ctx, reference)
-        broken = violations(metrics, ctx.cfg, reference)
-        for key, value in {**metrics, "choice": asdict(choice), "ordinal": number + 1}.items():
-            trial.set_user_attr(key, value)
-        for key, value in broken.items():
-            trial.set_constraint(key, value)
-        study.tell(trial, [metrics[SEARCH_ACCURACY], metrics[cost_metric(ctx.cfg)]])
-        log(progress(kind, number + 1, total, metrics, broken, study, ctx.cfg, started, deadline))
+            results = run_trials([choice for _, choice in asked], ctx, reference)
+        for k, ((trial, choice), (metrics, where)) in enumerate(zip(asked, results, strict=True)):
+            broken = violations(metrics, ctx.cfg, reference)
+            attrs = {**metrics, "choice": asdict(choice), "ordinal": number + k + 1}
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            for key, value in broken.items():
+                trial.set_constraint(key, value)
+            study.tell(trial, [metrics[SEARCH_ACCURACY], metrics[cost_metric(ctx.cfg)]])
+            line = progress(kind, number + k + 1, total, metrics, broken, study, ctx.cfg, started,
+                            deadline)  # fmt: skip
+            log(line + (f"; fine-tuned on dask worker {where}" if where else ""))
 
 
 def progress(
@@ -842,6 +915,7 @@ class Outcome:
 def search(
     teacher: Classifier, cfg: SearchParams, data: SearchData, timing: EvaluateParams,
     storage: str, key: str, names: list[str], log: Callable[[str], None] = print,
+    pool: Pool = one_by_one,
 ) -> Outcome:  # fmt: skip
     """Run (or resume) the budget search and choose its finalists.
 
@@ -856,6 +930,8 @@ def search(
             determines their trials, so that a search of other data or space starts afresh.
         names: the per-layer finalists' candidate names (search_1..N), then the uniform one's.
         log: where the per-trial progress lines go.
+        pool: where the trials' fine-tunes run (Pool): one_by_one in this process, or on a
+            Dask cluster (squeeze.methods.workers.dask_pool); the trials are the same.
     Returns:
         Outcome: the finalists' recipes {name: {policy, distill_alpha, lr, study, trial, search
         figures, within_budget}}, every trial's row, the teacher's figures, the sensitivity
@@ -896,7 +972,7 @@ def search(
             per_layer.set_user_attr(WEIGHT_SENSITIVITY, quantized)
         ctx = Context(
             teacher, data, cfg, timing, ranges(groups, drops, cfg), grid, fp32_order(quantized),
-            fine_tune, bn_images(data.train, cfg.seed), Path(scratch),
+            fine_tune, bn_images(data.train, cfg.seed), Path(scratch), pool,
         )  # fmt: skip
         reference = measure(exported, ctx)
         reference[REFERENCE] = search_reference(per_layer, ctx)

@@ -109,25 +109,31 @@ def with_runner(root: Path, runner: dict) -> Params:
     smoke = load_params(root).model_dump(mode="json")
     for stage in COMPRESSION_STAGES:
         smoke[stage] = {k: v for k, v in smoke[stage].items() if k in CANDIDATES}
-    return validate(merge(smoke, {"flow": runner}), "test")
+    # the search's trials two at a time: on Dask their fine-tunes go to the workers too
+    return validate(merge(smoke, {"flow": runner, "search": {"parallel": WORKERS}}), "test")
+
+
+def run_logs(flow_run_id) -> list[str]:
+    """The messages a flow run has logged so far."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return [log.message for log in logs]
 
 
 def worker_lines(flow_run_id, candidates: list[str]) -> dict[str, str]:
     """{stage: its "building STAGE on dask worker ..." log line} of a flow run; waits a little
     for workers' logs, which reach the API in batches."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     lines: dict[str, str] = {}
     for _ in range(30):
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-            )
-        for log in logs:
-            stage = log.message.removeprefix("building ").split(" on ")[0]
-            if stage in candidates and log.message.startswith("building "):
-                lines[stage] = log.message
+        for message in run_logs(flow_run_id):
+            stage = message.removeprefix("building ").split(" on ")[0]
+            if stage in candidates and message.startswith("building "):
+                lines[stage] = message
         if len(lines) == len(candidates):
             break
         time.sleep(1)
@@ -163,6 +169,11 @@ def test_candidates_build_on_workers_that_share_no_disk(
     assert set(built_on) == set(candidates), "a candidate's worker log did not reach the run"
     for line in built_on.values():
         assert any(f"dask worker {w}," in line for w in workers), line
+    # the search's stage, run in the workspace, sent its trials' fine-tunes to the same workers
+    trials = [m for m in run_logs(flow_run_id) if m.startswith("search ") and " trial " in m]
+    assert len(trials) == 6, trials  # the smoke profile's 2 uniform and 4 per-layer trials
+    fine_tuned = [m.rsplit("fine-tuned on dask worker ", 1) for m in trials]
+    assert all(len(m) == 2 and m[1] in workers for m in fine_tuned), trials
 
     # the same params on local threads, in a clone, as a user runs it: the same models and the
     # same accuracies, and a log with no warning in it (none a user could act on)

@@ -50,8 +50,8 @@ def search_params(**changes: Any) -> SearchParams:
     base = {
         "finalists": 2, "objective": "smallest", "max_accuracy_drop": 0.3, "drop": "absolute",
         "max_latency_ms": None, "max_shipped_bytes": None, "trials": 3, "uniform_trials": 2,
-        "hours": None, "seed": 0, "storage": None, "max_sparsity": 0.75, "sparsity_step": 0.25,
-        "sensitivity_limit": 0.5, "importance": "l2", "round_to": None,
+        "hours": None, "parallel": 1, "seed": 0, "storage": None, "max_sparsity": 0.75,
+        "sparsity_step": 0.25, "sensitivity_limit": 0.5, "importance": "l2", "round_to": None,
         "distill_alpha": [0.0, 0.9], "temperature": [2.0, 8.0], "lr": [0.005, 0.05],
         "max_unstructured": 0.5, "weights": ["fp32", "int8", "int4"], "qat": [False, True],
         "fp32_first_layer": [False, True], "fp32_layers": [0, 1], "calibration_samples": 64,
@@ -211,6 +211,37 @@ def test_permuting_validation_and_test_labels_changes_no_trial_and_no_finalist(
         search.run(ws.root, params)
     assert trial_rows(search_ws) == trial_rows(shuffled)
     assert recipes(search_ws) == recipes(shuffled)
+
+
+def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_in_turn(
+    search_ws: Workspace, stage_params: Any, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """search.parallel 2: each batch's fine-tunes on the two workers of a Dask cluster (the
+    stage's $SQUEEZE_SEARCH_DASK, which a flow on Dask sets), or one after the other in the
+    stage's process (`dvc repro`): the same trials and finalists. (Workers that cannot see the
+    workspace: tests/integration/test_dask.py.)"""
+    from distributed import LocalCluster
+
+    from squeeze.methods.workers import DASK_ENV
+
+    twin = Workspace(tmp_path / "twin")
+    shutil.copytree(search_ws.root, twin.root)
+    params = with_search(stage_params, search_params(parallel=2, trials=3, finalists=1))
+    search.run(search_ws.root, params)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # fmt: skip
+        monkeypatch.setenv(DASK_ENV, cluster.scheduler_address)
+        capsys.readouterr()
+        search.run(twin.root, params)
+        workers = set(cluster.scheduler_info["workers"])
+    lines = capsys.readouterr().out.splitlines()
+    trials = [ln for ln in lines if ln.startswith("search ") and " trial " in ln]
+    assert len(trials) == 5 and f"{cluster.scheduler_address} (2 workers)" in lines[0]
+    for line in trials:  # every trial fine-tuned (none stopped early here) on a worker
+        assert line.rsplit("fine-tuned on dask worker ", 1)[1] in workers, line
+    assert trial_rows(search_ws) == trial_rows(twin)
+    assert recipes(search_ws) == recipes(twin)
 
 
 def database_of_its_own(server_url: str) -> str:
