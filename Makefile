@@ -46,7 +46,7 @@ run: $(VENV)/.installed
 # servers, a cron minute and subprocesses, which the other worker fills; each worker starts its
 # own PostgreSQL, Prefect server and S3 endpoint on free ports
 test: setup
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --dist worksteal
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"

@@ -55,6 +55,7 @@ def run_name(flow_run_id) -> str:
         return client.read_flow_run(flow_run_id).name
 
 
+@pytest.mark.longest  # about 12 min in CI: it starts first (tests/conftest.py)
 def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     workspace: Path, fmnist_dir: Path, prefect_api, capsys: pytest.CaptureFixture[str]
 ) -> None:
