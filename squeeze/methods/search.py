@@ -466,21 +466,23 @@ def fine_tuned(choice: Choice, inputs: Inputs) -> tuple[bytes, float]:
         return path.read_bytes(), accuracy_of(path, inputs.search)
 
 
-# fine_tuned's results for a batch of choices, in order: (its result, or the PruningError it
-# raised; where it ran, "" for this process)
-Built = tuple[tuple[bytes, float] | PruningError, str]
-Pool = Callable[[list[Choice], Inputs], list[Built]]
+def attempt(choice: Choice, inputs: Inputs) -> tuple[bytes, float] | PruningError:
+    """fine_tuned's result, or the PruningError it raised (a sparsity that empties a layer: the
+    trial stops early), returned rather than raised so that one choice cannot end a batch."""
+    try:
+        return fine_tuned(choice, inputs)
+    except PruningError as err:
+        return err
 
 
-def one_by_one(choices: list[Choice], inputs: Inputs) -> list[Built]:
-    """fine_tuned of each choice in turn, in this process (the Pool of `dvc repro`)."""
-    out: list[Built] = []
-    for choice in choices:
-        try:
-            out.append((fine_tuned(choice, inputs), ""))
-        except PruningError as err:
-            out.append((err, ""))
-    return out
+# a batch's attempts, in order, each with where it ran ("" for this process)
+TrialFit = tuple[tuple[bytes, float] | PruningError, str]
+Pool = Callable[[list[Choice], Inputs], list[TrialFit]]
+
+
+def one_by_one(choices: list[Choice], inputs: Inputs) -> list[TrialFit]:
+    """attempt of each choice in turn, in this process (the Pool of `dvc repro`)."""
+    return [(attempt(choice, inputs), "") for choice in choices]
 
 
 @dataclass(frozen=True, eq=False)

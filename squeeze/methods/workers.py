@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import cloudpickle
 
-from squeeze.methods.prune import PruningError
-from squeeze.methods.search import Built, Choice, Inputs, Pool, fine_tuned
+from squeeze.methods.search import Choice, Inputs, Pool, TrialFit, attempt
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -28,16 +27,12 @@ DASK_ENV = "SQUEEZE_SEARCH_DASK"  # the scheduler address the search's fine-tune
 INSTALLED = ("squeeze", "torch")  # packages a worker imports itself (the project's install)
 
 
-def fine_tune_on_worker(choice: Choice, blob: bytes) -> Built:
-    """fine_tuned(choice, inputs) on the worker that runs it, with `inputs` from `blob`
-    (packed): (its result or the PruningError it raised, the worker's address)."""
+def fine_tune_on_worker(choice: Choice, blob: bytes) -> TrialFit:
+    """attempt(choice, inputs) on the worker that runs it, with `inputs` from `blob` (packed),
+    and the worker's address."""
     from distributed import get_worker
 
-    try:
-        result: tuple[bytes, float] | PruningError = fine_tuned(choice, pickle.loads(blob))
-    except PruningError as err:
-        result = err
-    return result, get_worker().address
+    return attempt(choice, pickle.loads(blob)), get_worker().address
 
 
 def packed(inputs: Inputs) -> bytes:
@@ -54,7 +49,7 @@ def dask_pool(client: Client) -> Pool:
     """A Pool (squeeze.methods.search) that fine-tunes a batch's choices side by side on the
     client's cluster, results in the choices' order."""
 
-    def run(choices: list[Choice], inputs: Inputs) -> list[Built]:
+    def run(choices: list[Choice], inputs: Inputs) -> list[TrialFit]:
         if not choices:
             return []
         blob = client.scatter(packed(inputs), broadcast=True)
