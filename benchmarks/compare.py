@@ -57,8 +57,11 @@ COMMAND = "make run && .venv/bin/python -m benchmarks.compare --noop --readme RE
 DEFAULT = "default"  # the profile name of params.yaml as committed
 # what a profile's data needs before its run (profiles/<name>.yaml names the data it reads)
 PROFILE_DATA = {"resnet": "python -m examples.fmnist_imagefolder datasets/fmnist-rgb32 --rgb32"}
-# the profile a profile overlays (profiles/<name>.yaml says it applies after that one)
-PROFILE_BASE = {"fastest": "budget"}
+# the profiles a profile overlays, in the order applied (profiles/<name>.yaml says so)
+PROFILE_BASE = {"fastest": ("budget",), "resnet-fastest": ("resnet", "budget", "fastest")}
+# the profile whose hand-written graph ran on the same data and network as a budget profile's
+# search (benchmarks.compare.hand_tuned), where that is not the default params
+HAND_WRITTEN = {"resnet-fastest": "resnet"}
 
 SPLITS = ("val", "test")
 ALPHA = 0.05  # significance level of every paired verdict
@@ -71,9 +74,10 @@ def command_for(profile: str) -> str:
     """The command that reproduces a profile's benchmark from a fresh clone, for its report."""
     if profile == DEFAULT:
         return COMMAND
-    data = f"{PROFILE_DATA[profile]} && " if profile in PROFILE_DATA else ""
-    base = f"squeeze profile {PROFILE_BASE[profile]} && " if profile in PROFILE_BASE else ""
-    return (f"make setup && . .venv/bin/activate && {data}{base}squeeze profile {profile} && "
+    applied = (*PROFILE_BASE.get(profile, ()), profile)
+    data = "".join(f"{PROFILE_DATA[name]} && " for name in applied if name in PROFILE_DATA)
+    profiles = "".join(f"squeeze profile {name} && " for name in applied)
+    return (f"make setup && . .venv/bin/activate && {data}{profiles}"
             f"squeeze run && python -m benchmarks.compare --profile {profile} "
             f"--out benchmarks/RESULTS-{profile}.md "
             f"--json benchmarks/results-{profile}.json")  # fmt: skip
@@ -441,13 +445,18 @@ def write(data: dict[str, Any], out: Path, json_path: Path, readme: Path | None)
     return text
 
 
-def hand_tuned(folder: Path, policy: str, max_drop: float) -> dict[str, Any] | None:
+def hand_tuned(
+    folder: Path, policy: str, max_drop: float, profile: str = DEFAULT
+) -> dict[str, Any] | None:  # fmt: skip
     """The hand-written graph's answer to a search run's budget, for its report to stand beside:
-    of folder's results.json (the default params' run), the candidate best under policy (a
-    gate.policy, squeeze.decide.choose's order) among those within max_drop (a fraction, absolute)
-    of that run's teacher on validation, with the teacher's row; None without such a run or
-    candidate. Chosen on validation only, as the gate would choose."""
-    path = folder / "results.json"
+    of folder's results of the hand-written graph on the same data and network (results.json for
+    the default params, results-<HAND_WRITTEN[profile]>.json otherwise), the candidate best under
+    policy (a gate.policy, squeeze.decide.choose's order) among those within max_drop (a fraction,
+    absolute) of that run's teacher on validation, with the teacher's row; None without such a
+    run or candidate. Chosen on validation only, as the gate would choose."""
+    written = HAND_WRITTEN.get(profile, DEFAULT)
+    suffix = "" if written == DEFAULT else f"-{written}"
+    path = folder / f"results{suffix}.json"
     if not path.exists():
         return None
     found = read_json(path)
@@ -460,7 +469,7 @@ def hand_tuned(folder: Path, policy: str, max_drop: float) -> dict[str, Any] | N
     if chosen is None:
         return None
     return {
-        "report": "benchmarks/RESULTS.md", "commit": found["commit"],
+        "report": f"benchmarks/RESULTS{suffix}.md", "params": written, "commit": found["commit"],
         "measured": found["measured"], "policy": policy, "max_drop": max_drop,
         "chosen": chosen, "teacher": teacher,
     }  # fmt: skip
@@ -494,7 +503,9 @@ def main(argv: list[str] | None = None) -> None:
     data = results(root, params, args.noop, args.profile, command)
     if data["search"] and args.profile != DEFAULT:
         gate = params.gate
-        data["hand_tuned"] = hand_tuned(Path(args.json).parent, gate.policy, gate.max_accuracy_drop)
+        data["hand_tuned"] = hand_tuned(
+            Path(args.json).parent, gate.policy, gate.max_accuracy_drop, args.profile
+        )
     readme = Path(args.readme) if args.readme else None
     print(write(data, Path(args.out), Path(args.json), readme))
 

@@ -352,7 +352,8 @@ def hand_tuned_text(results: Results) -> list[str]:
         return []
     r = other["chosen"]
     return [
-        "", f"Against the hand-written graph: in `{other['report']}` (the default params, commit "
+        "", f"Against the hand-written graph: in `{other['report']}` (the "
+        f"{other.get('params', 'default')} params, commit "
         f"{other['commit'][:12]}, measured {other['measured']}), the candidate best under "
         f"`{other['policy']}` among those within {other['max_drop'] * 100:g} points of its teacher "
         f"on validation is `{r['name']}`: test {with_ci(r, 'test')} %, "

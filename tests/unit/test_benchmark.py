@@ -325,6 +325,20 @@ def test_each_committed_benchmark_names_the_command_that_regenerates_it() -> Non
         assert results["command"] == command_for(results["profile"])
 
 
+def test_a_profile_on_others_is_reproduced_by_applying_them_in_order_after_its_data() -> None:
+    from benchmarks.compare import PROFILE_BASE, command_for
+
+    root = Path(__file__).resolve().parents[2]
+    for name in {n for base in PROFILE_BASE.values() for n in base} | set(PROFILE_BASE):
+        assert (root / "profiles" / f"{name}.yaml").is_file(), name
+    command = command_for("resnet-fastest")
+    assert ("&& python -m examples.fmnist_imagefolder datasets/fmnist-rgb32 --rgb32 && squeeze "
+            "profile resnet && squeeze profile budget && squeeze profile fastest && squeeze "
+            "profile resnet-fastest && squeeze run && ") in command  # fmt: skip
+    assert command.endswith("--out benchmarks/RESULTS-resnet-fastest.md "
+                            "--json benchmarks/results-resnet-fastest.json")  # fmt: skip
+
+
 def trial(number: int, accuracy: float, shipped: int, finalist: str = "") -> dict[str, str]:
     """A row of search/trials.csv, as csv.DictReader gives it (strings)."""
     return {"study": "per_layer", "trial": str(number), "search_accuracy": str(accuracy),
@@ -392,4 +406,10 @@ def test_a_search_report_stands_beside_the_hand_written_graphs_answer(tmp_path: 
     assert f"is `fast`: test {report.with_ci(fast, 'test')} %" in text
     assert "best under `fastest` among those within 2.5 points" in text
     assert "2.0× smaller shipped file, 20.00× (19.00–21.00) batch-1 speed-up" in text
-    assert "commit aaaaaaaaaaaa" in text and "not by a paired test" in text
+    assert "(the default params, commit aaaaaaaaaaaa" in text and "not by a paired test" in text
+    # a budget on another profile's data and network stands beside that profile's hand-written run
+    assert hand_tuned(tmp_path, "fastest", 0.025, "resnet-fastest") is None
+    write_json(tmp_path / "results-resnet.json", default)
+    mine = hand_tuned(tmp_path, "fastest", 0.025, "resnet-fastest")
+    text = "\n".join(report.hand_tuned_text({"hand_tuned": mine}))
+    assert "in `benchmarks/RESULTS-resnet.md` (the resnet params, commit aaaaaaaaaaaa" in text

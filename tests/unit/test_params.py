@@ -152,6 +152,21 @@ def test_the_fastest_profile_turns_the_budget_profile_to_speed(tmp_path: Path) -
     assert load_params(tmp_path) == params
 
 
+def test_the_resnet_fastest_profile_is_the_fastest_budget_on_the_resnet_network(
+    tmp_path: Path,
+) -> None:
+    workspace(tmp_path)
+    for name in ("resnet", "budget", "fastest"):
+        apply_profile(tmp_path, name)
+    params = apply_profile(tmp_path, "resnet-fastest")
+    assert params.train_teacher.arch.class_path == "examples.user_models.ResNet"
+    assert not (params.prune or params.quantize) and params.search.finalists > 0
+    assert (params.search.objective, params.search.max_accuracy_drop) == ("fastest", 0.005)
+    assert params.flow.workers == 1
+    assert params.search.trial_fit.threads == params.search.fit.threads == 2
+    assert load_params(tmp_path) == params
+
+
 def workspace(tmp_path: Path) -> Path:
     """A copy of the project's params.yaml, profiles and pyproject.toml (its allow-list)."""
     for name in ("params.yaml", "pyproject.toml"):
