@@ -70,8 +70,9 @@ ALPHA = 0.05  # significance level of every paired verdict
 REPEATS = 5
 
 
-def command_for(profile: str) -> str:
-    """The command that reproduces a profile's benchmark from a fresh clone, for its report."""
+def command_for(profile: str, noop: bool = True) -> str:
+    """The command that reproduces a profile's benchmark from a fresh clone, for its report: with
+    --noop when the benchmark also timed a no-op re-run (as the default one always does)."""
     if profile == DEFAULT:
         return COMMAND
     applied = (*PROFILE_BASE.get(profile, ()), profile)
@@ -79,6 +80,7 @@ def command_for(profile: str) -> str:
     profiles = "".join(f"squeeze profile {name} && " for name in applied)
     return (f"make setup && . .venv/bin/activate && {data}{profiles}"
             f"squeeze run && python -m benchmarks.compare --profile {profile} "
+            f"{'--noop ' if noop else ''}"
             f"--out benchmarks/RESULTS-{profile}.md "
             f"--json benchmarks/results-{profile}.json")  # fmt: skip
 
@@ -498,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     root = Path(args.workspace).resolve()
-    command = args.command or command_for(args.profile)
+    command = args.command or command_for(args.profile, args.noop)
     params = load_params(root)
     data = results(root, params, args.noop, args.profile, command)
     if data["search"] and args.profile != DEFAULT:

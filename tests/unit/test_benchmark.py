@@ -322,7 +322,7 @@ def test_each_committed_benchmark_names_the_command_that_regenerates_it() -> Non
     from benchmarks.compare import command_for, committed_results
 
     for results in committed_results(Path(__file__).resolve().parents[2] / "benchmarks"):
-        assert results["command"] == command_for(results["profile"])
+        assert results["command"] == command_for(results["profile"], bool(results["noop"]))
 
 
 def test_a_profile_on_others_is_reproduced_by_applying_them_in_order_after_its_data() -> None:
@@ -334,7 +334,8 @@ def test_a_profile_on_others_is_reproduced_by_applying_them_in_order_after_its_d
     command = command_for("resnet-fastest")
     assert ("&& python -m examples.fmnist_imagefolder datasets/fmnist-rgb32 --rgb32 && squeeze "
             "profile resnet && squeeze profile budget && squeeze profile fastest && squeeze "
-            "profile resnet-fastest && squeeze run && ") in command  # fmt: skip
+            "profile resnet-fastest && squeeze run && python -m benchmarks.compare --profile "
+            "resnet-fastest --noop ") in command  # fmt: skip
     assert command.endswith("--out benchmarks/RESULTS-resnet-fastest.md "
                             "--json benchmarks/results-resnet-fastest.json")  # fmt: skip
 
