@@ -667,22 +667,45 @@ def open_study(storage: str, name: str, cfg: SearchParams) -> optuna.Study:
     return study
 
 
-def warm_start(per_layer: optuna.Study, uniform: optuna.Study, ctx: Context) -> None:
-    """Start the per-layer search where the uniform one is best, as NetAdapt (Yang et al. 2018)
-    starts from a uniformly shrunk network: the first per-layer trial asks for the best uniform
-    trial's choice (best_trials: within the budget, else the closest), each group's share
-    clipped to the group's own range. Enqueued (Optuna's `Study.enqueue_trial`) only while the
-    per-layer study has no completed or waiting trial, so a search killed during that trial asks
-    for it again and a resumed search asks what an unbroken one asked."""
-    waiting = per_layer.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-    if done(per_layer) or waiting or not done(uniform):
-        return
+def quantize_only(cfg: SearchParams) -> list[dict[str, Any]]:
+    """The uniform search's first trials: post-training quantization alone, one trial per
+    quantized weight type of the space (no channel removed: share 0; the rest sampled), the
+    most compressed type first and at most half of cfg.uniform_trials, as NNCF's accuracy
+    control and Intel Neural Compressor's tuning start from the model quantized whole. Where a
+    budget is tight, quantization alone is often the cheapest choice within it, and a search's
+    first trials, sampled at random, may never ask for it (a `fastest` run of the resnet profile:
+    none of its 30 trials kept every channel with int8 weights, 1.9× faster than fp32 there).
+    cfg is the space as searched (after speed_space)."""
+    quantized = [w for w in reversed(PRECISION[1:]) if w in cfg.weights][: cfg.uniform_trials // 2]
+    # a space of one weight type does not ask for it (suggest)
+    return [{"share": 0.0} | ({"weights": w} if len(cfg.weights) > 1 else {}) for w in quantized]
+
+
+def warm_start(uniform: optuna.Study, ctx: Context) -> list[dict[str, Any]]:
+    """The per-layer search's first trial, started where the uniform one is best, as NetAdapt
+    (Yang et al. 2018) starts from a uniformly shrunk network: the best uniform trial's choice
+    (best_trials: within the budget, else the closest), each group's share clipped to the
+    group's own range; none without a completed uniform trial."""
+    if not done(uniform):
+        return []
     start = dict(best_trials(uniform, ctx.cfg)[0].params)
     share = start.pop("share")
     for root, choices in ctx.ranges.items():
         if len(choices) > 1:  # a range of one share is not asked (suggest)
             start[root] = max(c for c in choices if c <= share)  # every range starts at 0
-    per_layer.enqueue_trial(start)
+    return [start]
+
+
+def ask(study: optuna.Study, starts: list[dict[str, Any]], number: int) -> optuna.Trial:
+    """The study's next trial, the one with ordinal number + 1: starts[number]'s parameters
+    where given (Optuna's `Study.enqueue_trial`; the others sampled), else the sampler's. It is
+    enqueued as it is asked, so a search killed during that trial asks for it again and a
+    resumed search asks what an unbroken one asked (a trial left waiting by a kill between the
+    two is that same one)."""
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if number < len(starts) and not waiting:
+        study.enqueue_trial(starts[number])
+    return study.ask()
 
 
 def done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -699,13 +722,14 @@ def ordinal(trial: optuna.trial.FrozenTrial) -> int:
 
 def run_study(
     study: optuna.Study, kind: str, total: int, ctx: Context, reference: float,
-    deadline: float, log: Callable[[str], None],
+    deadline: float, log: Callable[[str], None], starts: list[dict[str, Any]],
 ) -> None:  # fmt: skip
     """Run the study's trials up to `total` completed ones or the deadline (time.monotonic()),
-    cfg.parallel at a time (run_trials), each asked of a TPE sampler seeded by (cfg.seed, its
-    ordinal); within a batch, Optuna's constant liar keeps the asks apart (Optuna's batch
-    optimization). A batch is told in order once all of it ran, so its trials are the same
-    whether its fine-tunes ran in turn or side by side; one log line per trial."""
+    cfg.parallel at a time (run_trials), the first ones with the parameters of `starts` (ask),
+    each asked of a TPE sampler seeded by (cfg.seed, its ordinal); within a batch, Optuna's
+    constant liar keeps the asks apart (Optuna's batch optimization). A batch is told in order
+    once all of it ran, so its trials are the same whether its fine-tunes ran in turn or side by
+    side; one log line per trial."""
     started = time.monotonic()
     while len(done(study)) < total and time.monotonic() < deadline:
         number = len(done(study))
@@ -715,7 +739,7 @@ def run_study(
                 seed=ctx.cfg.seed * 100003 + number + k, multivariate=True,
                 constant_liar=ctx.cfg.parallel > 1,
             )  # fmt: skip
-            trial = study.ask()
+            trial = ask(study, starts, number + k)
             asked.append((trial, suggest(trial, ctx, kind)))
         with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch lines: one per trial
             results = run_trials([choice for _, choice in asked], ctx, reference)
@@ -978,9 +1002,14 @@ def search(
         )  # fmt: skip
         reference = measure(exported, ctx)
         reference[REFERENCE] = search_reference(per_layer, ctx)
-        run_study(uniform, UNIFORM, cfg.uniform_trials, ctx, reference[REFERENCE], deadline, log)
-        warm_start(per_layer, uniform, ctx)
-        run_study(per_layer, PER_LAYER, cfg.trials, ctx, reference[REFERENCE], deadline, log)
+        log(f"accuracy floor: {accuracy_floor(cfg, reference[REFERENCE]):.2%} on the search split "
+            f"(teacher {reference[SEARCH_ACCURACY]:.2%}; {reference[REFERENCE]:.2%} after a "
+            f"trial's fine-tune, uncompressed, less max_accuracy_drop {cfg.max_accuracy_drop:g}, "
+            f"{cfg.drop})")  # fmt: skip
+        run_study(uniform, UNIFORM, cfg.uniform_trials, ctx, reference[REFERENCE], deadline, log,
+                  quantize_only(cfg))  # fmt: skip
+        run_study(per_layer, PER_LAYER, cfg.trials, ctx, reference[REFERENCE], deadline, log,
+                  warm_start(uniform, ctx))  # fmt: skip
     if not any(affordable(t) for t in done(per_layer)):
         raise no_fit(per_layer, cfg, reference)
     best = finalist_trials(per_layer, cfg, cfg.finalists)

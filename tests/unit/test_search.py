@@ -33,6 +33,7 @@ from squeeze.methods.search import (
     front,
     nearest,
     ordinal,
+    quantize_only,
     speed_space,
 )
 from squeeze.nets.models import Classifier, load_checkpoint
@@ -91,7 +92,7 @@ def recipes(ws: Workspace) -> dict[str, dict[str, Any]]:
 
 
 def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_recipe(
-    search_ws: Workspace, stage_params: Any
+    search_ws: Workspace, stage_params: Any, capsys: pytest.CaptureFixture
 ) -> None:
     params = with_search(stage_params, search_params())
     teacher = search_ws.model("teacher") / "model.json"  # dropout draws from torch's generator
@@ -100,6 +101,11 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     )
     search.run(search_ws.root, params)
     found = read_json(search_ws.search(search.FINALISTS))
+    # the log says, before any trial, where the budget's accuracy floor lies
+    reference = found["teacher"]["trial_reference_accuracy"]
+    assert (f"accuracy floor: {reference - params.search.max_accuracy_drop:.2%} on the search "
+            f"split (teacher {found['teacher']['search_accuracy']:.2%}; {reference:.2%} after a "
+            "trial's fine-tune") in capsys.readouterr().out  # fmt: skip
     assert list(found["finalists"]) == ["search_1", "search_2", "search_uniform"]
     grid = {0.25, 0.5, 0.75}
     for name, recipe in found["finalists"].items():
@@ -121,9 +127,13 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
                                                 "/net/features/features.4/Conv",
                                                 "/net/classifier/Gemm"}  # fmt: skip
 
-    # the per-layer search starts where the uniform one is best (search.warm_start)
+    # the uniform search starts at quantization alone (search.quantize_only): int4, every channel
     storage = search.storage_url(search_ws, params)
     uniform = optuna.load_study(study_name=f"{found['study']}-uniform", storage=storage)
+    assert {k: uniform.trials[0].params[k] for k in ("share", "weights")} == {
+        "share": 0.0, "weights": "int4"}  # fmt: skip
+    assert uniform.trials[0].user_attrs["choice"]["policy"] == {}
+    # the per-layer search starts where the uniform one is best (search.warm_start)
     first = optuna.load_study(study_name=found["study"], storage=storage).trials[0]
     start = dict(best_trials(uniform, params.search)[0].params)
     share = start.pop("share")
@@ -140,6 +150,18 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
 
     for name in ("search_1", "search_2"):
         check_built_by_recipe(search_ws, params, name, found["finalists"][name])
+
+
+def test_the_uniform_search_first_tries_each_quantized_type_alone_most_compressed_first() -> None:
+    every = search_params(uniform_trials=6)
+    assert quantize_only(every) == [{"share": 0.0, "weights": "int4"},
+                                    {"share": 0.0, "weights": "int8"}]  # fmt: skip
+    # the order is the types', not the list's; at most half the uniform trials are spent so
+    assert quantize_only(search_params(weights=["int4", "fp32", "int8"], uniform_trials=3)) == [
+        {"share": 0.0, "weights": "int4"}]  # fmt: skip
+    assert quantize_only(search_params(weights=["int8"])) == [{"share": 0.0}]  # not asked
+    assert quantize_only(search_params(weights=["fp32"], uniform_trials=6)) == []
+    assert quantize_only(search_params(uniform_trials=1)) == []
 
 
 def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict) -> None:
