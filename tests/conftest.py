@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from squeeze.config.dvcyaml import STAMPS
 from squeeze.data.idx import read_split
@@ -80,6 +81,33 @@ def dvc_up_to_date(root: Path, *targets: str) -> bool:
     return all(
         stage in STAMPS and changes == ["always changed"] for stage, changes in status.items()
     )
+
+
+# One hand-written candidate of each method and form of the smoke graph (distillation, structured
+# and unstructured pruning with QAT, int8 and int4, a pruned student and its int8, an ensemble,
+# a distilled ensemble, a soup), with two ensemble members: the end-to-end tests that build the
+# whole graph more than once build this much of it, every code path at about half the time.
+ONE_PER_METHOD = {
+    "distill": ("kd_small", "ce_deep", "ce_deep_s1"),
+    "prune": ("teacher_ch50", "teacher_ch50_sp60_qat", "kd_small_ch50"),
+    "quantize": ("teacher_ch50_int8", "teacher_ch50_sp60_qat_int4", "kd_small_ch50_int8"),
+    "merge": ("ensemble_small", "ensemble_kd_small", "teacher_ch50_soup"),
+}
+MEMBERS = ["ce_deep", "ce_deep_s1"]
+
+
+def one_per_method(root: Path) -> None:
+    """Cut the workspace's candidate graph to ONE_PER_METHOD (the ensembles on MEMBERS), synced
+    into dvc.yaml and committed."""
+    path = root / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    for section, keep in ONE_PER_METHOD.items():
+        data[section] = {name: data[section][name] for name in keep}
+    for name in ("ensemble_small", "ensemble_kd_small"):
+        data["merge"][name]["upstreams"] = MEMBERS
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    run(["squeeze", "sync"], root)
+    run(["git", "commit", "-qam", "one candidate per method"], root)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from squeeze.config.dvcyaml import dvc_stage, parse_stage
 from squeeze.config.files import load_params, merge, write_params
 from squeeze.config.params import COMPRESSION_STAGES, Params, validate
 from squeeze.config.workspace import Workspace, read_json
-from tests.conftest import dvc_up_to_date, run
+from tests.conftest import dvc_up_to_date, one_per_method, run
 from tests.integration.conftest import S3Endpoint
 from tests.integration.test_reproducible import accuracies, digests
 
@@ -147,6 +147,7 @@ def test_candidates_build_on_workers_that_share_no_disk(
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    one_per_method(workspace)
     twin = tmp_path / "twin"
     shutil.copytree(workspace, twin)
     run(["dvc", "remote", "add", "-d", "s3", f"s3://{s3_endpoint.bucket}/{s3_prefix}/dvc"],

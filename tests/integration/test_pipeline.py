@@ -19,7 +19,7 @@ from squeeze.config.files import load_params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.registry.package import SHIPPED
 from squeeze.registry.registry import registry_of
-from tests.conftest import dvc_up_to_date, run
+from tests.conftest import dvc_up_to_date, one_per_method, run
 from tests.integration.conftest import artifacts_of
 from tests.unit.test_dvc_plots import check_pareto_plots
 
@@ -59,6 +59,7 @@ def run_name(flow_run_id) -> str:
 def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     workspace: Path, fmnist_dir: Path, prefect_api, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    one_per_method(workspace)
     source = workspace.parent / "source"
     shutil.copytree(fmnist_dir, source)
     set_param(workspace, "ingest", "source", str(source))
@@ -118,8 +119,8 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     }
     assert dvc_up_to_date(workspace)
 
-    # a fourth ensemble member added by hand: `dvc repro` stops on the stale merge stage and
-    # names the fix; after `squeeze sync` the ensemble is rebuilt on all four members
+    # a third ensemble member added by hand: `dvc repro` stops on the stale merge stage and
+    # names the fix; after `squeeze sync` the ensemble is rebuilt on all three members
     members = [*load_params(workspace).merge["ensemble_small"].upstreams, "teacher_ch50"]
     set_param(workspace, "merge", "ensemble_small", {**raw_merge(workspace), "upstreams": members})
     stale = run(["dvc", "repro"], workspace, check=False)
@@ -130,7 +131,7 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
         *downstream,
     ]
     measured = read_json(Workspace(workspace).metrics("candidates"))["ensemble_small"]
-    assert measured["upstream"] == members and len(members) == 4
+    assert measured["upstream"] == members and len(members) == 3
 
     # a candidate removed from params.yaml leaves the table, the gate and the registry's choice
     # (its leftover models/ folder is ignored), in both entry points

@@ -1,7 +1,7 @@
 """Reproducible builds: a model does not depend on the entry point nor on which other candidates
-are built at the same time. On the smoke profile, the Prefect flow with two threaded workers in
-one clone and `dvc repro` in another write byte-identical data and models, and the flow leaves
-DVC nothing to do."""
+are built at the same time. On the smoke profile (one candidate per method), the Prefect flow
+with two threaded workers in one clone and `dvc repro` in another write byte-identical data and
+models, and the flow leaves DVC nothing to do."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from squeeze.config.dvcyaml import stages_ran
 from squeeze.config.files import load_params, merge
 from squeeze.config.params import validate
 from squeeze.config.workspace import Workspace, read_json
-from tests.conftest import dvc_up_to_date, run
+from tests.conftest import dvc_up_to_date, one_per_method, run
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +55,7 @@ def accuracies(record: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 def test_threaded_flow_and_dvc_repro_build_identical_models(
     workspace: Path, tmp_path: Path, prefect_api
 ) -> None:
+    one_per_method(workspace)
     twin = tmp_path / "twin"
     shutil.copytree(workspace, twin)
     smoke = load_params(workspace).model_dump(mode="json")
