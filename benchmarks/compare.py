@@ -70,6 +70,12 @@ ALPHA = 0.05  # significance level of every paired verdict
 REPEATS = 5
 
 
+def report_files(profile: str) -> tuple[str, str]:
+    """A profile's report and its JSON twin, as paths from the project's root."""
+    suffix = "" if profile == DEFAULT else f"-{profile}"
+    return f"benchmarks/RESULTS{suffix}.md", f"benchmarks/results{suffix}.json"
+
+
 def command_for(profile: str, noop: bool = True) -> str:
     """The command that reproduces a profile's benchmark from a fresh clone, for its report: with
     --noop when the benchmark also timed a no-op re-run (as the default one always does)."""
@@ -81,8 +87,7 @@ def command_for(profile: str, noop: bool = True) -> str:
     return (f"make setup && . .venv/bin/activate && {data}{profiles}"
             f"squeeze run && python -m benchmarks.compare --profile {profile} "
             f"{'--noop ' if noop else ''}"
-            f"--out benchmarks/RESULTS-{profile}.md "
-            f"--json benchmarks/results-{profile}.json")  # fmt: skip
+            "--out {} --json {}".format(*report_files(profile)))  # fmt: skip
 
 
 @dataclass
@@ -457,8 +462,8 @@ def hand_tuned(
     absolute) of that run's teacher on validation, with the teacher's row; None without such a
     run or candidate. Chosen on validation only, as the gate would choose."""
     written = HAND_WRITTEN.get(profile, DEFAULT)
-    suffix = "" if written == DEFAULT else f"-{written}"
-    path = folder / f"results{suffix}.json"
+    report_md, report_json = report_files(written)
+    path = folder / Path(report_json).name
     if not path.exists():
         return None
     found = read_json(path)
@@ -471,7 +476,7 @@ def hand_tuned(
     if chosen is None:
         return None
     return {
-        "report": f"benchmarks/RESULTS{suffix}.md", "params": written, "commit": found["commit"],
+        "report": report_md, "params": written, "commit": found["commit"],
         "measured": found["measured"], "policy": policy, "max_drop": max_drop,
         "chosen": chosen, "teacher": teacher,
     }  # fmt: skip
@@ -487,8 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workspace", default=".")
     p.add_argument("--noop", action="store_true", help="also time a no-op dvc repro / squeeze run")
-    p.add_argument("--out", default="benchmarks/RESULTS.md")
-    p.add_argument("--json", default="benchmarks/results.json")
+    p.add_argument("--out", default=report_files(DEFAULT)[0])
+    p.add_argument("--json", default=report_files(DEFAULT)[1])
     p.add_argument("--readme", default=None, help="also rewrite this README's Figures section")
     p.add_argument(
         "--profile", default=DEFAULT, help="the profile the workspace ran, for the report"
