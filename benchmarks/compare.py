@@ -378,7 +378,8 @@ def search_summary(ws: Workspace, params: Params) -> dict[str, Any] | None:
     with ws.search(search_stage.TRIALS).open() as f:
         trials = list(csv.DictReader(f))
     budget = ("objective", "max_accuracy_drop", "drop", "max_latency_ms", "max_shipped_bytes",
-              "trials", "uniform_trials", "hours", "seed")  # fmt: skip
+              "trials", "uniform_trials", "hours", "seed", "rescore",
+              "rescore_epochs")  # fmt: skip
     return {
         "budget": {k: getattr(params.search, k) for k in budget},
         # None: a search/finalists.json written before the search recorded its wall time

@@ -304,7 +304,7 @@ def search_section(results: Results) -> list[str]:
         f"(sensitivity pass and trials) took {seconds_text(found['search_seconds'])}; building "
         "the finalists in full took " + ", ".join(
             f"{n} {seconds_text(s)}" for n, s in found["build_seconds"].items()) + "."
-        + levers_text(found.get("speed_levers")),
+        + levers_text(found.get("speed_levers")) + rescore_text(found),
         "",
         "Trials: " + "; ".join(
             f"{study} {len(r)} completed, {sum(x['within_budget'] == 'True' for x in r)} within "
@@ -313,10 +313,11 @@ def search_section(results: Results) -> list[str]:
         "split (no other per-layer trial is both as accurate and as "
         + ("fast" if b["objective"] == "fastest" else "small") + "):",
         "",
-        "| trial | search % | shipped bytes | p50 ms | weights | sparsity | qat | within budget "
-        "| finalist |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *(f"| {r['trial']} | {pct(float(r['search_accuracy']))} | {int(r['shipped_bytes']):,} | "
+        "| trial | search % | rescored % | shipped bytes | p50 ms | weights | sparsity | qat "
+        "| within budget | finalist |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(f"| {r['trial']} | {pct(float(r['search_accuracy']))} | "
+          f"{rescored(r.get('rescored_accuracy'))} | {int(r['shipped_bytes']):,} | "
           f"{float(r['latency_ms_p50']):.4f} | {r['weights']} | {r['sparsity']} | {r['qat']} | "
           f"{r['within_budget']} | {r['finalist']} |" for r in trials
           if r["study"] == "per_layer" and r["front"] == "True"),
@@ -325,9 +326,9 @@ def search_section(results: Results) -> list[str]:
         "other row (the gate's challenger, chosen on validation, marked ★):",
         "",
         "| finalist | trial | weights | fp32 layers | sparsity | qat | search % (trial) "
-        "| val % [95% CI] | test % [95% CI] | Δ test pts | teacher shipped ÷ shipped "
-        "| speed-up p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rescored % | val % [95% CI] | test % [95% CI] | Δ test pts "
+        "| teacher shipped ÷ shipped | speed-up p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, recipe in found["finalists"].items():
         r = rows[name]
@@ -335,12 +336,31 @@ def search_section(results: Results) -> list[str]:
             f"| {name}{' ★' if name == challenger else ''} | {recipe['kind']} "
             f"{recipe['trial']} | {recipe['weights']} | {len(recipe['fp32_layers'])} | "
             f"{recipe['sparsity']:g} | {recipe['qat']} | {pct(recipe['search_accuracy'])} | "
-            f"{with_ci(r, 'val')} | {with_ci(r, 'test')} | {test_pts(r, t)} | "
+            f"{rescored(recipe.get('rescored_accuracy'))} | {with_ci(r, 'val')} | "
+            f"{with_ci(r, 'test')} | {test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
         )
     return out + ["", "Per-layer against uniform: the `per-layer vs uniform` rows of the paired "
                   "comparisons above (McNemar exact p on the same images).",
                   *hand_tuned_text(results)]  # fmt: skip
+
+
+def rescored(accuracy: float | str | None) -> str:
+    """A trial's second-rung accuracy on the search split, in %, or — if it was not rescored
+    (a CSV cell "", a recipe's None, or a run from before rescoring)."""
+    return pct(float(accuracy)) if accuracy not in (None, "") else "—"
+
+
+def rescore_text(found: dict[str, Any]) -> str:
+    """What the search's second rung did (squeeze.methods.search.rescore), or "" if nothing."""
+    reference = found["teacher"].get("rescored_accuracy")
+    if reference is None:
+        return ""
+    b = found["budget"]
+    return (f" Up to {b['rescore']} per-layer trials past the accuracy floor were fine-tuned "
+            f"again for {b['rescore_epochs']} epochs (`rescored %`; the uncompressed reference "
+            f"{pct(reference)}% at that length), and each is judged within the budget by that "
+            "score.")  # fmt: skip
 
 
 def hand_tuned_text(results: Results) -> list[str]:

@@ -34,13 +34,14 @@ FINALISTS, TRIALS, RECIPES = "finalists.json", "trials.csv", "recipes"
 # evaluate's timing re-runs evaluate only, not the search and every finalist
 TRIAL_TIMING = {"warmup": 20, "runs": 100, "rounds": 5}
 TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
-                 "within_budget", "stopped_early", "front", "finalist", "sparsity", "weights",
-                 "qat", "policy")  # fmt: skip
+                 "rescored_accuracy", "within_budget", "stopped_early", "front", "finalist",
+                 "sparsity", "weights", "qat", "policy")  # fmt: skip
 # what changes no trial: how many trials there are and how long they may take (more of them
-# resume the study), where they live, and the finalists' own build. The budget and the objective
+# resume the study), where they live, which are rescored after them, and the finalists' own
+# build. The budget and the objective
 # do: the sampler learns from which trials met the budget, and minimises the objective's cost.
-NOT_IN_KEY = ("finalists", "trials", "uniform_trials", "hours", "storage", "steps",
-              "fit")  # fmt: skip
+NOT_IN_KEY = ("finalists", "trials", "uniform_trials", "hours", "storage", "rescore",
+              "rescore_epochs", "steps", "fit")  # fmt: skip
 
 
 def storage_url(ws: Workspace, params: Params) -> str:

@@ -484,6 +484,15 @@ class SearchParams(Section):
         ge=10, description="Training images a trial fine-tunes on (a seeded stratified subset)."
     )
     trial_fit: FitParams = Field(description="A trial's short fine-tune (lr is searched).")
+    rescore: int = Field(
+        ge=0, le=1000,
+        description="Per-layer trials fine-tuned again, for rescore_epochs, before the finalists "
+        "are chosen (successive halving's second rung): those past the accuracy floor that the "
+        "finalists would be chosen from first. 0: none.",
+    )  # fmt: skip
+    rescore_epochs: int = Field(
+        ge=1, le=1000, description="Epochs of a rescored trial's fine-tune (trial_fit otherwise)."
+    )
     steps: int = Field(ge=1, le=100, description="A finalist's pruning steps.")
     fit: FitParams = Field(description="A finalist's fine-tune in full (lr is its trial's).")
 

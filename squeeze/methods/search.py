@@ -100,6 +100,7 @@ SPACING = 2 / 3
 # the teacher put through a trial's own fine-tune, uncompressed: what a trial's drop is measured
 # from (search_reference)
 REFERENCE = "trial_reference_accuracy"
+RESCORED = "rescored_accuracy"  # a trial's accuracy on the search split at the second rung
 WEIGHT_SENSITIVITY = "weight_sensitivity"  # the study's record of weight_sensitivity's drops
 SPEED_LEVERS = "speed_levers"  # the study's record of speed_levers' timings and what it kept
 # Where only latency counts, a lever is searched only if it makes the teacher's export at least
@@ -688,7 +689,7 @@ def warm_start(uniform: optuna.Study, ctx: Context) -> list[dict[str, Any]]:
     group's own range; none without a completed uniform trial."""
     if not done(uniform):
         return []
-    start = dict(best_trials(uniform, ctx.cfg)[0].params)
+    start = dict(best_trials(done(uniform), ctx.cfg)[0].params)
     share = start.pop("share")
     for root, choices in ctx.ranges.items():
         if len(choices) > 1:  # a range of one share is not asked (suggest)
@@ -764,7 +765,7 @@ def progress(
     status = "within budget" if max(broken.values()) <= 0 else "over " + ", ".join(
         k for k, v in broken.items() if v > 0)  # fmt: skip
     early = "; stopped before fine-tuning" if metrics["stopped_early"] else ""
-    best = best_trials(study, cfg)
+    best = best_trials(done(study), cfg)
     best_text = (f"trial {ordinal(best[0])}" if feasible(best[0])
                  else f"none within budget yet, closest trial {ordinal(best[0])}")  # fmt: skip
     elapsed = time.monotonic() - started
@@ -778,11 +779,12 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return max(constraints(trial)) <= 0
 
 
-def best_trials(study: optuna.Study, cfg: SearchParams) -> list[optuna.trial.FrozenTrial]:
-    """The completed trials, best first: those within the budget ranked by cfg.objective
+def best_trials(
+    trials: list[optuna.trial.FrozenTrial], cfg: SearchParams
+) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, best first: those within the budget ranked by cfg.objective
     (squeeze.decide.choose's order, on the search split), then the others by their largest
     violation (closest first)."""
-    trials = done(study)
     order = tuple(SEARCH_ACCURACY if m == ACCURACY else m for m in POLICIES[cfg.objective])
     keyed = {f"{t.number:06d}": t for t in trials}  # ranked's tie-break name: trial order
     within = ranked([{**t.user_attrs, "name": k} for k, t in keyed.items() if feasible(t)], order)
@@ -817,21 +819,23 @@ def front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[optuna.tria
 
 
 def finalist_trials(
-    study: optuna.Study, cfg: SearchParams, count: int
+    trials: list[optuna.trial.FrozenTrial], cfg: SearchParams, count: int
 ) -> list[optuna.trial.FrozenTrial]:
-    """The per-layer finalists: `count` trials on the front of the affordable trials (search
-    accuracy against cfg's cost), straddling the accuracy floor: first the cheapest trial within
-    it (or, if none is, the most accurate), then cheaper ones past it, each at most SPACING of
-    the last one's cost; then, with too few such, the front's trials that spacing skipped past
-    the first, then the next dearer ones before it. For most_accurate, the front's most
-    accurate. The order does not depend on `count`, so fewer finalists rebuild none that stays.
+    """The per-layer finalists: `count` of the completed `trials` on the front of the affordable
+    ones (search accuracy against cfg's cost), straddling the accuracy floor: first the
+    cheapest trial within it (or, if none is, the most accurate), then cheaper ones past it,
+    each at most SPACING of the last one's cost; then, with too few such, the front's trials
+    that spacing skipped past the first, then the next dearer ones before it. For
+    most_accurate, the front's most accurate. The order does not depend on `count`, so fewer
+    finalists rebuild none that stays.
 
     A trial's accuracy is that of a one-step build with a short fine-tune on a subset, which
     understates what a finalist's full fine-tune recovers, and by more the more it compresses;
     so the finalists reach past the floor, and the gate (validation) decides which holds the
-    budget. Too few affordable trials on the front: the rest are filled from best_trials."""
+    budget; the second rung (rescore) tells apart the ones past it that recover. Too few
+    affordable trials on the front: the rest are filled from best_trials."""
     cost = cost_metric(cfg)
-    line = front([t for t in done(study) if affordable(t)], cost)
+    line = front([t for t in trials if affordable(t)], cost)
     within = [i for i, t in enumerate(line) if feasible(t)]
     first = within[-1] if within and cfg.objective != "most_accurate" else 0
     spaced = [line[first]] if line else []
@@ -840,8 +844,89 @@ def finalist_trials(
             spaced.append(t)
     skipped = [t for t in line[first:] if t not in spaced]
     order = spaced + skipped + line[:first][::-1]
-    rest = [t for t in best_trials(study, cfg) if affordable(t) and t not in order]
+    rest = [t for t in best_trials(trials, cfg) if affordable(t) and t not in order]
     return (order + rest)[:count]
+
+
+def rescored_cfg(cfg: SearchParams) -> SearchParams:
+    """The search params of the second rung: a trial's fine-tune for cfg.rescore_epochs."""
+    return cfg.model_copy(update={"trial_fit": cfg.trial_fit.model_copy(
+        update={"epochs": cfg.rescore_epochs})})  # fmt: skip
+
+
+def rescore(study: optuna.Study, ctx: Context, log: Callable[[str], None]) -> dict[str, float]:
+    """The second rung of successive halving (Jamieson & Talwalkar 2016; Li et al. 2018,
+    Hyperband), on the trials it matters for: the first cfg.rescore of those finalist_trials
+    would choose that miss the accuracy floor, each fine-tuned again as its trial was but for
+    cfg.rescore_epochs (rescored_cfg; on ctx.pool, as trials are), and so the uncompressed
+    reference (search_reference), since the floor at that fidelity lies elsewhere. One short
+    fine-tune understates a compressed network's accuracy, and the more so the more it
+    compresses; a longer one tells apart the choices past the floor that recover from those
+    that do not. Kept in the study by rescore_epochs, so a resumed search re-runs none.
+
+    Returns:
+        {str(ordinal): accuracy on the search split} of each rescored trial, and REFERENCE:
+        the reference's; {} when cfg.rescore is 0 or every trial met the floor.
+    """
+    cfg = ctx.cfg
+    chosen = [t for t in finalist_trials(done(study), cfg, len(done(study))) if not feasible(t)]
+    if not (cfg.rescore and chosen):
+        return {}
+    attr = f"rescored_{cfg.rescore_epochs}_epochs"
+    scores = dict(study.user_attrs.get(attr, {}))
+    inputs = replace(ctx.inputs(), cfg=rescored_cfg(cfg))
+    if REFERENCE not in scores:
+        with contextlib.redirect_stdout(io.StringIO()):
+            scores[REFERENCE] = fine_tuned(plain(cfg), inputs)[1]
+        study.set_user_attr(attr, scores)
+    floor = accuracy_floor(cfg, scores[REFERENCE])
+    todo = [t for t in chosen[: cfg.rescore] if str(ordinal(t)) not in scores]
+    for start in range(0, len(todo), cfg.parallel):
+        batch = todo[start : start + cfg.parallel]
+        with contextlib.redirect_stdout(io.StringIO()):
+            fits = ctx.pool([Choice(**t.user_attrs["choice"]) for t in batch], inputs)
+        for trial, (result, where) in zip(batch, fits, strict=True):
+            if isinstance(result, PruningError):  # its trial built it in full: a bug if so
+                raise result
+            scores[str(ordinal(trial))] = result[1]
+            study.set_user_attr(attr, scores)
+            log(f"search rescored trial {ordinal(trial)} ({len(scores) - 1}/{cfg.rescore}): "
+                f"{trial.user_attrs[SEARCH_ACCURACY]:.2%} after {cfg.trial_fit.epochs} epoch(s), "
+                f"{result[1]:.2%} after {cfg.rescore_epochs} on search; floor at this fidelity "
+                f"{floor:.2%} (reference {scores[REFERENCE]:.2%}): "
+                + ("within budget" if result[1] >= floor else "over max_accuracy_drop")
+                + (f"; fine-tuned on dask worker {where}" if where else ""))  # fmt: skip
+    return scores
+
+
+def at_best_fidelity(
+    trials: list[optuna.trial.FrozenTrial], scores: dict[str, float], reference: float,
+    cfg: SearchParams,
+) -> list[optuna.trial.FrozenTrial]:  # fmt: skip
+    """The trials as the finalists are chosen from them: a rescored one (scores, rescore) is
+    judged by its second-rung accuracy against that rung's floor, and ranked on the front by it
+    less the rise of the reference between the rungs (its drop at the second rung, on the
+    first rung's scale: `reference`); RESCORED holds its second-rung accuracy. Copies; the
+    others as they are."""
+    out = []
+    for trial in trials:
+        score = scores.get(str(ordinal(trial)))
+        if score is None:
+            out.append(trial)
+            continue
+        metrics = {**trial.user_attrs, SEARCH_ACCURACY: score}
+        limits = trial.constraints | {
+            "max_accuracy_drop": violations(metrics, cfg, scores[REFERENCE])["max_accuracy_drop"]
+        }
+        shifted = score - (scores[REFERENCE] - reference)
+        copy_ = optuna.trial.create_trial(
+            values=trial.values, params=trial.params, distributions=trial.distributions,
+            user_attrs={**trial.user_attrs, SEARCH_ACCURACY: shifted, RESCORED: score},
+            constraints=limits,
+        )  # fmt: skip
+        copy_.number = trial.number
+        out.append(copy_)
+    return out
 
 
 def nearest(
@@ -877,7 +962,7 @@ def no_fit(study: optuna.Study, cfg: SearchParams, teacher: dict[str, float]) ->
         return SearchError(
             "the budget search completed no trial within search.hours; raise search.hours"
         )
-    closest = best_trials(study, cfg)[0].user_attrs
+    closest = best_trials(trials, cfg)[0].user_attrs
     limits = {
         "max_accuracy_drop": f"{cfg.max_accuracy_drop:g} ({cfg.drop})",
         "max_latency_ms": cfg.max_latency_ms,
@@ -896,28 +981,34 @@ def no_fit(study: optuna.Study, cfg: SearchParams, teacher: dict[str, float]) ->
 
 
 def recipe(trial: optuna.trial.FrozenTrial, study: optuna.Study, kind: str) -> dict[str, Any]:
-    """What a finalist is built from (stages/finalist.py) and where it came from."""
-    attrs = trial.user_attrs
+    """What a finalist is built from (stages/finalist.py) and where it came from: its trial's
+    figures (the first rung's search accuracy; RESCORED, the second's or None) and whether it
+    met the budget at the last rung it was scored at (trial: as at_best_fidelity gives it)."""
+    attrs = next(t for t in done(study) if ordinal(t) == ordinal(trial)).user_attrs
     return {
         "study": study.study_name, "kind": kind, "trial": ordinal(trial),
         **attrs["choice"],
         **{k: attrs[k] for k in (SEARCH_ACCURACY, LATENCY, SIZE)},
-        "within_budget": feasible(trial),
+        RESCORED: trial.user_attrs.get(RESCORED), "within_budget": feasible(trial),
     }  # fmt: skip
 
 
 def rows(
-    study: optuna.Study, kind: str, finalists: dict[str, dict], cfg: SearchParams
-) -> list[dict[str, Any]]:
-    """One row per completed trial, for search/trials.csv: its figures, whether it met the
-    budget, whether it is on its study's front (search accuracy against cfg's cost), which
-    finalist it became, its choice."""
+    study: optuna.Study, kind: str, finalists: dict[str, dict], cfg: SearchParams,
+    judged: list[optuna.trial.FrozenTrial],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per completed trial, for search/trials.csv: its figures (RESCORED: the second
+    rung's accuracy, "" if not rescored), whether it met the budget and whether it is on its
+    study's front (search accuracy against cfg's cost), both as `judged` (done(study) as
+    at_best_fidelity gives it), which finalist it became, its choice."""
     chosen = {(r["study"], r["trial"]): name for name, r in finalists.items()}
-    on_front = set(map(ordinal, front(done(study), cost_metric(cfg))))
+    on_front = set(map(ordinal, front(judged, cost_metric(cfg))))
+    within = {ordinal(t) for t in judged if feasible(t)}
+    rescored = {ordinal(t): t.user_attrs.get(RESCORED, "") for t in judged}
     return [
         {"study": kind, "trial": ordinal(t), **{k: t.user_attrs[k] for k in (
-            SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")},
-         "within_budget": feasible(t), "front": ordinal(t) in on_front,
+            SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")}, RESCORED: rescored[ordinal(t)],
+         "within_budget": ordinal(t) in within, "front": ordinal(t) in on_front,
          "finalist": chosen.get((study.study_name, ordinal(t)), ""),
          **{k: t.user_attrs["choice"][k] for k in ("sparsity", "weights", "qat")},
          "policy": json.dumps(t.user_attrs["choice"]["policy"], sort_keys=True)}
@@ -1010,9 +1101,12 @@ def search(
                   quantize_only(cfg))  # fmt: skip
         run_study(per_layer, PER_LAYER, cfg.trials, ctx, reference[REFERENCE], deadline, log,
                   warm_start(uniform, ctx))  # fmt: skip
-    if not any(affordable(t) for t in done(per_layer)):
-        raise no_fit(per_layer, cfg, reference)
-    best = finalist_trials(per_layer, cfg, cfg.finalists)
+        if not any(affordable(t) for t in done(per_layer)):
+            raise no_fit(per_layer, cfg, reference)
+        scores = rescore(per_layer, ctx, log)
+    reference[RESCORED] = scores.get(REFERENCE)  # the uncompressed reference's, second rung
+    judged = at_best_fidelity(done(per_layer), scores, reference[REFERENCE], cfg)
+    best = finalist_trials(judged, cfg, cfg.finalists)
     if len(best) < cfg.finalists or not done(uniform):
         raise SearchError(
             f"the budget search completed {len(done(per_layer))} per-layer and "
@@ -1024,5 +1118,6 @@ def search(
         name: recipe(t, per_layer, PER_LAYER) for name, t in zip(names[:-1], best, strict=True)
     }
     finalists[names[-1]] = recipe(nearest(uniform, cfg, best[0]), uniform, UNIFORM)
-    trials = rows(uniform, UNIFORM, finalists, cfg) + rows(per_layer, PER_LAYER, finalists, cfg)
+    trials = (rows(uniform, UNIFORM, finalists, cfg, done(uniform))
+              + rows(per_layer, PER_LAYER, finalists, cfg, judged))  # fmt: skip
     return Outcome(finalists, trials, reference, drops, quantized, levers)

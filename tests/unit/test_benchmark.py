@@ -352,16 +352,19 @@ def trial(number: int, accuracy: float, shipped: int, finalist: str = "") -> dic
 def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built() -> None:
     results = fake_results()
     recipe = {"kind": "per_layer", "trial": 1, "weights": "int8", "sparsity": 0.5, "qat": True,
-              "fp32_layers": [], "search_accuracy": 0.9}  # fmt: skip
+              "fp32_layers": [], "search_accuracy": 0.9, "rescored_accuracy": 0.91}  # fmt: skip
     results["gate"] = {"challenger": "cand", "policy": "smallest"}
     results["search"] = {
         "budget": {"objective": "smallest", "max_accuracy_drop": 0.01, "drop": "absolute",
                    "max_latency_ms": None, "max_shipped_bytes": 5000, "trials": 3,
-                   "uniform_trials": 1, "hours": 1.0, "seed": 0},
+                   "uniform_trials": 1, "hours": 1.0, "seed": 0, "rescore": 2,
+                   "rescore_epochs": 3},
         "search_seconds": 600.0, "build_seconds": {"cand": 120.0},
-        "teacher": {"search_accuracy": 0.92}, "finalists": {"cand": recipe},
+        "teacher": {"search_accuracy": 0.92, "rescored_accuracy": 0.93},
+        "finalists": {"cand": recipe},
         # trial 3 is beaten by trial 1 (as accurate, smaller): off the front (search.front)
-        "trials": [trial(1, 0.9, 100, "cand"), trial(2, 0.95, 300), trial(3, 0.9, 200),
+        "trials": [{**trial(1, 0.9, 100, "cand"), "rescored_accuracy": "0.91"},
+                   trial(2, 0.95, 300), trial(3, 0.9, 200),
                    {**trial(1, 0.8, 50), "study": "uniform", "within_budget": "False"}],
     }  # fmt: skip
     text = report.results_md(results)
@@ -371,7 +374,13 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
     assert "uniform 1 completed, 0 within the budget" in text
     front = [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ")]
     assert "| 1" in front and "| 2" in front and "| 3" not in front
-    assert "| cand ★ | per_layer 1 | int8 | 0 | 0.5 | True | 90.00 |" in text
+    assert "| cand ★ | per_layer 1 | int8 | 0 | 0.5 | True | 90.00 | 91.00 |" in text
+    # the second rung: the rescored trial's score beside its first; — where not rescored
+    assert "| 1 | 90.00 | 91.00 | 100 |" in text and "| 2 | 95.00 | — | 300 |" in text
+    assert ("Up to 2 per-layer trials past the accuracy floor were fine-tuned again for 3 "
+            "epochs (`rescored %`; the uncompressed reference 93.00% at that length)") in text
+    del results["search"]["teacher"]["rescored_accuracy"]  # none rescored: nothing said
+    assert "fine-tuned again" not in report.results_md(results)
     assert "Against the hand-written graph" not in text  # no default run to stand beside
     assert "## Search" not in report.results_md(fake_results())  # no search, no section
     assert "each lever was timed" not in text  # size counts: no lever was timed

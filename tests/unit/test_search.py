@@ -25,7 +25,10 @@ from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
 from squeeze.methods.search import (
+    REFERENCE,
+    RESCORED,
     SearchError,
+    at_best_fidelity,
     best_trials,
     channel_groups_of,
     done,
@@ -56,7 +59,8 @@ def search_params(**changes: Any) -> SearchParams:
         "distill_alpha": [0.0, 0.9], "temperature": [2.0, 8.0], "lr": [0.005, 0.05],
         "max_unstructured": 0.5, "weights": ["fp32", "int8", "int4"], "qat": [False, True],
         "fp32_first_layer": [False, True], "fp32_layers": [0, 1], "calibration_samples": 64,
-        "trial_images": 300, "trial_fit": fit, "steps": 1, "fit": fit,
+        "trial_images": 300, "trial_fit": fit, "rescore": 0, "rescore_epochs": 2, "steps": 1,
+        "fit": fit,
     }  # fmt: skip
     return SearchParams(**(base | changes))
 
@@ -135,11 +139,11 @@ def test_the_search_writes_finalists_within_the_budget_and_each_is_built_by_its_
     assert uniform.trials[0].user_attrs["choice"]["policy"] == {}
     # the per-layer search starts where the uniform one is best (search.warm_start)
     first = optuna.load_study(study_name=found["study"], storage=storage).trials[0]
-    start = dict(best_trials(uniform, params.search)[0].params)
+    start = dict(best_trials(done(uniform), params.search)[0].params)
     share = start.pop("share")
     assert {k: first.params[k] for k in start} == start
     # the same choice scores the same, though other trials ran between the two
-    best_uniform = best_trials(uniform, params.search)[0].user_attrs
+    best_uniform = best_trials(done(uniform), params.search)[0].user_attrs
     assert {k: first.user_attrs[k] for k in ("search_accuracy", "shipped_bytes")} == {
         k: best_uniform[k] for k in ("search_accuracy", "shipped_bytes")
     }
@@ -241,15 +245,17 @@ def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_i
 ) -> None:  # fmt: skip
     """search.parallel 2: each batch's fine-tunes on the two workers of a Dask cluster (the
     stage's $SQUEEZE_SEARCH_DASK, which a flow on Dask sets), or one after the other in the
-    stage's process (`dvc repro`): the same trials and finalists. (Workers that cannot see the
-    workspace: tests/integration/test_dask.py.)"""
+    stage's process (`dvc repro`): the same trials, rescored trials (no drop allowed, so some
+    miss the floor) and finalists. (Workers that cannot see the workspace:
+    tests/integration/test_dask.py.)"""
     from distributed import LocalCluster
 
     from squeeze.methods.workers import DASK_ENV
 
     twin = Workspace(tmp_path / "twin")
     shutil.copytree(search_ws.root, twin.root)
-    params = with_search(stage_params, search_params(parallel=2, trials=2, finalists=1))
+    params = with_search(stage_params, search_params(parallel=2, trials=2, finalists=1,
+                                                     max_accuracy_drop=0.0, rescore=2))
     search.run(search_ws.root, params)
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:  # fmt: skip
@@ -259,7 +265,9 @@ def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_i
         workers = set(cluster.scheduler_info["workers"])
     lines = capsys.readouterr().out.splitlines()
     trials = [ln for ln in lines if ln.startswith("search ") and " trial " in ln]
-    assert len(trials) == 4 and f"{cluster.scheduler_address} (2 workers)" in lines[0]
+    rescored = [ln for ln in trials if ln.startswith("search rescored trial ")]
+    assert len(trials) - len(rescored) == 4 and rescored
+    assert f"{cluster.scheduler_address} (2 workers)" in lines[0]
     for line in trials:  # every trial fine-tuned (none stopped early here) on a worker
         assert line.rsplit("fine-tuned on dask worker ", 1)[1] in workers, line
     assert trial_rows(search_ws) == trial_rows(twin)
@@ -307,6 +315,59 @@ def test_a_killed_search_resumes_with_the_trials_an_unbroken_one_runs(
     search.run(unbroken.root, with_search(stage_params, search_params()))
     assert trial_rows(search_ws) == trial_rows(unbroken)
     assert recipes(search_ws) == recipes(unbroken)
+
+
+def test_trials_past_the_floor_are_rescored_longer_and_judged_at_that_fidelity(
+    search_ws: Workspace, stage_params: Any, capsys: pytest.CaptureFixture
+) -> None:
+    """No accuracy drop allowed, so trials miss the floor: the first two that the finalists
+    would be chosen from past it are fine-tuned again for 2 epochs, and each is judged within
+    the budget by that score against the floor of the reference fine-tuned as long; a second
+    run resumes the study and rescores none again."""
+    params = with_search(stage_params, search_params(max_accuracy_drop=0.0, rescore=2))
+    search.run(search_ws.root, params)
+    log = capsys.readouterr().out
+    found = read_json(search_ws.search(search.FINALISTS))
+    floor = found["teacher"][RESCORED]  # the uncompressed reference's, at the second rung
+    rescored = [r for r in trial_rows(search_ws) if r[RESCORED]]
+    assert len(rescored) == log.count("search rescored trial") == 2
+    first_floor = found["teacher"][REFERENCE]
+    for row in rescored:
+        assert row["study"] == "per_layer" and float(row["search_accuracy"]) < first_floor
+        assert row["within_budget"] == str(float(row[RESCORED]) >= floor), row
+        assert (f"search rescored trial {row['trial']} " in log
+                and f"{float(row[RESCORED]):.2%} after 2 on search" in log)  # fmt: skip
+    for recipe in found["finalists"].values():
+        key = (recipe["kind"], str(recipe["trial"]))
+        row = next(r for r in trial_rows(search_ws) if (r["study"], r["trial"]) == key)
+        assert recipe[RESCORED] == (float(row[RESCORED]) if row[RESCORED] else None)
+        assert str(recipe["within_budget"]) == row["within_budget"]
+    before = (trial_rows(search_ws), recipes(search_ws))
+    search.run(search_ws.root, params)
+    assert "search rescored trial" not in capsys.readouterr().out
+    assert (trial_rows(search_ws), recipes(search_ws)) == before
+
+
+def test_a_rescored_trial_within_the_floor_at_its_fidelity_becomes_the_first_finalist() -> None:
+    """Trial 3 (90% at 200 bytes, past the 92% floor) scores 95% after the longer fine-tune,
+    whose uncompressed reference scores 97% (floor 94% for a 3-point budget): within, and the
+    cheapest such, so it leads the finalists; its front rank uses 95% less the reference's
+    2-point rise."""
+    points = [(0.95, 1000), (0.93, 500), (0.90, 200), (0.85, 100), (0.80, 300)]
+    study = study_of(points, floor=0.92)
+    cfg = search_params(max_accuracy_drop=0.03)
+    assert [ordinal(t) for t in finalist_trials(done(study), cfg, 3)] == [2, 3, 4]
+    judged = at_best_fidelity(done(study), {"3": 0.95, REFERENCE: 0.97}, 0.95, cfg)
+    assert [ordinal(t) for t in finalist_trials(judged, cfg, 3)] == [3, 4, 2]
+    third = judged[2]
+    assert third.user_attrs[RESCORED] == 0.95
+    assert third.user_attrs["search_accuracy"] == pytest.approx(0.93)
+    assert third.constraints["max_shipped_bytes"] == done(study)[2].constraints[
+        "max_shipped_bytes"]  # fmt: skip
+    # the same score below that rung's floor: judged over it, and the order stays
+    missed = at_best_fidelity(done(study), {"3": 0.935, REFERENCE: 0.97}, 0.95, cfg)
+    assert [ordinal(t) for t in finalist_trials(missed, cfg, 3)] == [2, 3, 4]
+    assert judged[0] is done(study)[0]  # a trial not rescored is left as it is
 
 
 def test_a_budget_no_trial_meets_is_refused_naming_the_tightest_limit_and_the_closest_trial(
@@ -402,21 +463,21 @@ def test_finalists_straddle_the_accuracy_floor_along_the_front_and_uniform_match
     # 0.80 @ 300 is beaten by 0.90 @ 200; 0.99 @ 20,000 breaks the size limit
     assert [ordinal(t) for t in front(done(study), "shipped_bytes")] == [6, 1, 2, 3, 4]
     cfg = search_params(finalists=3)
-    assert [ordinal(t) for t in finalist_trials(study, cfg, 3)] == [2, 3, 4]
-    assert [ordinal(t) for t in finalist_trials(study, cfg, 2)] == [2, 3]
+    assert [ordinal(t) for t in finalist_trials(done(study), cfg, 3)] == [2, 3, 4]
+    assert [ordinal(t) for t in finalist_trials(done(study), cfg, 2)] == [2, 3]
     # a front neighbour less than a third cheaper than the last finalist is passed over, and
     # built only when the spaced ones run out
     crowded = study_of([*points, (0.915, 450)], floor=0.92)
-    assert [ordinal(t) for t in finalist_trials(crowded, cfg, 3)] == [2, 3, 4]
-    assert [ordinal(t) for t in finalist_trials(crowded, cfg, 4)] == [2, 3, 4, 7]
+    assert [ordinal(t) for t in finalist_trials(done(crowded), cfg, 3)] == [2, 3, 4]
+    assert [ordinal(t) for t in finalist_trials(done(crowded), cfg, 4)] == [2, 3, 4, 7]
     # nothing within the floor: the most accurate affordable trial and the next cheaper ones
     none_within = study_of(points, floor=0.97)
-    assert [ordinal(t) for t in finalist_trials(none_within, cfg, 3)] == [1, 2, 3]
+    assert [ordinal(t) for t in finalist_trials(done(none_within), cfg, 3)] == [1, 2, 3]
     # all within: the cheapest, then (nothing past it) the next dearer; the first stays put
     all_within = study_of(points, floor=0.5)
-    assert [ordinal(t) for t in finalist_trials(all_within, cfg, 3)] == [4, 3, 2]
-    assert [ordinal(t) for t in finalist_trials(all_within, cfg, 1)] == [4]
+    assert [ordinal(t) for t in finalist_trials(done(all_within), cfg, 3)] == [4, 3, 2]
+    assert [ordinal(t) for t in finalist_trials(done(all_within), cfg, 1)] == [4]
     accurate = search_params(objective="most_accurate")
-    assert [ordinal(t) for t in finalist_trials(study, accurate, 2)] == [1, 2]
+    assert [ordinal(t) for t in finalist_trials(done(study), accurate, 2)] == [1, 2]
     uniform = study_of([(0.9, 120), (0.91, 450), (0.92, 800)], floor=0.92)
-    assert ordinal(nearest(uniform, cfg, finalist_trials(study, cfg, 1)[0])) == 2
+    assert ordinal(nearest(uniform, cfg, finalist_trials(done(study), cfg, 1)[0])) == 2
