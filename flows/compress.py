@@ -186,8 +186,10 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
         # the budget search runs here, before the candidates: its trials share no state with
         # them, but they time latency, which builds running beside them would distort (on Dask
         # its trials' fine-tunes go to the workers, and the timings stay here)
-        with search_cluster(root, params, known) as env:
-            done["search"] = timed(seconds, "search", build, root, params, known, env)
+        searching = stale(root, "search", known)  # asked of DVC once, for both below
+        with search_cluster(params, searching) as env:
+            done["search"] = timed(seconds, "search", build, root, params,
+                                   frozenset({"search"} if searching else ()), env)  # fmt: skip
         known = None if done["search"] else known
         if done["search"]:
             from flows.artifacts import publish_search  # as flows.in_process: torch on demand
@@ -215,16 +217,15 @@ def retrain_and_compress(params: Params | None = None, workspace: str = ".") -> 
 
 
 @contextmanager
-def search_cluster(
-    root: Path, params: Params, known: frozenset[str] | None
-) -> Iterator[dict[str, str] | None]:
+def search_cluster(params: Params, searching: bool) -> Iterator[dict[str, str] | None]:
     """The environment of the search stage: on a Dask runner with search.parallel above 1 and
-    the search to run, $SQUEEZE_SEARCH_DASK names the cluster its trials' fine-tunes go to
-    (squeeze.methods.workers): flow.dask_address, or a LocalCluster of flow.workers processes
-    started for the search alone (the fan-out's runner starts after it); else None."""
+    the search to run (searching: the stage is stale), $SQUEEZE_SEARCH_DASK names the cluster
+    its trials' fine-tunes go to (squeeze.methods.workers): flow.dask_address, or a LocalCluster
+    of flow.workers processes started for the search alone (the fan-out's runner starts after
+    it); else None."""
     cfg = params.flow
     if cfg.task_runner != "dask" or params.search.parallel < 2 or not params.search.finalists \
-            or not stale(root, "search", known):  # fmt: skip
+            or not searching:  # fmt: skip
         yield None
         return
     from squeeze.methods.workers import DASK_ENV

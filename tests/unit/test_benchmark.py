@@ -377,8 +377,10 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
     assert "| cand ★ | per_layer 1 | int8 | 0 | 0.5 | True | 90.00 | 91.00 |" in text
     # the second rung: the rescored trial's score beside its first; — where not rescored
     assert "| 1 | 90.00 | 91.00 | 100 |" in text and "| 2 | 95.00 | — | 300 |" in text
-    assert ("Up to 2 per-layer trials past the accuracy floor were fine-tuned again for 3 "
-            "epochs (`rescored %`; the uncompressed reference 93.00% at that length)") in text
+    assert (
+        "Up to 2 per-layer trials past the accuracy floor were fine-tuned again for 3 "
+        "epochs (`rescored %`; the uncompressed reference 93.00% at that length)"
+    ) in text
     del results["search"]["teacher"]["rescored_accuracy"]  # none rescored: nothing said
     assert "fine-tuned again" not in report.results_md(results)
     assert "Against the hand-written graph" not in text  # no default run to stand beside

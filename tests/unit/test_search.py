@@ -254,8 +254,10 @@ def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_i
 
     twin = Workspace(tmp_path / "twin")
     shutil.copytree(search_ws.root, twin.root)
-    params = with_search(stage_params, search_params(parallel=2, trials=2, finalists=1,
-                                                     max_accuracy_drop=0.0, rescore=2))
+    params = with_search(
+        stage_params,
+        search_params(parallel=2, trials=2, finalists=1, max_accuracy_drop=0.0, rescore=2),
+    )
     search.run(search_ws.root, params)
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:  # fmt: skip
