@@ -38,8 +38,8 @@ TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped
                  "sparsity", "weights", "qat", "policy")  # fmt: skip
 # what changes no trial: how many trials there are and how long they may take (more of them
 # resume the study), where they live, which are rescored after them, and the finalists' own
-# build. The budget and the objective
-# do: the sampler learns from which trials met the budget, and minimises the objective's cost.
+# build. The budget and the objective do: the sampler learns from which trials met the budget,
+# and minimises the objective's cost.
 NOT_IN_KEY = ("finalists", "trials", "uniform_trials", "hours", "storage", "rescore",
               "rescore_epochs", "steps", "fit")  # fmt: skip
 

@@ -868,8 +868,8 @@ def rescore(study: optuna.Study, ctx: Context, log: Callable[[str], None]) -> di
         {str(ordinal): accuracy on the search split} of each rescored trial, and REFERENCE:
         the reference's; {} when cfg.rescore is 0 or every trial met the floor.
     """
-    cfg = ctx.cfg
-    chosen = [t for t in finalist_trials(done(study), cfg, len(done(study))) if not feasible(t)]
+    cfg, trials = ctx.cfg, done(study)
+    chosen = [t for t in finalist_trials(trials, cfg, len(trials)) if not feasible(t)]
     if not (cfg.rescore and chosen):
         return {}
     attr = f"rescored_{cfg.rescore_epochs}_epochs"
@@ -980,16 +980,20 @@ def no_fit(study: optuna.Study, cfg: SearchParams, teacher: dict[str, float]) ->
     )  # fmt: skip
 
 
-def recipe(trial: optuna.trial.FrozenTrial, study: optuna.Study, kind: str) -> dict[str, Any]:
+def recipe(
+    trial: optuna.trial.FrozenTrial, judged: optuna.trial.FrozenTrial, study: optuna.Study,
+    kind: str,
+) -> dict[str, Any]:  # fmt: skip
     """What a finalist is built from (stages/finalist.py) and where it came from: its trial's
     figures (the first rung's search accuracy; RESCORED, the second's or None) and whether it
-    met the budget at the last rung it was scored at (trial: as at_best_fidelity gives it)."""
-    attrs = next(t for t in done(study) if ordinal(t) == ordinal(trial)).user_attrs
+    met the budget at the last rung it was scored at (judged: the trial as at_best_fidelity
+    gives it)."""
+    attrs = trial.user_attrs
     return {
         "study": study.study_name, "kind": kind, "trial": ordinal(trial),
         **attrs["choice"],
         **{k: attrs[k] for k in (SEARCH_ACCURACY, LATENCY, SIZE)},
-        RESCORED: trial.user_attrs.get(RESCORED), "within_budget": feasible(trial),
+        RESCORED: judged.user_attrs.get(RESCORED), "within_budget": feasible(judged),
     }  # fmt: skip
 
 
@@ -1105,7 +1109,8 @@ def search(
             raise no_fit(per_layer, cfg, reference)
         scores = rescore(per_layer, ctx, log)
     reference[RESCORED] = scores.get(REFERENCE)  # the uncompressed reference's, second rung
-    judged = at_best_fidelity(done(per_layer), scores, reference[REFERENCE], cfg)
+    first = {ordinal(t): t for t in done(per_layer)}
+    judged = at_best_fidelity(list(first.values()), scores, reference[REFERENCE], cfg)
     best = finalist_trials(judged, cfg, cfg.finalists)
     if len(best) < cfg.finalists or not done(uniform):
         raise SearchError(
@@ -1114,10 +1119,10 @@ def search(
             f"search.finalists ({cfg.finalists}) and one: raise search.hours; the trials so far "
             "are kept and the next run resumes them"
         )
-    finalists = {
-        name: recipe(t, per_layer, PER_LAYER) for name, t in zip(names[:-1], best, strict=True)
-    }
-    finalists[names[-1]] = recipe(nearest(uniform, cfg, best[0]), uniform, UNIFORM)
+    finalists = {name: recipe(first[ordinal(t)], t, per_layer, PER_LAYER)
+                 for name, t in zip(names[:-1], best, strict=True)}  # fmt: skip
+    matched = nearest(uniform, cfg, best[0])
+    finalists[names[-1]] = recipe(matched, matched, uniform, UNIFORM)
     trials = (rows(uniform, UNIFORM, finalists, cfg, done(uniform))
               + rows(per_layer, PER_LAYER, finalists, cfg, judged))  # fmt: skip
     return Outcome(finalists, trials, reference, drops, quantized, levers)
