@@ -309,18 +309,19 @@ def search_section(results: Results) -> list[str]:
         "Trials: " + "; ".join(
             f"{study} {len(r)} completed, {sum(x['within_budget'] == 'True' for x in r)} within "
             f"the budget, {sum(x['stopped_early'] == 'True' for x in r)} stopped before "
-            "fine-tuning" for study, r in counts.items()) + ". The per-layer front on the search "
-        "split (no other per-layer trial is both as accurate and as "
+            "fine-tuning" for study, r in counts.items()) + ". The front on the search split, "
+        "where the finalists are chosen (no other trial, of either study, is both as accurate "
+        "and as "
         + ("fast" if b["objective"] == "fastest" else "small") + "):",
         "",
         "| trial | search % | rescored % | shipped bytes | p50 ms | weights | sparsity | qat "
         "| within budget | finalist |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *(f"| {r['trial']} | {pct(float(r['search_accuracy']))} | "
+        *(f"| {r['study']} {r['trial']} | {pct(float(r['search_accuracy']))} | "
           f"{rescored(r.get('rescored_accuracy'))} | {int(r['shipped_bytes']):,} | "
           f"{float(r['latency_ms_p50']):.4f} | {r['weights']} | {r['sparsity']} | {r['qat']} | "
           f"{r['within_budget']} | {r['finalist']} |" for r in trials
-          if r["study"] == "per_layer" and r["front"] == "True"),
+          if r["front"] == "True"),
         "",
         "Finalists, each built in full from its trial's recipe, measured above with every "
         "other row (the gate's challenger, chosen on validation, marked ★):",
@@ -357,7 +358,7 @@ def rescore_text(found: dict[str, Any]) -> str:
     if reference is None:
         return ""
     b = found["budget"]
-    return (f" Up to {b['rescore']} per-layer trials past the accuracy floor were fine-tuned "
+    return (f" Up to {b['rescore']} trials past the accuracy floor were fine-tuned "
             f"again for {b['rescore_epochs']} epochs (`rescored %`; the uncompressed reference "
             f"{pct(reference)}% at that length), and each is judged within the budget by that "
             "score.")  # fmt: skip

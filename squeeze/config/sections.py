@@ -494,7 +494,10 @@ class SearchParams(Section):
         ge=1, le=1000, description="Epochs of a rescored trial's fine-tune (trial_fit otherwise)."
     )
     steps: int = Field(ge=1, le=100, description="A finalist's pruning steps.")
-    fit: FitParams = Field(description="A finalist's fine-tune in full (lr is its trial's).")
+    fit: FitParams = Field(
+        description="A finalist's fine-tune in full, at its own lr (a trial's lr is searched "
+        "for its short fine-tune only)."
+    )
 
     @model_validator(mode="after")
     def check_ranges(self) -> SearchParams:

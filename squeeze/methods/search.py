@@ -108,6 +108,7 @@ SPEED_LEVERS = "speed_levers"  # the study's record of speed_levers' timings and
 MIN_SPEEDUP = 1.05
 PRECISION = ("fp32", "int8", "int4")  # the weight types, the most precise first
 PER_LAYER, UNIFORM = "per_layer", "uniform"  # the two studies
+KIND = "kind"  # a pooled trial's study (PER_LAYER or UNIFORM): see pooled
 
 
 class SearchError(StageRefused):
@@ -141,8 +142,10 @@ class Choice:
     export quantized to `weights` (fp32: not), the last fine-tune quantization-aware when `qat`,
     the first weight layers kept fp32 when `fp32_first_layer`, and so are the weight layers
     named in fp32_layers (ONNX node names, squeeze.methods.quantize.quantizable_layers); every
-    fine-tune distils from the teacher with weight distill_alpha at `temperature`, at peak
-    learning rate lr."""
+    fine-tune distils from the teacher with weight distill_alpha at `temperature`; a trial's
+    fine-tunes at peak learning rate lr (a finalist's at search.fit.lr: an lr tuned over a
+    short horizon comes out too small for a long one, Wu et al. 2018, Understanding
+    Short-Horizon Bias in Stochastic Meta-Optimization)."""
 
     policy: dict[str, float]
     distill_alpha: float
@@ -178,7 +181,7 @@ def prune_cfg(
         sparsity=choice.sparsity if kind == "unstructured" else cfg.max_sparsity, steps=steps,
         importance=cfg.importance, round_to=cfg.round_to, distill_alpha=choice.distill_alpha,
         temperature=choice.temperature, qat=choice.grid() if last else None,
-        fit=fit_cfg.model_copy(update={"lr": choice.lr}),
+        fit=fit_cfg,
     )  # fmt: skip
 
 
@@ -461,7 +464,9 @@ def fine_tuned(choice: Choice, inputs: Inputs) -> tuple[bytes, float]:
     # choice scores the same whatever trials ran before it in this process (a resumed search)
     torch.manual_seed(cfg.trial_fit.seed)
     data = MethodData(inputs.fine_tune, inputs.search, inputs.teacher)
-    model, _, _ = compress(inputs.teacher, choice, cfg, 1, cfg.trial_fit, data)
+    # the trial's own lr: searched for this short fine-tune only (a finalist's is cfg.fit.lr)
+    fit = cfg.trial_fit.model_copy(update={"lr": choice.lr})
+    model, _, _ = compress(inputs.teacher, choice, cfg, 1, fit, data)
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = shipped_form(model, choice, cfg, data, Path(tmp))
         return path.read_bytes(), accuracy_of(path, inputs.search)
@@ -821,13 +826,16 @@ def front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[optuna.tria
 def finalist_trials(
     trials: list[optuna.trial.FrozenTrial], cfg: SearchParams, count: int
 ) -> list[optuna.trial.FrozenTrial]:
-    """The per-layer finalists: `count` of the completed `trials` on the front of the affordable
-    ones (search accuracy against cfg's cost), straddling the accuracy floor: first the
+    """The finalists: `count` of the completed `trials` (pooled: both studies') on the front of
+    the affordable ones (search accuracy against cfg's cost), straddling the accuracy floor:
+    first the
     cheapest trial within it (or, if none is, the most accurate), then cheaper ones past it,
     each at most SPACING of the last one's cost; then, with too few such, the front's trials
     that spacing skipped past the first, then the next dearer ones before it. For
-    most_accurate, the front's most accurate. The order does not depend on `count`, so fewer
-    finalists rebuild none that stays.
+    most_accurate, the front's most accurate. A trial whose choice an earlier one made (the
+    per-layer study's warm start repeats the best uniform trial) is left out: the same model
+    would be built twice. The order does not depend on `count`, so fewer finalists rebuild none
+    that stays.
 
     A trial's accuracy is that of a one-step build with a short fine-tune on a subset, which
     understates what a finalist's full fine-tune recovers, and by more the more it compresses;
@@ -845,7 +853,52 @@ def finalist_trials(
     skipped = [t for t in line[first:] if t not in spaced]
     order = spaced + skipped + line[:first][::-1]
     rest = [t for t in best_trials(trials, cfg) if affordable(t) and t not in order]
-    return (order + rest)[:count]
+    seen: set[str] = set()
+    distinct = []
+    for t in order + rest:
+        if made(t) not in seen:
+            seen.add(made(t))
+            distinct.append(t)
+    return distinct[:count]
+
+
+def made(trial: optuna.trial.FrozenTrial) -> str:
+    """The choice the trial made, as a string equal for equal choices."""
+    return json.dumps(trial.user_attrs["choice"], sort_keys=True)
+
+
+def copied(
+    trial: optuna.trial.FrozenTrial, attrs: dict[str, Any],
+    constraints: dict[str, float] | None = None,
+) -> optuna.trial.FrozenTrial:  # fmt: skip
+    """A completed copy of the trial, its number kept, with these user attrs (and constraints)
+    set over its own."""
+    out = optuna.trial.create_trial(
+        values=trial.values, params=trial.params, distributions=trial.distributions,
+        user_attrs={**trial.user_attrs, **attrs},
+        constraints={**trial.constraints, **(constraints or {})},
+    )  # fmt: skip
+    out.number = trial.number
+    return out
+
+
+def pooled(per_layer: optuna.Study, uniform: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Both studies' completed trials (per-layer first), as copies that say which study each
+    came from (user attr KIND). The finalists are chosen among all of them: a uniform policy is
+    one point of the per-layer space, and a short fine-tune may understate one that recovers in
+    full better than any per-layer trial near its cost (the `fastest` study on the default
+    data: its 50%-of-every-group int8 trial scored 7 points under the search's floor, and its
+    finalist build 0.2 point under the teacher on validation)."""
+    return [
+        copied(t, {KIND: kind})
+        for study, kind in ((per_layer, PER_LAYER), (uniform, UNIFORM))
+        for t in done(study)
+    ]
+
+
+def label(trial: optuna.trial.FrozenTrial) -> str:
+    """A pooled trial's name across both studies, e.g. "uniform 4"."""
+    return f"{trial.user_attrs[KIND]} {ordinal(trial)}"
 
 
 def rescored_cfg(cfg: SearchParams) -> SearchParams:
@@ -854,7 +907,10 @@ def rescored_cfg(cfg: SearchParams) -> SearchParams:
         update={"epochs": cfg.rescore_epochs})})  # fmt: skip
 
 
-def rescore(study: optuna.Study, ctx: Context, log: Callable[[str], None]) -> dict[str, float]:
+def rescore(
+    study: optuna.Study, trials: list[optuna.trial.FrozenTrial], ctx: Context,
+    log: Callable[[str], None],
+) -> dict[str, float]:  # fmt: skip
     """The second rung of successive halving (Jamieson & Talwalkar 2016; Li et al. 2018,
     Hyperband), on the trials it matters for: the first cfg.rescore of those finalist_trials
     would choose that miss the accuracy floor, each fine-tuned again as its trial was but for
@@ -862,13 +918,14 @@ def rescore(study: optuna.Study, ctx: Context, log: Callable[[str], None]) -> di
     reference (search_reference), since the floor at that fidelity lies elsewhere. One short
     fine-tune understates a compressed network's accuracy, and the more so the more it
     compresses; a longer one tells apart the choices past the floor that recover from those
-    that do not. Kept in the study by rescore_epochs, so a resumed search re-runs none.
+    that do not. `trials` are pooled ones (both studies'); the scores are kept in `study` (the
+    per-layer one) by rescore_epochs, so a resumed search re-runs none.
 
     Returns:
-        {str(ordinal): accuracy on the search split} of each rescored trial, and REFERENCE:
-        the reference's; {} when cfg.rescore is 0 or every trial met the floor.
+        {label: accuracy on the search split} of each rescored trial, and REFERENCE: the
+        reference's; {} when cfg.rescore is 0 or every trial met the floor.
     """
-    cfg, trials = ctx.cfg, done(study)
+    cfg = ctx.cfg
     chosen = [t for t in finalist_trials(trials, cfg, len(trials)) if not feasible(t)]
     if not (cfg.rescore and chosen):
         return {}
@@ -880,7 +937,7 @@ def rescore(study: optuna.Study, ctx: Context, log: Callable[[str], None]) -> di
             scores[REFERENCE] = fine_tuned(plain(cfg), inputs)[1]
         study.set_user_attr(attr, scores)
     floor = accuracy_floor(cfg, scores[REFERENCE])
-    todo = [t for t in chosen[: cfg.rescore] if str(ordinal(t)) not in scores]
+    todo = [t for t in chosen[: cfg.rescore] if label(t) not in scores]
     for start in range(0, len(todo), cfg.parallel):
         batch = todo[start : start + cfg.parallel]
         with contextlib.redirect_stdout(io.StringIO()):
@@ -888,9 +945,10 @@ def rescore(study: optuna.Study, ctx: Context, log: Callable[[str], None]) -> di
         for trial, (result, where) in zip(batch, fits, strict=True):
             if isinstance(result, PruningError):  # its trial built it in full: a bug if so
                 raise result
-            scores[str(ordinal(trial))] = result[1]
+            scores[label(trial)] = result[1]
             study.set_user_attr(attr, scores)
-            log(f"search rescored trial {ordinal(trial)} ({len(scores) - 1}/{cfg.rescore}): "
+            log(f"search rescored {trial.user_attrs[KIND]} trial {ordinal(trial)} "
+                f"({len(scores) - 1}/{cfg.rescore}): "
                 f"{trial.user_attrs[SEARCH_ACCURACY]:.2%} after {cfg.trial_fit.epochs} epoch(s), "
                 f"{result[1]:.2%} after {cfg.rescore_epochs} on search; floor at this fidelity "
                 f"{floor:.2%} (reference {scores[REFERENCE]:.2%}): "
@@ -903,44 +961,41 @@ def at_best_fidelity(
     trials: list[optuna.trial.FrozenTrial], scores: dict[str, float], reference: float,
     cfg: SearchParams,
 ) -> list[optuna.trial.FrozenTrial]:  # fmt: skip
-    """The trials as the finalists are chosen from them: a rescored one (scores, rescore) is
-    judged by its second-rung accuracy against that rung's floor, and ranked on the front by it
-    less the rise of the reference between the rungs (its drop at the second rung, on the
-    first rung's scale: `reference`); RESCORED holds its second-rung accuracy. Copies; the
-    others as they are."""
+    """The (pooled) trials as the finalists are chosen from them: a rescored one (scores, by
+    label; rescore) is judged by its second-rung accuracy against that rung's floor, and ranked
+    on the front by it less the rise of the reference between the rungs (its drop at the second
+    rung, on the first rung's scale: `reference`); RESCORED holds its second-rung accuracy.
+    Copies; the others as they are."""
     out = []
     for trial in trials:
-        score = scores.get(str(ordinal(trial)))
+        score = scores.get(label(trial))
         if score is None:
             out.append(trial)
             continue
         metrics = {**trial.user_attrs, SEARCH_ACCURACY: score}
-        limits = trial.constraints | {
-            "max_accuracy_drop": violations(metrics, cfg, scores[REFERENCE])["max_accuracy_drop"]
-        }
+        drop = violations(metrics, cfg, scores[REFERENCE])["max_accuracy_drop"]
         shifted = score - (scores[REFERENCE] - reference)
-        copy_ = optuna.trial.create_trial(
-            values=trial.values, params=trial.params, distributions=trial.distributions,
-            user_attrs={**trial.user_attrs, SEARCH_ACCURACY: shifted, RESCORED: score},
-            constraints=limits,
-        )  # fmt: skip
-        copy_.number = trial.number
-        out.append(copy_)
+        out.append(copied(trial, {SEARCH_ACCURACY: shifted, RESCORED: score},
+                          {"max_accuracy_drop": drop}))  # fmt: skip
     return out
 
 
 def nearest(
-    study: optuna.Study, cfg: SearchParams, to: optuna.trial.FrozenTrial
+    trials: list[optuna.trial.FrozenTrial], cfg: SearchParams, to: optuna.trial.FrozenTrial
 ) -> optuna.trial.FrozenTrial:
-    """The affordable trial of `study` whose cost (cost_metric) is nearest to that of `to` (by
+    """The affordable one of `trials` whose cost (cost_metric) is nearest to that of `to` (by
     ratio; ties: the more accurate): the uniform baseline at the per-layer finalist's cost, as
-    AMC and NetAdapt compare policies at equal latency or size."""
+    AMC and NetAdapt compare policies at equal latency or size.
+
+    Raises:
+        SearchError: none of `trials` is affordable.
+    """
     cost = cost_metric(cfg)
-    pool = [t for t in done(study) if affordable(t)]
+    pool = [t for t in trials if affordable(t)]
     if not pool:
-        raise SearchError(f"no trial of the budget search's study {study.study_name} was built "
-                          "in full within its latency and size limits: raise search."
-                          "uniform_trials, or loosen those limits")  # fmt: skip
+        raise SearchError("no uniform trial of the budget search was built in full within its "
+                          "latency and size limits: raise search.uniform_trials, or loosen "
+                          "those limits")  # fmt: skip
     target = to.user_attrs[cost]
     return min(pool, key=lambda t: (abs(math.log(t.user_attrs[cost] / target)),
                                     -t.user_attrs[SEARCH_ACCURACY], t.number))  # fmt: skip
@@ -981,16 +1036,15 @@ def no_fit(study: optuna.Study, cfg: SearchParams, teacher: dict[str, float]) ->
 
 
 def recipe(
-    trial: optuna.trial.FrozenTrial, judged: optuna.trial.FrozenTrial, study: optuna.Study,
-    kind: str,
-) -> dict[str, Any]:  # fmt: skip
-    """What a finalist is built from (stages/finalist.py) and where it came from: its trial's
-    figures (the first rung's search accuracy; RESCORED, the second's or None) and whether it
-    met the budget at the last rung it was scored at (judged: the trial as at_best_fidelity
-    gives it)."""
+    trial: optuna.trial.FrozenTrial, judged: optuna.trial.FrozenTrial, study: optuna.Study
+) -> dict[str, Any]:
+    """What a finalist is built from (stages/finalist.py) and where it came from: its (pooled)
+    trial's figures (the first rung's search accuracy; RESCORED, the second's or None) and
+    whether it met the budget at the last rung it was scored at (judged: the trial as
+    at_best_fidelity gives it); `study` is the one it came from."""
     attrs = trial.user_attrs
     return {
-        "study": study.study_name, "kind": kind, "trial": ordinal(trial),
+        "study": study.study_name, "kind": attrs[KIND], "trial": ordinal(trial),
         **attrs["choice"],
         **{k: attrs[k] for k in (SEARCH_ACCURACY, LATENCY, SIZE)},
         RESCORED: judged.user_attrs.get(RESCORED), "within_budget": feasible(judged),
@@ -998,25 +1052,26 @@ def recipe(
 
 
 def rows(
-    study: optuna.Study, kind: str, finalists: dict[str, dict], cfg: SearchParams,
-    judged: list[optuna.trial.FrozenTrial],
+    first: list[optuna.trial.FrozenTrial], judged: list[optuna.trial.FrozenTrial],
+    finalists: dict[str, dict], cfg: SearchParams,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per completed trial, for search/trials.csv: its figures (RESCORED: the second
-    rung's accuracy, "" if not rescored), whether it met the budget and whether it is on its
-    study's front (search accuracy against cfg's cost), both as `judged` (done(study) as
+    """One row per completed trial of both studies (`first`: pooled, the uniform ones first in
+    the rows), for search/trials.csv: its figures (RESCORED: the second rung's accuracy, "" if
+    not rescored), whether it met the budget and whether it is on the front of all trials
+    (search accuracy against cfg's cost: the finalists' front), both as `judged` (first as
     at_best_fidelity gives it), which finalist it became, its choice."""
-    chosen = {(r["study"], r["trial"]): name for name, r in finalists.items()}
-    on_front = set(map(ordinal, front(judged, cost_metric(cfg))))
-    within = {ordinal(t) for t in judged if feasible(t)}
-    rescored = {ordinal(t): t.user_attrs.get(RESCORED, "") for t in judged}
+    chosen = {f"{r['kind']} {r['trial']}": name for name, r in finalists.items()}
+    on_front = set(map(label, front(judged, cost_metric(cfg))))
+    verdict = {label(t): t for t in judged}
     return [
-        {"study": kind, "trial": ordinal(t), **{k: t.user_attrs[k] for k in (
-            SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")}, RESCORED: rescored[ordinal(t)],
-         "within_budget": ordinal(t) in within, "front": ordinal(t) in on_front,
-         "finalist": chosen.get((study.study_name, ordinal(t)), ""),
+        {"study": t.user_attrs[KIND], "trial": ordinal(t), **{k: t.user_attrs[k] for k in (
+            SEARCH_ACCURACY, LATENCY, SIZE, "stopped_early")},
+         RESCORED: verdict[label(t)].user_attrs.get(RESCORED, ""),
+         "within_budget": feasible(verdict[label(t)]), "front": label(t) in on_front,
+         "finalist": chosen.get(label(t), ""),
          **{k: t.user_attrs["choice"][k] for k in ("sparsity", "weights", "qat")},
          "policy": json.dumps(t.user_attrs["choice"]["policy"], sort_keys=True)}
-        for t in done(study)
+        for t in sorted(first, key=lambda t: t.user_attrs[KIND] != UNIFORM)
     ]  # fmt: skip
 
 
@@ -1049,7 +1104,7 @@ def search(
         storage: an SQLAlchemy URL of Optuna's RDB storage (sqlite:///..., postgresql://...).
         key: names the studies (squeeze-KEY, squeeze-KEY-uniform): a hash of everything that
             determines their trials, so that a search of other data or space starts afresh.
-        names: the per-layer finalists' candidate names (search_1..N), then the uniform one's.
+        names: the finalists' candidate names (search_1..N), then the uniform baseline's.
         log: where the per-trial progress lines go.
         pool: where the trials' fine-tunes run (Pool): one_by_one in this process, or on a
             Dask cluster (squeeze.methods.workers.dask_pool); the trials are the same.
@@ -1107,10 +1162,10 @@ def search(
                   warm_start(uniform, ctx))  # fmt: skip
         if not any(affordable(t) for t in done(per_layer)):
             raise no_fit(per_layer, cfg, reference)
-        scores = rescore(per_layer, ctx, log)
+        first = pooled(per_layer, uniform)
+        scores = rescore(per_layer, first, ctx, log)
     reference[RESCORED] = scores.get(REFERENCE)  # the uncompressed reference's, second rung
-    first = {ordinal(t): t for t in done(per_layer)}
-    judged = at_best_fidelity(list(first.values()), scores, reference[REFERENCE], cfg)
+    judged = at_best_fidelity(first, scores, reference[REFERENCE], cfg)
     best = finalist_trials(judged, cfg, cfg.finalists)
     if len(best) < cfg.finalists or not done(uniform):
         raise SearchError(
@@ -1119,10 +1174,17 @@ def search(
             f"search.finalists ({cfg.finalists}) and one: raise search.hours; the trials so far "
             "are kept and the next run resumes them"
         )
-    finalists = {name: recipe(first[ordinal(t)], t, per_layer, PER_LAYER)
+    studies = {PER_LAYER: per_layer, UNIFORM: uniform}
+    original = {label(t): t for t in first}
+    finalists = {name: recipe(original[label(t)], t, studies[t.user_attrs[KIND]])
                  for name, t in zip(names[:-1], best, strict=True)}  # fmt: skip
-    matched = nearest(uniform, cfg, best[0])
-    finalists[names[-1]] = recipe(matched, matched, uniform, UNIFORM)
-    trials = (rows(uniform, UNIFORM, finalists, cfg, done(uniform))
-              + rows(per_layer, PER_LAYER, finalists, cfg, judged))  # fmt: skip
+    # the uniform baseline at the cost of the first per-layer finalist: not one of the
+    # finalists (the same model built twice) unless every uniform trial within the limits is
+    built = set(map(made, best))
+    compared = next((t for t in best if t.user_attrs[KIND] == PER_LAYER), best[0])
+    baselines = [t for t in judged if t.user_attrs[KIND] == UNIFORM]
+    others = [t for t in baselines if made(t) not in built and affordable(t)]
+    matched = nearest(others or baselines, cfg, compared)
+    finalists[names[-1]] = recipe(original[label(matched)], matched, uniform)
+    trials = rows(first, judged, finalists, cfg)
     return Outcome(finalists, trials, reference, drops, quantized, levers)

@@ -173,7 +173,7 @@ def test_candidates_build_on_workers_that_share_no_disk(
     # the search's stage, run in the workspace, sent its trials' fine-tunes to the same workers
     # (those the second rung fine-tuned again too, search.rescore, each on a worker)
     trials = [m for m in run_logs(flow_run_id) if m.startswith("search ") and " trial " in m]
-    rescored = [m for m in trials if m.startswith("search rescored trial ")]
+    rescored = [m for m in trials if m.startswith("search rescored ")]
     assert len(trials) - len(rescored) == 6, trials  # the smoke's 2 uniform, 4 per-layer trials
     fine_tuned = [m.rsplit("fine-tuned on dask worker ", 1) for m in trials]
     assert all(len(m) == 2 and m[1] in workers for m in fine_tuned), trials

@@ -372,13 +372,16 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
     assert "took 10.0 min; building the finalists in full took cand 2.0 min" in text
     assert "per_layer 3 completed, 3 within the budget" in text
     assert "uniform 1 completed, 0 within the budget" in text
+    # the front of both studies' trials, where the finalists are chosen
     front = [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ")]
-    assert "| 1" in front and "| 2" in front and "| 3" not in front
+    assert {"| per_layer 1", "| per_layer 2", "| uniform 1"} <= set(front)
+    assert "| per_layer 3" not in front
     assert "| cand ★ | per_layer 1 | int8 | 0 | 0.5 | True | 90.00 | 91.00 |" in text
     # the second rung: the rescored trial's score beside its first; — where not rescored
-    assert "| 1 | 90.00 | 91.00 | 100 |" in text and "| 2 | 95.00 | — | 300 |" in text
+    assert "| per_layer 1 | 90.00 | 91.00 | 100 |" in text
+    assert "| per_layer 2 | 95.00 | — | 300 |" in text
     assert (
-        "Up to 2 per-layer trials past the accuracy floor were fine-tuned again for 3 "
+        "Up to 2 trials past the accuracy floor were fine-tuned again for 3 "
         "epochs (`rescored %`; the uncompressed reference 93.00% at that length)"
     ) in text
     del results["search"]["teacher"]["rescored_accuracy"]  # none rescored: nothing said
