@@ -1178,13 +1178,11 @@ def search(
     original = {label(t): t for t in first}
     finalists = {name: recipe(original[label(t)], t, studies[t.user_attrs[KIND]])
                  for name, t in zip(names[:-1], best, strict=True)}  # fmt: skip
-    # the uniform baseline at the cost of the first per-layer finalist: not one of the
-    # finalists (the same model built twice) unless every uniform trial within the limits is
-    built = set(map(made, best))
-    compared = next((t for t in best if t.user_attrs[KIND] == PER_LAYER), best[0])
-    baselines = [t for t in judged if t.user_attrs[KIND] == UNIFORM]
-    others = [t for t in baselines if made(t) not in built and affordable(t)]
-    matched = nearest(others or baselines, cfg, compared)
+    # the uniform baseline at the cost of the first per-layer trial in the finalists' order:
+    # the order is all trials', so fewer finalists change no baseline (and rebuild none)
+    order = finalist_trials(judged, cfg, len(judged))
+    compared = next((t for t in order if t.user_attrs[KIND] == PER_LAYER), order[0])
+    matched = nearest([t for t in judged if t.user_attrs[KIND] == UNIFORM], cfg, compared)
     finalists[names[-1]] = recipe(original[label(matched)], matched, uniform)
     trials = rows(first, judged, finalists, cfg)
     return Outcome(finalists, trials, reference, drops, quantized, levers)
