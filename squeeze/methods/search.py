@@ -898,7 +898,12 @@ def pooled(per_layer: optuna.Study, uniform: optuna.Study) -> list[optuna.trial.
 
 def label(trial: optuna.trial.FrozenTrial) -> str:
     """A pooled trial's name across both studies, e.g. "uniform 4"."""
-    return f"{trial.user_attrs[KIND]} {ordinal(trial)}"
+    return labelled(trial.user_attrs[KIND], ordinal(trial))
+
+
+def labelled(kind: str, number: int) -> str:
+    """The name of trial `number` of study `kind` across both studies (label; recipes)."""
+    return f"{kind} {number}"
 
 
 def rescored_cfg(cfg: SearchParams) -> SearchParams:
@@ -1060,7 +1065,7 @@ def rows(
     not rescored), whether it met the budget and whether it is on the front of all trials
     (search accuracy against cfg's cost: the finalists' front), both as `judged` (first as
     at_best_fidelity gives it), which finalist it became, its choice."""
-    chosen = {f"{r['kind']} {r['trial']}": name for name, r in finalists.items()}
+    chosen = {labelled(r["kind"], r["trial"]): name for name, r in finalists.items()}
     on_front = set(map(label, front(judged, cost_metric(cfg))))
     verdict = {label(t): t for t in judged}
     return [
@@ -1166,7 +1171,9 @@ def search(
         scores = rescore(per_layer, first, ctx, log)
     reference[RESCORED] = scores.get(REFERENCE)  # the uncompressed reference's, second rung
     judged = at_best_fidelity(first, scores, reference[REFERENCE], cfg)
-    best = finalist_trials(judged, cfg, cfg.finalists)
+    # the whole order once: it does not depend on the count, so the finalists lead it
+    order = finalist_trials(judged, cfg, len(judged))
+    best = order[: cfg.finalists]
     if len(best) < cfg.finalists or not done(uniform):
         raise SearchError(
             f"the budget search completed {len(done(per_layer))} per-layer and "
@@ -1180,7 +1187,6 @@ def search(
                  for name, t in zip(names[:-1], best, strict=True)}  # fmt: skip
     # the uniform baseline at the cost of the first per-layer trial in the finalists' order:
     # the order is all trials', so fewer finalists change no baseline (and rebuild none)
-    order = finalist_trials(judged, cfg, len(judged))
     compared = next((t for t in order if t.user_attrs[KIND] == PER_LAYER), order[0])
     matched = nearest([t for t in judged if t.user_attrs[KIND] == UNIFORM], cfg, compared)
     finalists[names[-1]] = recipe(original[label(matched)], matched, uniform)
