@@ -108,6 +108,8 @@ SPEED_LEVERS = "speed_levers"  # the study's record of speed_levers' timings and
 MIN_SPEEDUP = 1.05
 PRECISION = ("fp32", "int8", "int4")  # the weight types, the most precise first
 PER_LAYER, UNIFORM = "per_layer", "uniform"  # the two studies
+TEACHER_ONNX = "teacher.onnx"  # in the search's scratch folder, timed beside every trial
+TEACHER_MS = "teacher_latency_ms_p50"
 KIND = "kind"  # a pooled trial's study (PER_LAYER or UNIFORM): see pooled
 
 
@@ -507,6 +509,7 @@ class Context:
     bn_images: np.ndarray
     scratch: Path
     pool: Pool
+    teacher_ms: float  # the teacher export's p50, kept in the study: what cost scales by
 
     def inputs(self) -> Inputs:
         return Inputs(self.teacher, self.fine_tune, self.data.search, self.cfg)
@@ -548,9 +551,27 @@ def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
 
 
 def cost(path: Path, ctx: Context) -> dict[str, float]:
-    """An export's p50 latency (ms) and shipped (xz) bytes, timed in this process."""
-    timed = latencies({"trial": path}, ctx.data.search.images[0], ctx.timing)["trial"]
-    return {LATENCY: timed[LATENCY], SIZE: len(pack(path.read_bytes()))}
+    """An export's p50 latency (ms) and shipped (xz) bytes, timed in this process. The export
+    is timed in the same interleaved rounds as the teacher's (ctx.scratch/TEACHER_ONNX), and
+    its latency is that ratio times ctx.teacher_ms: a slow spell of the machine then falls on
+    both alike, so trials timed minutes apart are costed alike (one timing alone put the same
+    export at 0.072 ms in one `fastest` run and 0.125 ms in the next)."""
+    paths = {"trial": path, "teacher": ctx.scratch / TEACHER_ONNX}
+    timed = latencies(paths, ctx.data.search.images[0], ctx.timing)
+    ratio = timed["trial"][LATENCY] / timed["teacher"][LATENCY]
+    return {LATENCY: round(ratio * ctx.teacher_ms, 4), SIZE: len(pack(path.read_bytes()))}
+
+
+def teacher_latency(
+    study: optuna.Study, exported: Path, sample: np.ndarray, timing: EvaluateParams
+) -> float:
+    """The teacher export's p50 in ms, timed once and kept in the study (TEACHER_MS), so that a
+    resumed search costs its trials on the scale it started on."""
+    stored = study.user_attrs.get(TEACHER_MS)
+    if stored is None:
+        stored = latencies({"teacher": exported}, sample, timing)["teacher"][LATENCY]
+        study.set_user_attr(TEACHER_MS, stored)
+    return stored
 
 
 def measure(path: Path, ctx: Context) -> dict[str, float]:
@@ -1138,7 +1159,7 @@ def search(
     deadline = time.monotonic() + (cfg.hours * 3600 if cfg.hours else float("inf"))
     fine_tune = subset(data.train, picks)
     with tempfile.TemporaryDirectory() as scratch:
-        exported = Path(scratch) / "teacher.onnx"
+        exported = Path(scratch) / TEACHER_ONNX
         export_onnx(teacher, exported)
         calibration = MethodData(fine_tune, data.search, teacher)
         # timed once and kept in the study: a resumed search searches the space it started on
@@ -1154,6 +1175,7 @@ def search(
         ctx = Context(
             teacher, data, cfg, timing, ranges(groups, drops, cfg), grid, fp32_order(quantized),
             fine_tune, bn_images(data.train, cfg.seed), Path(scratch), pool,
+            teacher_latency(per_layer, exported, data.search.images[0], timing),
         )  # fmt: skip
         reference = measure(exported, ctx)
         reference[REFERENCE] = search_reference(per_layer, ctx)
