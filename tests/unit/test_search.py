@@ -27,6 +27,7 @@ from squeeze.data.splits import hold_out, load_split, save_split
 from squeeze.methods.search import (
     REFERENCE,
     RESCORED,
+    TEACHER_MS,
     UNIFORM,
     SearchError,
     at_best_fidelity,
@@ -379,6 +380,52 @@ def test_a_rescored_trial_within_the_floor_at_its_fidelity_becomes_the_first_fin
     # a uniform trial's score is told apart from the per-layer trial of the same ordinal
     uniform = at_best_fidelity(trials, {"uniform 3": 0.95, REFERENCE: 0.97}, 0.95, cfg)
     assert all(t is u for t, u in zip(trials, uniform, strict=True))
+
+
+def test_a_trial_is_timed_beside_the_teacher_so_a_slow_spell_costs_it_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow spell of the machine (here: every timing doubled, as onnxruntime cannot be made
+    slow on demand) leaves a trial's latency where it was: it is the ratio to the teacher timed
+    in the same rounds, times the teacher's p50 kept in the study."""
+    from types import SimpleNamespace
+
+    import squeeze.methods.search as method
+
+    spell = {"factor": 1.0}
+
+    def timed(paths: dict[str, Path], sample: np.ndarray, cfg: Any) -> dict[str, dict]:
+        assert set(paths) == {"trial", "teacher"} and paths["teacher"].parent == tmp_path
+        base = {"trial": 0.1, "teacher": 0.5}
+        return {name: {"latency_ms_p50": base[name] * spell["factor"]} for name in paths}
+
+    monkeypatch.setattr(method, "latencies", timed)
+    export = tmp_path / "trial.onnx"
+    export.write_bytes(b"not timed here")
+    ctx = SimpleNamespace(
+        scratch=tmp_path,
+        timing=None,
+        teacher_ms=0.45,
+        data=SimpleNamespace(search=SimpleNamespace(images=np.zeros((1, 2)))),
+    )
+    calm = method.cost(export, ctx)
+    spell["factor"] = 2.0
+    assert method.cost(export, ctx) == calm and calm["latency_ms_p50"] == pytest.approx(0.09)
+
+
+def test_the_teacher_latency_is_kept_in_the_study_and_costs_the_teacher_at_about_itself(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    """The scale a search costs its trials on is timed once and kept, so a resumed search
+    keeps it; the teacher costed against itself comes out near it (one export, two timings)."""
+    search.run(search_ws.root, with_search(stage_params, search_params(trials=1, finalists=1)))
+    found = read_json(search_ws.search(search.FINALISTS))
+    storage = search.storage_url(search_ws, with_search(stage_params, search_params()))
+    kept = optuna.load_study(study_name=found["study"], storage=storage).user_attrs[TEACHER_MS]
+    assert found["teacher"]["latency_ms_p50"] == pytest.approx(kept, rel=0.3)
+    search.run(search_ws.root, with_search(stage_params, search_params(trials=2, finalists=1)))
+    again = optuna.load_study(study_name=found["study"], storage=storage).user_attrs[TEACHER_MS]
+    assert again == kept
 
 
 def test_a_budget_no_trial_meets_is_refused_naming_the_tightest_limit_and_the_closest_trial(
