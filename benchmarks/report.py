@@ -335,15 +335,23 @@ def search_section(results: Results) -> list[str]:
         r = rows[name]
         out.append(
             f"| {name}{' ★' if name == challenger else ''} | {recipe['kind']} "
-            f"{recipe['trial']} | {recipe['weights']} | {len(recipe['fp32_layers'])} | "
-            f"{recipe['sparsity']:g} | {recipe['qat']} | {pct(recipe['search_accuracy'])} | "
-            f"{rescored(recipe.get('rescored_accuracy'))} | {with_ci(r, 'val')} | "
+            f"{recipe['trial']}{student(recipe)} | {recipe['weights']} | "
+            f"{len(recipe['fp32_layers'])} | {recipe['sparsity']:g} | {recipe['qat']} | "
+            f"{pct(recipe['search_accuracy'])} | {rescored(recipe.get('rescored_accuracy'))} | "
+            f"{with_ci(r, 'val')} | "
             f"{with_ci(r, 'test')} | {test_pts(r, t)} | "
             f"{r['shipped_ratio']:.1f}× | {speedup(r)} |"
         )
     return out + ["", "Per-layer against uniform: the `per-layer vs uniform` rows of the paired "
                   "comparisons above (McNemar exact p on the same images).",
                   *hand_tuned_text(results)]  # fmt: skip
+
+
+def student(recipe: dict[str, Any]) -> str:
+    """' (student ×W)' for a recipe that compresses a distilled student of width W, else "" (a
+    teacher's, or one written before search.students)."""
+    width = recipe.get("width", 1.0)
+    return f" (student ×{width:g})" if width < 1 else ""
 
 
 def rescored(accuracy: float | str | None) -> str:

@@ -40,8 +40,8 @@ from stages import search as search_stage
 
 # the finalists table's columns, of each recipe of search/finalists.json
 FINALIST_COLUMNS = ("kind", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
-                    "within_budget", "weights", "sparsity", "qat", "distill_alpha", "temperature",
-                    "lr", "policy")  # fmt: skip
+                    "within_budget", "width", "weights", "sparsity", "qat", "distill_alpha",
+                    "temperature", "lr", "policy")  # fmt: skip
 # the candidates table's columns, of each record of metrics/candidates.json
 CANDIDATE_COLUMNS = (
     "name", "method", "val_accuracy", "val_accuracy_ci", "test_accuracy", "test_accuracy_ci",

@@ -1,9 +1,11 @@
 """Stage `finalist`: build search finalist NAME (search_1..N, search_uniform) in full from its
 recipe search/recipes/NAME.json (squeeze.methods.search.Choice): the teacher's channel groups
-pruned by the recipe's per-layer policy, then its unstructured sparsity, each over search.steps
-steps with search.fit's fine-tune (distillation weight, temperature, lr and quantization-aware
-grid the recipe's), by the same prune method as any `prune` candidate; then, for int8/int4
-weights, its export quantized as a `quantize` candidate's is (squeeze.methods.quantize).
+pruned by the recipe's per-layer policy (or, for a recipe's width below 1, the student of that
+width distilled from the teacher as the search trained it, squeeze.methods.students), then its
+unstructured sparsity, each over search.steps steps with search.fit's fine-tune (distillation
+weight, temperature, lr and quantization-aware grid the recipe's), by the same prune method as
+any `prune` candidate; then, for int8/int4 weights, its export quantized as a `quantize`
+candidate's is (squeeze.methods.quantize).
 
 Reads params `search`, search/recipes/NAME.json, models/teacher/ and data/splits/{train,val};
 writes models/NAME/ as stages/prune does (fp32) or as stages/quantize does (model.onnx, "format":
@@ -26,6 +28,7 @@ from squeeze.errors import StageRefused
 from squeeze.methods import MethodData
 from squeeze.methods.quantize import FP32_SOURCE
 from squeeze.methods.search import Choice, compress, prune_cfg, shipped_form
+from squeeze.methods.students import distilled_student
 from squeeze.nets.models import count_params, load_checkpoint
 from stages.candidate import base_record, fresh_folder, main_for
 from stages.prune import TEACHER
@@ -47,7 +50,12 @@ def run(root: Path, params: Params, name: str) -> None:
     teacher, _ = load_checkpoint(ws.model(TEACHER))
     start = time.perf_counter()
     data = MethodData(load_split(ws.split("train")), load_split(ws.split("val")), teacher)
-    model, history, record = compress(teacher, choice, cfg, cfg.steps, cfg.fit, data)
+    origin = teacher
+    if choice.width < 1:  # its student, as the search trained it (same params, data, threads)
+        origin = distilled_student(teacher, choice.width, cfg, data.train, data.val)
+        torch.set_num_threads(cfg.fit.threads)
+        torch.manual_seed(cfg.fit.seed)
+    model, history, record = compress(origin, choice, cfg, cfg.steps, cfg.fit, data)
     method = base_record(ws, name, "search_finalist", [TEACHER],
                          prune_cfg(cfg, choice, cfg.steps, cfg.fit))  # fmt: skip
     method |= record | {"search": recipe}

@@ -35,7 +35,7 @@ FINALISTS, TRIALS, RECIPES = "finalists.json", "trials.csv", "recipes"
 TRIAL_TIMING = {"warmup": 20, "runs": 100, "rounds": 5}
 TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped_bytes",
                  "rescored_accuracy", "within_budget", "stopped_early", "front", "finalist",
-                 "sparsity", "weights", "qat", "policy")  # fmt: skip
+                 "width", "sparsity", "weights", "qat", "policy")  # fmt: skip
 # what changes no trial: how many trials there are and how long they may take (more of them
 # resume the study), where they live, which are rescored after them, and the finalists' own
 # build. The budget and the objective do: the sampler learns from which trials met the budget,

@@ -35,7 +35,9 @@ UNIFORM = "search_uniform"  # the finalist of the uniform baseline search
 # the keys of params.search a finalist's build reads besides its recipe (squeeze.methods.search.
 # prune_cfg, quantize_cfg): its DVC stage depends on these alone, so a new budget or more trials
 # rebuild only the finalists whose recipe changed
-FINALIST_KEYS = ("max_sparsity", "importance", "round_to", "calibration_samples", "steps", "fit")
+FINALIST_KEYS = ("max_sparsity", "importance", "round_to", "calibration_samples", "steps", "fit",
+                 "students.width_arg", "students.alpha", "students.temperature",
+                 "students.fit")  # fmt: skip
 
 
 class Params(Section):

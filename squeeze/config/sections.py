@@ -376,6 +376,28 @@ class MergeParams(Section):
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
+class StudentsParams(Section):
+    """Distilled students of the teacher's own network at a smaller width, searched beside the
+    teacher itself: a trial that picks width w < 1 compresses a student w times as wide
+    (trained once by distillation from the teacher, Hinton et al. 2015) instead of the teacher;
+    its channels are the width's, so it removes none, and the rest of its choice is searched as
+    for the teacher's."""
+
+    widths: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        min_length=1,
+        description="The width multipliers a trial chooses among; 1: the teacher itself, "
+        "compressed from its weights; [1.0]: no student.",
+    )  # fmt: skip
+    width_arg: str | None = Field(
+        description="For a class_path network: its init argument that scales its width (a "
+        "number, multiplied by the width; taken from init_args, else its default); null for the "
+        "built-in convnet, whose channels are scaled."
+    )
+    alpha: float = Field(ge=0, le=1, description="Weight of the soft (T²-scaled) loss.")
+    temperature: float = Field(gt=0, le=100, description="Softmax temperature T of the targets.")
+    fit: FitParams = Field(description="A student's training from scratch, on the train split.")
+
+
 class SearchParams(Section):
     """The budget search (squeeze.methods.search): what a user can afford, instead of a
     hand-written graph. Trials prune the teacher's channel groups each by its own share (a
@@ -498,6 +520,7 @@ class SearchParams(Section):
         description="A finalist's fine-tune in full, at its own lr (a trial's lr is searched "
         "for its short fine-tune only)."
     )
+    students: StudentsParams
 
     @model_validator(mode="after")
     def check_ranges(self) -> SearchParams:

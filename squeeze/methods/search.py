@@ -16,15 +16,17 @@ squeeze's own structured pruning, in the field's practice for small machines:
    to zero (global L1 magnitude, as Deep Compression prunes), the weight type of the shipped
    file (fp32, or int8 / int4 by onnxruntime's static quantization), whether the last fine-tune
    is quantization-aware, whether the first layer stays fp32, and the distillation weight,
-   temperature and learning rate. A one-shot probe of that choice (BatchNorm re-estimated,
-   EagleEye's adaptive BN, Li et al. 2020) is exported as it would ship; its latency and size
-   are the trial's own, so a probe that breaks the latency or size limit ends the trial there,
-   without a fine-tune (early stopping). Otherwise the choice is built as a finalist is
-   (compress, shipped_form), in one step with a short fine-tune on a subset of train. Its
-   figures are measured, never estimated: accuracy on the search split, batch-1 p50 latency of
-   the shipped ONNX file in onnxruntime, and that file's shipped (xz) size. The sampler
-   maximises the accuracy and minimises the size, or the latency when the objective is
-   `fastest` (cost_metric), under the budget's limits as Optuna constraints.
+   temperature and learning rate; where search.students offers widths below 1, it first picks
+   whether it compresses the teacher or a student of its network at that width, distilled from
+   it once before the trials (squeeze.methods.students). A one-shot probe of that choice
+   (BatchNorm re-estimated, EagleEye's adaptive BN, Li et al. 2020) is exported as it would
+   ship; its latency and size are the trial's own, so a probe that breaks the latency or size
+   limit ends the trial there, without a fine-tune (early stopping). Otherwise the choice is
+   built as a finalist is (compress, shipped_form), in one step with a short fine-tune on a
+   subset of train. Its figures are measured, never estimated: accuracy on the search split,
+   batch-1 p50 latency of the shipped ONNX file in onnxruntime, and that file's shipped (xz)
+   size. The sampler maximises the accuracy and minimises the size, or the latency when the
+   objective is `fastest` (cost_metric), under the budget's limits as Optuna constraints.
    Where only latency counts (objective fastest or most_accurate, no max_shipped_bytes), a lever
    that does not make the teacher's export faster (int4 weights without int4 kernels, zeroed
    weights in dense kernels) is timed once and left out of the space (speed_levers).
@@ -88,8 +90,15 @@ from squeeze.methods.prune import (
     width_plan,
 )
 from squeeze.methods.quantize import FP32_SOURCE, quantizable_layers, quantize
+from squeeze.methods.students import distilled_student
 from squeeze.methods.train import predict
-from squeeze.nets.models import Classifier, example_input, output_layers, weight_layers
+from squeeze.nets.models import (
+    Classifier,
+    count_params,
+    example_input,
+    output_layers,
+    weight_layers,
+)
 from squeeze.registry.package import pack
 
 BN_IMAGES = 1024  # training images BatchNorm is re-estimated on after a trial's pruning
@@ -147,7 +156,9 @@ class Choice:
     fine-tune distils from the teacher with weight distill_alpha at `temperature`; a trial's
     fine-tunes at peak learning rate lr (a finalist's at search.fit.lr: an lr tuned over a
     short horizon comes out too small for a long one, Wu et al. 2018, Understanding
-    Short-Horizon Bias in Stochastic Meta-Optimization)."""
+    Short-Horizon Bias in Stochastic Meta-Optimization). With width < 1 all of it applies to
+    the distilled student of that width (squeeze.methods.students) instead of the teacher, its
+    channels all kept (policy empty: the width is its structured choice)."""
 
     policy: dict[str, float]
     distill_alpha: float
@@ -158,6 +169,7 @@ class Choice:
     qat: bool
     fp32_first_layer: bool
     fp32_layers: list[str]
+    width: float
 
     @classmethod
     def of(cls, recipe: dict[str, Any]) -> Choice:
@@ -188,18 +200,19 @@ def prune_cfg(
 
 
 def compress(
-    teacher: Classifier, choice: Choice, cfg: SearchParams, steps: int, fit_cfg: Any,
+    model: Classifier, choice: Choice, cfg: SearchParams, steps: int, fit_cfg: Any,
     data: MethodData,
 ) -> tuple[Classifier, list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-    """A copy of the teacher with the choice's channels removed, then its weights zeroed, each
-    over `steps` steps with fit_cfg's fine-tune (squeeze.methods.prune): (the model in eval mode,
-    one curve row per step, prune's record of the channels with the final sparsity). The
-    teacher is left unchanged.
+    """A copy of `model` (the teacher, or the choice's student: Inputs.start) with the choice's
+    channels removed, then its weights zeroed, each over `steps` steps with fit_cfg's fine-tune
+    distilled from data.teacher (squeeze.methods.prune): (the model in eval mode, one curve row
+    per step, prune's record of the channels with the final sparsity). `model` is left
+    unchanged.
 
     Raises:
         PruningError: the sparsity empties a layer (prune_unstructured).
     """
-    channels = prune(copy.deepcopy(teacher), prune_cfg(cfg, choice, steps, fit_cfg), data,
+    channels = prune(copy.deepcopy(model), prune_cfg(cfg, choice, steps, fit_cfg), data,
                      policy=choice.policy)  # fmt: skip
     if not choice.sparsity:
         return channels.model, channels.history, channels.record
@@ -267,7 +280,8 @@ def channel_groups_of(teacher: Classifier, cfg: SearchParams) -> list[ChannelGro
 
 def plain(cfg: SearchParams) -> Choice:
     """The choice that compresses nothing: fp32, no distillation, trial_fit's own lr."""
-    return Choice({}, 0.0, cfg.temperature[0], cfg.trial_fit.lr, 0.0, "fp32", False, False, [])
+    return Choice({}, 0.0, cfg.temperature[0], cfg.trial_fit.lr, 0.0, "fp32", False, False, [],
+                  1.0)  # fmt: skip
 
 
 def probe_cfg(cfg: SearchParams) -> PruneParams:
@@ -275,9 +289,9 @@ def probe_cfg(cfg: SearchParams) -> PruneParams:
     return prune_cfg(cfg, plain(cfg), 1, cfg.trial_fit)
 
 
-def prune_once(teacher: Classifier, policy: dict[str, float], cfg: PruneParams) -> Classifier:
-    """A copy of the teacher with each group pruned to its share in one step (no fine-tune)."""
-    model = copy.deepcopy(teacher)
+def prune_once(start: Classifier, policy: dict[str, float], cfg: PruneParams) -> Classifier:
+    """A copy of `start` with each group pruned to its share in one step (no fine-tune)."""
+    model = copy.deepcopy(start)
     pruner, groups, ratios = structured_pruner(model, cfg, policy)
     pruner.step()
     check_widths(out_channels(model), width_plan(groups, ratios, 1, cfg.round_to)[0], 1, 1)
@@ -443,12 +457,18 @@ def ranges(
 class Inputs:
     """What a trial's fine-tune reads, all in memory, so that it runs where no file of the
     workspace is (a Dask worker): the teacher, the trial's training subset, the search split
-    (its score, and the int4 scheme's choice) and the search params."""
+    (its score, and the int4 scheme's choice), the search params and the distilled students
+    by width (search.students.widths below 1)."""
 
     teacher: Classifier
     fine_tune: Split
     search: Split
     cfg: SearchParams
+    students: dict[float, Classifier]
+
+    def start(self, choice: Choice) -> Classifier:
+        """What the choice compresses: the teacher, or its student of choice.width."""
+        return self.students[choice.width] if choice.width < 1 else self.teacher
 
 
 def fine_tuned(choice: Choice, inputs: Inputs) -> tuple[bytes, float]:
@@ -468,7 +488,7 @@ def fine_tuned(choice: Choice, inputs: Inputs) -> tuple[bytes, float]:
     data = MethodData(inputs.fine_tune, inputs.search, inputs.teacher)
     # the trial's own lr: searched for this short fine-tune only (a finalist's is cfg.fit.lr)
     fit = cfg.trial_fit.model_copy(update={"lr": choice.lr})
-    model, _, _ = compress(inputs.teacher, choice, cfg, 1, fit, data)
+    model, _, _ = compress(inputs.start(choice), choice, cfg, 1, fit, data)
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = shipped_form(model, choice, cfg, data, Path(tmp))
         return path.read_bytes(), accuracy_of(path, inputs.search)
@@ -510,25 +530,31 @@ class Context:
     scratch: Path
     pool: Pool
     teacher_ms: float  # the teacher export's p50, kept in the study: what cost scales by
+    students: dict[float, Classifier]  # by width (distilled_students)
 
     def inputs(self) -> Inputs:
-        return Inputs(self.teacher, self.fine_tune, self.data.search, self.cfg)
+        return Inputs(self.teacher, self.fine_tune, self.data.search, self.cfg, self.students)
 
 
 def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
-    """The Choice the trial's sampler asks for: each group's share in its range (per_layer) or
-    one share for all (uniform), and the rest of the space alike in both studies. A range of one
-    value is not asked (Optuna would record a constant)."""
+    """The Choice the trial's sampler asks for: the width (the teacher, or a distilled student),
+    then for the teacher each group's share in its range (per_layer) or one share for all
+    (uniform), and the rest of the space alike in both studies. A range of one value is not
+    asked (Optuna would record a constant)."""
     cfg = ctx.cfg
-    if study == UNIFORM:
+
+    def pick(name: str, choices: list[Any]) -> Any:
+        return trial.suggest_categorical(name, choices) if len(choices) > 1 else choices[0]
+
+    width = pick("width", sorted(cfg.students.widths))
+    if width < 1:  # a student keeps its channels (Choice): no share is asked
+        policy = {}
+    elif study == UNIFORM:
         share = trial.suggest_categorical("share", ctx.uniform)
         policy = dict.fromkeys(ctx.ranges, share)
     else:
         policy = {root: trial.suggest_categorical(root, choices)
                   for root, choices in ctx.ranges.items() if len(choices) > 1}  # fmt: skip
-
-    def pick(name: str, choices: list[Any]) -> Any:
-        return trial.suggest_categorical(name, choices) if len(choices) > 1 else choices[0]
 
     def between(name: str, bounds: list[float], log: bool) -> float:
         low, high = bounds
@@ -547,7 +573,25 @@ def suggest(trial: optuna.Trial, ctx: Context, study: str) -> Choice:
         qat=pick("qat", list(cfg.qat)),
         fp32_first_layer=pick("fp32_first_layer", list(cfg.fp32_first_layer)),
         fp32_layers=ctx.fp32_order[:kept] if weights != "fp32" else [],
+        width=width,
     )
+
+
+def distilled_students(
+    teacher: Classifier, cfg: SearchParams, data: SearchData, log: Callable[[str], None]
+) -> dict[float, Classifier]:
+    """The student of every width of search.students.widths below 1, trained on data.train
+    (squeeze.methods.students.distilled_student), by width; one log line each. They are trained
+    again when a search resumes: the same params and data give the same weights."""
+    students = {}
+    for width in sorted(w for w in cfg.students.widths if w < 1):
+        started = time.monotonic()
+        with contextlib.redirect_stdout(io.StringIO()):  # fit's per-epoch lines: one per student
+            students[width] = distilled_student(teacher, width, cfg, data.train, data.search)
+        log(f"search student at width {width:g}: {count_params(students[width]):,} parameters, "
+            f"{torch_accuracy(students[width], data.search):.2%} on the search split, trained "
+            f"in {time.monotonic() - started:.0f} s")  # fmt: skip
+    return students
 
 
 def cost(path: Path, ctx: Context) -> dict[str, float]:
@@ -622,7 +666,7 @@ def probe(choice: Choice, ctx: Context, reference: float) -> tuple[dict[str, flo
     breaks a limit ends the trial before any fine-tune."""
     torch.manual_seed(ctx.cfg.trial_fit.seed)  # as fine_tuned's: the probe's BN pass runs dropout
     data = MethodData(ctx.fine_tune, ctx.data.search, ctx.teacher)
-    model = prune_once(ctx.teacher, choice.policy, probe_cfg(ctx.cfg))
+    model = prune_once(ctx.inputs().start(choice), choice.policy, probe_cfg(ctx.cfg))
     if choice.sparsity:
         magnitude_prune(model, choice.sparsity)
     reestimate_bn(model, ctx.bn_images)
@@ -704,8 +748,10 @@ def quantize_only(cfg: SearchParams) -> list[dict[str, Any]]:
     none of its 30 trials kept every channel with int8 weights, 1.9× faster than fp32 there).
     cfg is the space as searched (after speed_space)."""
     quantized = [w for w in reversed(PRECISION[1:]) if w in cfg.weights][: cfg.uniform_trials // 2]
-    # a space of one weight type does not ask for it (suggest)
-    return [{"share": 0.0} | ({"weights": w} if len(cfg.weights) > 1 else {}) for w in quantized]
+    # a space of one weight type (or width) does not ask for it (suggest); the widest network
+    widths = cfg.students.widths
+    fixed = {"share": 0.0} | ({"width": max(widths)} if len(widths) > 1 else {})
+    return [fixed | ({"weights": w} if len(cfg.weights) > 1 else {}) for w in quantized]
 
 
 def warm_start(uniform: optuna.Study, ctx: Context) -> list[dict[str, Any]]:
@@ -716,7 +762,7 @@ def warm_start(uniform: optuna.Study, ctx: Context) -> list[dict[str, Any]]:
     if not done(uniform):
         return []
     start = dict(best_trials(done(uniform), ctx.cfg)[0].params)
-    share = start.pop("share")
+    share = start.pop("share", 0.0)  # a student's trial asks none
     for root, choices in ctx.ranges.items():
         if len(choices) > 1:  # a range of one share is not asked (suggest)
             start[root] = max(c for c in choices if c <= share)  # every range starts at 0
@@ -1095,7 +1141,7 @@ def rows(
          RESCORED: verdict[label(t)].user_attrs.get(RESCORED, ""),
          "within_budget": feasible(verdict[label(t)]), "front": label(t) in on_front,
          "finalist": chosen.get(label(t), ""),
-         **{k: t.user_attrs["choice"][k] for k in ("sparsity", "weights", "qat")},
+         **{k: t.user_attrs["choice"][k] for k in ("width", "sparsity", "weights", "qat")},
          "policy": json.dumps(t.user_attrs["choice"]["policy"], sort_keys=True)}
         for t in sorted(first, key=lambda t: t.user_attrs[KIND] != UNIFORM)
     ]  # fmt: skip
@@ -1140,11 +1186,13 @@ def search(
         of each channel group (sensitivity) and of each weight layer (weight_sensitivity), and
         the timings that narrowed the space where only latency counts (speed_levers).
     Raises:
+        StudentError: search.students cannot scale the teacher's network (students.student_arch).
         SearchError: no channel group to prune, fewer completed trials than finalists, no
             per-layer trial built within the latency and size limits (naming the tightest limit
             and the closest trial), or no such uniform trial.
     """
     groups = channel_groups_of(teacher, cfg)
+    students = distilled_students(teacher, cfg, data, log)  # first: a bad width_arg fails fast
     per_layer = open_study(storage, f"squeeze-{key}", cfg)
     uniform = open_study(storage, f"squeeze-{key}-uniform", cfg)
     drops = per_layer.user_attrs.get("sensitivity")
@@ -1175,7 +1223,7 @@ def search(
         ctx = Context(
             teacher, data, cfg, timing, ranges(groups, drops, cfg), grid, fp32_order(quantized),
             fine_tune, bn_images(data.train, cfg.seed), Path(scratch), pool,
-            teacher_latency(per_layer, exported, data.search.images[0], timing),
+            teacher_latency(per_layer, exported, data.search.images[0], timing), students,
         )  # fmt: skip
         reference = measure(exported, ctx)
         reference[REFERENCE] = search_reference(per_layer, ctx)

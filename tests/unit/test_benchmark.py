@@ -384,6 +384,8 @@ def test_the_search_section_shows_the_budget_the_front_and_the_finalists_built()
         "Up to 2 trials past the accuracy floor were fine-tuned again for 3 "
         "epochs (`rescored %`; the uncompressed reference 93.00% at that length)"
     ) in text
+    recipe["width"] = 0.5  # a distilled student's recipe says so
+    assert "| cand ★ | per_layer 1 (student ×0.5) | int8 |" in report.results_md(results)
     del results["search"]["teacher"]["rescored_accuracy"]  # none rescored: nothing said
     assert "fine-tuned again" not in report.results_md(results)
     assert "Against the hand-written graph" not in text  # no default run to stand beside

@@ -64,6 +64,8 @@ def search_params(**changes: Any) -> SearchParams:
         "fp32_first_layer": [False, True], "fp32_layers": [0, 1], "calibration_samples": 64,
         "trial_images": 300, "trial_fit": fit, "rescore": 0, "rescore_epochs": 2, "steps": 1,
         "fit": fit,
+        "students": {"widths": [1.0], "width_arg": None, "alpha": 0.9, "temperature": 4.0,
+                     "fit": make_tiny_fit(epochs=2)},
     }  # fmt: skip
     return SearchParams(**(base | changes))
 
@@ -169,15 +171,21 @@ def test_the_uniform_search_first_tries_each_quantized_type_alone_most_compresse
     assert quantize_only(search_params(weights=["int8"])) == [{"share": 0.0}]  # not asked
     assert quantize_only(search_params(weights=["fp32"], uniform_trials=6)) == []
     assert quantize_only(search_params(uniform_trials=1)) == []
+    # with students to choose from, quantization alone of the widest network asked
+    widths = search_params().students.model_copy(update={"widths": [0.5, 1.0]})
+    assert quantize_only(search_params(students=widths, weights=["int8"])) == [
+        {"share": 0.0, "width": 1.0}]  # fmt: skip
 
 
 def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict) -> None:
-    """Build finalist `name` and check it is its recipe: each group's width, the sparsity, the
-    weight type of its shipped file, the recipe in its lineage."""
+    """Build finalist `name` and check it is its recipe: each group's width (of the teacher, or
+    of its student of the recipe's width), the sparsity, the weight type of its shipped file,
+    the recipe in its lineage."""
     finalist.run(ws.root, params, name)
     record = read_json(ws.model(name) / "model.json")
     widths = {"net.features.0": 8, "net.features.4": 16}
-    for layer, width in widths.items():
+    for layer, teacher_width in widths.items():
+        width = round(teacher_width * found["width"])
         kept = record["layers"][layer]["channels"]
         assert kept == width - int(width * found["policy"].get(layer, 0.0)), layer
     # (a fine-tune on the int8 grid (qat) rounds a few more of the smallest weights to zero)
@@ -225,6 +233,55 @@ def test_a_quantized_sparse_finalist_is_built_by_its_recipe(
     most = max(sensitivity, key=lambda layer: sensitivity[layer])
     assert {tuple(r["fp32_layers"]) for r in found.values()} == {(most,)}
     check_built_by_recipe(search_ws, params, "search_1", found["search_1"])
+
+
+def test_a_search_of_half_width_students_builds_its_finalists_from_the_same_student(
+    search_ws: Workspace, stage_params: Any, capsys: pytest.CaptureFixture
+) -> None:
+    """search.students.widths [0.5]: every trial compresses the student of half the teacher's
+    width (so asks no channel share), and each finalist is that student compressed by its
+    recipe, trained again as the search trained it."""
+    cfg = search_params(finalists=1, trials=2, uniform_trials=1)
+    cfg = cfg.model_copy(update={"students": cfg.students.model_copy(update={"widths": [0.5]})})
+    params = with_search(stage_params, cfg)
+    search.run(search_ws.root, params)
+    assert "search student at width 0.5: " in capsys.readouterr().out
+    rows = trial_rows(search_ws)
+    assert {(r["width"], r["policy"]) for r in rows} == {("0.5", "{}")}
+    found = read_json(search_ws.search(search.FINALISTS))["finalists"]
+    assert {r["width"] for r in found.values()} == {0.5}
+    storage = search.storage_url(search_ws, params)
+    asked = optuna.load_study(study_name=read_json(search_ws.search(search.FINALISTS))["study"],
+                              storage=storage).trials[0].params  # fmt: skip
+    assert not set(asked) & {"share", "width", "net.features.0", "net.features.4"}
+    for name in found:
+        check_built_by_recipe(search_ws, params, name, found[name])
+
+
+def test_a_search_of_the_teacher_and_its_students_asks_shares_of_the_teacher_only(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    """search.students.widths [0.5, 1.0]: each trial picks the teacher or the half-width student
+    first; only a trial of the teacher asks channel shares; uniform trial 1 is int4 alone of
+    the teacher (quantize_only)."""
+    cfg = search_params(finalists=1, trials=4, uniform_trials=2)
+    cfg = cfg.model_copy(
+        update={"students": cfg.students.model_copy(update={"widths": [0.5, 1.0]})}
+    )
+    params = with_search(stage_params, cfg)
+    search.run(search_ws.root, params)
+    rows = trial_rows(search_ws)
+    assert {r["width"] for r in rows} == {"0.5", "1.0"}
+    assert all(r["policy"] == "{}" for r in rows if r["width"] == "0.5")
+    name = read_json(search_ws.search(search.FINALISTS))["study"]
+    storage = search.storage_url(search_ws, params)
+    for study in (name, f"{name}-uniform"):
+        for trial in done(optuna.load_study(study_name=study, storage=storage)):
+            shares = set(trial.params) & {"share", "net.features.0", "net.features.4"}
+            assert bool(shares) == (trial.params["width"] == 1.0), trial.params
+    uniform = optuna.load_study(study_name=f"{name}-uniform", storage=storage)
+    first = {"share": 0.0, "width": 1.0, "weights": "int4"}
+    assert {k: uniform.trials[0].params[k] for k in first} == first
 
 
 def test_permuting_validation_and_test_labels_changes_no_trial_and_no_finalist(
