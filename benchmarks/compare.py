@@ -47,6 +47,7 @@ from squeeze.measure.export import export_onnx
 from squeeze.measure.runtime import latencies, measure_logits, predicted_classes
 from squeeze.measure.stats import compare, paired_table
 from squeeze.methods.quantize import calibration_images
+from squeeze.methods.search import PER_LAYER
 from squeeze.methods.train import predict
 from squeeze.nets.models import load_checkpoint
 from squeeze.registry.card import git_dirty, git_revision
@@ -239,19 +240,25 @@ def ensemble_pairs(params: Params, records: dict[str, dict[str, Any]]) -> list[t
             for name, m in params.merge.items() if m.kind == "ensemble"]  # fmt: skip
 
 
+def per_layer_finalists(ws: Workspace, params: Params) -> list[str]:
+    """The search finalists built from a per-layer trial (their recipe's kind, in model.json):
+    the others, search_uniform and a finalist of the uniform study's front, are uniform."""
+    return [name for name in params.finalists()
+            if read_json(ws.model(name) / "model.json")["search"]["kind"] == PER_LAYER]  # fmt: skip
+
+
 def comparisons(
-    bench: Bench, params: Params, records: dict[str, dict[str, Any]]
+    bench: Bench, params: Params, records: dict[str, dict[str, Any]], per_layer: list[str]
 ) -> list[dict[str, Any]]:
     """What each method adds, on validation and on test: each squeeze candidate vs the peer
     built against it, each distilled student vs the same student without distillation, each
     ensemble vs its best member, each soup vs its variants (best ingredient, other soup), and
-    each per-layer search finalist vs the uniform one found at the same budget."""
+    each `per_layer` search finalist vs the uniform one found at the same budget."""
     pairs = [("vs peer", r["compared_with"], r["name"]) for r in bench.rows if r["role"] == "peer"]
     pairs += [("distillation", a, b) for a, b in kd_pairs(params)]
     pairs += [("ensemble", a, b) for a, b in ensemble_pairs(params, records)]
     pairs += [("soup", r["upstream"][0], r["name"]) for r in bench.rows if r["role"] == "variant"]
-    pairs += [("per-layer vs uniform", name, UNIFORM) for name in params.finalists()
-              if name != UNIFORM]  # fmt: skip
+    pairs += [("per-layer vs uniform", name, UNIFORM) for name in per_layer]
     return [paired(bench, *pair, split) for pair in pairs for split in SPLITS]
 
 
@@ -308,7 +315,9 @@ def benchmark(ws: Workspace, params: Params, tmp: Path) -> tuple[list, list]:
     if static_int8 := choose.best_static_int8(records, params):
         quantization_peers(bench, ws, params, static_int8, tmp)
     bench.time_all()
-    return with_ratios(bench.rows), comparisons(bench, params, records)
+    return with_ratios(bench.rows), comparisons(
+        bench, params, records, per_layer_finalists(ws, params)
+    )
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from squeeze.config.sections import (
     MergeParams,
     PruneParams,
     QuantizeParams,
+    SearchParams,
 )
 from squeeze.config.workspace import Workspace, read_json, write_json
 from stages import evaluate, merge, prune, quantize
@@ -231,3 +232,16 @@ def test_readme_figures_table_has_six_rows() -> None:
     assert len(table) == 2 + 6
     assert all(row.startswith(p) for row, p in zip(table[2:], prefixes, strict=True))
     assert all(line.count("Holm p") == line.count("McNemar p") for line in table)
+
+
+def test_only_finalists_of_per_layer_trials_stand_against_the_uniform_one(
+    tmp_path: Path, stage_params: Callable[..., Params]
+) -> None:
+    """A finalist drawn from the uniform study's front is a uniform policy: it is not counted as
+    per-layer in the per-layer vs uniform comparison."""
+    ws = Workspace(tmp_path)
+    for name, kind in (("search_1", "uniform"), ("search_2", "per_layer"),
+                       ("search_uniform", "uniform")):  # fmt: skip
+        write_json(ws.model(name) / "model.json", {"search": {"kind": kind, "trial": 1}})
+    params = stage_params(search=SearchParams.model_construct(finalists=2))
+    assert compare.per_layer_finalists(ws, params) == ["search_2"]
