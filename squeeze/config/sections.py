@@ -390,8 +390,8 @@ class StudentsParams(Section):
     )  # fmt: skip
     width_arg: str | None = Field(
         description="For a class_path network: its init argument that scales its width (a "
-        "number, multiplied by the width; taken from init_args, else its default); null for the "
-        "built-in convnet, whose channels are scaled."
+        "number or a list of numbers in train_teacher.arch.init_args, multiplied by the width); "
+        "null for the built-in convnet, whose channels are scaled."
     )
     alpha: float = Field(ge=0, le=1, description="Weight of the soft (T²-scaled) loss.")
     temperature: float = Field(gt=0, le=100, description="Softmax temperature T of the targets.")
