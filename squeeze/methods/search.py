@@ -1073,6 +1073,27 @@ def nearest(
                                     -t.user_attrs[SEARCH_ACCURACY], t.number))  # fmt: skip
 
 
+def chosen(
+    judged: list[optuna.trial.FrozenTrial], cfg: SearchParams
+) -> tuple[list[optuna.trial.FrozenTrial], optuna.trial.FrozenTrial | None]:
+    """(the finalists, the uniform baseline) among the pooled trials as at_best_fidelity judged
+    them. The baseline (search_uniform) is the uniform trial nearest in cost to the first
+    per-layer trial of the finalists' whole order (finalist_trials over every trial), None
+    without a uniform trial; the finalists lead that order without it (with it only when the
+    order is too short for both). Neither depends on cfg.finalists, so fewer finalists rebuild
+    nothing, and no recipe is built twice."""
+    order = finalist_trials(judged, cfg, len(judged))
+    uniform = [t for t in judged if t.user_attrs[KIND] == UNIFORM]
+    if not uniform:
+        return order[: cfg.finalists], None
+    compared = next((t for t in order if t.user_attrs[KIND] == PER_LAYER), order[0])
+    matched = nearest(uniform, cfg, compared)
+    without = [t for t in order if label(t) != label(matched)]
+    # a front too short for both: the baseline's trial is also a finalist (built twice) rather
+    # than a search refused for want of trials it has
+    return (without if len(without) >= cfg.finalists else order)[: cfg.finalists], matched
+
+
 def tightest(trials: list[optuna.trial.FrozenTrial]) -> str:
     """The limit the fewest trials met (ties: the one missed by most), with that count."""
     limits = trials[0].constraints
@@ -1241,10 +1262,8 @@ def search(
         scores = rescore(per_layer, first, ctx, log)
     reference[RESCORED] = scores.get(REFERENCE)  # the uncompressed reference's, second rung
     judged = at_best_fidelity(first, scores, reference[REFERENCE], cfg)
-    # the whole order once: it does not depend on the count, so the finalists lead it
-    order = finalist_trials(judged, cfg, len(judged))
-    best = order[: cfg.finalists]
-    if len(best) < cfg.finalists or not done(uniform):
+    best, matched = chosen(judged, cfg)
+    if len(best) < cfg.finalists or matched is None:
         raise SearchError(
             f"the budget search completed {len(done(per_layer))} per-layer and "
             f"{len(done(uniform))} uniform trials within search.hours ({cfg.hours}), fewer than "
@@ -1255,10 +1274,6 @@ def search(
     original = {label(t): t for t in first}
     finalists = {name: recipe(original[label(t)], t, studies[t.user_attrs[KIND]])
                  for name, t in zip(names[:-1], best, strict=True)}  # fmt: skip
-    # the uniform baseline at the cost of the first per-layer trial in the finalists' order:
-    # the order is all trials', so fewer finalists change no baseline (and rebuild none)
-    compared = next((t for t in order if t.user_attrs[KIND] == PER_LAYER), order[0])
-    matched = nearest([t for t in judged if t.user_attrs[KIND] == UNIFORM], cfg, compared)
     finalists[names[-1]] = recipe(original[label(matched)], matched, uniform)
     trials = rows(first, judged, finalists, cfg)
     return Outcome(finalists, trials, reference, drops, quantized, levers)

@@ -33,9 +33,11 @@ from squeeze.methods.search import (
     at_best_fidelity,
     best_trials,
     channel_groups_of,
+    chosen,
     done,
     finalist_trials,
     front,
+    label,
     nearest,
     ordinal,
     pooled,
@@ -616,5 +618,17 @@ def test_the_finalists_come_from_both_studies() -> None:
     best = finalist_trials(trials, cfg, 3)
     assert [(t.user_attrs["kind"], ordinal(t)) for t in best] == [
         ("per_layer", 2), (UNIFORM, 2), (UNIFORM, 3)]  # fmt: skip
-    uniform_trials = [t for t in trials if t.user_attrs["kind"] == UNIFORM]
-    assert ordinal(nearest(uniform_trials, cfg, best[0])) == 3
+    # the uniform baseline, nearest the first per-layer finalist in cost, is uniform trial 3:
+    # it is built once, as search_uniform, and the finalists are the order without it
+    finalists, baseline = chosen(trials, cfg)
+    assert (baseline.user_attrs["kind"], ordinal(baseline)) == (UNIFORM, 3)
+    assert [(t.user_attrs["kind"], ordinal(t)) for t in finalists] == [
+        ("per_layer", 2), (UNIFORM, 2), ("per_layer", 3)]  # fmt: skip
+    # fewer finalists: the same baseline, and the finalists a prefix of these
+    fewer, same = chosen(trials, search_params(finalists=1))
+    assert (fewer, label(same)) == (finalists[:1], label(baseline))
+    assert chosen(pooled(per_layer, study_of([], floor=0.92)), cfg)[1] is None  # no uniform trial
+    # a front too short for both: the baseline's trial is a finalist too, not a refused search
+    count = len(finalist_trials(trials, cfg, 9))
+    every, _ = chosen(trials, search_params(finalists=count, trials=count))
+    assert label(baseline) in map(label, every)
