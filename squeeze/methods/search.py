@@ -611,10 +611,20 @@ def teacher_latency(
 ) -> float:
     """The teacher export's p50 in ms, timed once and kept in the study (TEACHER_MS), so that a
     resumed search costs its trials on the scale it started on."""
-    stored = study.user_attrs.get(TEACHER_MS)
+    return kept(
+        study,
+        TEACHER_MS,
+        lambda: latencies({"teacher": exported}, sample, timing)["teacher"][LATENCY],
+    )
+
+
+def kept(study: optuna.Study, key: str, make: Callable[[], Any]) -> Any:
+    """The study's user attr `key` (JSON-serialisable), computed by make() and stored on first
+    use: what a search measured once is read back, never re-measured, when it resumes."""
+    stored = study.user_attrs.get(key)
     if stored is None:
-        stored = latencies({"teacher": exported}, sample, timing)["teacher"][LATENCY]
-        study.set_user_attr(TEACHER_MS, stored)
+        stored = make()
+        study.set_user_attr(key, stored)
     return stored
 
 
@@ -651,12 +661,12 @@ def search_reference(study: optuna.Study, ctx: Context) -> float:
     fine-tune does not pay, so against the teacher a budget of 1 point could refuse every trial
     for the proxy's fault, not the compression's. The gate then holds each finalist to the
     budget on validation (gate.max_accuracy_drop)."""
-    stored = study.user_attrs.get(REFERENCE)
-    if stored is None:
+
+    def make() -> float:
         with contextlib.redirect_stdout(io.StringIO()):
-            stored = fine_tuned(plain(ctx.cfg), ctx.inputs())[1]
-        study.set_user_attr(REFERENCE, stored)
-    return stored
+            return fine_tuned(plain(ctx.cfg), ctx.inputs())[1]
+
+    return kept(study, REFERENCE, make)
 
 
 def probe(choice: Choice, ctx: Context, reference: float) -> tuple[dict[str, float], bool]:
@@ -1216,10 +1226,7 @@ def search(
     students = distilled_students(teacher, cfg, data, log)  # first: a bad width_arg fails fast
     per_layer = open_study(storage, f"squeeze-{key}", cfg)
     uniform = open_study(storage, f"squeeze-{key}-uniform", cfg)
-    drops = per_layer.user_attrs.get("sensitivity")
-    if drops is None:
-        drops = sensitivity(teacher, groups, data, cfg, log)
-        per_layer.set_user_attr("sensitivity", drops)
+    drops = kept(per_layer, "sensitivity", lambda: sensitivity(teacher, groups, data, cfg, log))
     per_class = max(1, cfg.trial_images // len(np.unique(data.train.labels)))
     picks = stratified_indices(data.train.labels, per_class, np.random.default_rng(cfg.seed))
     grid = [
@@ -1232,15 +1239,17 @@ def search(
         export_onnx(teacher, exported)
         calibration = MethodData(fine_tune, data.search, teacher)
         # timed once and kept in the study: a resumed search searches the space it started on
-        levers = per_layer.user_attrs.get(SPEED_LEVERS)
-        if levers is None:
-            levers = speed_levers(teacher, exported, calibration, cfg, timing, log)
-            per_layer.set_user_attr(SPEED_LEVERS, levers)
+        levers = kept(
+            per_layer,
+            SPEED_LEVERS,
+            lambda: speed_levers(teacher, exported, calibration, cfg, timing, log),
+        )
         cfg = cfg.model_copy(update=levers.get("space", {}))
-        quantized = per_layer.user_attrs.get(WEIGHT_SENSITIVITY)
-        if quantized is None:
-            quantized = weight_sensitivity(exported, calibration, cfg, log)
-            per_layer.set_user_attr(WEIGHT_SENSITIVITY, quantized)
+        quantized = kept(
+            per_layer,
+            WEIGHT_SENSITIVITY,
+            lambda: weight_sensitivity(exported, calibration, cfg, log),
+        )
         ctx = Context(
             teacher, data, cfg, timing, ranges(groups, drops, cfg), grid, fp32_order(quantized),
             fine_tune, bn_images(data.train, cfg.seed), Path(scratch), pool,
