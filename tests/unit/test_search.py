@@ -311,7 +311,8 @@ def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_i
     """search.parallel 2: each batch's fine-tunes on the two workers of a Dask cluster (the
     stage's $SQUEEZE_SEARCH_DASK, which a flow on Dask sets), or one after the other in the
     stage's process (`dvc repro`): the same trials, rescored trials (no drop allowed, so some
-    miss the floor) and finalists. (Workers that cannot see the workspace:
+    miss the floor) and finalists; every trial of a half-width student (search.students), which
+    travels to the workers inside the pickled Inputs. (Workers that cannot see the workspace:
     tests/integration/test_dask.py.)"""
     from distributed import LocalCluster
 
@@ -319,10 +320,9 @@ def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_i
 
     twin = Workspace(tmp_path / "twin")
     shutil.copytree(search_ws.root, twin.root)
-    params = with_search(
-        stage_params,
-        search_params(parallel=2, trials=2, finalists=1, max_accuracy_drop=0.0, rescore=2),
-    )
+    cfg = search_params(parallel=2, trials=2, finalists=1, max_accuracy_drop=0.0, rescore=2)
+    cfg = cfg.model_copy(update={"students": cfg.students.model_copy(update={"widths": [0.5]})})
+    params = with_search(stage_params, cfg)
     search.run(search_ws.root, params)
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:  # fmt: skip
@@ -337,6 +337,7 @@ def test_a_batch_fine_tuned_on_dask_workers_gives_the_trials_of_one_fine_tuned_i
     assert f"{cluster.scheduler_address} (2 workers)" in lines[0]
     for line in trials:  # every trial fine-tuned (none stopped early here) on a worker
         assert line.rsplit("fine-tuned on dask worker ", 1)[1] in workers, line
+    assert {r["width"] for r in trial_rows(twin)} == {"0.5"}
     assert trial_rows(search_ws) == trial_rows(twin)
     assert recipes(search_ws) == recipes(twin)
 
