@@ -360,6 +360,14 @@ def noop_timings(root: Path) -> list[dict[str, Any]]:
 RUN_CONFIGURATION = ("params.yaml", "dvc.yaml")  # a profile rewrites both; results record it
 
 
+def code_changed(root: Path, written: tuple[str, ...] = ()) -> bool | None:
+    """Whether the commit alone did not build the models at root: a tracked file differs from
+    HEAD besides the run's configuration (RUN_CONFIGURATION) and the report files a compare
+    writes (`written`, paths relative to root: a second compare over the same models rewrites
+    them). None outside git (squeeze.registry.card.git_dirty)."""
+    return git_dirty(root, ignore=RUN_CONFIGURATION + written)
+
+
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
@@ -413,12 +421,14 @@ def gate_choice(ws: Workspace, params: Params) -> dict[str, Any] | None:
 
 
 def results(
-    root: Path, params: Params, noop: bool, profile: str = DEFAULT, command: str = COMMAND
-) -> dict[str, Any]:
+    root: Path, params: Params, noop: bool, profile: str = DEFAULT, command: str = COMMAND,
+    written: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
     """Everything the benchmark reports about the workspace at root, as one JSON-ready dict.
 
     profile names the params the workspace ran (DEFAULT, or a profiles/*.yaml) and command
-    how to reproduce the run and this report; both are printed in the report."""
+    how to reproduce the run and this report; both are printed in the report. written: the
+    report files this compare rewrites (code_changed)."""
     ws = Workspace(root)
     with tempfile.TemporaryDirectory() as tmp:
         rows, compared = benchmark(ws, params, Path(tmp))
@@ -428,7 +438,7 @@ def results(
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         # the code that built the models; RESULTS' hand-written notes carry it (notes_commit)
         "commit": git_revision(root),
-        "dirty": git_dirty(root, ignore=RUN_CONFIGURATION),
+        "dirty": code_changed(root, written),
         "machine": machine(),
         "evaluate": params.evaluate.model_dump(mode="json"),
         "latency_repeats": REPEATS,
@@ -517,7 +527,12 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.workspace).resolve()
     command = args.command or command_for(args.profile, args.noop)
     params = load_params(root)
-    data = results(root, params, args.noop, args.profile, command)
+    written = tuple(
+        os.path.relpath(Path(path).resolve(), root)
+        for path in (args.out, args.json, args.readme)
+        if path
+    )
+    data = results(root, params, args.noop, args.profile, command, written)
     if data["search"] and args.profile != DEFAULT:
         gate = params.gate
         data["hand_tuned"] = hand_tuned(

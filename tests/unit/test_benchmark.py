@@ -297,16 +297,15 @@ def test_readme_figures_say_when_a_target_does_not_hold_and_what_distillation_ad
 
 def test_the_results_name_the_commit_and_whether_code_differed_from_it(tmp_path: Path) -> None:
     """A profile rewrites params.yaml and dvc.yaml (the run's configuration, recorded beside the
-    figures); any other tracked change means the commit alone did not build the models."""
-    from benchmarks.compare import RUN_CONFIGURATION
-    from squeeze.registry.card import git_dirty
+    figures), and an earlier compare its own report; any other tracked change means the commit
+    alone did not build the models."""
+    from benchmarks.compare import code_changed
     from tests.conftest import run
 
-    def code_changed(root: Path) -> bool | None:
-        return git_dirty(root, ignore=RUN_CONFIGURATION)
-
     assert code_changed(tmp_path) is None  # outside git
-    for name in ("params.yaml", "dvc.yaml", "train.py"):
+    report = "benchmarks/RESULTS-budget.md"
+    (tmp_path / "benchmarks").mkdir()
+    for name in ("params.yaml", "dvc.yaml", "train.py", report):
         (tmp_path / name).write_text("a\n")
     run(["git", "init", "-q"], tmp_path)
     run(["git", "add", "."], tmp_path)
@@ -314,8 +313,11 @@ def test_the_results_name_the_commit_and_whether_code_differed_from_it(tmp_path:
     (tmp_path / "params.yaml").write_text("b\n")
     (tmp_path / "dvc.yaml").write_text("b\n")
     assert code_changed(tmp_path) is False
-    (tmp_path / "train.py").write_text("b\n")
+    (tmp_path / report).write_text("b\n")
+    assert code_changed(tmp_path, (report,)) is False
     assert code_changed(tmp_path) is True
+    (tmp_path / "train.py").write_text("b\n")
+    assert code_changed(tmp_path, (report,)) is True
 
 
 def test_each_committed_benchmark_names_the_command_that_regenerates_it() -> None:
