@@ -1098,7 +1098,8 @@ def chosen(
         return order[: cfg.finalists], None
     compared = next((t for t in order if t.user_attrs[KIND] == PER_LAYER), order[0])
     matched = nearest(uniform, cfg, compared)
-    without = [t for t in order if label(t) != label(matched)]
+    # by choice, as finalist_trials dedups: the per-layer study's warm start repeats uniform trials
+    without = [t for t in order if made(t) != made(matched)]
     # a front too short for both: the baseline's trial is also a finalist (built twice) rather
     # than a search refused for want of trials it has
     return (without if len(without) >= cfg.finalists else order)[: cfg.finalists], matched
