@@ -83,28 +83,36 @@ def dvc_up_to_date(root: Path, *targets: str) -> bool:
     )
 
 
-# One hand-written candidate of each method and form of the smoke graph (distillation, structured
-# and unstructured pruning with QAT, int8 and int4, a pruned student and its int8, an ensemble,
-# a distilled ensemble, a soup), with two ensemble members: the end-to-end tests that build the
-# whole graph more than once build this much of it, every code path at about half the time.
+# One hand-written candidate of each method and form of the smoke graph (distillation with and
+# without KD, structured and unstructured pruning with QAT, int8 and int4, a pruned student and
+# its int8, a soup), and the ensembles profile's two merges (an ensemble, a distilled ensemble)
+# on MEMBERS with the smoke profile's fit: the end-to-end tests that build the whole graph more
+# than once build this much of it, every code path at about half the time.
 ONE_PER_METHOD = {
-    "distill": ("kd_small", "ce_deep", "ce_deep_s1"),
+    "distill": ("kd_small", "ce_small"),
     "prune": ("teacher_ch50", "teacher_ch50_sp60_qat", "kd_small_ch50"),
     "quantize": ("teacher_ch50_int8", "teacher_ch50_sp60_qat_int4", "kd_small_ch50_int8"),
-    "merge": ("ensemble_small", "ensemble_kd_small", "teacher_ch50_soup"),
+    "merge": ("teacher_ch50_soup",),
 }
-MEMBERS = ["ce_deep", "ce_deep_s1"]
+MEMBERS = ["kd_small", "ce_small"]
+
+
+def ensemble_merges() -> dict[str, dict]:
+    """profiles/ensembles.yaml's merge entries (ensemble_small, ensemble_kd_small), as written."""
+    return yaml.safe_load((PROJECT / "profiles" / "ensembles.yaml").read_text())["merge"]
 
 
 def one_per_method(root: Path) -> None:
-    """Cut the workspace's candidate graph to ONE_PER_METHOD (the ensembles on MEMBERS), synced
-    into dvc.yaml and committed."""
+    """Cut the workspace's candidate graph to ONE_PER_METHOD and add the merges of
+    profiles/ensembles.yaml on MEMBERS, fitted as the smoke profile fits a student; synced into
+    dvc.yaml and committed."""
     path = root / "params.yaml"
     data = yaml.safe_load(path.read_text())
     for section, keep in ONE_PER_METHOD.items():
         data[section] = {name: data[section][name] for name in keep}
-    for name in ("ensemble_small", "ensemble_kd_small"):
-        data["merge"][name]["upstreams"] = MEMBERS
+    short_fit = data["distill"]["kd_small"]["fit"]
+    for name, entry in ensemble_merges().items():
+        data["merge"][name] = entry | {"upstreams": MEMBERS, "fit": short_fit}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     run(["squeeze", "sync"], root)
     run(["git", "commit", "-qam", "one candidate per method"], root)

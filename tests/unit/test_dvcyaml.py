@@ -24,6 +24,7 @@ from squeeze.config.dvcyaml import (
 from squeeze.config.errors import ParamsError
 from squeeze.config.files import apply_profile, load_params, merge
 from squeeze.config.params import validate
+from tests.conftest import ensemble_merges
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -43,10 +44,11 @@ def project(tmp_path: Path) -> Path:
 def with_trio(root: Path) -> None:
     """Hand-edit params.yaml: a three-member ensemble, and no more soup."""
     params = load_params(root).model_dump(mode="json")
-    trio = params["merge"]["ensemble_small"] | {
-        "upstreams": ["kd_small", "ce_small", "teacher_ch50"]
+    ensemble = ensemble_merges()["ensemble_small"]
+    params["merge"] = {
+        "ensemble_small": ensemble | {"upstreams": ["kd_small", "ce_small"]},
+        "trio": ensemble | {"upstreams": ["kd_small", "ce_small", "teacher_ch50"]},
     }
-    params["merge"] = {"ensemble_small": params["merge"]["ensemble_small"], "trio": trio}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -60,7 +62,8 @@ def test_committed_dvc_yaml_matches_params_and_the_smoke_profile(project: Path) 
 
 def test_every_member_is_a_dependency() -> None:
     base = load_params(PROJECT).model_dump(mode="json")
-    ens = base["merge"]["ensemble_small"] | {"upstreams": ["kd_small", "ce_small", "kd_small_ch50"]}
+    members = ["kd_small", "ce_small", "kd_small_ch50"]
+    ens = ensemble_merges()["ensemble_small"] | {"upstreams": members}
     params = validate(merge(base, {"merge": {"big": ens}}), "test")
     deps = generated_stages(PROJECT, params)["merge-big"]["deps"]
     assert [d for d in deps if d.startswith("models/")] == [
@@ -115,7 +118,7 @@ def test_stage_names_round_trip() -> None:
     names = {name: dvc_stage(params, name) for name in params.model_names()}
     assert names["teacher"] == "train_teacher"
     assert names["kd_small"] == "distill@kd_small"
-    assert names["ensemble_small"] == "merge-ensemble_small"
+    assert names["teacher_ch50_soup"] == "merge-teacher_ch50_soup"
     for name, stage in names.items():
         assert parse_stage(stage) == (params.stage_of(name), None if name == "teacher" else name)
     assert parse_stage("evaluate") == ("evaluate", None)
@@ -135,13 +138,13 @@ def test_sync_lists_the_users_network_code_and_init_file_among_the_deps(project:
     params = load_params(project)
     stale = ["train_teacher", "search", "distill", "prune", "quantize", "evaluate"]
     assert stale_code_stages(project, params) == stale
-    with pytest.raises(ParamsError, match="merge-ensemble_small, .*train_teacher.*squeeze sync"):
+    with pytest.raises(ParamsError, match="merge-teacher_ch50_soup, .*train_teacher.*squeeze sync"):
         check_synced(project, params)
 
     assert sync(project, params) is True
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert stages["train_teacher"]["deps"][-2:] == ["mynets", "weights/teacher.safetensors"]
-    for body in (stages["prune"]["do"], stages["evaluate"], stages["merge-ensemble_small"]):
+    for body in (stages["prune"]["do"], stages["evaluate"], stages["merge-teacher_ch50_soup"]):
         assert "mynets" in body["deps"] and "weights/teacher.safetensors" not in body["deps"]
     check_synced(project, params)
     assert sync(project, params) is False

@@ -211,11 +211,11 @@ def test_allowed_class_paths_and_built_ins_pass(workspace: Path) -> None:
     params = params_with(
         {
             "train_teacher.arch": arch("mynets.resnet.ResNet", widths=[8, 16]),
-            "merge.ensemble_small.student": arch("mynets.Small"),
+            "distill.ce_small.student": arch("mynets.Small"),
         }
     )
     assert set(class_paths(params)) == {"train_teacher.arch.class_path",
-                                        "merge.ensemble_small.student.class_path"}  # fmt: skip
+                                        "distill.ce_small.student.class_path"}  # fmt: skip
     check_class_paths(params, workspace)
 
 

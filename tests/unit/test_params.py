@@ -27,7 +27,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def raw() -> dict:
-    return read_yaml(PROJECT / "params.yaml")
+    """params.yaml with the ensembles profile: a candidate of every kind."""
+    ensembles = read_yaml(PROJECT / "profiles" / "ensembles.yaml")
+    return merge(read_yaml(PROJECT / "params.yaml"), ensembles)
 
 
 def error_of(data: dict) -> str:
@@ -139,6 +141,23 @@ def test_smoke_profile_overlays_params(tmp_path: Path) -> None:
     params = apply_profile(tmp_path, "smoke")
     assert params.ingest.train_per_class is not None
     assert load_params(tmp_path) == params  # written back, still valid
+
+
+def test_the_ensembles_profile_adds_its_members_and_merges_to_the_default_graph(
+    tmp_path: Path,
+) -> None:
+    before = load_params(workspace(tmp_path))
+    params = apply_profile(tmp_path, "ensembles")
+    members = ["ce_deep", "ce_deep_s1", "ce_deep_s2"]
+    assert set(params.model_names()) - set(before.model_names()) == {
+        *members,
+        "ensemble_small",
+        "ensemble_kd_small",
+    }
+    assert params.merge["ensemble_small"].upstreams == members
+    assert params.merge["ensemble_kd_small"].kind == "distill_ensemble"
+    assert params.distill["kd_small"] == before.distill["kd_small"]  # the default graph stays
+    assert load_params(tmp_path) == params == safe_dump_path(tmp_path, "ensembles")
 
 
 def test_the_fastest_profile_turns_the_budget_profile_to_speed(tmp_path: Path) -> None:
@@ -287,7 +306,7 @@ def test_run_params_are_written_keeping_the_comments(tmp_path: Path) -> None:
 def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
-    with pytest.raises(ParamsError, match="no such profile .*known: budget, fastest, resnet"):
+    with pytest.raises(ParamsError, match="no such profile .*known: budget, ensembles, fastest, resnet"):
         apply_profile(tmp_path, "tiny")
 
 
