@@ -206,12 +206,18 @@ def compress(
     """A copy of `model` (the teacher, or the choice's student: Inputs.start) with the choice's
     channels removed, then its weights zeroed, each over `steps` steps with fit_cfg's fine-tune
     distilled from data.teacher (squeeze.methods.prune): (the model in eval mode, one curve row
-    per step, prune's record of the channels with the final sparsity). `model` is left
-    unchanged.
+    per step, prune's record of the channels with the final sparsity). A choice that removes no
+    channel but zeroes weights has the zeroing pass only: a channel pass would be a fine-tune
+    of the start alone, and the zeroing pass fine-tunes anyway (a finalist's build would take
+    twice as long for it). `model` is left unchanged.
 
     Raises:
         PruningError: the sparsity empties a layer (prune_unstructured).
     """
+    if not choice.policy and choice.sparsity:
+        weights = prune(copy.deepcopy(model), prune_cfg(cfg, choice, steps, fit_cfg,
+                                                        "unstructured"), data)  # fmt: skip
+        return weights.model, weights.history, weights.record
     channels = prune(copy.deepcopy(model), prune_cfg(cfg, choice, steps, fit_cfg), data,
                      policy=choice.policy)  # fmt: skip
     if not choice.sparsity:

@@ -24,16 +24,19 @@ from squeeze.config.sections import EvaluateParams, SearchParams
 from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
+from squeeze.methods import MethodData
 from squeeze.methods.search import (
     REFERENCE,
     RESCORED,
     TEACHER_MS,
     UNIFORM,
+    Choice,
     SearchError,
     at_best_fidelity,
     best_trials,
     channel_groups_of,
     chosen,
+    compress,
     done,
     finalist_trials,
     front,
@@ -235,6 +238,26 @@ def test_a_quantized_sparse_finalist_is_built_by_its_recipe(
     most = max(sensitivity, key=lambda layer: sensitivity[layer])
     assert {tuple(r["fp32_layers"]) for r in found.values()} == {(most,)}
     check_built_by_recipe(search_ws, params, "search_1", found["search_1"])
+
+
+def test_a_choice_that_removes_no_channel_is_fine_tuned_once_by_its_zeroing_pass(
+    tiny_trained: Classifier, small_fmnist: dict[str, Split]
+) -> None:
+    """Its channel pass would only fine-tune the start: it is not run, so a finalist of such a
+    choice costs one pass of search.fit, not two; a choice that removes channels has both."""
+    cfg = search_params(steps=2)
+    data = MethodData(small_fmnist["train"], small_fmnist["val"], tiny_trained)
+    keep_all = Choice(policy={}, distill_alpha=0.5, temperature=4.0, lr=0.01, sparsity=0.5,
+                      weights="int8", qat=True, fp32_first_layer=False, fp32_layers=[],
+                      width=1.0)  # fmt: skip
+    model, history, record = compress(tiny_trained, keep_all, cfg, 2, cfg.fit, data)
+    assert len(history) == 2 and record["channels_removed"] == 0
+    assert record["sparsity"] == pytest.approx(0.5, abs=0.01)
+    root = channel_groups_of(tiny_trained, cfg)[0].layers[0]
+    halved = Choice(**{**keep_all.__dict__, "policy": {root: 0.5}})
+    _, history, record = compress(tiny_trained, halved, cfg, 2, cfg.fit, data)
+    assert len(history) == 4 and record["channels_removed"] > 0
+    assert record["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_search_of_half_width_students_builds_its_finalists_from_the_same_student(
