@@ -183,6 +183,7 @@ def test_the_resnet_fastest_profile_is_the_fastest_budget_on_the_resnet_network(
     assert (params.search.objective, params.search.max_accuracy_drop) == ("fastest", 0.005)
     assert params.flow.workers == 1
     assert params.search.trial_fit.threads == params.search.fit.threads == 2
+    assert params.search.round_to == 8  # the resnet graph's candidates' rounding
     assert load_params(tmp_path) == params
 
 
