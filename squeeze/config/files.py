@@ -211,8 +211,8 @@ def update(doc: MutableMapping[str, Any], data: Mapping[str, Any]) -> None:
         delete(doc, key)
     for key, value in data.items():
         old = doc.get(key)
-        if isinstance(value, Mapping) and isinstance(old, MutableMapping):
-            update(old, value)
+        if isinstance(value, Mapping) and value and isinstance(old, MutableMapping):
+            update(old, value)  # (an emptied one is replaced by `{}`, see put)
         elif key not in doc or not same(old, value):
             new = copy.deepcopy(value)
             if isinstance(new, list) and isinstance(old, CommentedSeq) and old.fa.flow_style():
@@ -240,6 +240,11 @@ def same(old: Any, new: Any) -> bool:
 def put(node: MutableMapping[str, Any], key: str, value: Any) -> None:
     """node[key] = value, keeping the comment lines that followed the old value after the new."""
     following = _cut_following(node, key) if key in node else ""
+    slots = node.ca.items.get(key) if isinstance(node, CommentedBase) else None
+    if slots and len(slots) > 3 and not _block(value):
+        # the lines between the key and its old block (its first entry's header): ruamel would
+        # write them between `key:` and a scalar or `{}`, which then no longer parses
+        slots[3] = None
     node[key] = value
     if following:
         _add_following(node, key, following)

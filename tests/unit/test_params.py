@@ -304,6 +304,19 @@ def test_run_params_are_written_keeping_the_comments(tmp_path: Path) -> None:
     assert write_params(root, changed) is False
 
 
+def test_a_section_emptied_by_a_run_is_written_as_an_empty_mapping(tmp_path: Path) -> None:
+    """A UI form's `{}` for a section whose first entry has comment lines above it (merge's):
+    written as `merge: {}`, the lines before the next section kept, and the file loads."""
+    root = workspace(tmp_path)
+    params = load_params(root)
+    assert re.search(r"\nmerge:\n +#", (root / "params.yaml").read_text())
+    emptied = params.model_copy(update={"merge": {}})
+    assert write_params(root, emptied) is True
+    after = (root / "params.yaml").read_text()
+    assert "\nmerge: {}\n" in after and "\n# The budget search:" in after
+    assert load_params(root) == emptied
+
+
 def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(PROJECT / "profiles", tmp_path / "profiles")
