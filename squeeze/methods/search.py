@@ -317,20 +317,35 @@ def torch_accuracy(model: torch.nn.Module, split: Split) -> float:
     return float((logits.argmax(1).numpy() == split.labels).mean())
 
 
+def distinct_widths(group: ChannelGroup, grid: list[float], cfg: SearchParams) -> list[float]:
+    """The shares of grid, the first of each width a trial's one step leaves the group: with
+    cfg.round_to several shares keep the same channels (10% to 50% of 16 all keep 8 with
+    round_to 8), and a per-layer choice among them would be one choice asked as several (TPE
+    would weigh it several times, the sensitivity pass time it several times)."""
+    seen, out = set(), []
+    for share in grid:
+        width = width_plan([group], [share], 1, cfg.round_to)[0][group.layers[0]]
+        if width not in seen:
+            seen.add(width)
+            out.append(share)
+    return out
+
+
 def sensitivity(
     teacher: Classifier, groups: list[ChannelGroup], data: SearchData, cfg: SearchParams,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """Accuracy drop on the search split of every group pruned alone at each share of the grid
-    ({group's first layer: {share: drop}}), BatchNorm re-estimated, no fine-tune. A group's
-    shares stop at the first whose drop exceeds cfg.sensitivity_limit (that one recorded)."""
+    that leaves it a width of its own (distinct_widths; {group's first layer: {share: drop}}),
+    BatchNorm re-estimated, no fine-tune. A group's shares stop at the first whose drop exceeds
+    cfg.sensitivity_limit (that one recorded)."""
     images = bn_images(data.train, cfg.seed)
     one_step = probe_cfg(cfg)
     reference = torch_accuracy(teacher, data.search)
     drops: dict[str, dict[str, float]] = {}
     for group in groups:
         root, drops[group.layers[0]] = group.layers[0], {}
-        for share in feasible_shares(group, shares(cfg), cfg)[1:]:
+        for share in distinct_widths(group, feasible_shares(group, shares(cfg), cfg)[1:], cfg):
             model = prune_once(teacher, {root: share}, one_step)
             reestimate_bn(model, images)
             drop = round(reference - torch_accuracy(model, data.search), 6)

@@ -25,6 +25,7 @@ from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
 from squeeze.methods import MethodData
+from squeeze.methods.prune import ChannelGroup
 from squeeze.methods.search import (
     REFERENCE,
     RESCORED,
@@ -37,6 +38,7 @@ from squeeze.methods.search import (
     channel_groups_of,
     chosen,
     compress,
+    distinct_widths,
     done,
     finalist_trials,
     front,
@@ -238,6 +240,15 @@ def test_a_quantized_sparse_finalist_is_built_by_its_recipe(
     most = max(sensitivity, key=lambda layer: sensitivity[layer])
     assert {tuple(r["fp32_layers"]) for r in found.values()} == {(most,)}
     check_built_by_recipe(search_ws, params, "search_1", found["search_1"])
+
+
+def test_shares_that_keep_the_same_width_are_measured_and_searched_once() -> None:
+    """round_to 8 on a 16-wide group: 10% to 50% all keep 8 channels, so 10% alone stands for
+    them; without rounding every share keeps a width of its own."""
+    group = ChannelGroup(layers=("conv",), width=16)
+    grid = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert distinct_widths(group, grid, search_params(round_to=8)) == [0.1]
+    assert distinct_widths(group, grid, search_params(round_to=None)) == grid
 
 
 def test_a_choice_that_removes_no_channel_is_fine_tuned_once_by_its_zeroing_pass(
