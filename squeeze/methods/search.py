@@ -214,15 +214,15 @@ def compress(
     Raises:
         PruningError: the sparsity empties a layer (prune_unstructured).
     """
-    if not choice.policy and choice.sparsity:
-        weights = prune(copy.deepcopy(model), prune_cfg(cfg, choice, steps, fit_cfg,
-                                                        "unstructured"), data)  # fmt: skip
+    zeroing = prune_cfg(cfg, choice, steps, fit_cfg, "unstructured") if choice.sparsity else None
+    if zeroing is not None and not choice.policy:
+        weights = prune(copy.deepcopy(model), zeroing, data)
         return weights.model, weights.history, weights.record
     channels = prune(copy.deepcopy(model), prune_cfg(cfg, choice, steps, fit_cfg), data,
                      policy=choice.policy)  # fmt: skip
-    if not choice.sparsity:
+    if zeroing is None:
         return channels.model, channels.history, channels.record
-    weights = prune(channels.model, prune_cfg(cfg, choice, steps, fit_cfg, "unstructured"), data)
+    weights = prune(channels.model, zeroing, data)
     record = channels.record | {k: weights.record[k] for k in ("sparsity", "sparsity_over")}
     return weights.model, channels.history + weights.history, record
 
