@@ -2,8 +2,9 @@
 recipe search/recipes/NAME.json (squeeze.methods.search.Choice): the teacher's channel groups
 pruned by the recipe's per-layer policy (or, for a recipe's width below 1, the student of that
 width distilled from the teacher as the search trained it, squeeze.methods.students), then its
-unstructured sparsity, each over search.steps steps with search.fit's fine-tune (distillation
-weight, temperature, lr and quantization-aware grid the recipe's), by the same prune method as
+unstructured sparsity, each over search.steps steps with search.fit's fine-tune (the zeroing pass
+for search.zeroing_epochs; distillation weight, temperature, lr and quantization-aware grid the
+recipe's), by the same prune method as
 any `prune` candidate; then, for int8/int4 weights, its export quantized as a `quantize`
 candidate's is (squeeze.methods.quantize).
 
@@ -55,7 +56,8 @@ def run(root: Path, params: Params, name: str) -> None:
         origin = distilled_student(teacher, choice.width, cfg, data.train, data.val)
         torch.set_num_threads(cfg.fit.threads)
         torch.manual_seed(cfg.fit.seed)
-    model, history, record = compress(origin, choice, cfg, cfg.steps, cfg.fit, data)
+    model, history, record = compress(origin, choice, cfg, cfg.steps, cfg.fit, data,
+                                      cfg.zeroing_epochs)  # fmt: skip
     method = base_record(ws, name, "search_finalist", [TEACHER],
                          prune_cfg(cfg, choice, cfg.steps, cfg.fit))  # fmt: skip
     method |= record | {"search": recipe}

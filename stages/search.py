@@ -41,7 +41,7 @@ TRIAL_COLUMNS = ("study", "trial", "search_accuracy", "latency_ms_p50", "shipped
 # build. The budget and the objective do: the sampler learns from which trials met the budget,
 # and minimises the objective's cost.
 NOT_IN_KEY = ("finalists", "trials", "uniform_trials", "hours", "storage", "rescore",
-              "rescore_epochs", "steps", "fit")  # fmt: skip
+              "rescore_epochs", "steps", "fit", "zeroing_epochs")  # fmt: skip
 
 
 def storage_url(ws: Workspace, params: Params) -> str:

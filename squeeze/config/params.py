@@ -36,7 +36,7 @@ UNIFORM = "search_uniform"  # the finalist of the uniform baseline search
 # prune_cfg, quantize_cfg): its DVC stage depends on these alone, so a new budget or more trials
 # rebuild only the finalists whose recipe changed
 FINALIST_KEYS = ("max_sparsity", "importance", "round_to", "calibration_samples", "steps", "fit",
-                 "students.width_arg", "students.alpha", "students.temperature",
+                 "zeroing_epochs", "students.width_arg", "students.alpha", "students.temperature",
                  "students.fit")  # fmt: skip
 
 

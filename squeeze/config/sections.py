@@ -518,8 +518,13 @@ class SearchParams(Section):
     steps: int = Field(ge=1, le=100, description="A finalist's pruning steps.")
     fit: FitParams = Field(
         description="A finalist's fine-tune in full, at its own lr (a trial's lr is searched "
-        "for its short fine-tune only)."
+        "for its short fine-tune only): fit.epochs for its channel pass."
     )
+    zeroing_epochs: int = Field(
+        ge=1, le=1000,
+        description="Epochs of a finalist's zeroing pass (its unstructured sparsity, after the "
+        "channel pass; the rest of its fine-tune as fit).",
+    )  # fmt: skip
     students: StudentsParams
 
     @model_validator(mode="after")

@@ -201,20 +201,23 @@ def prune_cfg(
 
 def compress(
     model: Classifier, choice: Choice, cfg: SearchParams, steps: int, fit_cfg: Any,
-    data: MethodData,
+    data: MethodData, zeroing_epochs: int | None = None,
 ) -> tuple[Classifier, list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """A copy of `model` (the teacher, or the choice's student: Inputs.start) with the choice's
     channels removed, then its weights zeroed, each over `steps` steps with fit_cfg's fine-tune
-    distilled from data.teacher (squeeze.methods.prune): (the model in eval mode, one curve row
-    per step, prune's record of the channels with the final sparsity). A choice that removes no
-    channel but zeroes weights has the zeroing pass only: a channel pass would be a fine-tune
-    of the start alone, and the zeroing pass fine-tunes anyway (a finalist's build would take
-    twice as long for it). `model` is left unchanged.
+    distilled from data.teacher (squeeze.methods.prune), the zeroing pass for `zeroing_epochs`
+    when given (a finalist's: cfg.zeroing_epochs) instead of fit_cfg.epochs: (the model in eval
+    mode, one curve row per step, prune's record of the channels with the final sparsity). A
+    choice that removes no channel but zeroes weights has the zeroing pass only: a channel pass
+    would be a fine-tune of the start alone, and the zeroing pass fine-tunes anyway (a
+    finalist's build would take twice as long for it). `model` is left unchanged.
 
     Raises:
         PruningError: the sparsity empties a layer (prune_unstructured).
     """
-    zeroing = prune_cfg(cfg, choice, steps, fit_cfg, "unstructured") if choice.sparsity else None
+    zeroing_fit = fit_cfg.model_copy(update={"epochs": zeroing_epochs or fit_cfg.epochs})
+    zeroing = (prune_cfg(cfg, choice, steps, zeroing_fit, "unstructured") if choice.sparsity
+               else None)  # fmt: skip
     if zeroing is not None and not choice.policy:
         weights = prune(copy.deepcopy(model), zeroing, data)
         return weights.model, weights.history, weights.record

@@ -166,6 +166,8 @@ def test_the_fastest_profile_turns_the_budget_profile_to_speed(tmp_path: Path) -
     apply_profile(tmp_path, "budget")
     params = apply_profile(tmp_path, "fastest")
     assert params.search.finalists > 0 and not params.prune  # still the budget profile's search
+    # the search runs alone: its trials take both cores, the finalists (two at a time) one each
+    assert (params.search.trial_fit.threads, params.search.fit.threads) == (2, 1)
     assert (params.search.objective, params.gate.policy) == ("fastest", "fastest")
     assert params.search.max_accuracy_drop == params.gate.max_accuracy_drop == 0.005
     assert load_params(tmp_path) == params

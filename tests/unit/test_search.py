@@ -25,6 +25,7 @@ from squeeze.config.workspace import Workspace, read_json, write_json
 from squeeze.data.spec import Split
 from squeeze.data.splits import hold_out, load_split, save_split
 from squeeze.methods import MethodData
+from squeeze.methods import search as method
 from squeeze.methods.prune import ChannelGroup
 from squeeze.methods.search import (
     REFERENCE,
@@ -70,7 +71,7 @@ def search_params(**changes: Any) -> SearchParams:
         "max_unstructured": 0.5, "weights": ["fp32", "int8", "int4"], "qat": [False, True],
         "fp32_first_layer": [False, True], "fp32_layers": [0, 1], "calibration_samples": 64,
         "trial_images": 300, "trial_fit": fit, "rescore": 0, "rescore_epochs": 2, "steps": 1,
-        "fit": fit,
+        "fit": fit, "zeroing_epochs": 1,
         "students": {"widths": [1.0], "width_arg": None, "alpha": 0.9, "temperature": 4.0,
                      "fit": make_tiny_fit(epochs=2)},
     }  # fmt: skip
@@ -269,6 +270,32 @@ def test_a_choice_that_removes_no_channel_is_fine_tuned_once_by_its_zeroing_pass
     _, history, record = compress(tiny_trained, halved, cfg, 2, cfg.fit, data)
     assert len(history) == 4 and record["channels_removed"] > 0
     assert record["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_finalists_zeroing_pass_fine_tunes_for_zeroing_epochs(
+    tiny_trained: Classifier, small_fmnist: dict[str, Split], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compress with zeroing_epochs (a finalist's) fine-tunes the zeroing pass for that many
+    epochs and the channel pass for fit.epochs; without it (a trial's) both for fit.epochs."""
+    passes: list[tuple[str, int]] = []
+
+    def spied(model: Classifier, cfg: Any, data: MethodData, **kwargs: Any) -> Any:
+        passes.append((cfg.kind, cfg.fit.epochs))
+        return real(model, cfg, data, **kwargs)
+
+    real = method.prune
+    monkeypatch.setattr(method, "prune", spied)
+    cfg = search_params(steps=1)
+    cfg = cfg.model_copy(update={"fit": cfg.fit.model_copy(update={"epochs": 2})})
+    data = MethodData(small_fmnist["train"], small_fmnist["val"], tiny_trained)
+    root = channel_groups_of(tiny_trained, cfg)[0].layers[0]
+    choice = Choice(policy={root: 0.5}, distill_alpha=0.0, temperature=4.0, lr=0.01,
+                    sparsity=0.5, weights="fp32", qat=False, fp32_first_layer=False,
+                    fp32_layers=[], width=1.0)  # fmt: skip
+    compress(tiny_trained, choice, cfg, 1, cfg.fit, data, zeroing_epochs=1)
+    compress(tiny_trained, choice, cfg, 1, cfg.fit, data)
+    assert passes == [("structured", 2), ("unstructured", 1), ("structured", 2),
+                      ("unstructured", 2)]  # fmt: skip
 
 
 def test_a_search_of_half_width_students_builds_its_finalists_from_the_same_student(
@@ -483,8 +510,6 @@ def test_a_trial_is_timed_beside_the_teacher_so_a_slow_spell_costs_it_nothing(
     slow on demand) leaves a trial's latency where it was: it is the ratio to the teacher timed
     in the same rounds, times the teacher's p50 kept in the study."""
     from types import SimpleNamespace
-
-    import squeeze.methods.search as method
 
     spell = {"factor": 1.0}
 
