@@ -10,9 +10,10 @@ candidate's is (squeeze.methods.quantize).
 
 Reads params `search`, search/recipes/NAME.json, models/teacher/ and data/splits/{train,val};
 writes models/NAME/ as stages/prune does (fp32) or as stages/quantize does (model.onnx, "format":
-"onnx"); its model.json's `search` is the recipe: the study, the trial, the seed and the trial's
-own figures (the card's lineage; the study's whole trial list is search/trials.csv, its sha256
-in search/finalists.json).
+"onnx"). Its model.json's `params` are the passes that ran (squeeze.methods.search.Passes: the
+channel pass, the zeroing pass or both, each a prune candidate's PruneParams); its `search` is
+the recipe: the study, the trial, the seed and the trial's own figures (the card's lineage; the
+study's whole trial list is search/trials.csv, its sha256 in search/finalists.json).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from squeeze.data.splits import load_split
 from squeeze.errors import StageRefused
 from squeeze.methods import MethodData
 from squeeze.methods.quantize import FP32_SOURCE
-from squeeze.methods.search import Choice, compress, prune_cfg, shipped_form
+from squeeze.methods.search import Choice, compress, shipped_form
 from squeeze.methods.students import distilled_student
 from squeeze.nets.models import count_params, load_checkpoint
 from stages.candidate import base_record, fresh_folder, main_for
@@ -56,10 +57,9 @@ def run(root: Path, params: Params, name: str) -> None:
         origin = distilled_student(teacher, choice.width, cfg, data.train, data.val)
         torch.set_num_threads(cfg.fit.threads)
         torch.manual_seed(cfg.fit.seed)
-    model, history, record = compress(origin, choice, cfg, cfg.steps, cfg.fit, data,
-                                      cfg.zeroing_epochs)  # fmt: skip
-    method = base_record(ws, name, "search_finalist", [TEACHER],
-                         prune_cfg(cfg, choice, cfg.steps, cfg.fit))  # fmt: skip
+    model, history, record, passes = compress(origin, choice, cfg, cfg.steps, cfg.fit, data,
+                                              cfg.zeroing_epochs)  # fmt: skip
+    method = base_record(ws, name, "search_finalist", [TEACHER], passes)
     method |= record | {"search": recipe}
     if choice.weights == "fp32":
         save_trained(ws, name, model, method, history, start)

@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from pydantic import BaseModel
 
 from squeeze.config.sections import EvaluateParams, PruneParams, QuantizeParams, SearchParams
 from squeeze.data.spec import Split
@@ -199,18 +200,25 @@ def prune_cfg(
     )  # fmt: skip
 
 
+class Passes(BaseModel):
+    """The pruning passes compress ran, in order: a finalist card's `params` (its lineage)."""
+
+    passes: list[PruneParams]
+
+
 def compress(
     model: Classifier, choice: Choice, cfg: SearchParams, steps: int, fit_cfg: Any,
     data: MethodData, zeroing_epochs: int | None = None,
-) -> tuple[Classifier, list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+) -> tuple[Classifier, list[dict[str, Any]], dict[str, Any], Passes]:  # fmt: skip
     """A copy of `model` (the teacher, or the choice's student: Inputs.start) with the choice's
     channels removed, then its weights zeroed, each over `steps` steps with fit_cfg's fine-tune
     distilled from data.teacher (squeeze.methods.prune), the zeroing pass for `zeroing_epochs`
     when given (a finalist's: cfg.zeroing_epochs) instead of fit_cfg.epochs: (the model in eval
-    mode, one curve row per step, prune's record of the channels with the final sparsity). A
-    choice that removes no channel but zeroes weights has the zeroing pass only: a channel pass
-    would be a fine-tune of the start alone, and the zeroing pass fine-tunes anyway (a
-    finalist's build would take twice as long for it). `model` is left unchanged.
+    mode, one curve row per step, prune's record of the channels with the final sparsity, the
+    PruneParams of each pass that ran). A choice that removes no channel but zeroes weights has
+    the zeroing pass only: a channel pass would be a fine-tune of the start alone, and the
+    zeroing pass fine-tunes anyway (a finalist's build would take twice as long for it). `model`
+    is left unchanged.
 
     Raises:
         PruningError: the sparsity empties a layer (prune_unstructured).
@@ -220,14 +228,15 @@ def compress(
                else None)  # fmt: skip
     if zeroing is not None and not choice.policy:
         weights = prune(copy.deepcopy(model), zeroing, data)
-        return weights.model, weights.history, weights.record
-    channels = prune(copy.deepcopy(model), prune_cfg(cfg, choice, steps, fit_cfg), data,
-                     policy=choice.policy)  # fmt: skip
+        return weights.model, weights.history, weights.record, Passes(passes=[zeroing])
+    structured = prune_cfg(cfg, choice, steps, fit_cfg)
+    channels = prune(copy.deepcopy(model), structured, data, policy=choice.policy)
     if zeroing is None:
-        return channels.model, channels.history, channels.record
+        return channels.model, channels.history, channels.record, Passes(passes=[structured])
     weights = prune(channels.model, zeroing, data)
     record = channels.record | {k: weights.record[k] for k in ("sparsity", "sparsity_over")}
-    return weights.model, channels.history + weights.history, record
+    passes = Passes(passes=[structured, zeroing])
+    return weights.model, channels.history + weights.history, record, passes
 
 
 def quantize_cfg(cfg: SearchParams, choice: Choice) -> QuantizeParams:
@@ -512,7 +521,7 @@ def fine_tuned(choice: Choice, inputs: Inputs) -> tuple[bytes, float]:
     data = MethodData(inputs.fine_tune, inputs.search, inputs.teacher)
     # the trial's own lr: searched for this short fine-tune only (a finalist's is cfg.fit.lr)
     fit = cfg.trial_fit.model_copy(update={"lr": choice.lr})
-    model, _, _ = compress(inputs.start(choice), choice, cfg, 1, fit, data)
+    model, _, _, _ = compress(inputs.start(choice), choice, cfg, 1, fit, data)
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = shipped_form(model, choice, cfg, data, Path(tmp))
         return path.read_bytes(), accuracy_of(path, inputs.search)

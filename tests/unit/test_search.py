@@ -200,8 +200,15 @@ def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict)
     assert record["sparsity"] == pytest.approx(found["sparsity"], abs=0.03)
     assert record["search"] == found | {"seed": 0}
     assert record["method"] == "search_finalist" and record["upstream"] == ["teacher"]
-    # fine-tuned at the finalists' lr, not at the lr its trial's short fine-tune searched
-    assert record["params"]["fit"]["lr"] == params.search.fit.lr != found["lr"]
+    # its passes as they ran: the channel pass only where the recipe removes channels, the
+    # zeroing pass for search.zeroing_epochs; each at the finalists' lr, not at the lr its
+    # trial's short fine-tune searched
+    passes = record["params"]["passes"]
+    kinds = ["structured"] * bool(found["policy"]) + ["unstructured"] * bool(found["sparsity"])
+    assert [p["kind"] for p in passes] == kinds
+    epochs = {"structured": params.search.fit.epochs, "unstructured": params.search.zeroing_epochs}
+    assert all(p["fit"]["epochs"] == epochs[p["kind"]] for p in passes)
+    assert {p["fit"]["lr"] for p in passes} == {params.search.fit.lr} != {found["lr"]}
     if found["weights"] == "fp32":
         assert record["format"] == "safetensors"
         load_checkpoint(ws.model(name))
@@ -262,13 +269,15 @@ def test_a_choice_that_removes_no_channel_is_fine_tuned_once_by_its_zeroing_pass
     keep_all = Choice(policy={}, distill_alpha=0.5, temperature=4.0, lr=0.01, sparsity=0.5,
                       weights="int8", qat=True, fp32_first_layer=False, fp32_layers=[],
                       width=1.0)  # fmt: skip
-    model, history, record = compress(tiny_trained, keep_all, cfg, 2, cfg.fit, data)
+    model, history, record, passes = compress(tiny_trained, keep_all, cfg, 2, cfg.fit, data)
     assert len(history) == 2 and record["channels_removed"] == 0
+    assert [p.kind for p in passes.passes] == ["unstructured"]
     assert record["sparsity"] == pytest.approx(0.5, abs=0.01)
     root = channel_groups_of(tiny_trained, cfg)[0].layers[0]
     halved = Choice(**{**keep_all.__dict__, "policy": {root: 0.5}})
-    _, history, record = compress(tiny_trained, halved, cfg, 2, cfg.fit, data)
+    _, history, record, passes = compress(tiny_trained, halved, cfg, 2, cfg.fit, data)
     assert len(history) == 4 and record["channels_removed"] > 0
+    assert [p.kind for p in passes.passes] == ["structured", "unstructured"]
     assert record["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
