@@ -9,12 +9,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(VENV)/.installed packages
 
-# pinned: requirements.lock holds every package version the tests ran with (torch 2.13.0 CPU).
-# --no-compile: pip would byte-compile every installed module (torch's thousands among them),
-# most of which no run imports; Python compiles what it imports, once, on first use
+# pinned: requirements.lock holds every package version the tests ran with (torch 2.13.0 CPU)
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $@
 
 # Debian packages the tests need, each with the check that it is there: the system copy of
