@@ -82,6 +82,16 @@ def write_trials(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def fresh_recipes(ws: Workspace) -> Path:
+    """The recipes folder, emptied: only once a search has succeeded, so that one that fails
+    (a budget nobody meets, a storage that cannot be opened) leaves the last search's recipes,
+    finalists.json and trials.csv as they were, and DVC sees no change."""
+    recipes = ws.search(RECIPES)
+    shutil.rmtree(recipes, ignore_errors=True)
+    recipes.mkdir(parents=True)
+    return recipes
+
+
 @contextmanager
 def trial_pool() -> Iterator[Any]:
     """Where the trials' fine-tunes run: on the Dask cluster $SQUEEZE_SEARCH_DASK names (a flow
@@ -104,12 +114,10 @@ def trial_pool() -> Iterator[Any]:
 
 def run(root: Path, params: Params) -> None:
     ws, cfg = Workspace(root), params.search
-    recipes = ws.search(RECIPES)
-    shutil.rmtree(recipes, ignore_errors=True)
-    recipes.mkdir(parents=True)
     if not cfg.finalists:
         write_trials(ws.search(TRIALS), [])
         write_json(ws.search(FINALISTS), {"finalists": {}})
+        fresh_recipes(ws)
         return
     import torch
     from sqlalchemy.engine import make_url
@@ -140,6 +148,7 @@ def run(root: Path, params: Params) -> None:
         "trials_sha256": sha256(ws.search(TRIALS)),
         "finalists": outcome.finalists,
     })  # fmt: skip
+    recipes = fresh_recipes(ws)
     for name, found in outcome.finalists.items():
         # one file per finalist, its stage's only dep on the search: a finalist whose recipe a
         # longer search did not change is not rebuilt

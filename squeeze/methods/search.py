@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 import torch
 from pydantic import BaseModel
 
@@ -769,10 +770,22 @@ def cost_metric(cfg: SearchParams) -> str:
 def open_study(storage: str, name: str, cfg: SearchParams) -> optuna.Study:
     """The study `name` in storage, created if new (search accuracy maximised, cost_metric
     minimised, so named for optuna-dashboard's axes); trials a killed search left RUNNING are
-    marked FAIL, so that they run again."""
-    study = optuna.create_study(
-        storage=storage, study_name=name, load_if_exists=True, directions=["maximize", "minimize"]
-    )
+    marked FAIL, so that they run again.
+
+    Raises:
+        SearchError: the storage cannot be opened (naming search.storage, password hidden).
+    """
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                    directions=["maximize", "minimize"])  # fmt: skip
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        shown = sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise SearchError(
+            f"params.yaml search.storage: Optuna's storage {shown} cannot be opened ({reason}): "
+            "start that database or correct the URL, or set search.storage: null for the SQLite "
+            "file in the workspace. No recipe was changed."
+        ) from err
     with warnings.catch_warnings():  # optuna marks set_metric_names experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([SEARCH_ACCURACY, cost_metric(cfg)])
@@ -879,7 +892,12 @@ def progress(
     """One line per trial: its figures, whether it met the budget, the best so far, time left."""
     status = "within budget" if max(broken.values()) <= 0 else "over " + ", ".join(
         k for k, v in broken.items() if v > 0)  # fmt: skip
-    early = "; stopped before fine-tuning" if metrics["stopped_early"] else ""
+    # a trial stops early for one of two reasons (run_trials): its probe broke a latency or size
+    # limit, or (none broken) its sparsity empties a layer
+    over = [k for k, v in broken.items() if v > 0 and k != "max_accuracy_drop"]
+    early = ("" if not metrics["stopped_early"]
+             else f"; stopped before fine-tuning: its probe is over {', '.join(over)}" if over
+             else "; stopped before fine-tuning: its sparsity empties a layer")  # fmt: skip
     best = best_trials(done(study), cfg)
     best_text = (f"trial {ordinal(best[0])}" if feasible(best[0])
                  else f"none within budget yet, closest trial {ordinal(best[0])}")  # fmt: skip
@@ -1257,9 +1275,10 @@ def search(
             and the closest trial), or no such uniform trial.
     """
     groups = channel_groups_of(teacher, cfg)
-    students = distilled_students(teacher, cfg, data, log)  # first: a bad width_arg fails fast
+    # before any training: a storage that cannot be opened fails in seconds, not after students
     per_layer = open_study(storage, f"squeeze-{key}", cfg)
     uniform = open_study(storage, f"squeeze-{key}-uniform", cfg)
+    students = distilled_students(teacher, cfg, data, log)  # a bad width_arg fails before trials
     drops = kept(per_layer, "sensitivity", lambda: sensitivity(teacher, groups, data, cfg, log))
     per_class = max(1, cfg.trial_images // len(np.unique(data.train.labels)))
     picks = stratified_indices(data.train.labels, per_class, np.random.default_rng(cfg.seed))

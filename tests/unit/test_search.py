@@ -557,13 +557,19 @@ def test_the_teacher_latency_is_kept_in_the_study_and_costs_the_teacher_at_about
 
 
 def test_a_budget_no_trial_meets_is_refused_naming_the_tightest_limit_and_the_closest_trial(
-    search_ws: Workspace, stage_params: Any
+    search_ws: Workspace, stage_params: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A latency nobody reaches: every trial stops before its fine-tune, and no recipe is
-    written (nothing downstream can build or promote from a search that found nothing)."""
+    """A latency nobody reaches: every trial stops before its fine-tune, its line says why, and
+    no recipe is written (nothing downstream can build or promote from a search that found
+    nothing)."""
     params = with_search(stage_params, search_params(max_latency_ms=1e-6))
     with pytest.raises(SearchError) as err:
         search.run(search_ws.root, params)
+    trial_lines = [line for line in capsys.readouterr().out.splitlines() if " trial " in line]
+    assert trial_lines and all(
+        "stopped before fine-tuning: its probe is over max_latency_ms" in line
+        for line in trial_lines
+    )
     message = str(err.value)
     assert "the tightest limit is max_latency_ms, met by 0 of 3 trials" in message
     assert "The closest trial scored" in message and "Nothing was built or promoted" in message
@@ -573,6 +579,29 @@ def test_a_budget_no_trial_meets_is_refused_naming_the_tightest_limit_and_the_cl
                if not s.study_name.endswith("-uniform")]  # fmt: skip
     trials = optuna.load_study(study_name=name, storage=storage).trials
     assert all(t.user_attrs["stopped_early"] for t in trials)
+
+
+def test_a_failed_search_leaves_the_last_searchs_recipes_as_they_were(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    """A search that fails (a budget nobody meets; a storage that cannot be opened, refused
+    naming search.storage without its password) changes none of the last search's outputs, so
+    its finalists stay buildable and DVC sees nothing changed."""
+    small = search_params(trials=1, finalists=1, uniform_trials=1)
+    search.run(search_ws.root, with_search(stage_params, small))
+    outputs = sorted(search_ws.search("").rglob("*.json")) + [search_ws.search(search.TRIALS)]
+    before = {path: path.read_bytes() for path in outputs}
+    assert search_ws.search(f"{search.RECIPES}/search_1.json") in before
+    with pytest.raises(SearchError, match="tightest limit"):
+        search.run(search_ws.root, with_search(stage_params, search_params(max_latency_ms=1e-6)))
+    unreachable = "postgresql://nobody:secret@127.0.0.1:1/squeeze"  # nothing listens on port 1
+    with pytest.raises(SearchError) as err:
+        search.run(search_ws.root, with_search(stage_params, search_params(storage=unreachable)))
+    message = str(err.value)
+    assert "search.storage" in message and "127.0.0.1:1" in message
+    assert "secret" not in message and "search.storage: null" in message
+    after = sorted(search_ws.search("").rglob("*.json")) + [search_ws.search(search.TRIALS)]
+    assert {path: path.read_bytes() for path in after} == before
 
 
 def test_a_network_with_nothing_to_prune_is_refused_naming_its_layers(
