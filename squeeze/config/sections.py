@@ -497,7 +497,8 @@ class SearchParams(Section):
     fp32_layers: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
         description="[low, high] of how many weight layers a quantized trial keeps fp32 (mixed "
         "precision): the ones whose quantization alone costs most accuracy on the search split "
-        "(the weight-sensitivity pass); [0, 0]: none beyond fp32_first_layer's."
+        "(the weight-sensitivity pass); [0, 0]: none beyond fp32_first_layer's. A count above "
+        "the network's weight layers means all of them."
     )
     calibration_samples: int = Field(
         ge=1, le=60000, description="Training images that calibrate a quantized trial or finalist."
