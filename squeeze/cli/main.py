@@ -61,13 +61,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"candidates: {root / 'metrics' / 'candidates.json'}; exports: {root / 'exports'}/")
     decision = read_json(Workspace(root).metrics("promote"))
     when = "this run" if "promote" in result["ran"] else "unchanged since the last run"
-    challenger = (decision.get("challenger") or {}).get("name")
-    print(f"decision ({when}): {decision['outcome']}" + (f" {challenger}" if challenger else "")
-          + f"; production model: {decision['registry']['model']}")  # fmt: skip
+    print(decision_line(decision, when))
     if decision["outcome"] == "nothing_passed":
         print("squeeze: the gates refused every candidate; see metrics/gate.json", file=sys.stderr)
         return GATE_REFUSED
     return 0
+
+
+def decision_line(decision: dict, when: str) -> str:
+    """The run's last line: promote's outcome (metrics/promote.json), the challenger it names
+    ("promoted NAME"; otherwise the challenger is not what production holds, so it is named as
+    such) and where the production model is."""
+    challenger = (decision.get("challenger") or {}).get("name")
+    named = ("" if not challenger else f" {challenger}" if decision["outcome"] == "promoted"
+             else f" (challenger {challenger})")  # fmt: skip
+    return (f"decision ({when}): {decision['outcome']}{named}; production model: "
+            f"{decision['registry']['model']}")  # fmt: skip
 
 
 def stage_table(result: dict, wall_s: float) -> str:

@@ -283,3 +283,23 @@ def test_status_lists_half_versions_and_clean_registry_removes_old_ones(
     assert store.list("fmnist/versions/2/") == []
     assert squeeze(workspace, "status") == 0
     assert "half-published" not in capsys.readouterr().out
+
+
+def test_the_decision_line_names_the_challenger_as_such_unless_it_was_promoted() -> None:
+    """A kept champion is production, not the challenger promote refused: the line must not
+    read as if the challenger were what production holds."""
+    registry = {"model": "/r/fashion-mnist/versions/1/model.onnx.xz"}
+    promoted = {"outcome": "promoted", "challenger": {"name": "search_1"}, "registry": registry}
+    kept = {"outcome": "champion_kept", "challenger": {"name": "search_uniform"},
+            "registry": registry}  # fmt: skip
+    none = {"outcome": "nothing_passed", "challenger": None, "registry": registry}
+    assert cli.decision_line(promoted, "this run") == (
+        "decision (this run): promoted search_1; production model: " + registry["model"]
+    )
+    assert cli.decision_line(kept, "this run").startswith(
+        "decision (this run): champion_kept (challenger search_uniform); production model: "
+    )
+    assert cli.decision_line(none, "unchanged since the last run") == (
+        "decision (unchanged since the last run): nothing_passed; production model: "
+        + registry["model"]
+    )
