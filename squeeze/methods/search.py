@@ -351,10 +351,15 @@ def sensitivity(
     """Accuracy drop on the search split of every group pruned alone at each share of the grid
     that leaves it a width of its own (distinct_widths; {group's first layer: {share: drop}}),
     BatchNorm re-estimated, no fine-tune. A group's shares stop at the first whose drop exceeds
-    cfg.sensitivity_limit (that one recorded)."""
+    cfg.sensitivity_limit (that one recorded). The drop is against the teacher with its
+    BatchNorm re-estimated on the same images, so that it is the share's own: against the
+    teacher as trained, every share of every group would carry what re-estimation alone moves
+    (on a small or unusual dataset, points)."""
     images = bn_images(data.train, cfg.seed)
     one_step = probe_cfg(cfg)
-    reference = torch_accuracy(teacher, data.search)
+    unpruned = copy.deepcopy(teacher)
+    reestimate_bn(unpruned, images)
+    reference = torch_accuracy(unpruned, data.search)
     drops: dict[str, dict[str, float]] = {}
     for group in groups:
         root, drops[group.layers[0]] = group.layers[0], {}
