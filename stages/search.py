@@ -120,10 +120,9 @@ def run(root: Path, params: Params) -> None:
         fresh_recipes(ws)
         return
     import torch
-    from sqlalchemy.engine import make_url
 
     from squeeze.data.splits import load_split
-    from squeeze.methods.search import SearchData, search
+    from squeeze.methods.search import SearchData, search, shown_storage
     from squeeze.nets.models import load_checkpoint
 
     torch.set_num_threads(cfg.trial_fit.threads)
@@ -137,9 +136,8 @@ def run(root: Path, params: Params) -> None:
     with trial_pool() as pool:
         outcome = search(teacher, cfg, data, timing, storage, key, names, pool=pool)
     write_trials(ws.search(TRIALS), outcome.trials)
-    shown = make_url(storage).render_as_string(hide_password=True)  # no password in the output
     write_json(ws.search(FINALISTS), {
-        "study": f"squeeze-{key}", "storage": shown,
+        "study": f"squeeze-{key}", "storage": shown_storage(storage),
         "seed": cfg.seed, "objective": cfg.objective, "teacher": outcome.teacher,
         # this run's wall time (a resumed search's: since it resumed)
         "seconds": round(time.perf_counter() - start, 1),

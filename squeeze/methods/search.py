@@ -772,6 +772,11 @@ def cost_metric(cfg: SearchParams) -> str:
     return LATENCY if cfg.objective == "fastest" else SIZE
 
 
+def shown_storage(storage: str) -> str:
+    """The storage URL as it may be printed or recorded: its password hidden."""
+    return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+
+
 def open_study(storage: str, name: str, cfg: SearchParams) -> optuna.Study:
     """The study `name` in storage, created if new (search accuracy maximised, cost_metric
     minimised, so named for optuna-dashboard's axes); trials a killed search left RUNNING are
@@ -784,10 +789,10 @@ def open_study(storage: str, name: str, cfg: SearchParams) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                     directions=["maximize", "minimize"])  # fmt: skip
     except sqlalchemy.exc.SQLAlchemyError as err:
-        shown = sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise SearchError(
-            f"params.yaml search.storage: Optuna's storage {shown} cannot be opened ({reason}): "
+            f"params.yaml search.storage: Optuna's storage {shown_storage(storage)} cannot be "
+            f"opened ({reason}): "
             "start that database or correct the URL, or set search.storage: null for the SQLite "
             "file in the workspace. No recipe was changed."
         ) from err
