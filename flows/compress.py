@@ -264,9 +264,9 @@ def fan_out(
 
     The flow checks staleness and records builds in the workspace; the runner only builds
     (`build_here` on threads, `build_remote` on Dask workers through the DVC remote, when remote
-    is its (name, settings)), so independent candidates build concurrently; flows.scheduler
-    decides the order. After a failed build nothing new starts; the builds under way finish and
-    are recorded, then the failure is raised.
+    is its (name, settings)), so independent candidates build concurrently, flow.workers at a
+    time; flows.scheduler decides the order. After a failed build nothing new starts; the
+    builds under way finish and are recorded, then the failure is raised.
     """
     logger = get_run_logger()
     overhead: dict[str, float] = {}  # model -> seconds to check and submit its build
@@ -295,7 +295,8 @@ def fan_out(
         seconds[stage] = round(overhead[name] + built.seconds + time.perf_counter() - begin, 2)
 
     teacher, *candidates = params.model_names()  # topological: upstreams first
-    ran = schedule(candidates, params.upstreams(), params.descendants(), {teacher}, start, finish)
+    ran = schedule(candidates, params.upstreams(), params.workload(), {teacher}, start, finish,
+                   slots=params.flow.workers)  # fmt: skip
     return {dvc_stage(params, name): did for name, did in ran.items()}
 
 

@@ -1,7 +1,8 @@
-"""The order of the candidate builds: each starts as soon as its upstreams are current, the most
-depended-on first, and finished builds are taken in as they come.
+"""The order of the candidate builds: each starts as soon as its upstreams are current and a
+worker is free, the one with the most work waiting on it first, and finished builds are taken in
+as they come.
 
-Pure logic over the candidate graph (params' upstreams and descendants), with no Prefect in it:
+Pure logic over the candidate graph (params' upstreams and workload), with no Prefect in it:
 the flow (flows.compress.fan_out) gives it `start`, which checks a model's staleness and submits
 its build to the task runner, and `finish`, which records a finished build in the workspace.
 A future is anything with `add_done_callback` (a PrefectFuture, a concurrent.futures.Future).
@@ -23,23 +24,29 @@ class Future(Protocol):
 def schedule(
     names: Sequence[str],
     upstreams: Mapping[str, Sequence[str]],
-    descendants: Mapping[str, int],
+    workload: Mapping[str, float],
     current: Iterable[str],
     start: Callable[[str], Future | None],
     finish: Callable[[str, Any], None],
+    slots: int | None = None,
 ) -> dict[str, bool]:
     """Build every model of names as soon as its upstreams are current; return {name: built}.
 
     Args:
         names: the models to build, topological (upstreams first).
         upstreams: model -> the models it is made from.
-        descendants: model -> how many models are made from it, directly or not: of the models
-            ready together, the one most others wait on starts first (the longest chain would
-            otherwise queue behind the leaves).
+        workload: model -> the work its build and every build made from it take (any unit,
+            Params.workload: fine-tuning epochs): of the models ready when a worker is free,
+            the heaviest starts first (list scheduling with Graham's longest-processing-time-
+            first rule, a model's work counting what waits on it: a long build started last
+            would end the run alone, the other workers idle).
         current: models already current (the teacher).
         start: start(name) -> its build under way, or None when the model is current already
             (skipped: it makes the models made from it ready at once).
         finish: finish(name, future) takes a finished build in; raising marks the build failed.
+        slots: at most this many builds under way (the runner's workers), so that a model
+            ready later is not queued behind lighter ones submitted before it; None: every
+            ready model is started at once.
     Returns:
         {name: True if built, False if skipped}, in the order of names.
     Raises:
@@ -54,8 +61,12 @@ def schedule(
     while True:
         ready = [n for n in waiting if set(upstreams[n]) <= current] if failure is None else []
         # a stable sort: among equals, the topological order
-        ready.sort(key=lambda n: -descendants[n])
-        for name in ready:  # a skipped one may make others ready: look again after these
+        ready.sort(key=lambda n: -workload[n])
+        moved = False  # a skipped one may make others ready: look again after these
+        for name in ready:
+            if slots is not None and len(running) >= slots:
+                break
+            moved = True
             waiting.remove(name)
             future = start(name)
             if future is None:
@@ -64,7 +75,7 @@ def schedule(
                 continue
             future.add_done_callback(finished.put)
             running[future] = name
-        if ready:
+        if moved:
             continue
         if not running:
             break

@@ -77,14 +77,31 @@ class Params(Section):
                 graph[name] = list(cfg.upstreams) if stage == "merge" else [cfg.upstream]
         return graph
 
-    def descendants(self) -> dict[str, int]:
-        """Every model name -> how many candidates are built from it, directly or not."""
+    def workload(self) -> dict[str, int]:
+        """Every model name -> the fine-tuning epochs of its build and of every build made from
+        it, directly or not: what the flow's scheduler (flows.scheduler) expects to wait on it.
+        An estimate: an epoch of a small student costs less than one of the teacher, and a
+        post-training quantization or an ensemble counts 0."""
         graph = self.upstreams()
         below: dict[str, set[str]] = {name: set() for name in self.model_names()}
         for name in reversed(self.model_names()):  # a model's dependents come after it
             for up in graph.get(name, []):
                 below[up] |= below[name] | {name}
-        return {name: len(found) for name, found in below.items()}
+        return {name: sum(map(self.epochs, found | {name})) for name, found in below.items()}
+
+    def epochs(self, name: str) -> int:
+        """The training or fine-tuning epochs of the build of model name (a finalist's
+        channel and zeroing passes, a soup's ingredients)."""
+        stage = self.stage_of(name)
+        if stage == FINALIST:
+            return self.search.fit.epochs + self.search.zeroing_epochs
+        if stage == "quantize":
+            return 0
+        cfg = self.train_teacher if stage == "train_teacher" else getattr(self, stage)[name]
+        if stage == "merge":
+            soup = sum(ingredient.epochs for ingredient in cfg.ingredients)
+            return soup or (cfg.fit.epochs if cfg.kind == "distill_ensemble" else 0)
+        return cfg.fit.epochs
 
     def stage_of(self, name: str) -> str:
         """The stage that builds a model ('train_teacher' for the teacher)."""

@@ -198,11 +198,11 @@ def test_candidates_build_on_workers_that_share_no_disk(
     assert dask_acc and dask_acc == threads_acc
     print("seconds per stage on dask:", result["seconds"])
 
-    # candidates built from the teacher alone are ready at once and submitted most-depended-on
-    # first (Params.descendants): the first two start together on the two workers and overlap
+    # candidates built from the teacher alone are ready at once and submitted heaviest
+    # first (Params.workload): the first two start together on the two workers and overlap
     from_teacher = [c for c in candidates if params.upstreams()[parse_stage(c)[1]] == ["teacher"]]
-    descendants = params.descendants()
-    from_teacher.sort(key=lambda c: -descendants[parse_stage(c)[1]])
+    workload = params.workload()
+    from_teacher.sort(key=lambda c: -workload[parse_stage(c)[1]])
     first, second = from_teacher[:2]
     this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:

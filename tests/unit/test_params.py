@@ -118,21 +118,24 @@ def test_models_come_after_their_upstreams() -> None:
         assert all(order.index(up) < order.index(name) for up in ups)
 
 
-def test_descendants_count_everything_built_from_a_model() -> None:
+def test_workload_sums_the_epochs_of_everything_built_from_a_model() -> None:
     params = load_params(PROJECT)
-    counts, graph = params.descendants(), params.upstreams()
-    for name, count in counts.items():  # by brute force: walk up from every candidate
-        built_from = 0
+    work, graph = params.workload(), params.upstreams()
+    for name, total in work.items():  # by brute force: walk up from every candidate
+        built_from = []
         for other in graph:
             todo, seen = list(graph[other]), set()
             while todo:
                 up = todo.pop()
                 seen.add(up)
                 todo += [u for u in graph.get(up, []) if u not in seen]
-            built_from += name in seen
-        assert count == built_from, name
-    assert counts["teacher"] == len(graph)
-    assert counts["teacher_ch50"] > counts["kd_small"] > counts["ce_small"] == 0
+            built_from += [other] if name in seen else []
+        assert total == sum(map(params.epochs, [name, *built_from])), name
+    soup = params.merge["teacher_ch50_soup"]
+    assert params.epochs("teacher_ch50_soup") == sum(i.epochs for i in soup.ingredients) > 0
+    assert params.epochs("teacher_ch50_int8") == 0  # post-training: no epoch
+    assert work["teacher"] == sum(map(params.epochs, params.model_names()))
+    assert work["teacher_ch50"] > work["kd_small"] > work["ce_small"] == 6
 
 
 def test_smoke_profile_overlays_params(tmp_path: Path) -> None:

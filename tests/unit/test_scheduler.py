@@ -1,5 +1,6 @@
-"""The order of the candidate builds (flows.scheduler): the model most others wait on starts
-first, a model starts only once all its upstreams are current, a current model is skipped and
+"""The order of the candidate builds (flows.scheduler): the model with the most work waiting on
+it starts first, no more builds run than there are slots, a model starts only once all its
+upstreams are current, a current model is skipped and
 frees its dependents at once, and after a failure nothing new starts while the builds under way
 are still taken in. Pure logic: futures of concurrent.futures, no Prefect."""
 
@@ -25,7 +26,7 @@ UPSTREAMS = {
     "ensemble": ["kd_small", "teacher_ch50"],
 }
 NAMES = list(UPSTREAMS)  # topological
-DESCENDANTS = {"kd_small": 1, "teacher_ch50": 2, "teacher_int8": 0, "ch50_int8": 0, "ensemble": 0}
+WORKLOAD = {"kd_small": 8, "teacher_ch50": 9, "teacher_int8": 0, "ch50_int8": 0, "ensemble": 2}
 
 
 class Builds:
@@ -71,14 +72,39 @@ class Builds:
 
 
 def run(builds: Builds, names: list[str] = NAMES) -> dict[str, bool]:
-    return schedule(names, UPSTREAMS, DESCENDANTS, {"teacher"}, builds.start, builds.finish)
+    return schedule(names, UPSTREAMS, WORKLOAD, {"teacher"}, builds.start, builds.finish)
 
 
-def test_the_model_most_others_wait_on_starts_first() -> None:
+def test_the_model_with_the_most_work_waiting_on_it_starts_first() -> None:
     builds = Builds()
     assert run(builds) == dict.fromkeys(NAMES, True)
-    # the first wave, most descendants first (ties in topological order)
+    # the first wave, the heaviest first
     assert builds.started()[:3] == ["teacher_ch50", "kd_small", "teacher_int8"]
+
+
+def test_a_heavy_model_ready_later_overtakes_lighter_ones_waiting_for_a_slot() -> None:
+    # one slot: teacher_ch50, then kd_small; by then ch50_int8 and the ensemble are ready beside
+    # teacher_int8, which has waited since the start, and go first with their heavier work
+    work = WORKLOAD | {"ch50_int8": 5}
+    builds = Builds()
+    ran = schedule(NAMES, UPSTREAMS, work, {"teacher"}, builds.start, builds.finish, slots=1)
+    assert ran == dict.fromkeys(NAMES, True)
+    assert builds.started() == ["teacher_ch50", "kd_small", "ch50_int8", "ensemble",
+                                "teacher_int8"]  # fmt: skip
+    # one at a time: each build is taken in before the next starts
+    assert builds.events == [(e, n) for n in builds.started() for e in ("start", "finish")]
+
+
+def test_no_more_builds_run_at_once_than_there_are_slots() -> None:
+    builds = Builds(release={"teacher_ch50": "kd_small"})
+    ran = schedule(NAMES, UPSTREAMS, WORKLOAD, {"teacher"}, builds.start, builds.finish, slots=2)
+    assert ran == dict.fromkeys(NAMES, True)
+    under_way, most = 0, 0
+    for event, _ in builds.events:
+        under_way += 1 if event == "start" else -1
+        most = max(most, under_way)
+    assert most == 2
+    assert builds.at("start", "teacher_int8") > builds.at("finish", "kd_small")  # no slot before
 
 
 def test_a_model_starts_once_all_its_upstreams_are_built_and_not_before() -> None:
@@ -95,7 +121,7 @@ def test_on_the_project_graph_every_model_starts_after_its_upstreams() -> None:
     teacher, *names = params.model_names()
     builds = Builds()
     upstreams = params.upstreams()
-    ran = schedule(names, upstreams, params.descendants(), {teacher}, builds.start, builds.finish)
+    ran = schedule(names, upstreams, params.workload(), {teacher}, builds.start, builds.finish)
     assert list(ran) == names and all(ran.values())  # as declared, not as finished
     for name in names:
         for up in set(upstreams[name]) - {teacher}:
@@ -127,7 +153,7 @@ def test_builds_on_a_thread_pool_may_finish_in_any_order() -> None:
     finished: list[str] = []
     with ThreadPoolExecutor(max_workers=2) as pool:
         ran = schedule(
-            NAMES, UPSTREAMS, DESCENDANTS, {"teacher"},
+            NAMES, UPSTREAMS, WORKLOAD, {"teacher"},
             lambda name: pool.submit(time.sleep, took[name]),
             lambda name, future: finished.append(name) or future.result(),
         )  # fmt: skip
@@ -139,4 +165,4 @@ def test_builds_on_a_thread_pool_may_finish_in_any_order() -> None:
 def test_a_model_made_from_an_unknown_one_is_refused() -> None:
     builds = Builds()
     with pytest.raises(ValueError, match="ensemble: an upstream is neither current nor built"):
-        schedule(["ensemble"], UPSTREAMS, DESCENDANTS, {"teacher"}, builds.start, builds.finish)
+        schedule(["ensemble"], UPSTREAMS, WORKLOAD, {"teacher"}, builds.start, builds.finish)
