@@ -40,6 +40,33 @@ FINALIST_KEYS = ("max_sparsity", "importance", "round_to", "calibration_samples"
                  "students.fit")  # fmt: skip
 
 
+def is_width(value: Any) -> bool:
+    """Whether value is what a width can scale: a number, or a non-empty list of numbers."""
+    items = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
+
+
+def width_problem(arch: dict[str, Any], width_arg: str | None) -> str | None:
+    """Why search.students.width_arg cannot scale the network of arch (an arch record: the
+    built-in convnet's, or a class_path network's with its init_args), naming the key and
+    what to write; None when it can (squeeze.methods.students.student_arch scales it)."""
+    key = "search.students.width_arg"
+    if "class_path" not in arch:
+        if width_arg is None:
+            return None
+        return (f"{key} is {width_arg!r}, but the teacher is the built-in convnet, whose "
+                "channels a width scales: set it to null")  # fmt: skip
+    if width_arg is not None and is_width(arch["init_args"].get(width_arg)):
+        return None
+    return (
+        f"{key} is {width_arg!r}: search.students.widths asks for students of "
+        f"{arch['class_path']}, but its init_args {arch['init_args']} give no number (or list "
+        f"of numbers) for {width_arg!r} to scale; name the init argument that sets its width "
+        "and write its value in train_teacher.arch.init_args (e.g. width: 1.0), or set "
+        "search.students.widths to [1.0]"
+    )
+
+
 class Params(Section):
     """All squeeze parameters; the Prefect UI renders this as the run form."""
 
@@ -122,6 +149,18 @@ class Params(Section):
         while len(done) < len(graph) + 1:
             done += [n for n, ups in graph.items() if n not in done and set(ups) <= set(done)]
         return done
+
+    @model_validator(mode="after")
+    def check_students(self) -> Params:
+        """A search with students (a width below 1) can scale the teacher's network: refused
+        here, before the teacher trains, not when the search stage starts."""
+        cfg = self.search
+        if cfg.finalists and min(cfg.students.widths) < 1:
+            arch = self.train_teacher.arch.model_dump(mode="json")
+            problem = width_problem(arch, cfg.students.width_arg)
+            if problem:
+                raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def check_graph(self) -> Params:

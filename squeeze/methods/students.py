@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from squeeze.config.params import width_problem
 from squeeze.config.sections import SearchParams
 from squeeze.data.spec import Split
 from squeeze.errors import StageRefused
@@ -26,16 +27,10 @@ class StudentError(StageRefused):
     """search.students cannot scale the teacher's network: the message names the key."""
 
 
-def is_width(value: Any) -> bool:
-    """Whether value is what a width can scale: a number, or a non-empty list of numbers."""
-    items = value if isinstance(value, list) and value else [value]
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
-
-
 def scaled(value: Any, width: float, round_to: int | None) -> Any:
-    """value × width, for a value is_width accepts: an int stays an int of at least 1 (a
-    multiple of round_to where set, at least round_to), a float stays a float, a list is scaled
-    item by item."""
+    """value × width, for a value squeeze.config.params.is_width accepts: an int stays an int
+    of at least 1 (a multiple of round_to where set, at least round_to), a float stays a float,
+    a list is scaled item by item."""
     if isinstance(value, list):
         return [scaled(v, width, round_to) for v in value]
     if isinstance(value, float):
@@ -54,22 +49,13 @@ def student_arch(arch: dict[str, Any], width: float, cfg: SearchParams) -> dict[
         StudentError: a class_path network and no width_arg, or init_args that give no number
             for it; or the built-in convnet and a width_arg (naming the key and what to write).
     """
-    key = "params.yaml search.students.width_arg"
-    name = cfg.students.width_arg
+    problem = width_problem(arch, cfg.students.width_arg)
+    if problem:
+        raise StudentError(f"params.yaml {problem}")
     if "class_path" not in arch:
-        if name is not None:
-            raise StudentError(f"{key} is {name!r}, but the teacher is the built-in convnet, "
-                               "whose channels a width scales: set it to null")  # fmt: skip
         return arch | {"channels": scaled(arch["channels"], width, cfg.round_to)}
-    value = arch["init_args"].get(name) if name else None
-    if not is_width(value):
-        raise StudentError(
-            f"{key} is {name!r}: search.students.widths asks for students of "
-            f"{arch['class_path']}, but its init_args {arch['init_args']} give no number (or "
-            f"list of numbers) for {name!r} to scale; name the init argument that sets its width "
-            "and write its value in train_teacher.arch.init_args (e.g. width: 1.0), or set "
-            "search.students.widths to [1.0]"
-        )
+    name = cfg.students.width_arg
+    value = arch["init_args"][name]
     return arch | {"init_args": arch["init_args"] | {name: scaled(value, width, cfg.round_to)}}
 
 

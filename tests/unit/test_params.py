@@ -516,6 +516,23 @@ def test_a_class_path_arch_is_its_own_variant_and_errors_name_its_keys(raw: dict
     assert "train_teacher.arch.class_path: String should match pattern" in error_of(raw)
 
 
+def test_a_search_with_students_that_cannot_be_scaled_is_refused_before_anything_runs(
+    raw: dict,
+) -> None:
+    raw["search"]["finalists"], raw["ingest"]["search_fraction"] = 2, 0.1
+    raw["search"]["students"]["widths"] = [0.5, 1.0]
+    raw["train_teacher"]["arch"] = {"class_path": "mynets.Net", "init_args": {"width": 1.0}}
+    raw["search"]["students"]["width_arg"] = "nosuch"
+    message = error_of(raw)
+    assert "params.yaml: search.students.width_arg is 'nosuch'" in message
+    assert "give no number (or list of numbers) for 'nosuch'" in message
+    raw["search"]["students"]["width_arg"] = "width"
+    assert validate(raw, "params.yaml").search.students.width_arg == "width"
+    raw["search"]["students"]["widths"] = [1.0]  # no student: nothing to scale
+    raw["search"]["students"]["width_arg"] = "nosuch"
+    assert validate(raw, "params.yaml").search.students.width_arg == "nosuch"
+
+
 def test_a_profile_replaces_whole_the_keys_it_lists(tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "pyproject.toml").write_text('[tool.squeeze]\nallowed_modules = ["mynets"]\n')
