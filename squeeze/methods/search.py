@@ -679,6 +679,21 @@ def accuracy_floor(cfg: SearchParams, teacher: float) -> float:
     return teacher - cfg.max_accuracy_drop * (teacher if cfg.drop == "relative" else 1.0)
 
 
+def coarse_split_warning(cfg: SearchParams, teacher: float, images: int) -> str | None:
+    """A warning when the accuracy budget (teacher less accuracy_floor, teacher: accuracy in
+    [0, 1]) is narrower than the binomial standard error sqrt(p(1 - p) / n) of an accuracy
+    measured on the `images` of the search split: which trials meet it then turns on a few
+    images' noise. None when the split resolves it."""
+    budget = teacher - accuracy_floor(cfg, teacher)
+    error = math.sqrt(teacher * (1 - teacher) / images)
+    if budget >= error:
+        return None
+    return (f"warning: the accuracy budget ({budget:.2%}, about {budget * images:.1f} of the "
+            f"search split's {images} images) is narrower than the standard error of an accuracy "
+            f"measured on it ({error:.2%}): which trials meet it is decided by noise; raise "
+            "ingest.search_fraction or search.max_accuracy_drop")  # fmt: skip
+
+
 def violations(metrics: dict[str, float], cfg: SearchParams, teacher: float) -> dict[str, float]:
     """How far a trial's metrics are past each limit of the budget, as a share of the limit
     (> 0: broken; <= 0: met), by key of params search."""
@@ -1324,6 +1339,9 @@ def search(
             f"(teacher {reference[SEARCH_ACCURACY]:.2%}; {reference[REFERENCE]:.2%} after a "
             f"trial's fine-tune, uncompressed, less max_accuracy_drop {cfg.max_accuracy_drop:g}, "
             f"{cfg.drop})")  # fmt: skip
+        warning = coarse_split_warning(cfg, reference[REFERENCE], len(data.search.labels))
+        if warning:
+            log(warning)
         run_study(uniform, UNIFORM, cfg.uniform_trials, ctx, reference[REFERENCE], deadline, log,
                   quantize_only(cfg))  # fmt: skip
         run_study(per_layer, PER_LAYER, cfg.trials, ctx, reference[REFERENCE], deadline, log,

@@ -752,3 +752,16 @@ def test_the_finalists_come_from_both_studies() -> None:
     count = len(finalist_trials(trials, cfg, 9))
     every, _ = chosen(trials, search_params(finalists=count, trials=count))
     assert label(baseline) in map(label, every)
+
+
+def test_a_budget_narrower_than_the_search_splits_standard_error_is_warned_of() -> None:
+    # the default data's search split (6,000 images, teacher about 94%) resolves half a point
+    assert method.coarse_split_warning(search_params(max_accuracy_drop=0.005), 0.94, 6000) is None
+    # 180 images (the digits a newcomer tried): one point is 1.8 images, the error 1.6 points
+    warning = method.coarse_split_warning(search_params(max_accuracy_drop=0.01), 0.95, 180)
+    assert warning is not None
+    assert "1.00%, about 1.8 of the search split's 180 images" in warning
+    assert "standard error of an accuracy measured on it (1.62%)" in warning
+    assert "ingest.search_fraction or search.max_accuracy_drop" in warning
+    relative = search_params(max_accuracy_drop=0.01, drop="relative")
+    assert "(0.95%, about 1.7 of" in method.coarse_split_warning(relative, 0.95, 180)
