@@ -127,10 +127,13 @@ def fine_tune_ingredients(
     soups need) but differ in more than the seed, as Wortsman et al. 2022's ingredients do.
     Returns (the fine-tuned models in eval mode, their curves), in ingredient order."""
     models, histories = [], []
-    for ingredient in ingredients:
+    for i, ingredient in enumerate(ingredients, start=1):
         torch.manual_seed(ingredient.seed)
         model = copy.deepcopy(base)
-        histories.append(fit(model, train, val, cfg.model_copy(update=ingredient.model_dump())))
+        fit_cfg = cfg.model_copy(update=ingredient.model_dump())
+        histories.append(
+            fit(model, train, val, fit_cfg, part=f"ingredient {i}/{len(ingredients)}: ")
+        )
         models.append(model.eval())
     return models, histories
 

@@ -165,7 +165,7 @@ def fine_tune(
             teacher, cfg.temperature, cfg.distill_alpha, cfg.fit.label_smoothing
         )
     with quantization_aware(model, cfg.qat):
-        (row,) = fit(model, train, val, fit_cfg, loss_fn=loss)
+        (row,) = fit(model, train, val, fit_cfg, loss_fn=loss, part=f"step {step}/{cfg.steps}: ")
     return {**row, "epoch": step}
 
 

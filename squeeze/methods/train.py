@@ -104,8 +104,13 @@ def fit(
     state_path: Path | None = None,
     loss_fn: LossFn | None = None,
     stop_after: int | None = None,
+    part: str = "",
 ) -> list[dict[str, Any]]:
     """Train model with SGD + one-cycle LR; return one curve row per epoch.
+
+    part names what this call is one of, before each epoch's log line (`step 2/4`: a pruning
+    step's fine-tune; `ingredient 1/4`: a soup's), so that a log of many one-epoch calls does
+    not read as "epoch 1/1" over and over.
 
     With state_path, the full training state is saved after every epoch and a matching state
     found there is resumed, so an interrupted run continues where it stopped and ends with the
@@ -174,7 +179,8 @@ def fit(
             "val_accuracy": round(accuracy(val_logits, val_labels), 5),
             "seconds": round(time.perf_counter() - start, 2),
         })  # fmt: skip
-        tqdm.write(progress_line(history[-1], cfg.epochs, time.perf_counter() - began, done_here))
+        elapsed = time.perf_counter() - began
+        tqdm.write(part + progress_line(history[-1], cfg.epochs, elapsed, done_here))
         if state_path is not None:
             save_state(state_path, model, opt, sched, gen, history)
         if stop_after is not None and epoch >= stop_after:

@@ -126,13 +126,16 @@ def permuted(model: nn.Module) -> nn.Module:
 
 
 def test_greedy_soup_tries_by_val_accuracy_and_rejects_what_hurts(
-    tiny_trained: nn.Module, small_fmnist: Data, tiny_fit: Callable, monkeypatch
+    tiny_trained: nn.Module, small_fmnist: Data, tiny_fit: Callable, monkeypatch, capsys
 ) -> None:
     train, val = small_fmnist["train"], small_fmnist["val"]
     tuned, histories = fine_tune_ingredients(
         tiny_trained, tiny_fit(epochs=1, lr=0.05), diverse_ingredients(3), train, val
     )
     assert [len(h) for h in histories] == [1, 2, 1]  # each ingredient's own epochs
+    logged = [line.split(": train_loss")[0] for line in capsys.readouterr().out.splitlines()]
+    assert logged == ["ingredient 1/3: epoch 1/1", "ingredient 2/3: epoch 1/2",
+                      "ingredient 2/3: epoch 2/2", "ingredient 3/3: epoch 1/1"]  # fmt: skip
     assert not torch.equal(tuned[0].net.features[0].weight, tuned[1].net.features[0].weight)
     # listed worst first, so trying them in list order would not be trying them by accuracy
     tuned.sort(key=lambda m: val_accuracy(m, val))

@@ -66,6 +66,7 @@ def test_unstructured_hits_the_sparsity_exactly_and_keeps_accuracy(
     tiny_fit: Callable,
     split_accuracy: Callable,
     distill_alpha: float,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     cfg = prune_cfg(tiny_fit, distill_alpha=distill_alpha)
     before = split_accuracy(tiny_trained, small_fmnist["test"])
@@ -77,6 +78,10 @@ def test_unstructured_hits_the_sparsity_exactly_and_keeps_accuracy(
     assert zeros == round(SPARSITY * total)  # every Conv2d and Linear weight, counted together
     assert weight_sparsity(pruned) == pytest.approx(SPARSITY, abs=0.5 / total)
     assert [row["sparsity"] for row in history] == sorted(row["sparsity"] for row in history)
+    # each step's one-epoch fine-tune logs which step it is, not "epoch 1/1" again and again
+    logged = [line.split(": train_loss")[0] for line in capsys.readouterr().out.splitlines()]
+    assert cfg.steps > 1
+    assert logged == [f"step {step}/{cfg.steps}: epoch 1/1" for step in range(1, cfg.steps + 1)]
     # permanent: plain parameters again, no masks or hooks left behind
     assert set(pruned.state_dict()) == set(tiny_trained.state_dict())
     assert split_accuracy(pruned, small_fmnist["test"]) >= before - MAX_DROP
