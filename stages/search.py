@@ -29,6 +29,11 @@ from squeeze.config.workspace import Workspace, write_json
 from stages.candidate import stage_main
 
 FINALISTS, TRIALS, RECIPES = "finalists.json", "trials.csv", "recipes"
+RECIPES_README = (
+    "The budget search's finalists (params search.finalists; none when it is 0): one NAME.json "
+    "per finalist, the recipe its finalist-NAME stage builds (python -m stages.finalist NAME). "
+    "Written by python -m stages.search.\n"
+)
 # How a trial's export is timed, at evaluate.threads: fewer runs than evaluate's (a trial needs a
 # ranking and a limit check, evaluate the reported figure), and fixed here, so that a change of
 # evaluate's timing re-runs evaluate only, not the search and every finalist
@@ -83,12 +88,15 @@ def write_trials(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def fresh_recipes(ws: Workspace) -> Path:
-    """The recipes folder, emptied: only once a search has succeeded, so that one that fails
-    (a budget nobody meets, a storage that cannot be opened) leaves the last search's recipes,
-    finalists.json and trials.csv as they were, and DVC sees no change."""
+    """The recipes folder, emptied but for a README that says what it holds (without a search
+    it would be empty, which DVC warns of at every repro): only once a search has succeeded,
+    so that one that fails (a budget nobody meets, a storage that cannot be opened) leaves the
+    last search's recipes, finalists.json and trials.csv as they were, and DVC sees no
+    change."""
     recipes = ws.search(RECIPES)
     shutil.rmtree(recipes, ignore_errors=True)
     recipes.mkdir(parents=True)
+    (recipes / "README.md").write_text(RECIPES_README)
     return recipes
 
 

@@ -765,3 +765,15 @@ def test_a_budget_narrower_than_the_search_splits_standard_error_is_warned_of() 
     assert "ingest.search_fraction or search.max_accuracy_drop" in warning
     relative = search_params(max_accuracy_drop=0.01, drop="relative")
     assert "(0.95%, about 1.7 of" in method.coarse_split_warning(relative, 0.95, 180)
+
+
+def test_without_a_search_the_stage_writes_no_recipe_and_no_empty_folder(
+    search_ws: Workspace, stage_params: Any
+) -> None:
+    """search.finalists 0: an empty search, whose recipes folder holds only its README (DVC
+    warns at every repro of an empty output folder)."""
+    search.run(search_ws.root, with_search(stage_params, search_params(finalists=0)))
+    assert read_json(search_ws.search(search.FINALISTS)) == {"finalists": {}}
+    recipes = search_ws.search(search.RECIPES)
+    assert [p.name for p in recipes.iterdir()] == ["README.md"]
+    assert (recipes / "README.md").read_text() == search.RECIPES_README
