@@ -196,8 +196,10 @@ def check_built_by_recipe(ws: Workspace, params: Params, name: str, found: dict)
         width = round(teacher_width * found["width"])
         kept = record["layers"][layer]["channels"]
         assert kept == width - int(width * found["policy"].get(layer, 0.0)), layer
-    # (a fine-tune on the int8 grid (qat) rounds a few more of the smallest weights to zero)
-    assert record["sparsity"] == pytest.approx(found["sparsity"], abs=0.03)
+    # the zeroing pass reaches its share (to a weight); a fine-tune on the int8 grid (qat) then
+    # rounds a few more of the smallest weights to zero, never fewer (+0.031 for one recipe on
+    # an AVX-512 Xeon)
+    assert found["sparsity"] - 0.01 <= record["sparsity"] <= found["sparsity"] + 0.06
     assert record["search"] == found | {"seed": 0}
     assert record["method"] == "search_finalist" and record["upstream"] == ["teacher"]
     # its passes as they ran: the channel pass only where the recipe removes channels, the
@@ -245,8 +247,10 @@ def test_a_quantized_sparse_finalist_is_built_by_its_recipe(
     found = read_json(search_ws.search(search.FINALISTS))["finalists"]
     assert {r["weights"] for r in found.values()} == {"int8"}
     sensitivity = read_json(search_ws.search(search.FINALISTS))["weight_sensitivity"]
-    most = max(sensitivity, key=lambda layer: sensitivity[layer])
-    assert {tuple(r["fp32_layers"]) for r in found.values()} == {(most,)}
+    # a layer that loses most (drops are whole images of the search split: ties happen)
+    most = {layer for layer, drop in sensitivity.items() if drop == max(sensitivity.values())}
+    (kept,) = {tuple(r["fp32_layers"]) for r in found.values()}
+    assert len(kept) == 1 and kept[0] in most
     check_built_by_recipe(search_ws, params, "search_1", found["search_1"])
 
 
