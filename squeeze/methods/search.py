@@ -937,6 +937,13 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return max(constraints(trial)) <= 0
 
 
+def ran_before(trial: optuna.trial.FrozenTrial) -> tuple[bool, int]:
+    """A trial's place in the order the search ran it, whether pooled (both studies: the uniform
+    one runs first) or of one study: the tie-break of equal figures, the earlier first. So a
+    per-layer trial that repeats a uniform one (search.warm_start) comes after it."""
+    return trial.user_attrs.get(KIND) != UNIFORM, trial.number
+
+
 def best_trials(
     trials: list[optuna.trial.FrozenTrial], cfg: SearchParams
 ) -> list[optuna.trial.FrozenTrial]:
@@ -944,10 +951,11 @@ def best_trials(
     (squeeze.decide.choose's order, on the search split), then the others by their largest
     violation (closest first)."""
     order = tuple(SEARCH_ACCURACY if m == ACCURACY else m for m in POLICIES[cfg.objective])
-    keyed = {f"{t.number:06d}": t for t in trials}  # ranked's tie-break name: trial order
+    # ranked's tie-break name: the order they ran in
+    keyed = {"{:d}{:06d}".format(*ran_before(t)): t for t in trials}
     within = ranked([{**t.user_attrs, "name": k} for k, t in keyed.items() if feasible(t)], order)
     rest = sorted(
-        (t for t in trials if not feasible(t)), key=lambda t: (max(constraints(t)), t.number)
+        (t for t in trials if not feasible(t)), key=lambda t: (max(constraints(t)), ran_before(t))
     )
     return [keyed[r["name"]] for r in within] + rest
 
@@ -964,10 +972,11 @@ def affordable(trial: optuna.trial.FrozenTrial) -> bool:
 
 def front(trials: list[optuna.trial.FrozenTrial], cost: str) -> list[optuna.trial.FrozenTrial]:
     """The trials no other beats on both search accuracy and `cost` (the Pareto front), most
-    accurate first (so the cost falls along it); of equal figures, the earliest."""
+    accurate first (so the cost falls along it); of equal figures, the earliest (ran_before:
+    the uniform trial a per-layer warm start repeats, not the repeat)."""
 
-    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-        return -t.user_attrs[SEARCH_ACCURACY], t.user_attrs[cost], t.number
+    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, tuple[bool, int]]:
+        return -t.user_attrs[SEARCH_ACCURACY], t.user_attrs[cost], ran_before(t)
 
     def beats(q: optuna.trial.FrozenTrial, t: optuna.trial.FrozenTrial) -> bool:
         (qa, qc, qn), (ta, tc, tn) = key(q), key(t)
@@ -981,14 +990,13 @@ def finalist_trials(
 ) -> list[optuna.trial.FrozenTrial]:
     """The finalists: `count` of the completed `trials` (pooled: both studies') on the front of
     the affordable ones (search accuracy against cfg's cost), straddling the accuracy floor:
-    first the
-    cheapest trial within it (or, if none is, the most accurate), then cheaper ones past it,
-    each at most SPACING of the last one's cost; then, with too few such, the front's trials
-    that spacing skipped past the first, then the next dearer ones before it. For
-    most_accurate, the front's most accurate. A trial whose choice an earlier one made (the
-    per-layer study's warm start repeats the best uniform trial) is left out: the same model
-    would be built twice. The order does not depend on `count`, so fewer finalists rebuild none
-    that stays.
+    first the cheapest trial within it (or, if none is, the most accurate), then cheaper ones
+    past it, each at most SPACING of the last one's cost; then, with too few such, the front's
+    trials that spacing skipped past the first, then the next dearer ones before it. For
+    most_accurate, the front's most accurate. A trial whose choice one run before it made is
+    left out (originals): the per-layer warm start's repeat of a uniform trial stays that
+    uniform trial. The order does not depend on `count`, so fewer finalists rebuild none that
+    stays.
 
     A trial's accuracy is that of a one-step build with a short fine-tune on a subset, which
     understates what a finalist's full fine-tune recovers, and by more the more it compresses;
@@ -996,7 +1004,8 @@ def finalist_trials(
     budget; the second rung (rescore) tells apart the ones past it that recover. Too few
     affordable trials on the front: the rest are filled from best_trials."""
     cost = cost_metric(cfg)
-    line = front([t for t in trials if affordable(t)], cost)
+    unique = originals(trials)
+    line = front([t for t in unique if affordable(t)], cost)
     within = [i for i, t in enumerate(line) if feasible(t)]
     first = within[-1] if within and cfg.objective != "most_accurate" else 0
     spaced = [line[first]] if line else []
@@ -1005,14 +1014,22 @@ def finalist_trials(
             spaced.append(t)
     skipped = [t for t in line[first:] if t not in spaced]
     order = spaced + skipped + line[:first][::-1]
-    rest = [t for t in best_trials(trials, cfg) if affordable(t) and t not in order]
+    rest = [t for t in best_trials(unique, cfg) if affordable(t) and t not in order]
+    return (order + rest)[:count]
+
+
+def originals(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials whose choice no trial run before them made (ran_before), in that order. The
+    per-layer study's warm start repeats the best uniform trial, and a sampler may repeat a
+    choice: the same model, with the same accuracy and size, and a latency that differs only by
+    timing noise; keeping the luckier timing would choose on noise, and build a model twice."""
     seen: set[str] = set()
-    distinct = []
-    for t in order + rest:
+    out = []
+    for t in sorted(trials, key=ran_before):
         if made(t) not in seen:
             seen.add(made(t))
-            distinct.append(t)
-    return distinct[:count]
+            out.append(t)
+    return out
 
 
 def made(trial: optuna.trial.FrozenTrial) -> str:
@@ -1241,7 +1258,7 @@ def rows(
     (search accuracy against cfg's cost: the finalists' front), both as `judged` (first as
     at_best_fidelity gives it), which finalist it became, its choice."""
     chosen = {labelled(r["kind"], r["trial"]): name for name, r in finalists.items()}
-    on_front = set(map(label, front(judged, cost_metric(cfg))))
+    on_front = set(map(label, front(originals(judged), cost_metric(cfg))))
     verdict = {label(t): t for t in judged}
     return [
         {"study": t.user_attrs[KIND], "trial": ordinal(t), **{k: t.user_attrs[k] for k in (

@@ -678,17 +678,20 @@ def test_a_fastest_search_times_the_levers_and_searches_only_those_that_pay(
 
 
 def study_of(
-    points: list[tuple[float, int]], floor: float, choices: list[float] | None = None
-) -> optuna.Study:
+    points: list[tuple[float, int]], floor: float, choices: list[float] | None = None,
+    latencies: list[float] | None = None,
+) -> optuna.Study:  # fmt: skip
     """An in-memory study of completed trials with these (search accuracy, shipped bytes),
     told as run_study tells them, under an accuracy floor and a size limit of 10,000 bytes;
-    each trial's choice a uniform share (`choices`, else its own)."""
+    each trial's choice a uniform share (`choices`, else its own), its p50 `latencies` (else
+    0.1 ms)."""
     study = optuna.create_study(directions=["maximize", "minimize"])
     for number, (accuracy, size) in enumerate(points):
         trial = study.ask()
         share = choices[number] if choices else number / 100
+        latency = latencies[number] if latencies else 0.1
         for key, value in {"search_accuracy": accuracy, "shipped_bytes": size,
-                           "latency_ms_p50": 0.1, "ordinal": number + 1,
+                           "latency_ms_p50": latency, "ordinal": number + 1,
                            "stopped_early": False, "choice": {"share": share}}.items():  # fmt: skip
             trial.set_user_attr(key, value)
         trial.set_constraint("max_accuracy_drop", floor - accuracy)
@@ -756,6 +759,27 @@ def test_the_finalists_come_from_both_studies() -> None:
     count = len(finalist_trials(trials, cfg, 9))
     every, _ = chosen(trials, search_params(finalists=count, trials=count))
     assert label(baseline) in map(label, every)
+
+
+def test_a_per_layer_trial_that_repeats_a_uniform_one_counts_as_that_uniform_trial() -> None:
+    """The per-layer study starts with the best uniform trial's choice (search.warm_start): the
+    same model, timed again a little faster by chance. The finalist of that choice is the
+    uniform trial, and the uniform baseline is matched to a per-layer policy of the search's own
+    (the `fastest` study on the Xeon, 5a1a988: per-layer trial 1, a repeat of uniform trial 2 at
+    0.123 ms against 0.124, was search_1, and the baseline matched to it a 76% fp32 trial)."""
+    uniform = study_of([(0.94, 900), (0.93, 480), (0.80, 470)], floor=0.92,
+                       choices=[0.11, 0.12, 0.13], latencies=[0.30, 0.124, 0.09])  # fmt: skip
+    per_layer = study_of([(0.93, 480), (0.91, 300), (0.88, 200)], floor=0.92,
+                         choices=[0.12, 0.2, 0.3], latencies=[0.123, 0.10, 0.08])  # fmt: skip
+    trials = pooled(per_layer, uniform)
+    assert len(best_trials(trials, search_params())) == len(trials)  # none lost to a shared number
+    cfg = search_params(objective="fastest", finalists=2)
+    finalists, baseline = chosen(trials, cfg)
+    assert [label(t) for t in finalists] == ["uniform 2", "per_layer 3"]
+    assert label(baseline) == "uniform 3"  # nearest per_layer 3 (0.08 ms), not the repeat's
+    # of equal figures too, the uniform trial (it ran first) is the one on the front
+    tied = pooled(study_of([(0.93, 480)], floor=0.92, choices=[0.12], latencies=[0.124]), uniform)
+    assert "uniform 2" in map(label, front(tied, "latency_ms_p50"))
 
 
 def test_a_budget_narrower_than_the_search_splits_standard_error_is_warned_of() -> None:
