@@ -102,18 +102,32 @@ def ensemble_merges() -> dict[str, dict]:
     return yaml.safe_load((PROJECT / "profiles" / "ensembles.yaml").read_text())["merge"]
 
 
+@contextlib.contextmanager
+def params_yaml(root: Path) -> Iterator[dict]:
+    """The workspace's params.yaml as a dict to change in place, written back (plain YAML, keys in
+    their order) when the block ends."""
+    path = root / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    yield data
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def set_param(root: Path, section: str, key: str, value: object) -> None:
+    """Set params.yaml's `section.key` to `value` in the workspace at root."""
+    with params_yaml(root) as data:
+        data[section][key] = value
+
+
 def one_per_method(root: Path) -> None:
     """Cut the workspace's candidate graph to ONE_PER_METHOD and add the merges of
     profiles/ensembles.yaml on MEMBERS, fitted as the smoke profile fits a student; synced into
     dvc.yaml and committed."""
-    path = root / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    for section, keep in ONE_PER_METHOD.items():
-        data[section] = {name: data[section][name] for name in keep}
-    short_fit = data["distill"]["kd_small"]["fit"]
-    for name, entry in ensemble_merges().items():
-        data["merge"][name] = entry | {"upstreams": MEMBERS, "fit": short_fit}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with params_yaml(root) as data:
+        for section, keep in ONE_PER_METHOD.items():
+            data[section] = {name: data[section][name] for name in keep}
+        short_fit = data["distill"]["kd_small"]["fit"]
+        for name, entry in ensemble_merges().items():
+            data["merge"][name] = entry | {"upstreams": MEMBERS, "fit": short_fit}
     run(["squeeze", "sync"], root)
     run(["git", "commit", "-qam", "one candidate per method"], root)
 

@@ -11,17 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from squeeze.cli import main as cli
-from tests.conftest import run
-
-
-def set_param(root: Path, section: str, key: str, value: object) -> None:
-    path = root / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    data[section][key] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+from tests.conftest import params_yaml, run, set_param
 
 
 def test_invalid_params_exit_2_naming_the_key(
@@ -86,9 +78,8 @@ def test_data_refused_exits_4_naming_the_file(workspace: Path, fmnist_dir: Path)
 def test_a_failed_stage_exits_1_with_its_reason_in_one_line(workspace: Path) -> None:
     """A teacher whose loss turns NaN (lr × weight decay > 2 makes SGD's weights grow without
     bound) stops at train_teacher; squeeze's line gives its reason, naming the lr."""
-    data = yaml.safe_load((workspace / "params.yaml").read_text())
-    data["train_teacher"]["fit"] |= {"lr": 10.0, "weight_decay": 0.5}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with params_yaml(workspace) as data:
+        data["train_teacher"]["fit"] |= {"lr": 10.0, "weight_decay": 0.5}
     status, ours = squeeze_run(workspace)
     assert status == 1 and ours.count("\n") == 0
     assert ours.startswith("squeeze: train_teacher failed: ") and "lr" in ours

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from prefect import flow
 
 from flows.compress import build
@@ -19,7 +18,7 @@ from squeeze.config.files import load_params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.data.idx import read_split
 from stages import ingest as ingest_stage
-from tests.conftest import dvc_up_to_date, run
+from tests.conftest import dvc_up_to_date, run, set_param
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +33,6 @@ def digests(root: Path) -> dict[str, str]:
         for pattern in INGESTED
         for path in sorted(root.glob(pattern))
     }
-
-
-def set_source(root: Path, source: Path) -> None:
-    path = root / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["ingest"]["source"] = str(source)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def repro_ingest(root: Path) -> list[str]:
@@ -87,7 +79,7 @@ def test_both_entry_points_see_new_data_and_ignore_a_new_encoding(
 ) -> None:
     source = workspace.parent / "source"
     shutil.copytree(fmnist_dir, source)
-    set_source(workspace, source)
+    set_param(workspace, "ingest", "source", str(source))
     assert repro_ingest(workspace) == ["source", "ingest"]
     ingested = digests(workspace)
     assert read_json(Workspace(workspace).source) == read_json(Workspace(workspace).fingerprint)

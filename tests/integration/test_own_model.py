@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-import yaml
 from PIL import Image
 
 from examples.fmnist_imagefolder import write_imagefolder
 from flows.compress import retrain_and_compress
 from squeeze.config.workspace import Workspace, read_json
-from tests.conftest import dvc_up_to_date, run
+from tests.conftest import dvc_up_to_date, params_yaml, run
 from tests.integration.test_reproducible import accuracies, digests
 
 pytestmark = pytest.mark.slow
@@ -88,17 +87,16 @@ def own_model_params(root: Path, images: Path) -> None:
     """The resnet profile (a class_path ResNet on a 3×32×32 ImageFolder), made tiny: the PNGs
     at `images`, a two-stage ResNet trained one epoch, and GRAPH as the candidates."""
     run(["squeeze", "profile", "resnet"], root)
-    path = root / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["ingest"] |= {"source": str(images), "train_per_class": None, "test_per_class": None,
-                       "expected_train": None, "expected_test": None}  # fmt: skip
-    data["train_teacher"]["arch"]["init_args"] |= {"widths": [8, 16], "blocks": [1, 1]}
-    data["train_teacher"]["fit"] |= {"epochs": 2, "batch_size": 32, "threads": 1}
-    data |= GRAPH
-    data["gate"] |= {"min_accuracy": 0.2, "max_accuracy_drop": 1.0, "max_class_drop": 1.0,
-                     "min_agreement": 0.0, "max_latency_ms": 100.0}  # fmt: skip
-    data["flow"] |= {"task_runner": "threads", "workers": 2}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with params_yaml(root) as data:
+        data["ingest"] |= {"source": str(images), "train_per_class": None,
+                           "test_per_class": None, "expected_train": None,
+                           "expected_test": None}  # fmt: skip
+        data["train_teacher"]["arch"]["init_args"] |= {"widths": [8, 16], "blocks": [1, 1]}
+        data["train_teacher"]["fit"] |= {"epochs": 2, "batch_size": 32, "threads": 1}
+        data |= GRAPH
+        data["gate"] |= {"min_accuracy": 0.2, "max_accuracy_drop": 1.0, "max_class_drop": 1.0,
+                         "min_agreement": 0.0, "max_latency_ms": 100.0}  # fmt: skip
+        data["flow"] |= {"task_runner": "threads", "workers": 2}
     run(["squeeze", "sync"], root)  # the merge stages of GRAPH into dvc.yaml
 
 

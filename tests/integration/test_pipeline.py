@@ -19,18 +19,11 @@ from squeeze.config.files import load_params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.registry.package import SHIPPED
 from squeeze.registry.registry import registry_of
-from tests.conftest import dvc_up_to_date, one_per_method, run
+from tests.conftest import dvc_up_to_date, one_per_method, params_yaml, run, set_param
 from tests.integration.conftest import artifacts_of
 from tests.unit.test_dvc_plots import check_pareto_plots
 
 pytestmark = pytest.mark.slow
-
-
-def set_param(root: Path, section: str, key: str, value: object) -> None:
-    path = root / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    data[section][key] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def raw_merge(root: Path) -> dict:
@@ -135,9 +128,8 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
 
     # a candidate removed from params.yaml leaves the table, the gate and the registry's choice
     # (its leftover models/ folder is ignored), in both entry points
-    data = yaml.safe_load((workspace / "params.yaml").read_text())
-    del data["quantize"]["kd_small_ch50_int8"]
-    (workspace / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with params_yaml(workspace) as data:
+        del data["quantize"]["kd_small_ch50_int8"]
     run(["squeeze", "sync"], workspace)
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == downstream
     for metrics in ("candidates", "gate"):
@@ -197,10 +189,9 @@ def test_dvc_repro_runs_once_then_nothing_and_flow_agrees(
     # new data at the source: the next (scheduled) run ingests it and retrains everything. The
     # graph is cut first to the teacher, one candidate and the search with its finalists (each
     # other method's rebuild is what the first `dvc repro` above already ran)
-    data = yaml.safe_load((workspace / "params.yaml").read_text())
-    data |= {"distill": {}, "quantize": {}, "merge": {},
-             "prune": {"teacher_ch50": data["prune"]["teacher_ch50"]}}  # fmt: skip
-    (workspace / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with params_yaml(workspace) as data:
+        data |= {"distill": {}, "quantize": {}, "merge": {},
+                 "prune": {"teacher_ch50": data["prune"]["teacher_ch50"]}}  # fmt: skip
     run(["squeeze", "sync"], workspace)
     shuffle_training_files(source)
     rebuilt = {"ingest", "train_teacher", "search", "finalist-search_1", "finalist-search_uniform",

@@ -12,8 +12,8 @@ import pytest
 from squeeze.config.files import load_params
 from squeeze.config.workspace import Workspace, read_json
 from squeeze.registry.registry import registry_of
-from tests.conftest import run
-from tests.integration.test_cli import set_param, squeeze_run
+from tests.conftest import run, set_param
+from tests.integration.test_cli import squeeze_run
 
 pytestmark = pytest.mark.slow
 
