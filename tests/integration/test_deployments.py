@@ -27,7 +27,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from squeeze.config.files import load_params, merge
 from squeeze.config.params import COMPRESSION_STAGES, Params, validate
 from squeeze.config.workspace import Workspace, read_json
-from tests.conftest import PROJECT, dvc_up_to_date, run
+from tests.conftest import PROJECT, dvc_up_to_date, params_yaml, run
 from tests.integration.conftest import artifacts_of
 
 INFRA = PROJECT / "infra"
@@ -41,10 +41,9 @@ def read_yaml(path: Path) -> Any:
 
 def set_params(root: Path, overlay: dict[str, Any]) -> None:
     """Merge overlay into the workspace's params.yaml (validated, like a profile)."""
-    path = root / "params.yaml"
-    data = merge(read_yaml(path), overlay)
-    validate(data, str(path))
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with params_yaml(root) as data:
+        data.update(merge(data, overlay))
+        validate(data, str(root / "params.yaml"))
 
 
 def outputs(root: Path) -> list[str]:
