@@ -9,15 +9,10 @@ import gzip
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from squeeze.data.spec import DataError, Split
-
-if TYPE_CHECKING:
-    pass
-
 
 # split -> (images file, labels file), the names upstream uses (each may also end in .gz)
 IDX_FILES = {

@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from squeeze.data.spec import DataError
-
-if TYPE_CHECKING:
-    pass
-
 
 # Memory ingest needs per image, as a multiple of its H*W*C pixel bytes: the source's arrays, the
 # stratified subsets, the train/val split and the copy safetensors makes while saving a split.

@@ -12,15 +12,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from squeeze.errors import StageRefused
-
-if TYPE_CHECKING:
-    pass
-
 
 STATS_CHUNK = 2**22  # pixel values per step of DataSpec.measure's float64 sums (32 MiB)
 

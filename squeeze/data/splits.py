@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from squeeze.data.spec import DataError, Source, Split
-
-if TYPE_CHECKING:
-    pass
 
 
 def class_names(source: Source, configured: list[str] | None) -> tuple[str, ...]:
